@@ -1,0 +1,43 @@
+# roguewatch: the two commands in the README are `sudo make run` and `sudo make test`;
+# both do the set-up they need through `make deps`, which is idempotent.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: deps run test test-unit lint format bench docs clean
+
+deps: $(STAMP)
+	@./packaging/install-deps.sh
+
+# The venv is made from Debian's python3 with --system-site-packages so that bcc
+# (python3-bpfcc) is importable; the project is installed editable with its test extras.
+$(STAMP): pyproject.toml
+	@./packaging/install-deps.sh
+	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+run: deps
+	$(VENV)/bin/roguewatchd
+
+test: deps
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: deps
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: deps
+	$(PY) bench/run.py
+
+docs: deps
+	$(PY) -m roguewatch.events --markdown > docs/events.md
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info daemon/*.egg-info

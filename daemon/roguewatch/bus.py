@@ -1,0 +1,181 @@
+"""The ZeroMQ event bus: endpoints, the batch wire format, publisher and subscriber.
+
+Owns how events cross process boundaries. A message is one ZeroMQ frame holding a msgpack
+array of event maps (a *batch*): batching amortises the per-message cost of ZeroMQ and msgpack
+over many events. The publisher never blocks: it is an XPUB socket with ``XPUB_NODROP`` so a
+full subscriber queue surfaces as ``EAGAIN`` and every event that could not be sent is counted
+(a plain PUB socket would drop silently). The subscriber counts and drops malformed messages.
+
+Endpoints are local IPC sockets in a root-only directory unless configured otherwise.
+It must not know what events mean: that is ``roguewatch.events``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import msgpack
+import zmq
+
+RUN_DIR = "/run/roguewatch"
+EVENTS_ENDPOINT = f"ipc://{RUN_DIR}/events.sock"
+CONTROL_ENDPOINT = f"ipc://{RUN_DIR}/control.sock"
+
+# Per subscriber, in messages (batches): enough for a few seconds of a burst.
+SEND_HWM = 4096
+
+
+class BusError(Exception):
+    """An endpoint that cannot be used, with what to do about it."""
+
+
+def ipc_path(endpoint: str) -> str | None:
+    return endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else None
+
+
+def prepare_endpoint(endpoint: str) -> None:
+    """Make the directory of an ipc:// endpoint root-only (0700) before binding in it.
+
+    A socket file inherits nothing from us but its directory's permissions decide who may
+    connect: an agent that could connect to the control socket could reconfigure the monitor.
+    """
+    path = ipc_path(endpoint)
+    if path is None:
+        return
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.stat(directory)
+    if os.geteuid() == 0 and st.st_uid != 0:
+        raise BusError(f"{directory} is owned by uid {st.st_uid}, not root: refusing to bind there")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(directory, 0o700)
+    if os.path.exists(path):
+        os.unlink(path)  # a stale socket from a previous run
+
+
+def pack_batch(events: list[dict]) -> bytes:
+    return msgpack.packb(events, use_bin_type=True)
+
+
+def unpack_batch(frame: bytes) -> list[dict]:
+    """Decode one message; raises ValueError for anything that is not a list of maps."""
+    try:
+        batch = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ValueError(f"not msgpack: {exc}") from None
+    if not isinstance(batch, list) or not all(isinstance(e, dict) for e in batch):
+        raise ValueError("not a list of event maps")
+    return batch
+
+
+@dataclass
+class Publisher:
+    """Publishes event batches without ever blocking; counts what it could not send."""
+
+    endpoint: str
+    context: zmq.Context | None = None
+    sent_events: int = 0
+    lost_events: int = 0
+    sent_batches: int = 0
+    _sock: zmq.Socket = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ctx = self.context or zmq.Context.instance()
+        prepare_endpoint(self.endpoint)
+        self._sock = ctx.socket(zmq.XPUB)
+        self._sock.setsockopt(zmq.XPUB_NODROP, 1)
+        self._sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self._sock.setsockopt(zmq.RCVHWM, 64)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        try:
+            self._sock.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            raise BusError(f"cannot bind {self.endpoint}: {exc}") from None
+        path = ipc_path(self.endpoint)
+        if path:
+            os.chmod(path, 0o600)
+
+    @property
+    def socket(self) -> zmq.Socket:
+        return self._sock
+
+    def publish(self, events: list[dict]) -> bool:
+        if not events:
+            return True
+        try:
+            self._sock.send(pack_batch(events), zmq.NOBLOCK)
+        except zmq.Again:
+            self.lost_events += len(events)
+            return False
+        self.sent_events += len(events)
+        self.sent_batches += 1
+        return True
+
+    def drain_subscriptions(self) -> int:
+        """Read (and discard) subscription frames so they never pile up."""
+        n = 0
+        while True:
+            try:
+                self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return n
+            n += 1
+
+    def close(self) -> None:
+        self._sock.close(0)
+        path = ipc_path(self.endpoint)
+        if path and os.path.exists(path):
+            os.unlink(path)
+
+
+@dataclass
+class Subscriber:
+    """Receives event batches; malformed messages are counted in ``malformed`` and dropped."""
+
+    endpoint: str
+    context: zmq.Context | None = None
+    malformed: int = 0
+    _sock: zmq.Socket = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ctx = self.context or zmq.Context.instance()
+        self._sock = ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.RCVHWM, 0)  # the subscriber itself never drops
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
+        path = ipc_path(self.endpoint)
+        if path is not None and not os.path.exists(path):
+            raise BusError(
+                f"no event stream at {self.endpoint}: is roguewatchd running? "
+                "(start it with `sudo roguewatchd`, or use `roguewatch record`)"
+            )
+        self._sock.connect(self.endpoint)
+
+    @property
+    def socket(self) -> zmq.Socket:
+        return self._sock
+
+    def recv_batch(self, timeout_ms: int | None = None) -> list[dict] | None:
+        """One batch, or None when nothing arrived within the timeout."""
+        if timeout_ms is not None and not self._sock.poll(timeout_ms):
+            return None
+        frame = self._sock.recv()
+        try:
+            return unpack_batch(frame)
+        except ValueError:
+            self.malformed += 1
+            return []
+
+    def events(self, timeout_ms: int | None = None) -> Iterator[dict]:
+        """Events one by one until a timeout passes with nothing received."""
+        while True:
+            batch = self.recv_batch(timeout_ms)
+            if batch is None:
+                return
+            yield from batch
+
+    def close(self) -> None:
+        self._sock.close(0)

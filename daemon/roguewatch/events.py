@@ -1,0 +1,374 @@
+"""The event types of the roguewatch event stream and their fields.
+
+This module owns the *vocabulary* of the stream: every event type, every field, its type and
+what it means. The kernel record layouts live in ``roguewatch.probes.layout`` (beside the C
+that writes them) and produce dictionaries with exactly these field names; ``docs/events.md``
+is generated from the tables here (``python -m roguewatch.events --markdown``) and a test
+keeps the two equal.
+
+An event on the bus is a plain ``dict`` (msgpack map). It never holds Python objects, so any
+msgpack or JSON consumer can read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str
+    doc: str
+
+
+@dataclass(frozen=True)
+class EventType:
+    name: str
+    doc: str
+    fields: tuple[Field, ...] = ()
+    syscalls: str = ""
+
+
+# Fields present on every event that comes from the kernel.
+COMMON_FIELDS: tuple[Field, ...] = (
+    Field("type", "str", "the event type (a name from the table below)"),
+    Field("ts", "int", "wall-clock time of the event, nanoseconds since the Unix epoch"),
+    Field("session", "int", "session id of the process (0: not in a session, guard events only)"),
+    Field("pid", "int", "process id (thread-group id) of the process that acted"),
+    Field("tid", "int", "thread id that acted"),
+    Field("ppid", "int", "parent process id (the parent at fork time, or from /proc)"),
+    Field("uid", "int", "real user id"),
+    Field("gid", "int", "real group id"),
+    Field("comm", "str", "the task's comm (16 bytes; never identify a process by it alone)"),
+    Field("ret", "int", "the syscall's result (negative errno on failure), where it matters"),
+    Field(
+        "exec_id",
+        "str",
+        "stable process identity: `pid-start` where start is the boot-relative nanosecond of the "
+        "process's fork or last exec; a reused pid gets a new exec id",
+    ),
+    Field("pexec_id", "str", "exec id of the parent"),
+    Field("exe", "str", "executable path of the process (from exec, or /proc/PID/exe)"),
+    Field(
+        "flags",
+        "list[str]",
+        "markers: `guard` (aimed at roguewatch, from any process), `procfs` (found by a /proc "
+        "scan, not seen starting), `adopted` (tracked by an adoption selector), `truncated` "
+        "(a string was cut at 4 KiB), `unresolved` (a relative path could not be made absolute)",
+    ),
+)
+
+_PATH = Field("path", "str", "absolute path acted on (as given when `unresolved` is in flags)")
+_ADDR = Field("addr", "str", "IP address (v4 or v6) or unix socket path")
+_PORT = Field("port", "int", "port (0 when not an IP socket)")
+_FAMILY = Field("family", "str", "`inet`, `inet6`, `unix`, `netlink`, `packet` or the number")
+_PROTO = Field("proto", "str", "`tcp`, `udp`, `raw` or `` when the socket was not seen created")
+_FD = Field("fd", "int", "file descriptor")
+_DIRFD = Field("dirfd", "int", "directory fd the path is relative to (-100: the cwd)")
+
+EVENT_TYPES: tuple[EventType, ...] = (
+    EventType(
+        "fork",
+        "a tracked process created a process or thread; the child inherits the session",
+        (
+            Field("child_pid", "int", "pid (or tid for a thread) of the new task"),
+            Field("clone_flags", "int", "clone flags (CLONE_NEW* namespace flags included)"),
+            Field("thread", "bool", "the new task is a thread of the same process"),
+            Field("child_exec_id", "str", "exec id of the child process"),
+        ),
+        "sched:sched_process_fork, clone/clone3 for flags",
+    ),
+    EventType(
+        "exec",
+        "a tracked process executed a program (also: a process adopted at exec by a selector)",
+        (
+            Field("filename", "str", "the program path given to execve"),
+            Field("argv", "list[str]", "arguments as copied in the kernel (up to 20)"),
+            Field("cmdline", "str", "full command line (argv joined by spaces)"),
+            Field("cwd", "str", "working directory at exec"),
+        ),
+        "sched:sched_process_exec, execve/execveat for argv",
+    ),
+    EventType(
+        "exit",
+        "a tracked process ended (its last thread exited)",
+        (
+            Field("code", "int", "exit status (0-255) when it exited normally"),
+            Field("signal", "int", "the fatal signal when it was killed, else 0"),
+        ),
+        "sched:sched_process_exit, exit_group, signal:signal_deliver",
+    ),
+    EventType(
+        "connect",
+        "connect() to a destination",
+        (_FD, _FAMILY, _ADDR, _PORT, _PROTO),
+        "connect",
+    ),
+    EventType(
+        "sendto",
+        "sendto() with an explicit destination (unconnected UDP, TCP Fast Open), or on a DNS socket",
+        (
+            _FD,
+            _FAMILY,
+            _ADDR,
+            _PORT,
+            _PROTO,
+            Field("len", "int", "bytes asked to send"),
+            Field("msg_flags", "int", "MSG_* flags (MSG_FASTOPEN is 0x20000000)"),
+            Field("dns_query", "bytes", "the first bytes sent, for UDP/TCP to port 53"),
+            Field("dns_name", "str", "the query name decoded from dns_query"),
+        ),
+        "sendto",
+    ),
+    EventType(
+        "sendmsg",
+        "sendmsg()/sendmmsg() with an explicit destination, or on a DNS socket",
+        (
+            _FD,
+            _FAMILY,
+            _ADDR,
+            _PORT,
+            _PROTO,
+            Field("vlen", "int", "messages in a sendmmsg (1 for sendmsg)"),
+            Field("dns_query", "bytes", "the first bytes of the first iovec, to port 53"),
+            Field("dns_name", "str", "the query name decoded from dns_query"),
+        ),
+        "sendmsg, sendmmsg",
+    ),
+    EventType(
+        "socket",
+        "creation of a raw, packet or netlink socket",
+        (
+            _FAMILY,
+            Field("sock_type", "int", "SOCK_* type (3: SOCK_RAW)"),
+            Field("protocol", "int", "protocol number"),
+            _PROTO,
+        ),
+        "socket",
+    ),
+    EventType("bind", "bind() to a local address", (_FD, _FAMILY, _ADDR, _PORT, _PROTO), "bind"),
+    EventType(
+        "listen",
+        "listen() on a socket",
+        (
+            _FD,
+            Field("backlog", "int", "listen backlog"),
+            _FAMILY,
+            _ADDR,
+            _PORT,
+        ),
+        "listen (address from the socket's bind, when seen)",
+    ),
+    EventType(
+        "open",
+        "open that writes, creates or truncates (read-only opens are filtered in the kernel)",
+        (
+            _PATH,
+            _DIRFD,
+            Field("open_flags", "int", "O_* flags"),
+            Field("mode", "int", "creation mode"),
+        ),
+        "open, openat, openat2, creat",
+    ),
+    EventType(
+        "rename",
+        "rename of `source` onto `path`",
+        (
+            Field("source", "str", "old path"),
+            _PATH,
+            Field("rename_flags", "int", "RENAME_* flags"),
+        ),
+        "rename, renameat, renameat2",
+    ),
+    EventType(
+        "unlink",
+        "removal of a file or directory",
+        (_PATH, _DIRFD, Field("rmdir", "bool", "a directory was removed")),
+        "unlink, unlinkat, rmdir",
+    ),
+    EventType(
+        "link",
+        "hard link `path` to the existing `source`",
+        (Field("source", "str", "existing file"), _PATH),
+        "link, linkat",
+    ),
+    EventType(
+        "symlink",
+        "symbolic link `path` pointing at `source`",
+        (Field("source", "str", "link target, as written (not resolved)"), _PATH),
+        "symlink, symlinkat",
+    ),
+    EventType(
+        "chmod",
+        "mode change",
+        (_PATH, Field("mode", "int", "new mode")),
+        "chmod, fchmod, fchmodat, fchmodat2",
+    ),
+    EventType(
+        "chown",
+        "owner change",
+        (
+            _PATH,
+            Field("owner", "int", "new uid (-1: unchanged)"),
+            Field("group", "int", "new gid (-1: unchanged)"),
+        ),
+        "chown, fchown, lchown, fchownat",
+    ),
+    EventType(
+        "truncate",
+        "truncation",
+        (_PATH, Field("length", "int", "new length")),
+        "truncate, ftruncate",
+    ),
+    EventType("utimes", "timestamp change", (_PATH,), "utimensat, utimes, futimesat"),
+    EventType(
+        "kill",
+        "a signal sent; with `guard` in flags, a user signal that reached a roguewatch process",
+        (
+            Field("target", "int", "target pid as given (negative: a process group)"),
+            Field("target_tid", "int", "target thread for tgkill/tkill"),
+            Field("sig", "int", "signal number"),
+            Field("call", "str", "`kill`, `tkill`, `tgkill`, `pidfd_send_signal` or `generate`"),
+        ),
+        "kill, tkill, tgkill, pidfd_send_signal; signal:signal_generate for guard events",
+    ),
+    EventType(
+        "rt_sigaction",
+        "a disposition set for SIGHUP, SIGINT or SIGTERM",
+        (
+            Field("sig", "int", "signal number"),
+            Field("handler", "str", "`SIG_DFL`, `SIG_IGN` or `handler`"),
+        ),
+        "rt_sigaction",
+    ),
+    EventType("setsid", "setsid(): a new session and process group", (), "setsid"),
+    EventType(
+        "setpgid",
+        "setpgid()",
+        (Field("target", "int", "pid"), Field("pgid", "int", "new process group")),
+        "setpgid",
+    ),
+    EventType(
+        "prctl",
+        "prctl()",
+        (
+            Field("option", "int", "PR_* option (15: PR_SET_NAME, 36: PR_SET_CHILD_SUBREAPER)"),
+            Field("arg2", "int", "second argument"),
+            Field("name", "str", "the new name, for PR_SET_NAME"),
+        ),
+        "prctl",
+    ),
+    EventType(
+        "task_rename",
+        "the comm changed (PR_SET_NAME, a write to /proc/PID/comm)",
+        (Field("oldcomm", "str", "previous comm"), Field("newcomm", "str", "new comm")),
+        "task:task_rename",
+    ),
+    EventType(
+        "ptrace",
+        "ptrace(); with `guard` in flags, aimed at a roguewatch process",
+        (Field("request", "int", "PTRACE_* request"), Field("target", "int", "target pid")),
+        "ptrace",
+    ),
+    EventType(
+        "unshare", "unshare()", (Field("ns_flags", "int", "CLONE_NEW* flags"),), "unshare"
+    ),
+    EventType(
+        "setns",
+        "setns()",
+        (_FD, Field("nstype", "int", "namespace type (0: any)")),
+        "setns",
+    ),
+    EventType(
+        "mount",
+        "mount() or umount2()",
+        (
+            Field("target", "str", "mount point"),
+            Field("source", "str", "device or source"),
+            Field("fstype", "str", "file system type"),
+            Field("mount_flags", "int", "MS_* flags (MNT_* for umount)"),
+            Field("umount", "bool", "this is an unmount"),
+        ),
+        "mount, umount2",
+    ),
+    EventType("bpf", "bpf() syscall", (Field("cmd", "int", "BPF_* command"),), "bpf"),
+    EventType(
+        "module_load",
+        "kernel module loading (absent on kernels without CONFIG_MODULES)",
+        (Field("params", "str", "module parameters"), _FD, Field("call", "str", "syscall")),
+        "init_module, finit_module",
+    ),
+    EventType(
+        "memfd_create",
+        "an anonymous memory file was created (fileless execution starts here)",
+        (Field("name", "str", "memfd name"), Field("memfd_flags", "int", "MFD_* flags")),
+        "memfd_create",
+    ),
+    EventType(
+        "chdir",
+        "the working directory changed (the collector follows it to resolve relative paths)",
+        (_PATH,),
+        "chdir, fchdir",
+    ),
+    EventType(
+        "monitor",
+        "the monitor's own health: losses at any stage, probe failures (from the collector)",
+        (
+            Field("kind", "str", "`loss`, `probe_missing`, `adopted`, `started`"),
+            Field("lost_ring", "dict[str,int]", "records the kernel could not write, by type"),
+            Field("lost_bus", "int", "events ZeroMQ could not send"),
+            Field("lost_decode", "int", "malformed records dropped"),
+            Field("lost_pending", "int", "syscall records dropped for a full pending map"),
+            Field("detail", "str", "human-readable explanation"),
+        ),
+        "(collector)",
+    ),
+)
+
+BY_NAME: dict[str, EventType] = {t.name: t for t in EVENT_TYPES}
+NAMES: tuple[str, ...] = tuple(t.name for t in EVENT_TYPES)
+
+
+def markdown() -> str:
+    """The event reference, as committed in docs/events.md."""
+    out = [
+        "# Events",
+        "",
+        "Generated from `daemon/roguewatch/events.py` by `make docs`; a test keeps them equal.",
+        "",
+        "Every event is a msgpack map on the ZeroMQ stream (`ipc:///run/roguewatch/events.sock`),",
+        "published in batches: each message is a msgpack array of events. Kernel events are",
+        "emitted only for processes in a session, except `guard` events (signals and ptrace",
+        "aimed at roguewatch itself, from any process).",
+        "",
+        "## Fields on every event",
+        "",
+        "| field | type | meaning |",
+        "| --- | --- | --- |",
+    ]
+    out += [f"| `{f.name}` | {f.type} | {f.doc} |" for f in COMMON_FIELDS]
+    out.append("")
+    out.append("## Event types")
+    for t in EVENT_TYPES:
+        out += ["", f"### `{t.name}`", "", t.doc + ".", "", f"Source: {t.syscalls}.", ""]
+        if t.fields:
+            out += ["| field | type | meaning |", "| --- | --- | --- |"]
+            out += [f"| `{f.name}` | {f.type} | {f.doc} |" for f in t.fields]
+        else:
+            out.append("No fields beyond the common ones.")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="print the event reference")
+    parser.add_argument("--markdown", action="store_true", help="markdown (docs/events.md)")
+    parser.parse_args(argv)
+    sys.stdout.write(markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
