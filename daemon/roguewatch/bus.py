@@ -90,6 +90,9 @@ class Publisher:
         self._sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         self._sock.setsockopt(zmq.RCVHWM, 64)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # An empty batch greets each new subscriber, so it can tell when its subscription is
+        # active (ZeroMQ's slow-joiner problem) instead of sleeping and hoping.
+        self._sock.setsockopt(zmq.XPUB_WELCOME_MSG, pack_batch([]))
         try:
             self._sock.bind(self.endpoint)
         except zmq.ZMQError as exc:
@@ -157,6 +160,10 @@ class Subscriber:
     @property
     def socket(self) -> zmq.Socket:
         return self._sock
+
+    def wait_ready(self, timeout_ms: int = 5000) -> bool:
+        """Wait for the publisher's welcome: from then on no event is missed."""
+        return self.recv_batch(timeout_ms) is not None
 
     def recv_batch(self, timeout_ms: int | None = None) -> list[dict] | None:
         """One batch, or None when nothing arrived within the timeout."""

@@ -109,7 +109,7 @@ EVENT_TYPES: tuple[EventType, ...] = (
     ),
     EventType(
         "sendto",
-        "sendto() with an explicit destination (unconnected UDP, TCP Fast Open), or on a DNS socket",
+        "sendto() with an explicit destination (unconnected UDP, TCP Fast Open), or to DNS",
         (
             _FD,
             _FAMILY,
@@ -273,9 +273,7 @@ EVENT_TYPES: tuple[EventType, ...] = (
         (Field("request", "int", "PTRACE_* request"), Field("target", "int", "target pid")),
         "ptrace",
     ),
-    EventType(
-        "unshare", "unshare()", (Field("ns_flags", "int", "CLONE_NEW* flags"),), "unshare"
-    ),
+    EventType("unshare", "unshare()", (Field("ns_flags", "int", "CLONE_NEW* flags"),), "unshare"),
     EventType(
         "setns",
         "setns()",

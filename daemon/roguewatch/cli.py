@@ -1,0 +1,201 @@
+"""The `roguewatch` command: argument parsing and the sub-commands' glue, nothing more.
+
+Each sub-command lives in a small function that calls the module owning the work. Errors a
+person can act on end with a message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from roguewatch import __version__, bus, render
+
+EXAMPLES = """\
+examples:
+  sudo roguewatch doctor                          is this host ready?
+  sudo roguewatch events --follow                 every event of every session, live
+  sudo roguewatch record --output run.rwrec -- python agent.py
+  roguewatch events --from run.rwrec --json       a recording, as JSON lines
+"""
+
+
+def _die(msg: str, code: int = 2) -> int:
+    print(f"roguewatch: {msg}", file=sys.stderr)
+    return code
+
+
+def _need_root(what: str) -> int | None:
+    if os.geteuid() != 0:
+        return _die(
+            f"{what} needs root (it loads BPF probes or reads root-only sockets): run it with sudo"
+        )
+    return None
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from roguewatch import doctor
+
+    return doctor.main(["--json"] if args.json else [])
+
+
+def _print_event(ev: dict, as_json: bool) -> None:
+    print(render.as_json(ev) if as_json else render.human(ev), flush=True)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    session = int(args.session, 16) if args.session else None
+    if args.from_file:
+        from roguewatch import recording
+
+        try:
+            _, events = recording.read(args.from_file)
+            for ev in events:
+                if session is None or ev.get("session") == session:
+                    _print_event(ev, args.json)
+        except recording.RecordingError as exc:
+            return _die(str(exc))
+        return 0
+    if (rc := _need_root("events")) is not None:
+        return rc
+    try:
+        sub = bus.Subscriber(args.endpoint)
+    except bus.BusError as exc:
+        return _die(str(exc))
+    sub.wait_ready(2000)
+    quiet_ms = None if args.follow else 2000
+    for ev in sub.events(timeout_ms=quiet_ms):
+        if session is None or ev.get("session") == session:
+            _print_event(ev, args.json)
+    if sub.malformed:
+        print(f"roguewatch: {sub.malformed} malformed messages dropped", file=sys.stderr)
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from roguewatch import recording, sessions
+
+    if not args.command:
+        return _die("record: no command given (roguewatch record --output FILE -- CMD...)")
+    if (rc := _need_root("record")) is not None:
+        return rc
+    try:
+        watcher = sessions.find_or_start_collector()
+    except sessions.SessionError as exc:
+        return _die(str(exc))
+    writer = None
+    try:
+        sub = bus.Subscriber(watcher.events)
+        if not sub.wait_ready(5000):
+            return _die("the event stream did not answer")
+        pid, session = sessions.spawn_in_session(
+            args.command, sessions.register_with(watcher.control)
+        )
+        writer = recording.Writer(args.output, args.command, session)
+        status = None
+        # Forward ^C and termination to the command; the recording ends when it does.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda s, _f: os.kill(pid, s))
+        while status is None:
+            batch = sub.recv_batch(100)
+            for ev in batch or ():
+                if ev.get("session") == session:
+                    writer.write(ev)
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+        # Events still in flight (the root's own exit, children's last words).
+        for ev in sub.events(timeout_ms=300):
+            if ev.get("session") == session:
+                writer.write(ev)
+        print(
+            f"roguewatch: {writer.count} events of session {session:x} written to {args.output}",
+            file=sys.stderr,
+        )
+        return sessions.exit_status(status)
+    except (sessions.SessionError, OSError) as exc:
+        return _die(str(exc))
+    finally:
+        if writer is not None:
+            writer.close()
+        watcher.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from roguewatch.control import running
+
+    if (rc := _need_root("status")) is not None:
+        return rc
+    client = running(args.control)
+    if client is None:
+        print("roguewatchd: not running (no answer on the control socket)")
+        return 3
+    st = client.request("stats")
+    lost = sum(st["lost_ring"].values()) + st["lost_pending"] + st["lost_decode"] + st["lost_bus"]
+    print(
+        f"roguewatchd: running for {st['uptime']:.0f} s, {st['probes']} probes attached, "
+        f"{st['tracked']} processes tracked, {st['events']} events published"
+    )
+    print(
+        f"losses: ring {st['lost_ring'] or 0}, pending {st['lost_pending']}, "
+        f"decode {st['lost_decode']}, bus {st['lost_bus']}"
+    )
+    return 1 if lost else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="roguewatch",
+        description="Watch AI-agent processes and stop them when they go rogue.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--version", action="version", version=f"roguewatch {__version__}")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    p = sub.add_parser("doctor", help="check that this host can run roguewatch")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_doctor)
+
+    p = sub.add_parser("events", help="show the event stream (live, or from a recording)")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of one-line text")
+    p.add_argument("--follow", "-f", action="store_true", help="keep streaming until ^C")
+    p.add_argument("--session", help="only this session (hex id)")
+    p.add_argument("--from", dest="from_file", metavar="FILE", help="read a recording")
+    p.add_argument("--endpoint", default=bus.EVENTS_ENDPOINT, help=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_events)
+
+    p = sub.add_parser("record", help="run CMD as a new session and write its events to FILE")
+    p.add_argument("--output", "-o", required=True, metavar="FILE")
+    p.add_argument(
+        "--policy", metavar="FILE", help="accepted; enforcement arrives with `roguewatch run`"
+    )
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    p.set_defaults(fn=cmd_record)
+
+    p = sub.add_parser("status", help="is roguewatchd up, and what has it lost")
+    p.add_argument("--control", default=bus.CONTROL_ENDPOINT, help=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_status)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if getattr(args, "command", None) and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    if not getattr(args, "fn", None):
+        ap.print_help()
+        return 2
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

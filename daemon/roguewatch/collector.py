@@ -1,0 +1,328 @@
+"""The collector: kernel records in, batches of events out on the ZeroMQ stream.
+
+Owns the loop that polls the ring buffer, decodes and enriches records, publishes them in
+batches without ever blocking, counts every loss (kernel, pending map, decoding, bus) and
+publishes the counts as `monitor` events at least once a second while they grow. It also
+serves the control socket that puts processes into sessions, applies the adoption selectors
+(in the kernel, and by a /proc scan at start), and guards roguewatch's own tasks.
+
+It must not judge events: rules are the evaluator's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import msgpack
+import zmq
+
+from roguewatch import bus, kernel
+from roguewatch.config import Config
+from roguewatch.enrich import ProcessCache, proc_cmdline, proc_ppid, proc_start_ns
+from roguewatch.probes.layout import TYPE_NAMES, RecordError, decode
+from roguewatch.ringbuf import RingBuffer
+
+log = logging.getLogger("roguewatch.collector")
+
+ADOPTED_PROCFS_BASE = (1 << 62) | (1 << 61)
+
+
+def new_session_id() -> int:
+    """A random id for a session started by `run` or `record` (below the adopted ranges)."""
+    return secrets.randbits(61) or 1
+
+
+@dataclass
+class Losses:
+    ring: dict[str, int]
+    pending: int
+    decode: int
+    bus: int
+
+    def total(self) -> int:
+        return sum(self.ring.values()) + self.pending + self.decode + self.bus
+
+
+class Collector:
+    def __init__(self, cfg: Config, probes: kernel.Probes | None = None) -> None:
+        self.cfg = cfg
+        self.probes = probes or kernel.load(
+            kernel.BuildOptions(ringbuf_pages=cfg.ringbuf_pages), cfg.cache_dir
+        )
+        self.ring = RingBuffer(self.probes.fd("events"), self.probes.ringbuf_size())
+        self.ctx = zmq.Context.instance()
+        self.pub = bus.Publisher(cfg.events_endpoint, self.ctx)
+        self.control: zmq.Socket | None = None
+        if cfg.control_endpoint:
+            bus.prepare_endpoint(cfg.control_endpoint)
+            self.control = self.ctx.socket(zmq.REP)
+            self.control.setsockopt(zmq.LINGER, 0)
+            self.control.bind(cfg.control_endpoint)
+            path = bus.ipc_path(cfg.control_endpoint)
+            if path:
+                os.chmod(path, 0o600)
+        self.cache = ProcessCache()
+        self.batch: list[dict] = []
+        self.events_total = 0
+        self.lost_decode = 0
+        self._reported = Losses({}, 0, 0, 0)
+        self._next_adopt = 0
+        self._stopping = False
+        self.started = time.time()
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.guard_self()
+        for uid in self.cfg.adopted_uids():
+            self.probes.adopt_uid(uid)
+        for comm in self.cfg.adopt_comms:
+            self.probes.adopt_comm(comm)
+        self.scan_procfs()
+
+    def guard_self(self) -> None:
+        """Every task of this process (ZeroMQ's threads too) is guarded, and our parent."""
+        for tid in os.listdir("/proc/self/task"):
+            self.probes.guard(int(tid))
+        self.probes.guard(os.getpid())
+
+    def scan_procfs(self) -> int:
+        """Register running processes that match the selectors (their events say `procfs`)."""
+        uids = set(self.cfg.adopted_uids())
+        comms = {c[:15] for c in self.cfg.adopt_comms}
+        if not uids and not comms:
+            return 0
+        tracked = self.probes.tracked()
+        found = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            if pid in tracked or pid == os.getpid():
+                continue
+            try:
+                st = os.stat(f"/proc/{pid}")
+                with open(f"/proc/{pid}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                continue
+            if st.st_uid in uids or comm in comms:
+                found.append((pid, st.st_uid, comm))
+        for pid, uid, comm in found:
+            start = proc_start_ns(pid)
+            if start is None:
+                continue
+            session = ADOPTED_PROCFS_BASE | self._next_adopt
+            self._next_adopt += 1
+            ppid = proc_ppid(pid)
+            pstart = proc_start_ns(ppid) or 0
+            self.probes.register(pid, session, start, pstart, ppid, adopted=True)
+            argv = proc_cmdline(pid) or []
+            exe = os.path.realpath(f"/proc/{pid}/exe") if os.path.exists(f"/proc/{pid}/exe") else ""
+            cwd = os.path.realpath(f"/proc/{pid}/cwd") if os.path.exists(f"/proc/{pid}/cwd") else ""
+            self.cache.exe[pid] = exe
+            if cwd:
+                self.cache.cwd[pid] = cwd
+            self.batch.append({
+                "type": "exec", "ts": time.time_ns(), "session": session, "pid": pid,
+                "tid": pid, "ppid": ppid, "uid": uid, "gid": 0, "comm": comm, "ret": 0,
+                "flags": ["procfs", "adopted"], "exec_id": f"{pid}-{start}",
+                "pexec_id": f"{ppid}-{pstart}" if ppid else "", "exe": exe,
+                "filename": exe, "argv": argv, "cmdline": " ".join(argv), "cwd": cwd,
+            })  # fmt: skip
+        self.flush()
+        return len(found)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _handle(self, buf, off: int, length: int) -> None:
+        try:
+            ev, h = decode(buf, off, length)
+        except RecordError:
+            self.lost_decode += 1
+            return
+        self.cache.enrich(ev, h)
+        self.batch.append(ev)
+
+    def flush(self) -> None:
+        if self.batch:
+            self.events_total += len(self.batch)
+            self.pub.publish(self.batch)
+            self.batch = []
+
+    def drain(self) -> int:
+        """Read everything the kernel has written, publishing in batches of batch_max."""
+        n = 0
+        limit = self.cfg.batch_max
+        while True:
+            got = self.ring.drain(self._handle, limit)
+            n += got
+            self.flush()
+            if got < limit:
+                return n
+
+    def losses(self) -> Losses:
+        ring = {TYPE_NAMES[t]: c for t, c in enumerate(self.probes.lost_by_type()) if c and t}
+        return Losses(ring, self.probes.pending_overflows(), self.lost_decode, self.pub.lost_events)
+
+    def report_losses(self) -> Losses | None:
+        """A `monitor` event when any loss counter grew since the last report."""
+        now = self.losses()
+        if now.total() == self._reported.total():
+            return None
+        self.pub.publish([{
+            "type": "monitor", "kind": "loss", "ts": time.time_ns(), "session": 0,
+            "pid": os.getpid(), "flags": [],
+            "lost_ring": now.ring, "lost_pending": now.pending, "lost_decode": now.decode,
+            "lost_bus": now.bus,
+            "detail": (
+                f"events lost: {sum(now.ring.values())} in the kernel ring buffer, "
+                f"{now.pending} for a full pending map, {now.decode} malformed, "
+                f"{now.bus} not sent on the bus (totals since start)"
+            ),
+        }])  # fmt: skip
+        self._reported = now
+        return now
+
+    def serve_control(self) -> None:
+        assert self.control is not None
+        while True:
+            try:
+                raw = self.control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                req = msgpack.unpackb(raw, raw=False)
+                reply = self._control(req)
+            except Exception as exc:  # a bad request must never stop the collector
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            self.control.send(msgpack.packb(reply, use_bin_type=True))
+
+    def _control(self, req: dict) -> dict:
+        op = req.get("op")
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        if op == "register":
+            pid = int(req["pid"])
+            start = proc_start_ns(pid)
+            if start is None:
+                return {"ok": False, "error": f"no process {pid}"}
+            ppid = proc_ppid(pid)
+            session = int(req.get("session") or new_session_id())
+            self.probes.register(pid, session, start, proc_start_ns(ppid) or 0, ppid)
+            return {"ok": True, "session": session}
+        if op == "unregister":
+            return {"ok": self.probes.unregister(int(req["pid"]))}
+        if op == "guard":
+            self.probes.guard(int(req["pid"]))
+            return {"ok": True}
+        if op == "stats":
+            loss = self.losses()
+            return {
+                "ok": True, "events": self.events_total, "uptime": time.time() - self.started,
+                "lost_ring": loss.ring, "lost_pending": loss.pending, "lost_decode": loss.decode,
+                "lost_bus": loss.bus, "probes": len(self.probes.attached),
+                "tracked": len(self.probes.tracked()),
+            }  # fmt: skip
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def run(self, ready: callable | None = None) -> None:
+        poller = zmq.Poller()
+        poller.register(self.ring.fd, zmq.POLLIN)
+        poller.register(self.pub.socket, zmq.POLLIN)
+        if self.control is not None:
+            poller.register(self.control, zmq.POLLIN)
+        if ready:
+            ready()
+        next_tick = time.monotonic() + 1.0
+        while not self._stopping:
+            timeout = max(0.0, next_tick - time.monotonic())
+            try:
+                socks = dict(poller.poll(timeout * 1000))
+            except zmq.ZMQError as exc:
+                if exc.errno == 4:  # EINTR: a signal; the flag decides
+                    continue
+                raise
+            self.drain()
+            if self.pub.socket in socks:
+                self.pub.drain_subscriptions()
+            if self.control is not None and self.control in socks:
+                self.serve_control()
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + 1.0
+                self.cache.refresh_clock()
+                self.report_losses()
+        self.drain()
+        self.report_losses()
+
+    def close(self) -> None:
+        self.ring.close()
+        self.pub.close()
+        if self.control is not None:
+            self.control.close(0)
+            path = bus.ipc_path(self.cfg.control_endpoint)
+            if path and os.path.exists(path):
+                os.unlink(path)
+        self.probes.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m roguewatch.collector`: the collector as a process of its own."""
+    import argparse
+
+    from roguewatch import config as config_mod
+
+    ap = argparse.ArgumentParser(description="roguewatch collector")
+    ap.add_argument("--config")
+    ap.add_argument("--events", help="event stream endpoint")
+    ap.add_argument("--control", help="control endpoint")
+    ap.add_argument("--ringbuf-pages", type=int)
+    ap.add_argument("--no-adopt", action="store_true", help="ignore adoption selectors")
+    ap.add_argument("--ready-fd", type=int, help="write one byte here once probes are attached")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        print(f"roguewatch collector: {exc}", file=sys.stderr)
+        return 2
+    if args.events:
+        cfg.events_endpoint = args.events
+    if args.control:
+        cfg.control_endpoint = args.control
+    if args.ringbuf_pages:
+        cfg.ringbuf_pages = args.ringbuf_pages
+    if args.no_adopt:
+        cfg.adopt_users, cfg.adopt_uids, cfg.adopt_comms = [], [], []
+    try:
+        col = Collector(cfg)
+    except (kernel.ProbeError, bus.BusError) as exc:
+        print(f"roguewatch collector: {exc}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, col.stop)
+    signal.signal(signal.SIGINT, col.stop)
+    col.setup()
+
+    def ready() -> None:
+        if args.ready_fd is not None:
+            os.write(args.ready_fd, b"1")
+            os.close(args.ready_fd)
+
+    try:
+        col.run(ready)
+    finally:
+        col.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

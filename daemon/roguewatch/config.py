@@ -1,0 +1,83 @@
+"""roguewatchd's configuration: the embedded defaults, and a YAML file that overrides them.
+
+Owns the keys, their defaults and their validation. A bad file is an error that names the file
+and the key; nothing here is read again on the hot path.
+"""
+
+from __future__ import annotations
+
+import pwd
+from dataclasses import dataclass, field, fields
+
+import yaml
+
+from roguewatch import bus
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class Config:
+    events_endpoint: str = bus.EVENTS_ENDPOINT
+    control_endpoint: str = bus.CONTROL_ENDPOINT
+    # Ring buffer size in 4 KiB pages (a power of two): 2048 = 8 MiB.
+    ringbuf_pages: int = 2048
+    # Most events per bus message; a batch is also sent whenever the ring buffer is drained.
+    batch_max: int = 1024
+    cache_dir: str = "/var/cache/roguewatch"
+    # Adoption selectors: processes of these users or uids, or whose comm is listed, are
+    # tracked from their exec on (and found by a /proc scan at start).
+    adopt_users: list[str] = field(default_factory=lambda: ["agent"])
+    adopt_uids: list[int] = field(default_factory=list)
+    adopt_comms: list[str] = field(default_factory=list)
+    # Print every event on stdout (the foreground mode of `make run`).
+    print_events: bool = True
+
+    def adopted_uids(self) -> list[int]:
+        """uids of adopt_uids plus those of adopt_users that exist on this host."""
+        uids = list(self.adopt_uids)
+        for user in self.adopt_users:
+            try:
+                uids.append(pwd.getpwnam(user).pw_uid)
+            except KeyError:
+                pass
+        return sorted(set(uids))
+
+
+_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def load(path: str | None) -> Config:
+    cfg = Config()
+    if path is None:
+        return cfg
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    for key, value in data.items():
+        if key not in _TYPES:
+            raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(_TYPES)})")
+        default = getattr(cfg, key)
+        ok = (
+            isinstance(value, list)
+            and all(isinstance(v, type(default[0]) if default else (str, int)) for v in value)
+            if isinstance(default, list)
+            else isinstance(value, type(default))
+            and not (isinstance(value, bool) and not isinstance(default, bool))
+        )
+        if not ok:
+            raise ConfigError(f"{path}: key {key!r}: expected {_TYPES[key]}, got {value!r}")
+        setattr(cfg, key, value)
+    if cfg.ringbuf_pages <= 0 or cfg.ringbuf_pages & (cfg.ringbuf_pages - 1):
+        raise ConfigError(f"{path}: key 'ringbuf_pages': expected a power of two")
+    return cfg

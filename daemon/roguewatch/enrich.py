@@ -1,0 +1,184 @@
+"""What only user space knows about a process: its executable, working directory, identity.
+
+Owns the collector's per-process cache (pid → exe, cwd) and the steps that turn a decoded
+record into a complete event: exec ids from the kernel's start times, the exe, the command
+line on exec, wall-clock time, and absolute paths. Relative paths are resolved promptly
+against the cwd this cache follows (inherited at fork, moved by chdir, read from /proc at
+first sight) or against the dirfd through /proc/PID/fd; when that fails the event says so
+with the `unresolved` flag instead of guessing.
+
+Hot path: most events cost two dict lookups here; /proc is read only on exec, on first sight
+of a process, and for relative paths whose base is unknown.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from roguewatch.probes.layout import AT_FDCWD
+
+MAX_PROCS = 65536
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def boot_to_wall_offset() -> int:
+    """Nanoseconds to add to CLOCK_BOOTTIME to get the Unix time."""
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def proc_start_ns(pid: int) -> int | None:
+    """Boot-relative start time of a process from /proc (clock-tick resolution)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[19]) * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
+
+
+def proc_ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def proc_cmdline(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return [a.decode(errors="surrogateescape") for a in raw.split(b"\0")[:-1]]
+
+
+def _join(base: str, path: str) -> str:
+    return os.path.normpath(os.path.join(base, path))
+
+
+class ProcessCache:
+    def __init__(self) -> None:
+        self.exe: dict[int, str] = {}
+        self.cwd: dict[int, str] = {}
+        self.offset = boot_to_wall_offset()
+        self.unresolved = 0
+
+    def refresh_clock(self) -> None:
+        self.offset = boot_to_wall_offset()
+
+    # -- per event ------------------------------------------------------------------------
+
+    def enrich(self, ev: dict, h: tuple) -> None:
+        pid = ev["pid"]
+        ev["ts"] += self.offset
+        start = h[2]
+        if start:
+            ev["exec_id"] = f"{pid}-{start}"
+            ev["pexec_id"] = f"{h[6]}-{h[3]}" if h[6] else ""
+        else:  # a guard event from an untracked process: identity from /proc
+            ev["ppid"] = ev["ppid"] or proc_ppid(pid)
+            ps = proc_start_ns(pid)
+            ev["exec_id"] = f"{pid}-{ps}" if ps is not None else ""
+            ev["pexec_id"] = ""
+        t = ev["type"]
+        if t == "exec":
+            self._on_exec(ev)
+        elif t == "fork" and not ev["thread"]:
+            child = ev["child_pid"]
+            self.exe[child] = self.exe.get(pid) or self._exe(pid)
+            cwd = self.cwd.get(pid)
+            if cwd:
+                self.cwd[child] = cwd
+        exe = self.exe.get(pid)
+        if exe is None:
+            exe = self._exe(pid)
+        ev["exe"] = exe
+        if "_path" in ev:
+            self._resolve(ev)
+        if t == "exit":
+            self.exe.pop(pid, None)
+            self.cwd.pop(pid, None)
+        elif t == "kill" and ev["call"] == "pidfd_send_signal":
+            ev["target"] = self._pidfd_target(pid, ev["target"])
+
+    def _exe(self, pid: int) -> str:
+        exe = _readlink(f"/proc/{pid}/exe") or ""
+        if len(self.exe) >= MAX_PROCS:
+            self.exe.clear()  # bounded: a pid seen again is simply looked up again
+        self.exe[pid] = exe
+        return exe
+
+    def _on_exec(self, ev: dict) -> None:
+        pid = ev["pid"]
+        cwd = _readlink(f"/proc/{pid}/cwd") or self.cwd.get(pid, "")
+        if cwd:
+            self.cwd[pid] = cwd
+        ev["cwd"] = cwd
+        exe = _readlink(f"/proc/{pid}/exe")
+        if exe is None:  # already gone: the path it was started with is the best we have
+            fn = ev["filename"]
+            exe = fn if fn.startswith("/") or not cwd else _join(cwd, fn)
+        self.exe[pid] = exe
+        argv = ev["argv"]
+        if "truncated" in ev["flags"] or not argv:
+            argv = proc_cmdline(pid) or argv
+            ev["argv"] = argv
+        ev["cmdline"] = " ".join(argv)
+
+    def _base(self, pid: int, dirfd: int) -> str | None:
+        if dirfd == AT_FDCWD:
+            cwd = self.cwd.get(pid)
+            if cwd is None:
+                cwd = _readlink(f"/proc/{pid}/cwd")
+                if cwd is not None:
+                    self.cwd[pid] = cwd
+            return cwd
+        return _readlink(f"/proc/{pid}/fd/{dirfd}")
+
+    def _absolute(self, ev: dict, path: str | None, dirfd: int) -> str:
+        pid = ev["pid"]
+        if path is None:  # an fd operation: the fd names the file
+            p = _readlink(f"/proc/{pid}/fd/{ev.get('fd', -1)}")
+            if p is None:
+                self._unresolved(ev)
+                return ""
+            return p
+        if path.startswith("/"):
+            return os.path.normpath(path)
+        base = self._base(pid, dirfd)
+        if base is None:
+            self._unresolved(ev)
+            return path
+        return _join(base, path) if path else base
+
+    def _unresolved(self, ev: dict) -> None:
+        self.unresolved += 1
+        if "unresolved" not in ev["flags"]:
+            ev["flags"].append("unresolved")
+
+    def _resolve(self, ev: dict) -> None:
+        ev["path"] = self._absolute(ev, ev.pop("_path"), ev.get("dirfd", AT_FDCWD))
+        if "_source" in ev:
+            ev["source"] = self._absolute(ev, ev.pop("_source"), ev.pop("_source_dirfd"))
+        if ev["type"] == "chdir" and ev["ret"] == 0 and "unresolved" not in ev["flags"]:
+            self.cwd[ev["pid"]] = ev["path"]
+
+    def _pidfd_target(self, pid: int, fd: int) -> int:
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("Pid:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return -1

@@ -1,0 +1,528 @@
+"""Loading roguewatch's BPF probes into the kernel, and the maps user space shares with them.
+
+Owns: compiling ``probes/*.bpf.c`` with bcc into a *probe image* (bytecode of every tracepoint
+program plus the definitions of the maps it uses), caching that image on disk, and loading an
+image: creating the maps, patching their fds into the bytecode, loading and attaching the
+programs. Also owns the typed operations on the shared maps (sessions, adoption selectors,
+the guard set, loss counters).
+
+Why an image: bcc compiles with clang at every start (about 4 s for these probes, 130 MB of
+LLVM in the process). The image is compiled once per (sources, options, kernel, bcc) in a
+subprocess and loaded in a fraction of a second, so start-up stays short and the collector
+never carries LLVM. bcc's own program loading is not used at run time.
+
+It must not decode records (``roguewatch.probes.layout``) or poll the ring buffer
+(``roguewatch.ringbuf``).
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import hashlib
+import importlib.resources
+import os
+import platform
+import struct
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import msgpack
+
+from roguewatch import kernelenv
+
+PROBE_FILES = ("process", "network", "files", "signals", "system")
+HEADER = "roguewatch.h"
+CACHE_DIR = "/var/cache/roguewatch"
+DEFAULT_RINGBUF_PAGES = 2048  # 8 MiB
+
+BPF_PROG_TYPE_TRACEPOINT = 5
+BPF_PSEUDO_MAP_FD = 1
+BPF_LD_IMM64 = 0x18
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_TYPE_RINGBUF = 27
+SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
+
+# Tracepoints whose absence means "not on this kernel"; the C guards them with these macros.
+OPTIONAL_GROUPS: dict[str, tuple[tuple[str, str], ...]] = {
+    "RW_HAVE_MODULE_TRACEPOINTS": (
+        ("syscalls", "sys_enter_init_module"),
+        ("syscalls", "sys_enter_finit_module"),
+    ),
+    "RW_HAVE_FCHMODAT2": (("syscalls", "sys_enter_fchmodat2"),),
+}
+
+
+class ProbeError(Exception):
+    """Probes that cannot be built or loaded, with what to do about it."""
+
+
+_libc = ct.CDLL(None, use_errno=True)
+_libc.syscall.restype = ct.c_long
+
+
+class _MapInfo(ct.Structure):
+    _fields_ = [
+        ("type", ct.c_uint32),
+        ("id", ct.c_uint32),
+        ("key_size", ct.c_uint32),
+        ("value_size", ct.c_uint32),
+        ("max_entries", ct.c_uint32),
+        ("map_flags", ct.c_uint32),
+        ("name", ct.c_char * 16),
+        ("rest", ct.c_uint8 * 64),
+    ]
+
+
+class _InfoAttr(ct.Structure):
+    _fields_ = [("bpf_fd", ct.c_uint32), ("info_len", ct.c_uint32), ("info", ct.c_uint64)]
+
+
+def map_info(fd: int) -> _MapInfo:
+    info = _MapInfo()
+    attr = _InfoAttr(fd, ct.sizeof(info), ct.addressof(info))
+    if _libc.syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, ct.byref(attr), ct.sizeof(attr)) < 0:
+        err = ct.get_errno()
+        raise ProbeError(f"bpf(OBJ_GET_INFO_BY_FD, {fd}): {os.strerror(err)}")
+    return info
+
+
+def _libbcc() -> ct.CDLL:
+    try:
+        lib = ct.CDLL("libbcc.so.0", use_errno=True)
+    except OSError as exc:
+        raise ProbeError(f"libbcc not found ({exc}): apt-get install python3-bpfcc") from None
+    lib.bcc_create_map.restype = ct.c_int
+    lib.bcc_create_map.argtypes = [ct.c_int, ct.c_char_p, ct.c_int, ct.c_int, ct.c_int, ct.c_int]
+    lib.bcc_prog_load.restype = ct.c_int
+    lib.bcc_prog_load.argtypes = [
+        ct.c_int, ct.c_char_p, ct.c_void_p, ct.c_int, ct.c_char_p,
+        ct.c_uint, ct.c_int, ct.c_char_p, ct.c_uint,
+    ]  # fmt: skip
+    lib.bpf_attach_tracepoint.restype = ct.c_int
+    lib.bpf_attach_tracepoint.argtypes = [ct.c_int, ct.c_char_p, ct.c_char_p]
+    lib.bpf_update_elem.restype = ct.c_int
+    lib.bpf_update_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_ulonglong]
+    lib.bpf_lookup_elem.restype = ct.c_int
+    lib.bpf_lookup_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    lib.bpf_delete_elem.restype = ct.c_int
+    lib.bpf_delete_elem.argtypes = [ct.c_int, ct.c_void_p]
+    lib.bpf_get_next_key.restype = ct.c_int
+    lib.bpf_get_next_key.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    return lib
+
+
+# ---------------------------------------------------------------------------------------------
+# The probe image
+
+
+@dataclass
+class MapDef:
+    name: str
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+
+
+@dataclass
+class ProgDef:
+    category: str
+    event: str
+    insns: bytes
+    relocs: list[tuple[int, str]]  # (instruction index, map name) of each map fd load
+
+
+@dataclass
+class ProbeImage:
+    key: str
+    maps: list[MapDef]
+    progs: list[ProgDef]
+    missing: list[str] = field(default_factory=list)  # optional tracepoints not on this kernel
+
+    def dumps(self) -> bytes:
+        return msgpack.packb(
+            {
+                "key": self.key,
+                "maps": [vars(m) for m in self.maps],
+                "progs": [
+                    {"category": p.category, "event": p.event, "insns": p.insns, "relocs": p.relocs}
+                    for p in self.progs
+                ],
+                "missing": self.missing,
+            },
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def loads(cls, data: bytes) -> ProbeImage:
+        d = msgpack.unpackb(data, raw=False)
+        return cls(
+            key=d["key"],
+            maps=[MapDef(**m) for m in d["maps"]],
+            progs=[
+                ProgDef(p["category"], p["event"], p["insns"], [tuple(r) for r in p["relocs"]])
+                for p in d["progs"]
+            ],
+            missing=list(d["missing"]),
+        )
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
+
+    def cflags(self, have: list[str]) -> list[str]:
+        flags = [f"-DRW_RINGBUF_PAGES={self.ringbuf_pages}", "-Wno-macro-redefined"]
+        flags += [f"-D{m}=1" for m in have]
+        return flags
+
+
+def probe_source() -> str:
+    base = importlib.resources.files("roguewatch.probes")
+    text = base.joinpath(HEADER).read_text()
+    for name in PROBE_FILES:
+        text += f"\n/* ---- {name}.bpf.c ---- */\n" + base.joinpath(f"{name}.bpf.c").read_text()
+    return text
+
+
+def optional_macros() -> tuple[list[str], list[str]]:
+    """(macros for optional tracepoint groups present here, tracepoints missing here)."""
+    have, missing = [], []
+    for macro, tps in OPTIONAL_GROUPS.items():
+        absent = [f"{c}:{n}" for c, n in tps if not kernelenv.tracepoint_exists(c, n)]
+        if absent:
+            missing += absent
+        else:
+            have.append(macro)
+    return have, missing
+
+
+def image_key(opts: BuildOptions) -> str:
+    try:
+        import bcc
+
+        bcc_version = getattr(bcc, "__version__", "?")
+    except ImportError:
+        bcc_version = "none"
+    have, _ = optional_macros()
+    h = hashlib.sha256()
+    for part in (probe_source(), repr(opts.cflags(have)), platform.release(), bcc_version):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+def compile_image(opts: BuildOptions) -> ProbeImage:
+    """Compile the probes with bcc (clang) without loading them, and extract the image."""
+    try:
+        from bcc import BPF
+    except ImportError:
+        raise ProbeError(
+            "bcc is not importable: apt-get install python3-bpfcc, and run from a venv made "
+            "with /usr/bin/python3 -m venv --system-site-packages (or `make deps`)"
+        ) from None
+
+    class _CompileOnly(BPF):
+        def _trace_autoload(self) -> None:  # compile, do not load or attach
+            pass
+
+    kernelenv.tracefs_dir()
+    have, missing = optional_macros()
+    try:
+        b = _CompileOnly(text=probe_source(), cflags=opts.cflags(have))
+    except Exception as exc:
+        raise ProbeError(f"compiling the probes failed: {exc}") from None
+    lib = _libbcc()
+    del lib
+    from bcc.libbcc import lib as bcclib
+
+    maps: dict[str, MapDef] = {}
+    fd_names: dict[int, str] = {}
+    progs: list[ProgDef] = []
+    for i in range(bcclib.bpf_num_functions(b.module)):
+        fname = bcclib.bpf_function_name(b.module, i).decode()
+        if not fname.startswith("tracepoint__"):
+            continue
+        _, category, event = fname.split("__", 2)
+        insns = bytes(b.dump_func(fname))
+        relocs: list[tuple[int, str]] = []
+        for idx in range(len(insns) // 8):
+            code, regs = insns[idx * 8], insns[idx * 8 + 1]
+            if code == BPF_LD_IMM64 and (regs >> 4) == BPF_PSEUDO_MAP_FD:
+                fd = struct.unpack_from("<i", insns, idx * 8 + 4)[0]
+                if fd not in fd_names:
+                    info = map_info(fd)
+                    name = info.name.decode()
+                    if name in maps:
+                        raise ProbeError(f"two maps named {name!r} (15-byte kernel names)")
+                    maps[name] = MapDef(
+                        name, info.type, info.key_size, info.value_size,
+                        info.max_entries, info.map_flags,
+                    )  # fmt: skip
+                    fd_names[fd] = name
+                relocs.append((idx, fd_names[fd]))
+        progs.append(ProgDef(category, event, insns, relocs))
+    # Maps no program references (none today) would be missing: name them all explicitly.
+    for name in ("events", "sessions", "adopt_uids", "adopt_comms", "guarded", "lost", "counters"):
+        if name not in maps:
+            fd = b.get_table(name).map_fd
+            info = map_info(fd)
+            maps[name] = MapDef(
+                name, info.type, info.key_size, info.value_size, info.max_entries, info.map_flags
+            )
+    b.cleanup()
+    return ProbeImage(image_key(opts), list(maps.values()), progs, missing)
+
+
+def cached_image(opts: BuildOptions, cache_dir: str = CACHE_DIR) -> ProbeImage:
+    """The image for these options: from the cache, or compiled in a subprocess and cached."""
+    key = image_key(opts)
+    path = os.path.join(cache_dir, f"probes-{key}.img")
+    try:
+        with open(path, "rb") as f:
+            img = ProbeImage.loads(f.read())
+        if img.key == key:
+            return img
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+    # Compile in a child so clang's memory never stays in a long-running process.
+    proc = subprocess.run(
+        [sys.executable, "-m", "roguewatch.kernel", "--build", path,
+         "--ringbuf-pages", str(opts.ringbuf_pages)],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise ProbeError(proc.stderr.strip().splitlines()[-1] if proc.stderr else "compile failed")
+    with open(path, "rb") as f:
+        return ProbeImage.loads(f.read())
+
+
+def _write_image(path: str, opts: BuildOptions) -> None:
+    img = compile_image(opts)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".probes-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(img.dumps())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaded probes
+
+# struct rw_proc in roguewatch.h: session, start_ns, pstart_ns, ppid, flags
+_PROC = struct.Struct("<QQQII")
+RW_F_ADOPTED = 1 << 1
+
+
+@dataclass
+class Attached:
+    category: str
+    event: str
+    prog_fd: int
+    link_fd: int
+
+
+class Probes:
+    """The probes, loaded and attached; the shared maps by name. Close to detach."""
+
+    def __init__(self, image: ProbeImage) -> None:
+        self._lib = _libbcc()
+        self.image = image
+        self.map_fds: dict[str, int] = {}
+        self.attached: list[Attached] = []
+        self.failed: list[tuple[str, str]] = []
+        kernelenv.tracefs_dir()
+        try:
+            for m in image.maps:
+                fd = self._lib.bcc_create_map(
+                    m.type, m.name.encode(), m.key_size, m.value_size, m.max_entries, m.flags
+                )
+                if fd < 0:
+                    err = ct.get_errno()
+                    raise ProbeError(f"creating map {m.name}: {os.strerror(err)}")
+                self.map_fds[m.name] = fd
+            for p in image.progs:
+                self._load(p)
+        except BaseException:
+            self.close()
+            raise
+        if not self.attached:
+            raise ProbeError(f"no probe could be attached: {self.failed[:3]}")
+
+    def _load(self, p: ProgDef) -> None:
+        insns = bytearray(p.insns)
+        for idx, name in p.relocs:
+            struct.pack_into("<i", insns, idx * 8 + 4, self.map_fds[name])
+        buf = (ct.c_char * len(insns)).from_buffer(insns)
+        log = ct.create_string_buffer(65536)
+        name = f"rw_{p.event}"[:15].encode()
+        fd = self._lib.bcc_prog_load(
+            BPF_PROG_TYPE_TRACEPOINT, name, buf, len(insns), b"GPL", 0, 0, log, len(log)
+        )
+        if fd < 0:
+            err = ct.get_errno()
+            # Retry with the verifier's log, which is what a person needs to read.
+            self._lib.bcc_prog_load(
+                BPF_PROG_TYPE_TRACEPOINT, name, buf, len(insns), b"GPL", 0, 1, log, len(log)
+            )
+            tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
+            raise ProbeError(f"loading {p.category}:{p.event}: {os.strerror(err)}: {tail}")
+        link = self._lib.bpf_attach_tracepoint(fd, p.category.encode(), p.event.encode())
+        if link < 0:
+            err = ct.get_errno()
+            os.close(fd)
+            self.failed.append((f"{p.category}:{p.event}", os.strerror(err or errno.ENOENT)))
+            return
+        self.attached.append(Attached(p.category, p.event, fd, link))
+
+    # -- maps ------------------------------------------------------------------------------
+
+    def fd(self, name: str) -> int:
+        return self.map_fds[name]
+
+    def _update(self, name: str, key: bytes, value: bytes) -> None:
+        k, v = ct.create_string_buffer(key, len(key)), ct.create_string_buffer(value, len(value))
+        if self._lib.bpf_update_elem(self.map_fds[name], k, v, 0) < 0:
+            raise ProbeError(f"updating {name}: {os.strerror(ct.get_errno())}")
+
+    def _delete(self, name: str, key: bytes) -> bool:
+        k = ct.create_string_buffer(key, len(key))
+        return self._lib.bpf_delete_elem(self.map_fds[name], k) == 0
+
+    def _lookup(self, name: str, key: bytes, size: int) -> bytes | None:
+        k, v = ct.create_string_buffer(key, len(key)), ct.create_string_buffer(size)
+        if self._lib.bpf_lookup_elem(self.map_fds[name], k, v) < 0:
+            return None
+        return v.raw
+
+    def keys(self, name: str, key_size: int) -> list[bytes]:
+        out: list[bytes] = []
+        cur = ct.create_string_buffer(key_size)
+        nxt = ct.create_string_buffer(key_size)
+        prev = None
+        while self._lib.bpf_get_next_key(self.map_fds[name], prev, nxt) == 0:
+            out.append(nxt.raw)
+            ct.memmove(cur, nxt, key_size)
+            prev = cur
+        return out
+
+    def register(
+        self, pid: int, session: int, start_ns: int, pstart_ns: int = 0, ppid: int = 0,
+        adopted: bool = False,
+    ) -> None:  # fmt: skip
+        """Put a process in a session: it and everything it starts from now on is tracked."""
+        flags = RW_F_ADOPTED if adopted else 0
+        self._update(
+            "sessions",
+            struct.pack("<I", pid),
+            _PROC.pack(session, start_ns, pstart_ns, ppid, flags),
+        )
+
+    def unregister(self, pid: int) -> bool:
+        return self._delete("sessions", struct.pack("<I", pid))
+
+    def session_of(self, pid: int) -> int | None:
+        raw = self._lookup("sessions", struct.pack("<I", pid), _PROC.size)
+        return _PROC.unpack(raw)[0] if raw else None
+
+    def tracked(self) -> dict[int, int]:
+        """pid -> session of every process the kernel tracks."""
+        out = {}
+        for k in self.keys("sessions", 4):
+            pid = struct.unpack("<I", k)[0]
+            s = self.session_of(pid)
+            if s is not None:
+                out[pid] = s
+        return out
+
+    def adopt_uid(self, uid: int) -> None:
+        self._update("adopt_uids", struct.pack("<I", uid), b"\1")
+
+    def adopt_comm(self, comm: str) -> None:
+        self._update("adopt_comms", comm.encode()[:15].ljust(16, b"\0"), b"\1")
+
+    def guard(self, pid: int) -> None:
+        """Signals and ptrace aimed at this task become guard events, from any process."""
+        self._update("guarded", struct.pack("<I", pid), b"\1")
+
+    def unguard(self, pid: int) -> None:
+        self._delete("guarded", struct.pack("<I", pid))
+
+    def lost_by_type(self) -> list[int]:
+        """Records the kernel could not write, per event type number (summed over CPUs)."""
+        ncpu = os.cpu_count() or 1
+        m = next(m for m in self.image.maps if m.name == "lost")
+        # Per-CPU values are 8-byte aligned slots, one per possible CPU.
+        ncpu = _possible_cpus()
+        out = []
+        for t in range(m.max_entries):
+            raw = self._lookup("lost", struct.pack("<I", t), 8 * ncpu)
+            out.append(sum(struct.unpack(f"<{ncpu}Q", raw)) if raw else 0)
+        return out
+
+    def pending_overflows(self) -> int:
+        raw = self._lookup("counters", struct.pack("<I", 1), 8)
+        return struct.unpack("<Q", raw)[0] if raw else 0
+
+    def ringbuf_size(self) -> int:
+        return next(m.max_entries for m in self.image.maps if m.name == "events")
+
+    def close(self) -> None:
+        for a in self.attached:
+            for fd in (a.link_fd, a.prog_fd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.attached = []
+        for fd in self.map_fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.map_fds = {}
+
+    def __enter__(self) -> Probes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _possible_cpus() -> int:
+    with open("/sys/devices/system/cpu/possible") as f:
+        spec = f.read().strip()
+    n = 0
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        n += (int(hi) if hi else int(lo)) - int(lo) + 1
+    return n
+
+
+def load(opts: BuildOptions | None = None, cache_dir: str = CACHE_DIR) -> Probes:
+    return Probes(cached_image(opts or BuildOptions(), cache_dir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="build the probe image (used by the loader)")
+    ap.add_argument("--build", metavar="PATH", required=True)
+    ap.add_argument("--ringbuf-pages", type=int, default=DEFAULT_RINGBUF_PAGES)
+    args = ap.parse_args(argv)
+    try:
+        _write_image(args.build, BuildOptions(ringbuf_pages=args.ringbuf_pages))
+    except ProbeError as exc:
+        print(f"roguewatch: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,247 @@
+/* roguewatch.h: what every probe shares.
+ *
+ * - the record written to the ring buffer (mirrored by probes/layout.py: change both);
+ * - the session map (tgid -> session), filled by user space for a session's root and by the
+ *   fork probe for every descendant, so filtering happens here, in the kernel;
+ * - the adoption selectors (uid, comm) applied at exec, and the guard set (roguewatch's own
+ *   tasks) that signals and ptrace must not reach unseen;
+ * - the pending map that pairs sys_enter_* with sys_exit_* to carry a syscall's result;
+ * - a loss counter per event type for every record that could not be written.
+ *
+ * Only tracepoint arguments and BPF helpers are read: never a kernel struct by offset, since
+ * the header tree bcc compiles against may not match the running kernel.
+ */
+#ifndef ROGUEWATCH_H
+#define ROGUEWATCH_H
+
+#include <uapi/linux/ptrace.h>
+#include <linux/sched.h>
+
+#ifndef RW_RINGBUF_PAGES
+#define RW_RINGBUF_PAGES 2048 /* 8 MiB */
+#endif
+#ifndef RW_MAX_PROCS
+#define RW_MAX_PROCS 65536
+#endif
+
+#define RW_PATH_MAX 4096
+#define RW_DATA_MAX (2 * RW_PATH_MAX)
+#define RW_ARGV_ARGS 20
+#define RW_ARGV_ARG_MAX 256
+#define RW_ARGV_MAX 2048
+#define RW_DNS_MAX 256
+#define RW_AT_FDCWD -100
+
+/* Event types: the order is the contract with probes/layout.py (TYPE_NAMES). */
+enum rw_type {
+    RW_NONE = 0,
+    RW_FORK, RW_EXEC, RW_EXIT,
+    RW_CONNECT, RW_SENDTO, RW_SENDMSG, RW_SOCKET, RW_BIND, RW_LISTEN,
+    RW_OPEN, RW_RENAME, RW_UNLINK, RW_LINK, RW_SYMLINK, RW_CHMOD, RW_CHOWN, RW_TRUNCATE,
+    RW_UTIMES,
+    RW_KILL, RW_RT_SIGACTION, RW_SETSID, RW_SETPGID, RW_PRCTL, RW_TASK_RENAME, RW_PTRACE,
+    RW_UNSHARE, RW_SETNS, RW_MOUNT, RW_BPF, RW_MODULE_LOAD, RW_MEMFD_CREATE, RW_CHDIR,
+    RW_TYPE_MAX
+};
+
+/* Record flags (bits of rw_hdr.flags). */
+#define RW_F_GUARD      (1 << 0) /* aimed at roguewatch; the sender may be untracked */
+#define RW_F_ADOPTED    (1 << 1) /* the process was adopted at exec by a selector */
+#define RW_F_THREAD     (1 << 2) /* fork: the child is a thread */
+#define RW_F_TRUNC      (1 << 3) /* a string was cut at its maximum */
+#define RW_F_FDPATH     (1 << 4) /* a0 is an fd whose path user space must resolve */
+
+struct rw_hdr {
+    u64 ts;        /* bpf_ktime_get_boot_ns() */
+    u64 session;
+    u64 start_ns;  /* the process's fork or last exec: with pid, its exec id */
+    u64 pstart_ns; /* the parent's, for the parent's exec id */
+    u32 pid;       /* tgid */
+    u32 tid;
+    u32 ppid;
+    u32 uid;
+    u32 gid;
+    u16 type;
+    u16 flags;
+    char comm[TASK_COMM_LEN];
+    s64 ret;
+    u64 a[4];      /* type-specific integer arguments */
+    u8 addr[28];   /* a sockaddr (in, in6 or the start of un) */
+    u16 len1;      /* bytes of data[] used by the first string (NUL included) */
+    u16 len2;      /* bytes after it used by the second */
+};
+
+struct rw_rec {
+    struct rw_hdr h;
+    char data[RW_DATA_MAX];
+};
+
+/* What the kernel knows of a tracked process. */
+struct rw_proc {
+    u64 session;
+    u64 start_ns;
+    u64 pstart_ns;
+    u32 ppid;
+    u32 flags;
+};
+
+struct rw_comm_key {
+    char comm[TASK_COMM_LEN];
+};
+
+BPF_RINGBUF_OUTPUT(events, RW_RINGBUF_PAGES);
+BPF_HASH(sessions, u32, struct rw_proc, RW_MAX_PROCS);
+BPF_HASH(adopt_uids, u32, u8, 1024);
+BPF_HASH(adopt_comms, struct rw_comm_key, u8, 1024);
+BPF_HASH(guarded, u32, u8, 4096);
+BPF_PERCPU_ARRAY(lost, u64, RW_TYPE_MAX);
+BPF_PERCPU_ARRAY(scratch, struct rw_rec, 1);
+/* counters[0]: next adopted session number; [1]: pending-map overflows */
+BPF_ARRAY(counters, u64, 4);
+/* A syscall's record between its sys_enter and sys_exit, by thread id. Not preallocated:
+ * records are 8 KiB and only threads inside a traced syscall of a session hold one. */
+BPF_F_TABLE("hash", u32, struct rw_rec, pending, 4096, BPF_F_NO_PREALLOC);
+
+#define RW_SESSION_ADOPTED_BASE (1ULL << 62)
+
+static __always_inline void rw_count_lost(u32 type)
+{
+    u64 *n = lost.lookup(&type);
+    if (n)
+        (*n)++;
+}
+
+/* The tracked process of the current task, or NULL: the first thing every probe asks. */
+static __always_inline struct rw_proc *rw_current_proc(void)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    return sessions.lookup(&tgid);
+}
+
+/* A zeroed record in the per-CPU scratch, with the header of the current task filled. */
+static __always_inline struct rw_rec *rw_begin(u16 type, struct rw_proc *p)
+{
+    u32 zero = 0;
+    struct rw_rec *r = scratch.lookup(&zero);
+    if (!r)
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    u64 ug = bpf_get_current_uid_gid();
+    __builtin_memset(&r->h, 0, sizeof(r->h));
+    r->h.ts = bpf_ktime_get_boot_ns();
+    r->h.pid = id >> 32;
+    r->h.tid = (u32)id;
+    r->h.uid = (u32)ug;
+    r->h.gid = ug >> 32;
+    r->h.type = type;
+    if (p) {
+        r->h.session = p->session;
+        r->h.start_ns = p->start_ns;
+        r->h.pstart_ns = p->pstart_ns;
+        r->h.ppid = p->ppid;
+        if (p->flags & RW_F_ADOPTED)
+            r->h.flags |= RW_F_ADOPTED;
+    }
+    bpf_get_current_comm(&r->h.comm, sizeof(r->h.comm));
+    return r;
+}
+
+static __always_inline u32 rw_size(struct rw_rec *r)
+{
+    u32 size = sizeof(struct rw_hdr) + (u32)r->h.len1 + (u32)r->h.len2;
+    if (size > sizeof(struct rw_rec))
+        size = sizeof(struct rw_rec);
+    return size;
+}
+
+static __always_inline void rw_emit(struct rw_rec *r)
+{
+    u32 size = rw_size(r);
+    /* Bound it again for the verifier, which may not keep the clamp across the call. */
+    size &= 0x3fff;
+    if (size > sizeof(struct rw_rec))
+        return;
+    if (events.ringbuf_output(r, size, 0) != 0)
+        rw_count_lost(r->h.type);
+}
+
+/* Keep the record until sys_exit_* supplies the result. */
+static __always_inline void rw_stash(struct rw_rec *r)
+{
+    u32 tid = r->h.tid;
+    if (pending.update(&tid, r) != 0) {
+        rw_count_lost(r->h.type);
+        u32 k = 1;
+        u64 *n = counters.lookup(&k);
+        if (n)
+            __sync_fetch_and_add(n, 1);
+    }
+}
+
+/* sys_exit_*: emit the stashed record with the syscall's result. */
+static __always_inline int rw_finish(long ret)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct rw_rec *r = pending.lookup(&tid);
+    if (!r)
+        return 0;
+    r->h.ret = ret;
+    rw_emit(r);
+    pending.delete(&tid);
+    return 0;
+}
+
+/* Strings: the first at data[0], the second right after it. */
+static __always_inline void rw_str1_user(struct rw_rec *r, const char *s)
+{
+    if (!s)
+        return;
+    long n = bpf_probe_read_user_str(r->data, RW_PATH_MAX, s);
+    if (n > 0) {
+        r->h.len1 = n;
+        if (n == RW_PATH_MAX)
+            r->h.flags |= RW_F_TRUNC;
+    }
+}
+
+static __always_inline void rw_str2_user(struct rw_rec *r, const char *s)
+{
+    if (!s)
+        return;
+    u32 off = r->h.len1;
+    if (off > RW_PATH_MAX - 1)
+        off = RW_PATH_MAX - 1;
+    off &= RW_PATH_MAX - 1;
+    long n = bpf_probe_read_user_str(r->data + off, RW_PATH_MAX, s);
+    if (n > 0) {
+        r->h.len1 = off;
+        r->h.len2 = n;
+        if (n == RW_PATH_MAX)
+            r->h.flags |= RW_F_TRUNC;
+    }
+}
+
+/* Up to 28 bytes of a user sockaddr. */
+static __always_inline void rw_sockaddr(struct rw_rec *r, const void *uaddr, long len)
+{
+    if (!uaddr)
+        return;
+    u32 n = len;
+    if (len <= 0 || n > sizeof(r->h.addr))
+        n = sizeof(r->h.addr);
+    /* Read no more than the caller gave: a sockaddr_in may end at a page boundary. */
+    bpf_probe_read_user(r->h.addr, n & 0x1f, uaddr);
+}
+
+static __always_inline u16 rw_addr_family(struct rw_rec *r)
+{
+    return *(u16 *)r->h.addr;
+}
+
+static __always_inline u16 rw_addr_port(struct rw_rec *r)
+{
+    u16 be = *(u16 *)(r->h.addr + 2);
+    return (be >> 8) | ((be & 0xff) << 8);
+}
+
+#endif
