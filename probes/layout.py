@@ -77,7 +77,9 @@ def dns_name(query: bytes) -> str:
         while i < len(query):
             n = query[i]
             if n == 0:
-                return ".".join(labels)
+                if labels:
+                    return ".".join(labels)
+                break
             if n & 0xC0 or i + 1 + n > len(query):
                 break
             labels.append(query[i + 1 : i + 1 + n].decode("ascii", errors="replace"))

@@ -1,0 +1,123 @@
+"""File events: the writes, renames, links and mode changes persistence goes through."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.conftest import SCRATCH, Stream
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(autouse=True)
+def scratch() -> None:
+    shutil.rmtree(f"{SCRATCH}/f", ignore_errors=True)
+    os.makedirs(f"{SCRATCH}/f/sub")
+
+
+def test_writing_opens_are_events_and_read_only_opens_are_not(stream: Stream) -> None:
+    s = stream.python(
+        """
+        import os
+        d = "/tmp/rwtest/f/"
+        os.close(os.open(d + "created", os.O_WRONLY | os.O_CREAT, 0o640))
+        os.close(os.open(d + "created", os.O_RDWR | os.O_TRUNC))
+        os.close(os.open(d + "created", os.O_RDONLY))
+        os.close(os.open("/etc/hostname", os.O_RDONLY))
+        """
+    )
+    opens = s.of_type("open", path=f"{SCRATCH}/f/created")
+    assert len(opens) == 2
+    assert opens[0]["open_flags"] & os.O_CREAT and opens[0]["mode"] == 0o640
+    assert opens[1]["open_flags"] & os.O_TRUNC
+    assert all(e["ret"] >= 0 for e in opens)
+    assert not s.of_type("open", path="/etc/hostname")
+
+
+def test_relative_paths_resolve_against_the_followed_cwd_and_dirfd(stream: Stream) -> None:
+    s = stream.python(
+        """
+        import os
+        os.chdir("/tmp/rwtest/f/sub")
+        os.close(os.open("evil", os.O_WRONLY | os.O_CREAT))
+        dfd = os.open("/tmp/rwtest/f", os.O_RDONLY | os.O_DIRECTORY)
+        os.close(os.open("viadirfd", os.O_WRONLY | os.O_CREAT, dir_fd=dfd))
+        os.close(os.open("../up", os.O_WRONLY | os.O_CREAT))
+        """
+    )
+    assert s.one("chdir")["path"] == f"{SCRATCH}/f/sub"
+    s.one("open", path=f"{SCRATCH}/f/sub/evil")
+    s.one("open", path=f"{SCRATCH}/f/viadirfd")
+    s.one("open", path=f"{SCRATCH}/f/up")
+    assert not [e for e in s.events if "unresolved" in e["flags"]]
+
+
+def test_a_child_inherits_the_cwd_it_was_forked_with(stream: Stream) -> None:
+    s = stream.shell("cd /tmp/rwtest/f/sub && (echo x > child-file)")
+    op = s.one("open", path=f"{SCRATCH}/f/sub/child-file")
+    assert op["ret"] >= 0
+
+
+def test_rename_link_symlink_unlink(stream: Stream) -> None:
+    s = stream.python(
+        """
+        import os
+        d = "/tmp/rwtest/f/"
+        open(d + "a", "w").close()
+        os.rename(d + "a", d + "b")
+        os.link(d + "b", d + "hard")
+        os.symlink("/etc/shadow", d + "soft")
+        os.unlink(d + "hard")
+        os.rmdir(d + "sub")
+        """
+    )
+    ren = s.one("rename")
+    assert (ren["source"], ren["path"], ren["ret"]) == (f"{SCRATCH}/f/a", f"{SCRATCH}/f/b", 0)
+    link = s.one("link")
+    assert (link["source"], link["path"]) == (f"{SCRATCH}/f/b", f"{SCRATCH}/f/hard")
+    sym = s.one("symlink")
+    assert (sym["source"], sym["path"]) == ("/etc/shadow", f"{SCRATCH}/f/soft")
+    assert s.one("unlink", path=f"{SCRATCH}/f/hard")["rmdir"] is False
+    assert s.one("unlink", path=f"{SCRATCH}/f/sub")["rmdir"] is True
+
+
+def test_mode_owner_size_and_time_changes(stream: Stream) -> None:
+    s = stream.python(
+        """
+        import os
+        p = "/tmp/rwtest/f/script.sh"
+        open(p, "w").close()
+        os.chmod(p, 0o755)
+        fd = os.open(p, os.O_RDONLY)
+        os.fchmod(fd, 0o700)
+        os.chown(p, 1, 2)
+        os.truncate(p, 10)
+        os.utime(p, (0, 0))
+        wfd = os.open(p, os.O_WRONLY)
+        os.ftruncate(wfd, 0)
+        """
+    )
+    path = f"{SCRATCH}/f/script.sh"
+    modes = [e["mode"] for e in s.of_type("chmod", path=path)]
+    assert modes == [0o755, 0o700]  # the fchmod's fd was resolved to the path
+    own = s.one("chown", path=path)
+    assert (own["owner"], own["group"]) == (1, 2)
+    lengths = [e["length"] for e in s.of_type("truncate", path=path)]
+    assert lengths == [10, 0]
+    s.one("utimes", path=path)
+
+
+def test_a_failed_operation_carries_its_errno(stream: Stream) -> None:
+    s = stream.python(
+        """
+        import os
+        try:
+            os.unlink("/tmp/rwtest/f/does-not-exist")
+        except FileNotFoundError:
+            pass
+        """
+    )
+    assert s.one("unlink", path=f"{SCRATCH}/f/does-not-exist")["ret"] == -2  # ENOENT

@@ -1,0 +1,153 @@
+"""Process lifecycle events and session inheritance, from real processes on the real kernel."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tests.conftest import Stream
+
+pytestmark = pytest.mark.kernel
+
+
+def test_exec_and_exit_of_the_session_root(stream: Stream) -> None:
+    s = stream.shell("exit 7")
+    ex = s.one("exec", pid=s.pid)
+    assert ex["filename"] == "/bin/sh"
+    assert ex["argv"] == ["/bin/sh", "-c", "exit 7"]
+    assert ex["cmdline"] == "/bin/sh -c exit 7"
+    assert ex["exe"] in ("/usr/bin/dash", "/bin/dash")
+    assert ex["cwd"] == os.getcwd()
+    for key in ("ts", "tid", "ppid", "uid", "gid", "comm", "exec_id", "pexec_id"):
+        assert key in ex
+    assert ex["ppid"] == os.getpid()
+    assert ex["exec_id"] == f"{s.pid}-{ex['exec_id'].split('-')[1]}"
+    out = s.one("exit", pid=s.pid)
+    assert (out["code"], out["signal"]) == (7, 0)
+    assert s.status == 7
+
+
+def test_fork_child_inherits_the_session_and_exit_reports_a_fatal_signal(stream: Stream) -> None:
+    s = stream.python(
+        """
+        import os, signal, time
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(5)
+            os._exit(0)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        """
+    )
+    fork = s.one("fork", pid=s.pid)
+    child = fork["child_pid"]
+    assert fork["thread"] is False
+    assert fork["child_exec_id"].startswith(f"{child}-")
+    died = s.one("exit", pid=child)
+    assert died["signal"] == signal.SIGKILL
+    assert died["exec_id"] == fork["child_exec_id"]
+    assert died["pexec_id"] == fork["exec_id"]
+    kill = s.one("kill", pid=s.pid)
+    assert (kill["target"], kill["sig"], kill["ret"]) == (child, signal.SIGKILL, 0)
+
+
+def test_grandchild_after_double_fork_and_setsid_is_still_tracked(stream: Stream) -> None:
+    s = stream.python(
+        """
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                fd = os.open("/tmp/rwtest/rw-daemon-%d" % os.getpid(), os.O_WRONLY | os.O_CREAT)
+                os.close(fd)
+                os.unlink("/tmp/rwtest/rw-daemon-%d" % os.getpid())
+                os._exit(0)
+            os._exit(0)
+        time.sleep(0.3)
+        """
+    )
+    setsid = s.one("setsid")
+    assert setsid["ret"] == setsid["pid"]  # the new session id is the caller's pid
+    grandchild = next(
+        e for e in s.of_type("open") if e["path"].startswith("/tmp/rwtest/rw-daemon-")
+    )
+    assert grandchild["pid"] not in (s.pid, setsid["pid"])
+    assert grandchild["ppid"] == setsid["pid"]
+    assert grandchild["session"] == s.id
+
+
+def test_a_thread_is_tracked_and_its_creation_is_a_fork_event(stream: Stream) -> None:
+    s = stream.python(
+        """
+        import os, threading
+        def work():
+            fd = os.open("/tmp/rwtest/rw-thread", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.close(fd)
+        t = threading.Thread(target=work)
+        t.start(); t.join()
+        """
+    )
+    thread_fork = next(e for e in s.of_type("fork") if e["thread"])
+    op = s.one("open", path="/tmp/rwtest/rw-thread")
+    assert op["pid"] == s.pid
+    assert op["tid"] == thread_fork["child_pid"] != s.pid
+
+
+def test_renamed_process_is_still_tracked(stream: Stream) -> None:
+    s = stream.python(
+        """
+        import ctypes, os
+        ctypes.CDLL(None).prctl(15, b"kworker/0:1", 0, 0, 0)
+        with open("/proc/self/comm", "w") as f:
+            f.write("systemd-journal")
+        fd = os.open("/tmp/rwtest/rw-renamed", os.O_WRONLY | os.O_CREAT)
+        os.close(fd)
+        """
+    )
+    pr = s.one("prctl", option=15)
+    assert pr["name"] == "kworker/0:1"
+    renames = [e["newcomm"] for e in s.of_type("task_rename")]
+    assert "kworker/0:1" in renames and "systemd-journal" in renames
+    op = s.one("open", path="/tmp/rwtest/rw-renamed")
+    assert op["comm"] == "systemd-journal"
+    assert op["session"] == s.id
+
+
+def test_exec_dash_a_changes_argv0_only(stream: Stream) -> None:
+    s = stream.run(["/bin/bash", "-c", "exec -a innocent /bin/true"])
+    ex = next(e for e in s.of_type("exec") if e["filename"] == "/bin/true")
+    assert ex["argv"][0] == "innocent"
+    assert ex["exe"] in ("/usr/bin/true", "/bin/true")
+
+
+def test_pid_reuse_gives_a_new_exec_id(stream: Stream) -> None:
+    first = stream.run(["/bin/true"])
+    first_id = first.one("exec", pid=first.pid)["exec_id"]
+    # Ask the kernel to hand out the same pid again: the next fork gets last_pid + 1.
+    for _ in range(50):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(first.pid - 1))
+        second = stream.run(["/bin/true"])
+        if second.pid == first.pid:
+            break
+    else:
+        pytest.fail("could not get the same pid back to test reuse")
+    second_id = second.one("exec", pid=second.pid)["exec_id"]
+    assert second_id != first_id
+    assert second_id.startswith(f"{first.pid}-")
+
+
+def test_an_untracked_process_produces_no_events(stream: Stream) -> None:
+    # This test process is in no session: its own actions must not be on the stream.
+    fd = os.open("/tmp/rwtest/rw-untracked", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.close(fd)
+    os.rename("/tmp/rwtest/rw-untracked", "/tmp/rwtest/rw-untracked2")
+    os.unlink("/tmp/rwtest/rw-untracked2")
+    pid = os.fork()
+    if pid == 0:
+        os.execv("/bin/true", ["/bin/true"])
+    os.waitpid(pid, 0)
+    seen = stream.collect(lambda evs: False, timeout=1.0)
+    assert [e for e in seen if e.get("pid") in (os.getpid(), pid)] == []

@@ -1,0 +1,45 @@
+"""Nothing is lost silently: a flooded ring buffer is counted and announced on the stream."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from roguewatch import bus, sessions
+
+from tests.conftest import require_root
+
+pytestmark = pytest.mark.kernel
+
+
+def test_a_flooded_ring_buffer_is_counted_and_raised_as_a_monitor_event() -> None:
+    require_root()
+    # One page of ring buffer (about 28 records) cannot hold a tight loop of signals.
+    try:
+        watcher = sessions.start_private_collector(["--ringbuf-pages", "1"])
+    except sessions.SessionError as exc:
+        pytest.fail(f"the collector could not load its probes: {exc}")
+    try:
+        sub = bus.Subscriber(watcher.events)
+        assert sub.wait_ready(5000)
+        flood = "import os\nfor _ in range(200000): os.kill(os.getpid(), 0)"
+        pid, sid = sessions.spawn_in_session(
+            ["/usr/bin/python3", "-S", "-c", flood], sessions.register_with(watcher.control)
+        )
+        os.waitpid(pid, 0)
+        received = 0
+        monitor = None
+        for ev in sub.events(timeout_ms=2500):
+            if ev.get("session") == sid and ev["type"] == "kill":
+                received += 1
+            if ev["type"] == "monitor" and ev.get("kind") == "loss":
+                monitor = ev
+        stats = watcher.control.request("stats")
+        lost = stats["lost_ring"].get("kill", 0)
+        assert lost > 0, "the flood did not overflow a one-page ring buffer"
+        assert received + lost == 200000, "every event is either delivered or counted as lost"
+        assert monitor is not None, "no monitor event announced the loss"
+        assert monitor["lost_ring"]["kill"] == lost
+        assert "ring buffer" in monitor["detail"]
+    finally:
+        watcher.close()

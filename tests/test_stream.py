@@ -1,0 +1,175 @@
+"""The event stream as a product: its wire format, bad input, recordings, and its docs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+from roguewatch import bus, config, events, recording
+from roguewatch.probes import layout
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def connected(pub: bus.Publisher, sub: bus.Subscriber) -> bool:
+    """Pump the publisher (ZeroMQ attaches pipes when a socket is used) until the welcome."""
+    for _ in range(100):
+        pub.drain_subscriptions()
+        if sub.wait_ready(20):
+            return True
+    return False
+
+
+def test_docs_events_md_is_generated_from_the_event_module() -> None:
+    assert (ROOT / "docs/events.md").read_text() == events.markdown(), "run `make docs`"
+
+
+def test_every_kernel_record_type_is_a_documented_event_type_in_the_c_order() -> None:
+    header = (ROOT / "probes/roguewatch.h").read_text()
+    enum = re.search(r"enum rw_type \{(.*?)\};", header, re.S).group(1)
+    c_names = [n.split("=")[0].strip()[3:].lower() for n in enum.split(",") if n.strip()]
+    assert c_names[0] == "none" and c_names[-1] == "type_max"
+    assert tuple(["", *c_names[1:-1]]) == layout.TYPE_NAMES
+    assert set(layout.TYPE_NAMES[1:]) <= set(events.NAMES)
+
+
+def test_record_header_matches_the_c_struct(tmp_path: Path) -> None:
+    prog = tmp_path / "size.c"
+    prog.write_text(
+        "#include <stdio.h>\n#include <stdint.h>\n#include <stddef.h>\n"
+        "typedef uint64_t u64; typedef int64_t s64; typedef uint32_t u32;"
+        "typedef uint16_t u16; typedef uint8_t u8;\n#define TASK_COMM_LEN 16\n"
+        + re.search(
+            r"struct rw_hdr \{.*?\};", (ROOT / "probes/roguewatch.h").read_text(), re.S
+        ).group(0)
+        + '\nint main(void){printf("%zu %zu", sizeof(struct rw_hdr),'
+        " offsetof(struct rw_hdr, len1)); return 0;}\n"
+    )
+    subprocess.run(["gcc", "-o", str(tmp_path / "size"), str(prog)], check=True)
+    size, len1 = map(int, subprocess.check_output([str(tmp_path / "size")]).split())
+    assert size == layout.HEADER.size
+    assert len1 == layout.HEADER.size - 4
+
+
+def test_a_truncated_or_unknown_record_is_refused_not_misread() -> None:
+    with pytest.raises(layout.RecordError):
+        layout.decode(b"\0" * 20, 0, 20)
+    bogus = bytearray(layout.HEADER.size)
+    bogus[52] = 200  # type number
+    with pytest.raises(layout.RecordError, match="unknown event type"):
+        layout.decode(bytes(bogus), 0, len(bogus))
+
+
+def test_dns_names_are_read_from_queries() -> None:
+    q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    q += b"\x05exfil\x07example\x03com\x00\x00\x01\x00\x01"
+    assert layout.dns_name(q) == "exfil.example.com"
+    assert layout.dns_name(len(q).to_bytes(2, "big") + q) == "exfil.example.com"  # over TCP
+    assert layout.dns_name(b"garbage") == ""
+
+
+def test_malformed_messages_on_the_bus_are_counted_and_dropped(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/ev.sock"
+    pub = bus.Publisher(endpoint)
+    sub = bus.Subscriber(endpoint)
+    assert connected(pub, sub)
+    raw = pub.socket
+    raw.send(b"\xc1 not msgpack")
+    raw.send(msgpack.packb({"not": "a list"}))
+    raw.send(msgpack.packb([1, 2]))
+    pub.publish([{"type": "exec", "pid": 1}])
+    got = [sub.recv_batch(1000) for _ in range(4)]
+    assert got[:3] == [[], [], []]
+    assert got[3] == [{"type": "exec", "pid": 1}]
+    assert sub.malformed == 3
+    sub.close()
+    pub.close()
+
+
+def test_a_publisher_never_blocks_and_counts_what_a_slow_subscriber_missed(
+    tmp_path: Path,
+) -> None:
+    endpoint = f"ipc://{tmp_path}/ev.sock"
+    pub = bus.Publisher(endpoint)
+    sub = bus.Subscriber(endpoint)
+    sub.socket.setsockopt(zmq.RCVHWM, 1)
+    assert connected(pub, sub)
+    big = [{"type": "open", "path": "x" * 4000}] * 10
+    for _ in range(20000):  # the subscriber reads nothing meanwhile
+        pub.publish(big)
+    assert pub.lost_events > 0
+    assert pub.sent_events + pub.lost_events == 20000 * 10
+    sub.close()
+    pub.close()
+
+
+def test_ipc_endpoints_are_root_only(tmp_path: Path) -> None:
+    d = tmp_path / "run"
+    pub = bus.Publisher(f"ipc://{d}/ev.sock")
+    assert os.stat(d).st_mode & 0o777 == 0o700
+    assert os.stat(d / "ev.sock").st_mode & 0o777 == 0o600
+    pub.close()
+
+
+def test_a_recording_round_trips_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    path = str(tmp_path / "r.rwrec")
+    w = recording.Writer(path, ["agent"], 5)
+    w.write({"type": "exec", "session": 5, "dns_query": b"\x00\x01"})
+    w.close()
+    header, evs = recording.read(path)
+    assert header["command"] == ["agent"] and header["kernel"] == os.uname().release
+    assert list(evs) == [{"type": "exec", "session": 5, "dns_query": b"\x00\x01"}]
+    (tmp_path / "bad").write_bytes(b"hello")
+    with pytest.raises(recording.RecordingError, match="not a roguewatch recording"):
+        recording.read(str(tmp_path / "bad"))
+
+
+def test_a_bad_config_names_the_key(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("ringbuf_pages: 3\n")
+    with pytest.raises(config.ConfigError, match=r"ringbuf_pages.*power of two"):
+        config.load(str(p))
+    p.write_text("adopt_user: [agent]\n")
+    with pytest.raises(config.ConfigError, match="unknown key 'adopt_user'"):
+        config.load(str(p))
+    p.write_text("batch_max: [\n")
+    with pytest.raises(config.ConfigError, match=r"c.yaml:2:1: not valid YAML"):
+        config.load(str(p))
+
+
+@pytest.mark.kernel
+def test_record_writes_the_session_and_exits_with_the_commands_status(
+    tmp_path: Path, collector: object
+) -> None:
+    out = tmp_path / "run.rwrec"
+    proc = subprocess.run(
+        [sys.executable, "-m", "roguewatch.cli", "record", "--output", str(out), "--",
+         "/bin/sh", "-c", "echo hi > /tmp/rwtest/recorded; exit 3"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    header, evs = recording.read(str(out))
+    evs = list(evs)
+    assert header["format"] == "roguewatch-recording"
+    assert {e["session"] for e in evs} == {header["session"]}
+    assert any(e["type"] == "open" and e["path"] == "/tmp/rwtest/recorded" for e in evs)
+    shown = subprocess.run(
+        [sys.executable, "-m", "roguewatch.cli", "events", "--from", str(out), "--json"],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert len(shown) == len(evs)
+
+
+def test_record_of_a_missing_command_is_a_clear_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "roguewatch.cli", "events", "--from", str(tmp_path / "nope")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "cannot open" in proc.stderr and "Traceback" not in proc.stderr
