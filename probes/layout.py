@@ -144,7 +144,7 @@ def _sendmsg(ev, h, s1, s2):
 def _socket(ev, h, s1, s2):
     fam = h[13]
     ev["family"] = FAMILY_NAMES.get(fam, str(fam))
-    ev["sock_type"] = h[14]
+    ev["sock_type"] = h[14] & 0xF  # without SOCK_CLOEXEC / SOCK_NONBLOCK
     ev["protocol"] = h[15]
     ev["proto"] = SOCK_PROTO.get(h[14] & 0xF, "")
 

@@ -17,7 +17,11 @@ struct rw_sock_key {
 };
 /* (tgid, fd) -> SOCK_* type | protocol << 16 */
 BPF_HASH(sock_types, struct rw_sock_key, u32, 65536);
-BPF_HASH(dns_socks, struct rw_sock_key, u8, 4096);
+/* sockets connected to port 53: their destination, so a plain send() still names it */
+struct rw_dns_dest {
+    u8 addr[28];
+};
+BPF_HASH(dns_socks, struct rw_sock_key, struct rw_dns_dest, 4096);
 BPF_HASH(socket_args, u32, u64, 4096); /* tid -> type | family << 32, between enter and exit */
 
 #define RW_AF_UNIX 1
@@ -60,10 +64,13 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
     r->h.a[0] = args->fd;
     r->h.a[1] = rw_sock_type(r->h.pid, args->fd);
     rw_sockaddr(r, args->uservaddr, args->addrlen);
+    struct rw_sock_key k = {.tgid = r->h.pid, .fd = args->fd};
     if (rw_is_dns(r)) {
-        struct rw_sock_key k = {.tgid = r->h.pid, .fd = args->fd};
-        u8 one = 1;
-        dns_socks.update(&k, &one);
+        struct rw_dns_dest d = {};
+        __builtin_memcpy(d.addr, r->h.addr, sizeof(d.addr));
+        dns_socks.update(&k, &d);
+    } else {
+        dns_socks.delete(&k); /* reconnected elsewhere */
     }
     rw_stash(r);
     return 0;
@@ -79,8 +86,17 @@ static __always_inline bool rw_dns_sock(u32 tgid, u32 fd)
     struct rw_sock_key k = {.tgid = tgid, .fd = fd};
     /* Read through the pointer: clang would otherwise OR it with other conditions, and the
      * verifier refuses arithmetic on a map pointer that may be NULL. */
-    u8 *v = dns_socks.lookup(&k);
-    return v ? *v : 0;
+    struct rw_dns_dest *v = dns_socks.lookup(&k);
+    return v ? v->addr[0] != 0 : 0;
+}
+
+/* A send with no destination on a DNS socket: name the destination it was connected to. */
+static __always_inline void rw_dns_dest_of(struct rw_rec *r, u32 tgid, u32 fd)
+{
+    struct rw_sock_key k = {.tgid = tgid, .fd = fd};
+    struct rw_dns_dest *v = dns_socks.lookup(&k);
+    if (v)
+        __builtin_memcpy(r->h.addr, v->addr, sizeof(r->h.addr));
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
@@ -101,8 +117,11 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
     r->h.a[1] = rw_sock_type(tgid, args->fd);
     r->h.a[2] = args->len;
     r->h.a[3] = args->flags;
-    rw_sockaddr(r, args->addr, args->addr_len);
-    if (rw_is_dns(r) || (!args->addr && rw_dns_sock(tgid, args->fd)))
+    if (args->addr)
+        rw_sockaddr(r, args->addr, args->addr_len);
+    else
+        rw_dns_dest_of(r, tgid, args->fd);
+    if (rw_is_dns(r))
         rw_copy_payload(r, args->buff, args->len);
     rw_stash(r);
     return 0;
@@ -146,8 +165,11 @@ static __always_inline int rw_sendmsg(int fd, const void *umsg, u32 vlen)
     r->h.a[0] = fd;
     r->h.a[1] = rw_sock_type(tgid, fd);
     r->h.a[2] = vlen;
-    rw_sockaddr(r, m.name, m.namelen);
-    if ((rw_is_dns(r) || (!m.name && dns_sock)) && m.iov && m.iovlen > 0) {
+    if (m.name)
+        rw_sockaddr(r, m.name, m.namelen);
+    else
+        rw_dns_dest_of(r, tgid, fd);
+    if (rw_is_dns(r) && m.iov && m.iovlen > 0) {
         struct rw_iovec iov = {};
         if (bpf_probe_read_user(&iov, sizeof(iov), m.iov) == 0 && iov.base)
             rw_copy_payload(r, iov.base, iov.len);
@@ -203,9 +225,11 @@ TRACEPOINT_PROBE(syscalls, sys_exit_socket)
     u64 *v = socket_args.lookup(&tid);
     if (v) {
         if (args->ret >= 0) {
+            /* A new socket on this fd: forget whatever the fd's previous socket was. */
             struct rw_sock_key k = {.tgid = bpf_get_current_pid_tgid() >> 32, .fd = args->ret};
             u32 t = (u32)*v & 0xf;
             sock_types.update(&k, &t);
+            dns_socks.delete(&k);
         }
         socket_args.delete(&tid);
     }

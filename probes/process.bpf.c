@@ -240,6 +240,11 @@ TRACEPOINT_PROBE(signal, signal_deliver)
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!sessions.lookup(&tgid))
         return 0;
+    /* A fatal SIG_DFL signal becomes a group exit that SIGKILLs the other threads: keep the
+     * signal that started it. */
+    u64 *old = exit_status.lookup(&tgid);
+    if (sig == 9 && old && (*old >> 32))
+        return 0;
     u64 status = (u64)sig << 32;
     exit_status.update(&tgid, &status);
     return 0;

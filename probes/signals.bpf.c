@@ -69,7 +69,7 @@ TRACEPOINT_PROBE(signal, signal_generate)
     if (!r)
         return 0;
     r->h.flags |= RW_F_GUARD;
-    r->h.ret = args->result;
+    r->h.ret = 0; /* the tracepoint's result is a delivery code, not the syscall's result */
     r->h.a[0] = target;
     r->h.a[1] = target;
     r->h.a[2] = args->sig;

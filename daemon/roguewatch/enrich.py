@@ -72,6 +72,8 @@ class ProcessCache:
         self.cwd: dict[int, str] = {}
         self.offset = boot_to_wall_offset()
         self.unresolved = 0
+        # (pid, fd) -> (family, addr, port) of successful binds, so listen can name it
+        self.bound: dict[tuple[int, int], tuple[str, str, int]] = {}
 
     def refresh_clock(self) -> None:
         self.offset = boot_to_wall_offset()
@@ -108,6 +110,14 @@ class ProcessCache:
         if t == "exit":
             self.exe.pop(pid, None)
             self.cwd.pop(pid, None)
+        elif t == "bind" and ev["ret"] == 0:
+            if len(self.bound) >= MAX_PROCS:
+                self.bound.clear()
+            self.bound[(pid, ev["fd"])] = (ev["family"], ev["addr"], ev["port"])
+        elif t == "listen":
+            b = self.bound.get((pid, ev["fd"]))
+            if b:
+                ev["family"], ev["addr"], ev["port"] = b
         elif t == "kill" and ev["call"] == "pidfd_send_signal":
             ev["target"] = self._pidfd_target(pid, ev["target"])
 
