@@ -101,6 +101,8 @@ OPERATORS = (
 )  # fmt: skip
 _STRING_OPS = frozenset({"startswith", "endswith", "contains", "icontains", "glob", "pmatch"})
 _NUMERIC_OPS = frozenset({"<", "<=", ">", ">="})
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # errors are raised as ConditionError, not logged to stderr
 _MACRO_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -190,7 +192,9 @@ def _unquote(tok: lark.Token) -> str:
     s = str(tok)
     if s[0] == "'":
         return s[1:-1]
-    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), s[1:-1])
+    # Only \\ \" \n \t are escapes: any other backslash stays (regex escapes like \. work).
+    escapes = {"\\": "\\", '"': '"', "n": "\n", "t": "\t"}
+    return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(0)), s[1:-1])
 
 
 def _item(tree: lark.Tree) -> Item:
@@ -286,6 +290,33 @@ def _check_op(rf: F.ResolvedField, op: str, paren: bool, pos: Pos) -> None:
         raise ConditionError(f"operator '{op}' takes one value, not a list", *pos)
 
 
+def comparison(field_name: str, op: str, value: str | Sequence[str]) -> Cmp:
+    """A comparison node built from data (rule exceptions): ``field op value``.
+
+    A sequence value is a list (``=`` becomes ``in``); a string names a list when one exists.
+    """
+    pos = (1, 1)
+    rf = F.resolve(field_name)
+    if rf is None:
+        raise ConditionError(f"unknown field '{field_name}'; expected a field name")
+    if op == "==":
+        op = "="
+    if op not in OPERATORS or op == "exists":
+        raise ConditionError(f"unknown operator '{op}'")
+    if isinstance(value, str):
+        items: tuple[Item, ...] = (Item(value, True, pos),)
+        paren = op not in _NUMERIC_OPS and op not in ("=", "!=")
+    else:
+        items = tuple(Item(str(v), True, pos) for v in value)
+        paren = True
+        if op == "=":
+            op = "in"
+        elif op in ("!=", *_NUMERIC_OPS):
+            raise ConditionError(f"operator '{op}' takes one value, not a list")
+    _check_op(rf, op, paren, pos)
+    return Cmp(field_name, op, items, paren, pos)
+
+
 def parse(text: str) -> Node:
     """The syntax tree of a condition (macro references not yet expanded)."""
     if not text.strip():
@@ -294,10 +325,18 @@ def parse(text: str) -> Node:
         tree = _PARSER.parse(text)
     except lark.UnexpectedToken as e:
         tok = e.token
-        got = "the end of the condition" if tok.type == "$END" else f"'{tok}'"
-        raise ConditionError(
-            f"expected {_expected(e.expected)}, found {got}", e.line or 1, e.column or 1
-        ) from None
+        line, col = e.line or 1, e.column or 1
+        if tok.type == "$END":
+            got = "the end of the condition"
+            end = text.rstrip()
+            line = end.count("\n") + 1
+            col = len(end) - (end.rfind("\n") + 1) + 1
+        else:
+            got = f"'{tok}'"
+        msg = f"expected {_expected(e.expected)}, found {got}"
+        if tok.type in _OP_TERMINALS and not set(e.expected) & _OP_TERMINALS:
+            msg += " (quote values that hold = < > ! or spaces)"
+        raise ConditionError(msg, line, col) from None
     except lark.UnexpectedCharacters as e:
         ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else "?"
         if ch in "\"'":
@@ -334,6 +373,21 @@ class CompiledCondition:
     event_types: frozenset[str] | None
     fields: frozenset[str]
     macros: frozenset[str] = field(default_factory=frozenset)
+    _by_type: dict[str, Matcher | None] = field(default_factory=dict, repr=False, compare=False)
+
+    def for_event_type(self, event_type: str) -> Matcher | None:
+        """A matcher for events of one type, with every ``evt.type`` test decided in advance
+        and the tree simplified; None when no event of that type can match."""
+        if event_type not in self._by_type:
+            node = specialize(self.tree, event_type)
+            if node is True:
+                m: Matcher | None = _always
+            elif node is False:
+                m = None
+            else:
+                m = _build(node)
+            self._by_type[event_type] = m
+        return self._by_type[event_type]
 
 
 MacroSource = str | Node
@@ -353,11 +407,13 @@ def compile_condition(
     tree = parse(text) if isinstance(text, str) else text
     used_macros: set[str] = set()
     expanded = _expand(tree, macros, lists, [], {}, used_macros)
+    match = _build(expanded)
+    types = required_event_types(expanded)
     return CompiledCondition(
         source=text if isinstance(text, str) else to_text(tree),
         tree=expanded,
-        match=_build(expanded),
-        event_types=required_event_types(expanded),
+        match=match,
+        event_types=types,
         fields=frozenset(fields_used(expanded)),
         macros=frozenset(used_macros),
     )
@@ -437,9 +493,12 @@ def _type_values(node: Cmp, lists: Mapping[str, Sequence[str]], where: str | Non
     if node.op == "regex":
         for it, v in zip(node.items, values, strict=False):
             try:
-                re2.compile(v)
+                re2.compile(v, _RE2_OPTIONS)
             except re2.error as e:
-                raise ConditionError(f"bad regular expression {v!r}: {e}", *it.pos, where) from None
+                why = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
+                raise ConditionError(
+                    f"expected a valid RE2 regular expression, got {v!r}: {why}", *it.pos, where
+                ) from None
     if node.op == "cidr":
         for it, v in zip(node.items, values, strict=False):
             try:
@@ -566,7 +625,9 @@ def _build(node: Node) -> Matcher:
         inner = _build(node.item)
         return lambda e, c: not inner(e, c)
     if isinstance(node, And):
-        ms = tuple(_build(x) for x in node.items)
+        ms = tuple(_build(x) for x in _flatten(node))
+        if len(ms) == 1:
+            return ms[0]
         if len(ms) == 2:
             a, b = ms
             return lambda e, c: a(e, c) and b(e, c)
@@ -582,7 +643,9 @@ def _build(node: Node) -> Matcher:
 
         return all_of
     if isinstance(node, Or):
-        ms = tuple(_build(x) for x in node.items)
+        ms = tuple(_build(x) for x in _flatten(node))
+        if len(ms) == 1:
+            return ms[0]
         if len(ms) == 2:
             a, b = ms
             return lambda e, c: a(e, c) or b(e, c)
@@ -597,6 +660,55 @@ def _build(node: Node) -> Matcher:
     if isinstance(node, Cmp):
         return _build_cmp(node)
     raise ConditionError(f"unexpanded macro reference {node}")  # Ref: compile() expands them
+
+
+def _flatten(node: And | Or) -> list[Node]:
+    """Items of an And (Or), with nested Ands (Ors) and macro bodies spliced in: fewer calls."""
+    kind = type(node)
+    out: list[Node] = []
+    for x in node.items:
+        while isinstance(x, Macro):
+            x = x.body
+        if isinstance(x, kind):
+            out.extend(_flatten(x))
+        else:
+            out.append(x)
+    return out
+
+
+def _always(e: dict, c: Any) -> bool:
+    return True
+
+
+def specialize(node: Node, event_type: str) -> Node | bool:
+    """``node`` for events of ``event_type``: ``evt.type`` tests become constants and the
+    tree is simplified (True/False when the whole condition is decided)."""
+    if isinstance(node, Macro):
+        return specialize(node.body, event_type)
+    if isinstance(node, Cmp):
+        if node.field == "evt.type" and node.op in ("=", "in", "!="):
+            hit = event_type in node.values
+            return not hit if node.op == "!=" else hit
+        return node
+    if isinstance(node, Not):
+        inner = specialize(node.item, event_type)
+        return (not inner) if isinstance(inner, bool) else Not(inner)
+    if isinstance(node, And | Or):
+        is_and = isinstance(node, And)
+        items: list[Node] = []
+        for x in node.items:
+            r = specialize(x, event_type)
+            if isinstance(r, bool):
+                if r is not is_and:  # False in an And, True in an Or: decided
+                    return r
+                continue
+            items.append(r)
+        if not items:
+            return is_and
+        if len(items) == 1:
+            return items[0]
+        return And(tuple(items)) if is_and else Or(tuple(items))
+    return node
 
 
 def _string_predicate(op: str, values: tuple[str, ...]) -> Callable[[str], bool]:
@@ -617,9 +729,18 @@ def _string_predicate(op: str, values: tuple[str, ...]) -> Callable[[str], bool]
         return lambda v: any(s in v.lower() for s in low)
     if op == "pmatch":
         prefixes = frozenset(F.normalize_prefix(p) for p in values)
-        return lambda v: F.under_any(F.clean_path(v), prefixes)
+        if "/" in prefixes or "" in prefixes or not prefixes:
+            return lambda v: F.under_any(F.clean_path(v), prefixes)
+        starts = tuple(sorted(prefixes))
+
+        def pmatch(v: str) -> bool:
+            v = F.clean_path(v)
+            # str.startswith(tuple) rejects most paths in C; then check component bounds
+            return v.startswith(starts) and F.under_any(v, prefixes)
+
+        return pmatch
     if op == "regex":
-        rx = re2.compile("|".join(f"(?:{p})" for p in values)) if values else None
+        rx = re2.compile("|".join(f"(?:{p})" for p in values), _RE2_OPTIONS) if values else None
         return (lambda v: rx.search(v) is not None) if rx else (lambda v: False)
     if op == "glob":
         return _glob_predicate(values)
@@ -683,9 +804,14 @@ def _build_cmp(node: Cmp) -> Matcher:
     if op == "exists":
         if key is not None:
             return lambda e, c: e.get(key) is not None
+        if rf.source is not None and rf.derive is not None:
+            return _memoized(rf.source, rf.derive, lambda v: True)
         return lambda e, c: get(e, c) is not None
 
     pred = _value_predicate(op, vals, is_list)
+    src, derive = rf.source, rf.derive
+    if src is not None and (derive is not None or (not is_list and op in _MEMO_OPS)):
+        return _memoized(src, derive, pred)
     if not is_list and key is not None:
         if op == "=":
             (val,) = vals
@@ -705,6 +831,36 @@ def _build_cmp(node: Cmp) -> Matcher:
         return v is not None and pred(v)
 
     return extracted
+
+
+_MEMO_OPS = _STRING_OPS | {"regex", "cidr"}
+_MEMO_MAX = 4096
+
+
+def _memoized(
+    source: str, derive: Callable[[Any], Any] | None, pred: Callable[[Any], bool]
+) -> Matcher:
+    """A comparison on a pure function of one event key, memoized by the key's raw value:
+    rules that ask about the same path (or name, address...) pay once per distinct value."""
+    memo: dict[Any, bool] = {}
+
+    def compute(raw: Any) -> bool:
+        if raw is None:
+            return False
+        v = derive(raw) if derive is not None else raw
+        return v is not None and pred(v)
+
+    def memoized(e: dict, c: Any) -> bool:
+        raw = e.get(source)
+        r = memo.get(raw)
+        if r is None:
+            r = compute(raw)
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            memo[raw] = r
+        return r
+
+    return memoized
 
 
 def _value_predicate(op: str, vals: tuple[Any, ...], is_list: bool) -> Callable[[Any], bool]:

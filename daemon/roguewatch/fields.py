@@ -279,16 +279,23 @@ def under_any(path: str, prefixes: frozenset[str]) -> bool:
 
 
 @lru_cache(maxsize=256)
-def _prefix_set(paths: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(normalize_prefix(p) for p in paths if p)
+def _prefix_index(paths: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
+    prefixes = frozenset(normalize_prefix(p) for p in paths if p)
+    return tuple(sorted(prefixes)), prefixes
 
 
 def is_protected(policy: Policy | None, path: str | None) -> bool | None:
+    """Whether ``path`` is, or is under, one of the policy's protected paths."""
     if path is None:
         return None
-    if policy is None or not policy.protect:
+    protect = policy.protect if policy is not None else None
+    if not protect:
         return False
-    return under_any(clean_path(path), _prefix_set(tuple(policy.protect)))
+    starts, prefixes = _prefix_index(protect if isinstance(protect, tuple) else tuple(protect))
+    path = clean_path(path)
+    if "/" not in prefixes and not path.startswith(starts):
+        return False
+    return under_any(path, prefixes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,9 +305,7 @@ def is_protected(policy: Policy | None, path: str | None) -> bool | None:
 
 def clean_path(p: str) -> str:
     """Collapse ``//``, ``/./`` and ``/../`` so a path cannot dodge a prefix match."""
-    if p.startswith("/") and (
-        "//" in p or "/./" in p or "/../" in p or p.endswith(("/.", "/.."))
-    ):
+    if p.startswith("/") and ("//" in p or "/./" in p or "/../" in p or p.endswith(("/.", "/.."))):
         return "/" + posixpath.normpath(p).lstrip("/")
     return p
 
@@ -324,7 +329,7 @@ def label_entropy(label: str) -> float:
     for ch in label.lower():
         counts[ch] = counts.get(ch, 0) + 1
     n = len(label)
-    return -sum(c / n * math.log2(c / n) for c in counts.values())
+    return 0.0 - sum(c / n * math.log2(c / n) for c in counts.values())
 
 
 def _labels(name: str | None) -> list[str]:
@@ -377,6 +382,10 @@ class Field:
     key: str | None = None
     group: str = "evt"
     index_extract: Callable[[int], Extractor] | None = None
+    # A value that is a pure function of one event key: derive(event[source]). Conditions
+    # memoize comparisons on such fields by the raw value.
+    source: str | None = None
+    derive: Callable[[Any], Any] | None = None
 
     @property
     def indexed(self) -> bool:
@@ -414,22 +423,79 @@ def _add(
             return e.get(_k)
 
     group = "evt.arg" if name.startswith("evt.arg.") else name.split(".", 1)[0]
-    FIELDS[name] = Field(name, type_, doc, extract, key, group, index_extract)
+    FIELDS[name] = Field(name, type_, doc, extract, key, group, index_extract, key)
+
+
+def _add_derived(
+    name: str, type_: str, doc: str, source: str, derive: Callable[[Any], Any], extract=None
+) -> None:
+    """A field computed from one event key alone (``derive`` never sees None)."""
+    if extract is None:
+
+        def extract(e: dict, ctx: Any) -> Any:
+            raw = e.get(source)
+            return derive(raw) if raw is not None else None
+
+    group = name.split(".", 1)[0]
+    FIELDS[name] = Field(name, type_, doc, extract, None, group, None, source, derive)
+
+
+# Derived path values, cached by the raw path: many rules ask about the same event's path and
+# paths repeat. Each cache is cleared when it grows past _CACHE_MAX entries.
+_CACHE_MAX = 65536
+_clean: dict[str, str] = {}
+_dir: dict[str, str] = {}
+_base: dict[str, str] = {}
+_home: dict[str, str | None] = {}
 
 
 def _path(e: dict, ctx: Any) -> str | None:
     p = e.get("path")
-    return clean_path(p) if p is not None else None
+    if p is None:
+        return None
+    c = _clean.get(p)
+    if c is None:
+        if len(_clean) > _CACHE_MAX:
+            _clean.clear()
+        c = _clean[p] = clean_path(p)
+    return c
 
 
 def _dirname(e: dict, ctx: Any) -> str | None:
-    p = _path(e, ctx)
-    return posixpath.dirname(p) if p is not None else None
+    p = e.get("path")
+    if p is None:
+        return None
+    d = _dir.get(p)
+    if d is None:
+        if len(_dir) > _CACHE_MAX:
+            _dir.clear()
+        d = _dir[p] = posixpath.dirname(clean_path(p))
+    return d
 
 
 def _basename(e: dict, ctx: Any) -> str | None:
-    p = _path(e, ctx)
-    return posixpath.basename(p) if p is not None else None
+    p = e.get("path")
+    if p is None:
+        return None
+    b = _base.get(p)
+    if b is None:
+        if len(_base) > _CACHE_MAX:
+            _base.clear()
+        b = _base[p] = posixpath.basename(clean_path(p))
+    return b
+
+
+def _homepath(e: dict, ctx: Any) -> str | None:
+    p = e.get("path")
+    if p is None:
+        return None
+    try:
+        return _home[p]
+    except KeyError:
+        if len(_home) > _CACHE_MAX:
+            _home.clear()
+        h = _home[p] = home_relative(clean_path(p))
+        return h
 
 
 def _own(key: str) -> Extractor:
@@ -544,16 +610,6 @@ def _in_venv(e: dict, ctx: Any) -> bool | None:
     return ctx.venv_root(p) is not None
 
 
-def _dns_max_label_len(e: dict, ctx: Any) -> int | None:
-    labels = _labels(e.get("dns_name"))
-    return max(map(len, labels)) if labels else None
-
-
-def _dns_label_entropy(e: dict, ctx: Any) -> float | None:
-    labels = _labels(e.get("dns_name"))
-    return max(label_entropy(x) for x in labels) if labels else None
-
-
 def _first_of(*keys: str) -> Extractor:
     def extract(e: dict, ctx: Any) -> Any:
         for k in keys:
@@ -590,11 +646,12 @@ _add(
     "the event is aimed at roguewatch itself (`guard` marker; from any process)",
     lambda e, c: "guard" in (e.get("flags") or ()),
 )
-_add(
+_add_derived(
     "evt.signame",
     "str",
     "the signal's name (`SIGTERM`), for kill and rt_sigaction",
-    lambda e, c: SIGNALS.get(e["sig"], str(e["sig"])) if e.get("sig") is not None else None,
+    "sig",
+    lambda sig: SIGNALS.get(sig, str(sig)),
 )
 _add(
     "evt.target_in_session",
@@ -642,12 +699,7 @@ _add(
     key="exe",
 )
 _add("proc.exepath", "str", "executable path (same as `proc.exe`; Falco's name)", key="exe")
-_add(
-    "proc.exe_name",
-    "str",
-    "basename of the executable path",
-    lambda e, c: posixpath.basename(e["exe"]) if e.get("exe") else None,
-)
+_add_derived("proc.exe_name", "str", "basename of the executable path", "exe", posixpath.basename)
 _own_argv = _own("argv")
 _own_cmdline = _own("cmdline")
 _add("proc.cmdline", "str", "full command line, arguments joined by spaces", _own_cmdline)
@@ -715,26 +767,45 @@ _add(
 )
 
 # fd: files
-_add(
+_add_derived(
     "fd.name",
     "str",
     "path acted on (the destination of a rename or link), with `//`, `.` and `..` collapsed",
+    "path",
+    clean_path,
     _path,
 )
-_add("fd.directory", "str", "directory of `fd.name`", _dirname)
-_add("fd.filename", "str", "last component of `fd.name`", _basename)
-_add(
+_add_derived(
+    "fd.directory",
+    "str",
+    "directory of `fd.name`",
+    "path",
+    lambda p: posixpath.dirname(clean_path(p)),
+    _dirname,
+)
+_add_derived(
+    "fd.filename",
+    "str",
+    "last component of `fd.name`",
+    "path",
+    lambda p: posixpath.basename(clean_path(p)),
+    _basename,
+)
+_add_derived(
     "fd.homepath",
     "str",
     "`fd.name` relative to a home directory (`/root` or `/home/USER`) as `~/...`; absent "
     "elsewhere, so `~/.bashrc` matches `/home/u/.bashrc` but not `/home/u/proj/.bashrc`",
-    lambda e, c: home_relative(p) if (p := _path(e, c)) is not None else None,
+    "path",
+    lambda p: home_relative(clean_path(p)),
+    _homepath,
 )
-_add(
+_add_derived(
     "fd.source_homepath",
     "str",
     "`evt.arg.source` relative to a home directory, like `fd.homepath`",
-    lambda e, c: home_relative(clean_path(s)) if (s := e.get("source")) else None,
+    "source",
+    lambda s: home_relative(clean_path(s)),
 )
 _add(
     "fd.in_venv",
@@ -754,12 +825,13 @@ _add(
     "`evt.arg.source` (a rename's old path) is, or is under, a protected path",
     lambda e, c: is_protected(c.policy, e.get("source")),
 )
-_add(
+_add_derived(
     "fd.open_flags",
     "list[str]",
     "names of the open's flags: `O_WRONLY`, `O_RDWR`, `O_CREAT`, `O_EXCL`, `O_TRUNC`, "
     "`O_APPEND`, `O_TMPFILE`",
-    lambda e, c: _flag_names(e.get("open_flags"), OPEN_FLAGS),
+    "open_flags",
+    lambda v: _flag_names(v, OPEN_FLAGS),
 )
 
 # fd: sockets
@@ -784,20 +856,20 @@ _add("fd.sport", "int", "server port, like `fd.sip`", key="port")
 
 # dns
 _add("dns.name", "str", "the query name", key="dns_name")
-_add(
-    "dns.name_len",
+_add_derived("dns.name_len", "int", "length of the query name", "dns_name", len)
+_add_derived(
+    "dns.max_label_len",
     "int",
-    "length of the query name",
-    lambda e, c: len(n) if (n := e.get("dns_name")) is not None else None,
+    "length of the longest label of the query name",
+    "dns_name",
+    lambda n: max(map(len, ls)) if (ls := _labels(n)) else None,
 )
-_add(
-    "dns.max_label_len", "int", "length of the longest label of the query name", _dns_max_label_len
-)
-_add(
+_add_derived(
     "dns.label_entropy",
     "float",
     "highest Shannon entropy (bits per character) among the query name's labels",
-    _dns_label_entropy,
+    "dns_name",
+    lambda n: max(label_entropy(x) for x in ls) if (ls := _labels(n)) else None,
 )
 
 # policy
@@ -860,13 +932,15 @@ class ResolvedField:
     extract: Extractor
     key: str | None
     type: str
+    source: str | None = None
+    derive: Callable[[Any], Any] | None = None
 
 
 def resolve(name: str) -> ResolvedField | None:
     """The field for ``name`` (``proc.aname[2]`` included), or None if there is none."""
     f = FIELDS.get(name)
     if f is not None:
-        return ResolvedField(name, f, f.extract, f.key, f.type)
+        return ResolvedField(name, f, f.extract, f.key, f.type, f.source, f.derive)
     m = _INDEX_RE.match(name)
     if m is None:
         return None
