@@ -16,12 +16,13 @@ struct rw_sock_key {
     u32 fd;
 };
 /* (tgid, fd) -> SOCK_* type | protocol << 16 */
-BPF_HASH(sock_types, struct rw_sock_key, u32, 65536);
+/* LRU: entries of exited processes age out instead of filling the map */
+BPF_TABLE("lru_hash", struct rw_sock_key, u32, sock_types, 65536);
 /* sockets connected to port 53: their destination, so a plain send() still names it */
 struct rw_dns_dest {
     u8 addr[28];
 };
-BPF_HASH(dns_socks, struct rw_sock_key, struct rw_dns_dest, 4096);
+BPF_TABLE("lru_hash", struct rw_sock_key, struct rw_dns_dest, dns_socks, 4096);
 BPF_HASH(socket_args, u32, u64, 4096); /* tid -> type | family << 32, between enter and exit */
 
 #define RW_AF_UNIX 1

@@ -12,6 +12,41 @@
 
 #define RW_SIGCHLD 17
 
+/* pidfds a session opened: (tgid, fd) -> pid, so pidfd_send_signal names its target here,
+ * not later in user space when the fd may be closed or reused. */
+struct rw_pidfd_key {
+    u32 tgid;
+    u32 fd;
+};
+/* LRU: entries of exited processes age out instead of filling the map */
+BPF_TABLE("lru_hash", struct rw_pidfd_key, u32, pidfds, 16384);
+BPF_HASH(pidfd_open_args, u32, u32, 1024);
+
+TRACEPOINT_PROBE(syscalls, sys_enter_pidfd_open)
+{
+    if (!rw_current_proc())
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u32 pid = args->pid;
+    pidfd_open_args.update(&tid, &pid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_open)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    u32 *pid = pidfd_open_args.lookup(&tid);
+    if (!pid)
+        return 0;
+    if (args->ret >= 0) {
+        struct rw_pidfd_key k = {.tgid = id >> 32, .fd = args->ret};
+        pidfds.update(&k, pid);
+    }
+    pidfd_open_args.delete(&tid);
+    return 0;
+}
+
 static __always_inline int rw_kill(u64 target, u64 tid, u64 sig, u64 call)
 {
     struct rw_proc *p = rw_current_proc();
@@ -48,8 +83,11 @@ TRACEPOINT_PROBE(syscalls, sys_exit_tgkill) { return rw_finish(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_pidfd_send_signal)
 {
-    /* The target is an fd here; user space resolves it through /proc/PID/fdinfo. */
-    return rw_kill((u32)args->pidfd, 0, args->sig, 3);
+    /* The target is an fd: resolved here when the session opened it with pidfd_open, else
+     * (target_tid 0) by user space through /proc/PID/fdinfo. */
+    struct rw_pidfd_key k = {.tgid = bpf_get_current_pid_tgid() >> 32, .fd = args->pidfd};
+    u32 *pid = pidfds.lookup(&k);
+    return rw_kill((u32)args->pidfd, pid ? *pid : 0, args->sig, 3);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_send_signal) { return rw_finish(args->ret); }
 

@@ -164,12 +164,6 @@ def test_pidfd_send_signal_target_is_resolved_to_the_pid(stream: Stream) -> None
     assert (kill["target"], kill["sig"], kill["ret"]) == (child, signal.SIGTERM, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the pidfd target is resolved in user space from /proc/PID/fdinfo/FD when the "
-    "collector gets to the record: if the sender has closed the fd or exited by then (a "
-    "collector lagging by a few ms is enough), the target is -1 (or a reused fd's pid)",
-)
 def test_pidfd_send_signal_target_survives_a_lagging_collector(
     stream: Stream, collector: sessions.Watcher
 ) -> None:

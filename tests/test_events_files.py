@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import time
 
 import pytest
+from roguewatch import sessions
 
 from tests.conftest import SCRATCH, Stream
 
@@ -87,7 +90,7 @@ def test_rename_link_symlink_unlink(stream: Stream) -> None:
 def test_mode_owner_size_and_time_changes(stream: Stream) -> None:
     s = stream.python(
         """
-        import os
+        import os, time
         p = "/tmp/rwtest/f/script.sh"
         open(p, "w").close()
         os.chmod(p, 0o755)
@@ -98,6 +101,7 @@ def test_mode_owner_size_and_time_changes(stream: Stream) -> None:
         os.utime(p, (0, 0))
         wfd = os.open(p, os.O_WRONLY)
         os.ftruncate(wfd, 0)
+        time.sleep(0.5)  # fd-based changes are resolved through /proc while we live
         """
     )
     path = f"{SCRATCH}/f/script.sh"
@@ -121,3 +125,31 @@ def test_a_failed_operation_carries_its_errno(stream: Stream) -> None:
         """
     )
     assert s.one("unlink", path=f"{SCRATCH}/f/does-not-exist")["ret"] == -2  # ENOENT
+
+
+def test_an_fd_change_by_a_process_already_gone_is_flagged_unresolved(stream: Stream) -> None:
+    # The kernel gives only the fd; if the process is gone before the collector reads
+    # /proc/PID/fd, the event must say so rather than guess. Pause the collector to force it.
+    collector = stream.watcher.proc
+    assert collector is not None
+    register = sessions.register_with(stream.watcher.control)
+
+    def register_then_pause(pid: int) -> int:
+        sid = register(pid)
+        os.kill(collector.pid, signal.SIGSTOP)
+        return sid
+
+    code = "import os\nfd = os.open('/tmp/rwtest/f/gone', os.O_WRONLY | os.O_CREAT)\n"
+    code += "os.fchmod(fd, 0o600)"
+    try:
+        pid, _ = sessions.spawn_in_session(
+            ["/usr/bin/python3", "-S", "-c", code], register_then_pause
+        )
+        os.waitpid(pid, 0)
+        time.sleep(0.2)
+    finally:
+        os.kill(collector.pid, signal.SIGCONT)
+    evs = stream.collect(lambda e: any(x["type"] == "exit" and x["pid"] == pid for x in e))
+    chmod = next(e for e in evs if e["type"] == "chmod" and e["pid"] == pid)
+    assert "unresolved" in chmod["flags"]
+    assert chmod["path"] == ""

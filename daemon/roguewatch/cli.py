@@ -19,6 +19,9 @@ examples:
   sudo roguewatch events --follow                 every event of every session, live
   sudo roguewatch record --output run.rwrec -- python agent.py
   roguewatch events --from run.rwrec --json       a recording, as JSON lines
+  roguewatch tail --follow --severity high        alerts, history then live
+  roguewatch rules explain persistence_cron_write
+  roguewatch replay run.rwrec --policy p.yaml     new rules over an old recording
 """
 
 
@@ -174,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(fn=cmd_record)
+
+    from roguewatch import replay, rules_cli, tail
+
+    p = sub.add_parser("tail", help="show alerts: history from the file, then live")
+    tail.add_arguments(p)
+    p.set_defaults(fn=tail.main)
+    rules_cli.add_rules_arguments(sub)
+    replay.add_replay_arguments(sub)
 
     p = sub.add_parser("status", help="is roguewatchd up, and what has it lost")
     p.add_argument("--control", default=bus.CONTROL_ENDPOINT, help=argparse.SUPPRESS)

@@ -33,7 +33,24 @@ class Config:
     adopt_uids: list[int] = field(default_factory=list)
     adopt_comms: list[str] = field(default_factory=list)
     # Print every event on stdout (the foreground mode of `make run`).
-    print_events: bool = True
+    print_events: bool = False
+    # The alert stream.
+    alerts_endpoint: str = "ipc:///run/roguewatch/alerts.sock"
+    alerts_file: str = "/var/log/roguewatch/alerts.jsonl"
+    alerts_file_max_bytes: int = 10 * 1024 * 1024
+    alerts_file_keep: int = 5
+    journald: bool = True
+    # Print alerts on stdout (the foreground mode of `make run`).
+    print_alerts: bool = True
+    # Rules: the packaged packs, then these directories (missing ones are skipped).
+    rules_dirs: list[str] = field(default_factory=lambda: ["/etc/roguewatch/rules.d"])
+    # Patterns (name, glob, tag:T1053, category:egress) to disable, then enable.
+    rules_disable: list[str] = field(default_factory=list)
+    rules_enable: list[str] = field(default_factory=list)
+    # The policy applied to every session (egress allowlist, protected paths), or none.
+    policy_file: str = ""
+    # Identical alerts within this many seconds become one with a count.
+    dedup_window: int = 10
 
     def adopted_uids(self) -> list[int]:
         """uids of adopt_uids plus those of adopt_users that exist on this host."""

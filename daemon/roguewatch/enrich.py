@@ -119,7 +119,10 @@ class ProcessCache:
             if b:
                 ev["family"], ev["addr"], ev["port"] = b
         elif t == "kill" and ev["call"] == "pidfd_send_signal":
-            ev["target"] = self._pidfd_target(pid, ev["target"])
+            # The kernel resolved pidfds the session opened with pidfd_open (in target_tid).
+            resolved = ev["target_tid"]
+            ev["target"] = resolved if resolved > 0 else self._pidfd_target(pid, ev["target"])
+            ev["target_tid"] = 0
 
     def _exe(self, pid: int) -> str:
         exe = _readlink(f"/proc/{pid}/exe") or ""

@@ -1,8 +1,9 @@
-"""roguewatchd: the service. Starts and supervises the collector; prints what it sees.
+"""roguewatchd: the service. Starts and supervises its components; prints what it sees.
 
-Owns process supervision (a collector that dies is restarted with back-off and the restart is
-reported), signal handling, and the foreground console. Without systemd it logs plainly to
-stderr. The evaluator joins here when it exists.
+Owns process supervision: the collector and the evaluator run as processes of their own,
+each started and waited for until it says it is ready; one that dies is restarted with
+back-off and the restart is reported as a `monitor` alert on stderr and in the alert stream.
+Without systemd it logs plainly to stderr. SIGHUP is passed to the evaluator (rules reload).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 
 from roguewatch import __version__, bus, config, render
 from roguewatch.control import ControlClient, ControlError
@@ -21,98 +24,142 @@ from roguewatch.control import ControlClient, ControlError
 log = logging.getLogger("roguewatchd")
 
 
-class Service:
-    def __init__(self, cfg: config.Config, config_path: str | None) -> None:
-        self.cfg = cfg
-        self.config_path = config_path
-        self.collector: subprocess.Popen | None = None
-        self.stopping = False
-        self.restarts = 0
+@dataclass
+class Component:
+    name: str
+    module: str
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    backoff: float = 1.0
+    next_start: float = 0.0
 
-    def start_collector(self, timeout: float = 60.0) -> None:
+    def start(self, config_path: str | None, timeout: float = 60.0) -> float:
+        """Start it and wait for its ready byte; returns the seconds that took."""
         r, w = os.pipe()
-        cmd = [sys.executable, "-m", "roguewatch.collector", "--ready-fd", str(w)]
-        if self.config_path:
-            cmd += ["--config", self.config_path]
+        cmd = [sys.executable, "-m", self.module, "--ready-fd", str(w), *self.args]
+        if config_path:
+            cmd += ["--config", config_path]
         t0 = time.monotonic()
-        self.collector = subprocess.Popen(cmd, pass_fds=(w,))
+        self.proc = subprocess.Popen(cmd, pass_fds=(w,))
         os.close(w)
-        import select
-
         ready, _, _ = select.select([r], [], [], timeout)
         ok = bool(ready) and os.read(r, 1) == b"1"
         os.close(r)
         if not ok:
-            raise RuntimeError("the collector did not become ready (see its messages above)")
-        log.info(
-            "collector %d ready in %.2f s: probes attached",
-            self.collector.pid,
-            time.monotonic() - t0,
+            raise RuntimeError(f"the {self.name} did not become ready (see its messages above)")
+        return time.monotonic() - t0
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.terminate()
+
+
+class Service:
+    def __init__(self, cfg: config.Config, config_path: str | None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.collector = Component("collector", "roguewatch.collector")
+        self.evaluator = Component(
+            "evaluator", "roguewatch.evaluator", [] if cfg.print_alerts else ["--quiet"]
         )
-        try:
-            client = ControlClient(self.cfg.control_endpoint)
-            client.request("guard", pid=os.getpid())
-            client.close()
-        except ControlError as exc:
-            log.warning("could not guard the service process: %s", exc)
+        self.components = (self.collector, self.evaluator)
+        self.stopping = False
 
     def stop(self, *_: object) -> None:
         self.stopping = True
 
+    def reload(self, *_: object) -> None:
+        if self.evaluator.alive():
+            assert self.evaluator.proc is not None
+            self.evaluator.proc.send_signal(signal.SIGHUP)
+
+    def _guard(self, pid: int) -> None:
+        try:
+            client = ControlClient(self.cfg.control_endpoint)
+            client.request("guard", pid=pid)
+            client.close()
+        except ControlError as exc:
+            log.warning("could not guard pid %d: %s", pid, exc)
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        took = self.collector.start(self.config_path)
+        log.info("collector ready in %.2f s: probes attached", took)
+        took = self.evaluator.start(self.config_path)
+        log.info("evaluator ready in %.2f s: subscribed, rules loaded", took)
+        for pid in (os.getpid(), self.evaluator.proc.pid):  # type: ignore[union-attr]
+            self._guard(pid)
+        log.info("roguewatchd ready in %.2f s", time.monotonic() - t0)
+
+    def supervise(self) -> None:
+        """Restart a component that died, with back-off; the restart is itself reported."""
+        for c in self.components:
+            if c.alive() or self.stopping:
+                continue
+            now = time.monotonic()
+            if c.next_start == 0.0:
+                code = c.proc.returncode if c.proc else None
+                log.error("%s exited (%s); restarting in %.0f s", c.name, code, c.backoff)
+                detail = f"{c.name} exited ({code}); events while it was down were not seen"
+                print(render.human({"type": "monitor", "kind": "restart", "ts": time.time_ns(),
+                                    "detail": detail}), file=sys.stderr, flush=True)  # fmt: skip
+                c.next_start = now + c.backoff
+                c.backoff = min(c.backoff * 2, 30.0)
+            if now >= c.next_start:
+                c.next_start = 0.0
+                c.restarts += 1
+                try:
+                    c.start(self.config_path)
+                    if c is self.evaluator and c.proc is not None:
+                        self._guard(c.proc.pid)
+                except RuntimeError as exc:
+                    log.error("%s", exc)
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGHUP, self.reload)
         try:
-            self.start_collector()
+            self.start()
         except RuntimeError as exc:
             log.error("%s", exc)
+            self.shutdown()
             return 1
-        sub = bus.Subscriber(self.cfg.events_endpoint)
-        sub.wait_ready(2000)
-        backoff = 1.0
+        sub = bus.Subscriber(self.cfg.events_endpoint) if self.cfg.print_events else None
+        if sub is not None:
+            sub.wait_ready(2000)
         while not self.stopping:
-            batch = sub.recv_batch(200)
-            if batch and self.cfg.print_events:
-                for ev in batch:
+            if sub is not None:
+                batch = sub.recv_batch(200)
+                for ev in batch or ():
                     print(render.human(ev), flush=True)
-            if self.collector and self.collector.poll() is not None:
-                code = self.collector.returncode
-                log.error("collector exited with %s; restarting in %.0f s", code, backoff)
-                print(
-                    render.human(
-                        {
-                            "type": "monitor",
-                            "kind": "restart",
-                            "ts": time.time_ns(),
-                            "detail": f"collector exited ({code}); events while it "
-                            "was down were not seen",
-                        }
-                    ),
-                    flush=True,
-                )
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                self.restarts += 1
-                try:
-                    self.start_collector()
-                    sub.close()
-                    sub = bus.Subscriber(self.cfg.events_endpoint)
-                    sub.wait_ready(2000)
-                except RuntimeError as exc:
-                    log.error("%s", exc)
-        if self.collector and self.collector.poll() is None:
-            self.collector.terminate()
-            try:
-                self.collector.wait(10)
-            except subprocess.TimeoutExpired:
-                self.collector.kill()
+            else:
+                time.sleep(0.2)
+            self.supervise()
+        self.shutdown()
         return 0
+
+    def shutdown(self) -> None:
+        for c in reversed(self.components):
+            c.stop()
+        for c in self.components:
+            if c.proc is not None:
+                try:
+                    c.proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    c.proc.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="roguewatchd", description="the roguewatch service")
     ap.add_argument("--config", metavar="FILE", help="YAML configuration (default: built in)")
-    ap.add_argument("--quiet", action="store_true", help="do not print events")
+    ap.add_argument("--events", action="store_true", help="also print every event")
+    ap.add_argument("--quiet", action="store_true", help="print neither events nor alerts")
     ap.add_argument("--version", action="version", version=f"roguewatchd {__version__}")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
@@ -124,14 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"roguewatchd: {exc}", file=sys.stderr)
         return 2
+    if args.events:
+        cfg.print_events = True
     if args.quiet:
         cfg.print_events = False
-    log.info(
-        "roguewatchd %s starting; adopting uids %s, comms %s",
-        __version__,
-        cfg.adopted_uids() or "none",
-        cfg.adopt_comms or "none",
-    )
+        cfg.print_alerts = False
+    log.info("roguewatchd %s starting; adopting uids %s, comms %s", __version__,
+             cfg.adopted_uids() or "none", cfg.adopt_comms or "none")  # fmt: skip
     return Service(cfg, args.config).run()
 
 

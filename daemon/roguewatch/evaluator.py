@@ -1,0 +1,512 @@
+"""The evaluator: events in, alerts out.
+
+Owns the process table (every tracked process by exec id, its ancestry up to the session
+root, kept until exit plus a grace period, bounded), running the rules indexed by event type
+against each event, deduplicating identical alerts, and building alerts that follow the
+contract in architecture.md. It also turns the collector's `monitor` events into alerts, so
+lost events are never silent.
+
+It must not carry out actions (that is the enforcer's) nor know where alerts go (the sinks
+passed in as ``emit``). ``Evaluator.handle`` is the per-event hot path: one dict update in the
+table, then only the rules that can match the event's type.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from roguewatch import alerts, bus, ruleset
+from roguewatch import events as ev_types
+from roguewatch import policy as policy_mod
+from roguewatch.config import Config
+from roguewatch.fields import BaseProcessView, Policy, StaticPolicy
+from roguewatch.ruleset import Rule, RuleSet
+
+log = logging.getLogger("roguewatch.evaluator")
+
+GRACE_NS = 30 * 1_000_000_000
+MAX_PROCS = 65536
+MAX_LINEAGE = 64
+KILL_ACTIONS = frozenset({"kill_process", "kill_tree", "kill_session", "freeze", "block"})
+NOT_ENFORCED = "recorded only: enforcement is not built yet"
+MONITOR_RULES = {
+    "loss": "roguewatch_events_lost",
+    "malformed": "roguewatch_malformed_events",
+    "rules_reload_failed": "roguewatch_rules_reload_failed",
+    "restart": "roguewatch_component_restarted",
+}
+
+
+def rfc3339(ts_ns: int) -> str:
+    secs, ns = divmod(ts_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ns // 1000:06d}Z"
+
+
+class ProcessTable(BaseProcessView):
+    """Processes by exec id, with what rules ask of them (a ``fields.ProcessView``)."""
+
+    def __init__(self, policy: Policy | None = None, grace_ns: int = GRACE_NS) -> None:
+        super().__init__(policy or StaticPolicy())
+        self.lists = getattr(self.policy, "lists", {}) or {}
+        self.procs: dict[str, dict] = {}
+        self.by_pid: dict[int, str] = {}
+        self._exited: deque[tuple[int, str]] = deque()
+        self._forks: dict[int, deque[int]] = {}
+        self.grace_ns = grace_ns
+        self.evicted = 0
+
+    def _new(self, ev: dict, exec_id: str, pid: int, pexec_id: str, base: dict | None) -> dict:
+        rec = {
+            "pid": pid,
+            "exec_id": exec_id,
+            "pexec_id": pexec_id,
+            "session": ev.get("session", 0),
+            "exe": (base or ev).get("exe", ""),
+            "comm": (base or ev).get("comm", ""),
+            "cmdline": (base or {}).get("cmdline", ""),
+            "argv": (base or {}).get("argv", []),
+            "cwd": (base or {}).get("cwd", ""),
+            "uid": ev.get("uid", 0),
+            "start": ev.get("ts", 0),
+            "exited": 0,
+        }
+        self.procs[exec_id] = rec
+        self.by_pid[pid] = exec_id
+        return rec
+
+    def update(self, ev: dict) -> None:
+        eid = ev.get("exec_id")
+        if not eid:
+            return
+        t = ev["type"]
+        rec = self.procs.get(eid)
+        if t == "exec":
+            old = self.by_pid.get(ev["pid"])
+            rec = self._new(ev, eid, ev["pid"], ev.get("pexec_id", ""), None)
+            rec["cmdline"] = ev.get("cmdline", "")
+            rec["argv"] = ev.get("argv", [])
+            rec["cwd"] = ev.get("cwd", "")
+            if old and old != eid and old in self.procs:  # the pre-exec image is gone
+                self._mark_exited(old, ev.get("ts", 0))
+            return
+        if rec is None:
+            rec = self._new(ev, eid, ev["pid"], ev.get("pexec_id", ""), None)
+        if t == "fork":
+            if not ev.get("thread"):
+                child = self._new(ev, ev["child_exec_id"], ev["child_pid"], eid, rec)
+                child["start"] = ev.get("ts", 0)
+                forks = self._forks.setdefault(ev.get("session", 0), deque(maxlen=4096))
+                forks.append(ev.get("ts", 0))
+        elif t == "exit":
+            self._mark_exited(eid, ev.get("ts", 0))
+        elif t == "chdir" and ev.get("ret") == 0 and ev.get("path"):
+            rec["cwd"] = ev["path"]
+        elif t == "task_rename":
+            rec["comm"] = ev.get("newcomm", rec["comm"])
+
+    def _mark_exited(self, eid: str, ts: int) -> None:
+        rec = self.procs.get(eid)
+        if rec is not None and not rec["exited"]:
+            rec["exited"] = ts or 1
+            self._exited.append((ts, eid))
+
+    def sweep(self, now_ns: int) -> None:
+        """Forget exited processes after the grace period; stay under MAX_PROCS."""
+        while self._exited and (
+            self._exited[0][0] < now_ns - self.grace_ns or len(self.procs) > MAX_PROCS
+        ):
+            _, eid = self._exited.popleft()
+            rec = self.procs.pop(eid, None)
+            if rec is not None and self.by_pid.get(rec["pid"]) == eid:
+                del self.by_pid[rec["pid"]]
+        while len(self.procs) > MAX_PROCS:  # live processes we never saw exit
+            eid = next(iter(self.procs))
+            rec = self.procs.pop(eid)
+            self.evicted += 1
+            if self.by_pid.get(rec["pid"]) == eid:
+                del self.by_pid[rec["pid"]]
+
+    # -- fields.ProcessView ---------------------------------------------------------------
+
+    def process(self, event: dict) -> dict | None:
+        return self.procs.get(event.get("exec_id", ""))
+
+    def ancestors(self, event: dict) -> list[dict]:
+        out = []
+        rec = self.procs.get(event.get("exec_id", ""))
+        session = event.get("session")
+        pe = rec["pexec_id"] if rec else event.get("pexec_id", "")
+        while pe and len(out) < MAX_LINEAGE:
+            parent = self.procs.get(pe)
+            if parent is None or parent["session"] != session:
+                break
+            out.append(parent)
+            pe = parent["pexec_id"]
+        return out
+
+    def in_session(self, pid: int, session: int) -> bool | None:
+        eid = self.by_pid.get(pid)
+        if eid is None:
+            return None
+        return self.procs[eid]["session"] == session
+
+    def fork_rate(self, session: int) -> float | None:
+        forks = self._forks.get(session)
+        if not forks:
+            return 0.0
+        newest = forks[-1]
+        return float(sum(1 for ts in forks if ts > newest - 1_000_000_000))
+
+
+def _jsonable(v: object) -> object:
+    if isinstance(v, bytes):
+        return base64.b64encode(v).decode()
+    return v
+
+
+_COMMON = {f.name for f in ev_types.COMMON_FIELDS} - {"type", "ret", "flags", "tid"}
+
+
+def event_summary(ev: dict) -> dict:
+    """The triggering event for the alert: its type and own fields, JSON-ready."""
+    return {k: _jsonable(v) for k, v in ev.items() if k not in _COMMON}
+
+
+def _dedup_key(rule: Rule, ev: dict) -> tuple:
+    return (
+        rule.name, ev.get("session"), ev.get("exec_id"), ev.get("type"), ev.get("path"),
+        ev.get("addr"), ev.get("port"), ev.get("target"), ev.get("sig"), ev.get("filename"),
+    )  # fmt: skip
+
+
+@dataclass
+class _Seen:
+    alert: dict
+    first_ns: int
+    suppressed: int = 0
+
+
+class Evaluator:
+    def __init__(
+        self,
+        rules: RuleSet,
+        table: ProcessTable,
+        emit: Callable[[dict], None],
+        dedup_window_s: float = 10.0,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.rules = rules
+        self.table = table
+        self.emit = emit
+        self.window_ns = int(dedup_window_s * 1e9)
+        self.clock = clock
+        self._prefix = f"{clock():x}"
+        self._seq = 0
+        self._seen: dict[tuple, _Seen] = {}
+        self.events = 0
+        self.alerts = 0
+        self.suppressed = 0
+        self.malformed = 0
+        self.by_rule: dict[str, int] = {}
+
+    def handle(self, ev: dict) -> None:
+        self.events += 1
+        if ev.get("type") == "monitor":
+            self.monitor(ev)
+            return
+        self.table.update(ev)
+        for rule in self.rules.match(ev, self.table):
+            self._fire(rule, ev)
+
+    def handle_batch(self, batch: list[dict]) -> None:
+        for ev in batch:
+            try:
+                self.handle(ev)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                # A well-formed message with a malformed event: counted, never fatal.
+                self.malformed += 1
+
+    def swap_rules(self, rules: RuleSet) -> None:
+        """Between two events: no event ever meets a half-loaded rule set."""
+        self.rules = rules
+        self._seen.clear()
+
+    # -- alerts ----------------------------------------------------------------------------
+
+    def _next_id(self) -> str:
+        self._seq += 1
+        return f"{self._prefix}-{self._seq}"
+
+    def _fire(self, rule: Rule, ev: dict) -> None:
+        now = self.clock()
+        suppressible = rule.action not in KILL_ACTIONS
+        key = _dedup_key(rule, ev)
+        if suppressible:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen.first_ns < self.window_ns:
+                seen.suppressed += 1
+                self.suppressed += 1
+                return
+        alert = self.build(rule, ev)
+        self._publish(alert)
+        if suppressible:
+            self._seen[key] = _Seen(alert, now)
+
+    def _publish(self, alert: dict) -> None:
+        self.alerts += 1
+        self.by_rule[alert["rule"]] = self.by_rule.get(alert["rule"], 0) + 1
+        self.emit(alert)
+
+    def build(self, rule: Rule, ev: dict) -> dict:
+        table = self.table
+        rec = table.process(ev) or {}
+        try:
+            message = rule.render(ev, table)
+        except Exception as exc:  # a template must never lose the alert
+            message = f"{rule.desc} (output template failed: {exc})"
+        return {
+            "id": self._next_id(),
+            "ts": rfc3339(ev.get("ts") or self.clock()),
+            "rule": rule.name,
+            "message": message,
+            "category": rule.category,
+            "severity": rule.severity,
+            "tags": list(rule.tags),
+            "session": f"{ev.get('session', 0):x}",
+            "pid": ev.get("pid", 0),
+            "ppid": ev.get("ppid", 0),
+            "uid": ev.get("uid", 0),
+            "comm": ev.get("comm", ""),
+            "exe": ev.get("exe", "") or rec.get("exe", ""),
+            "cmdline": ev.get("cmdline") or rec.get("cmdline", ""),
+            "exec_id": ev.get("exec_id", ""),
+            "lineage": [{"pid": a["pid"], "exe": a["exe"]} for a in table.ancestors(ev)],
+            "event": event_summary(ev),
+            "action": rule.action,
+            "outcome": "alert" if rule.action == "alert" else NOT_ENFORCED,
+            "count": 1,
+        }
+
+    def tick(self) -> None:
+        """Once a second or so: close dedup windows (one alert with the count) and sweep."""
+        now = self.clock()
+        expired = [k for k, s in self._seen.items() if now - s.first_ns >= self.window_ns]
+        for k in expired:
+            seen = self._seen.pop(k)
+            if seen.suppressed:
+                alert = dict(seen.alert)
+                alert["id"] = self._next_id()
+                alert["ts"] = rfc3339(now)
+                alert["count"] = seen.suppressed
+                alert["message"] = (
+                    f"{seen.alert['message']} ({seen.suppressed} more times within "
+                    f"{self.window_ns / 1e9:g} s)"
+                )
+                self._publish(alert)
+        self.table.sweep(now)
+
+    def monitor(self, ev: dict, severity: str = "high", rule: str = "") -> None:
+        """An alert about the monitor itself (losses, reload failures, restarts)."""
+        kind = ev.get("kind", "")
+        alert = {
+            "id": self._next_id(),
+            "ts": rfc3339(ev.get("ts") or self.clock()),
+            "rule": rule or MONITOR_RULES.get(kind, f"roguewatch_{kind or 'monitor'}"),
+            "message": ev.get("detail", kind),
+            "category": "monitor",
+            "severity": severity,
+            "tags": [],
+            "session": f"{ev.get('session', 0):x}",
+            "pid": ev.get("pid", 0),
+            "ppid": 0,
+            "uid": 0,
+            "comm": "roguewatch",
+            "exe": "",
+            "cmdline": "",
+            "exec_id": "",
+            "lineage": [],
+            "event": event_summary(ev),
+            "action": "alert",
+            "outcome": "alert",
+            "count": 1,
+        }
+        self._publish(alert)
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluator as a process of its own: subscribed to the event stream, writing the alert
+# stream, reloading rules on SIGHUP or when a rule directory changes.
+
+
+def load_ruleset(cfg: Config) -> RuleSet:
+    """Packaged packs, then the configured directories that exist, then enable/disable."""
+    dirs = [d for d in cfg.rules_dirs if os.path.isdir(d)]
+    return ruleset.load_rules(dirs).select(enable=cfg.rules_enable, disable=cfg.rules_disable)
+
+
+class EvaluatorProcess:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        pol = policy_mod.load(cfg.policy_file) if cfg.policy_file else policy_mod.default()
+        rules = load_ruleset(cfg)  # a bad rule file at start is fatal: the caller says why
+        self.sinks = self._sinks(cfg)
+        self.evaluator = Evaluator(rules, ProcessTable(pol), self.sinks.send, cfg.dedup_window)
+        self.sub = bus.Subscriber(cfg.events_endpoint)
+        self._reload = False
+        self._stopping = False
+        self._malformed_reported = 0
+        self._observer = None
+
+    @staticmethod
+    def _sinks(cfg: Config) -> alerts.Sinks:
+        out: list = [
+            alerts.AlertPublisher(cfg.alerts_endpoint),
+            alerts.AlertFile(cfg.alerts_file, cfg.alerts_file_max_bytes, cfg.alerts_file_keep),
+        ]
+        if cfg.journald:
+            out.append(alerts.Journal())
+        if cfg.print_alerts:
+            color = sys.stdout.isatty()
+            out.append(lambda a: print(alerts.human(a, color), flush=True))
+        return alerts.Sinks(out)
+
+    def request_reload(self, *_: object) -> None:
+        self._reload = True
+
+    def stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def watch_rule_dirs(self) -> None:
+        """Reload when a file in a rule directory changes (watchdog, inotify)."""
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        owner = self
+
+        class _Changed(FileSystemEventHandler):
+            def on_any_event(self, event) -> None:
+                if str(event.src_path).endswith((".yaml", ".yml")):
+                    owner._reload = True
+
+        dirs = [d for d in self.cfg.rules_dirs if os.path.isdir(d)]
+        if not dirs:
+            return
+        self._observer = Observer()
+        for d in dirs:
+            self._observer.schedule(_Changed(), d, recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def reload(self) -> bool:
+        """Validate the new rule set first; on failure the old one stays, and says why."""
+        self._reload = False
+        try:
+            new = load_ruleset(self.cfg)
+        except ruleset.RuleError as exc:
+            self.evaluator.monitor(
+                {"type": "monitor", "kind": "rules_reload_failed", "ts": time.time_ns(),
+                 "detail": f"rules not reloaded, the previous set stays active: {exc}"},
+                severity="critical",
+            )  # fmt: skip
+            return False
+        self.evaluator.swap_rules(new)
+        log.info("rules reloaded: %d rules", len(new))
+        return True
+
+    def run(self, ready: Callable[[], None] | None = None) -> None:
+        self.sub.wait_ready(5000)
+        if ready:
+            ready()
+        next_tick = time.monotonic() + 1.0
+        ev = self.evaluator
+        while not self._stopping:
+            batch = self.sub.recv_batch(200)
+            if batch:
+                ev.handle_batch(batch)
+            self.sinks.service()  # greets new alert subscribers (tail --follow)
+            bad = self.sub.malformed + ev.malformed
+            if bad != self._malformed_reported:
+                n = bad - self._malformed_reported
+                self._malformed_reported = bad
+                ev.monitor({"type": "monitor", "kind": "malformed", "ts": time.time_ns(),
+                            "detail": f"{n} malformed messages or events on the event bus were "
+                                      f"dropped ({bad} since start)"})  # fmt: skip
+            if self._reload:
+                self.reload()
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + 1.0
+                ev.tick()
+
+    def close(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+        self.sub.close()
+        self.sinks.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m roguewatch.evaluator`: the evaluator as a process of its own."""
+    import argparse
+
+    from roguewatch import config as config_mod
+
+    ap = argparse.ArgumentParser(description="roguewatch evaluator")
+    ap.add_argument("--config")
+    ap.add_argument("--events", help="event stream endpoint to subscribe to")
+    ap.add_argument("--alerts", help="alert stream endpoint to publish on")
+    ap.add_argument("--alerts-file", help="JSON-lines alert file")
+    ap.add_argument("--rules", action="append", help="extra rule directory (repeatable)")
+    ap.add_argument("--policy", help="policy file for every session")
+    ap.add_argument("--no-journal", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="do not print alerts")
+    ap.add_argument("--ready-fd", type=int, help="write one byte here once subscribed")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        cfg = config_mod.load(args.config)
+        if args.events:
+            cfg.events_endpoint = args.events
+        if args.alerts:
+            cfg.alerts_endpoint = args.alerts
+        if args.alerts_file:
+            cfg.alerts_file = args.alerts_file
+        if args.rules:
+            cfg.rules_dirs = args.rules
+        if args.policy:
+            cfg.policy_file = args.policy
+        if args.no_journal:
+            cfg.journald = False
+        if args.quiet:
+            cfg.print_alerts = False
+        proc = EvaluatorProcess(cfg)
+    except (config_mod.ConfigError, ruleset.RuleError, policy_mod.PolicyError,
+            bus.BusError) as exc:  # fmt: skip
+        print(f"roguewatch evaluator: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, proc.stop)
+    signal.signal(signal.SIGINT, proc.stop)
+    signal.signal(signal.SIGHUP, proc.request_reload)
+    proc.watch_rule_dirs()
+
+    def ready() -> None:
+        if args.ready_fd is not None:
+            os.write(args.ready_fd, b"1")
+            os.close(args.ready_fd)
+
+    try:
+        proc.run(ready)
+    finally:
+        proc.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
