@@ -38,6 +38,7 @@ bench: deps
 
 docs: deps
 	$(PY) -m roguewatch.events --markdown > docs/events.md
+	$(PY) -m roguewatch.fields --update docs/rules.md
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info daemon/*.egg-info

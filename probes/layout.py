@@ -35,6 +35,8 @@ F_ADOPTED = 1 << 1
 F_THREAD = 1 << 2
 F_TRUNC = 1 << 3
 F_FDPATH = 1 << 4
+F_DENIED = 1 << 5
+F_KILLED = 1 << 6
 
 AT_FDCWD = -100
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET = 1, 2, 10, 16, 17
@@ -311,7 +313,10 @@ BUILDERS: dict[int, Builder] = {
     }.items()
 }  # fmt: skip
 
-_FLAG_NAMES = ((F_GUARD, "guard"), (F_ADOPTED, "adopted"), (F_TRUNC, "truncated"))
+_FLAG_NAMES = (
+    (F_GUARD, "guard"), (F_ADOPTED, "adopted"), (F_TRUNC, "truncated"), (F_DENIED, "denied"),
+    (F_KILLED, "killed"),
+)  # fmt: skip
 
 
 def decode(buf, off: int, length: int) -> tuple[dict, tuple]:
@@ -344,7 +349,7 @@ def decode(buf, off: int, length: int) -> tuple[dict, tuple]:
         "gid": h[8],
         "comm": h[11].split(b"\0", 1)[0].decode(errors="replace"),
         "ret": h[12],
-        "flags": [n for bit, n in _FLAG_NAMES if fl & bit] if fl & 0xB else [],
+        "flags": [n for bit, n in _FLAG_NAMES if fl & bit] if fl & 0x6B else [],
     }
     build(ev, h, s1, s2)
     return ev, h

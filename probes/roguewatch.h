@@ -50,6 +50,11 @@ enum rw_type {
 #define RW_F_THREAD     (1 << 2) /* fork: the child is a thread */
 #define RW_F_TRUNC      (1 << 3) /* a string was cut at its maximum */
 #define RW_F_FDPATH     (1 << 4) /* a0 is an fd whose path user space must resolve */
+#define RW_F_DENIED     (1 << 5) /* refused in the kernel by the session's egress policy */
+#define RW_F_KILLED     (1 << 6) /* the sender was SIGKILLed in the kernel for it */
+
+/* rw_proc.flags (inherited at fork) */
+#define RW_P_OBSERVE    (1 << 8) /* the session is in observe mode: never kill */
 
 struct rw_hdr {
     u64 ts;        /* bpf_ktime_get_boot_ns() */
@@ -176,6 +181,17 @@ static __always_inline void rw_stash(struct rw_rec *r)
         if (n)
             __sync_fetch_and_add(n, 1);
     }
+}
+
+/* A tracked task that attacks roguewatch (a signal, ptrace) dies before user space could
+ * react: bpf_send_signal makes SIGKILL pending for the current task. The syscall itself
+ * still completes (Landlock scoping is what refuses it for `roguewatch run` sessions). */
+static __always_inline void rw_kill_current(struct rw_rec *r, struct rw_proc *p)
+{
+    if (!p || (p->flags & RW_P_OBSERVE))
+        return;
+    if (bpf_send_signal(9) == 0)
+        r->h.flags |= RW_F_KILLED;
 }
 
 /* sys_exit_*: emit the stashed record with the syscall's result. */

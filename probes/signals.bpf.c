@@ -59,6 +59,13 @@ static __always_inline int rw_kill(u64 target, u64 tid, u64 sig, u64 call)
     r->h.a[1] = tid;
     r->h.a[2] = sig;
     r->h.a[3] = call;
+    /* Aimed at roguewatch (even if Landlock will refuse it): a guard event, and the end of
+     * the sender. Signal 0 only asks whether the target exists. */
+    u32 t = call == 1 ? (u32)tid : (u32)target;
+    if (sig != 0 && guarded.lookup(&t)) {
+        r->h.flags |= RW_F_GUARD;
+        rw_kill_current(r, p);
+    }
     rw_stash(r);
     return 0;
 }
@@ -103,11 +110,13 @@ TRACEPOINT_PROBE(signal, signal_generate)
     u32 self = bpf_get_current_pid_tgid() >> 32;
     if (guarded.lookup(&self))
         return 0; /* roguewatch signalling itself */
-    struct rw_rec *r = rw_begin(RW_KILL, rw_current_proc());
+    struct rw_proc *p = rw_current_proc();
+    struct rw_rec *r = rw_begin(RW_KILL, p);
     if (!r)
         return 0;
     r->h.flags |= RW_F_GUARD;
     r->h.ret = 0; /* the tracepoint's result is a delivery code, not the syscall's result */
+    rw_kill_current(r, p);
     r->h.a[0] = target;
     r->h.a[1] = target;
     r->h.a[2] = args->sig;
@@ -209,6 +218,8 @@ static __always_inline int rw_ptrace(struct rw_proc *p, u16 flags, long request,
     if (!r)
         return 0;
     r->h.flags |= flags;
+    if (flags & RW_F_GUARD)
+        rw_kill_current(r, p);
     r->h.a[0] = request;
     r->h.a[1] = target;
     rw_stash(r);

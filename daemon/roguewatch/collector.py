@@ -74,6 +74,7 @@ class Collector:
         self._reported = Losses({}, 0, 0, 0)
         self._next_adopt = 0
         self._stopping = False
+        self.sessions: dict[int, dict] = {}
         self.started = time.time()
 
     # -- set-up ---------------------------------------------------------------------------
@@ -209,16 +210,19 @@ class Collector:
         if op == "ping":
             return {"ok": True, "pid": os.getpid()}
         if op == "register":
-            pid = int(req["pid"])
-            start = proc_start_ns(pid)
-            if start is None:
-                return {"ok": False, "error": f"no process {pid}"}
-            ppid = proc_ppid(pid)
-            session = int(req.get("session") or new_session_id())
-            self.probes.register(pid, session, start, proc_start_ns(ppid) or 0, ppid)
-            return {"ok": True, "session": session}
+            return self._register(req)
+        if op == "attach_egress":
+            return self._attach_egress(req)
+        if op == "session_end":
+            return self._session_end(req)
         if op == "unregister":
             return {"ok": self.probes.unregister(int(req["pid"]))}
+        if op == "release":
+            for pid, s in self.probes.tracked().items():
+                if s == int(req["session"]):
+                    self.probes.unregister(pid)
+            self.release(int(req["session"]))
+            return {"ok": True}
         if op == "guard":
             self.probes.guard(int(req["pid"]))
             return {"ok": True}
@@ -231,6 +235,62 @@ class Collector:
                 "tracked": len(self.probes.tracked()),
             }  # fmt: skip
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def _register(self, req: dict) -> dict:
+        """Put a process in a session; announce the session on the stream (kind `start`)."""
+        pid = int(req["pid"])
+        start = proc_start_ns(pid)
+        if start is None:
+            return {"ok": False, "error": f"no process {pid}"}
+        ppid = proc_ppid(pid)
+        session = int(req.get("session") or new_session_id())
+        mode = req.get("mode", "enforce")
+        self.cache.remember(pid)
+        self.probes.register(
+            pid, session, start, proc_start_ns(ppid) or 0, ppid, observe=mode == "observe"
+        )
+        self.sessions[session] = {"root": pid, "cgroup": req.get("cgroup", ""), "fd": None}
+        self._publish_now({
+            "type": "session", "kind": "start", "ts": time.time_ns(), "session": session,
+            "pid": pid, "flags": [], "name": req.get("name", ""), "root": pid,
+            "cgroup": req.get("cgroup", ""), "mode": mode, "policy": req.get("policy") or {},
+        })  # fmt: skip
+        return {"ok": True, "session": session}
+
+    def _attach_egress(self, req: dict) -> dict:
+        """Refuse in the kernel, for this cgroup, every destination outside the allowlist."""
+        session, path = int(req["session"]), str(req["cgroup"])
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self.probes.attach_egress(fd, os.fstat(fd).st_ino, session, list(req["allow"]))
+        except (kernel.ProbeError, ValueError) as exc:
+            os.close(fd)
+            return {"ok": False, "error": str(exc)}
+        info = self.sessions.setdefault(session, {"root": 0, "cgroup": path, "fd": None})
+        info["fd"] = fd
+        return {"ok": True}
+
+    def _session_end(self, req: dict) -> dict:
+        """The root exited: name the survivors on the stream (kind `end`), drop egress."""
+        session = int(req["session"])
+        self.drain()  # the session's last events go out before its end
+        survivors = sorted(p for p, s in self.probes.tracked().items() if s == session)
+        self._publish_now({
+            "type": "session", "kind": "end", "ts": time.time_ns(), "session": session,
+            "pid": int(req.get("root", 0)), "flags": [], "survivors": survivors,
+        })  # fmt: skip
+        return {"ok": True, "survivors": survivors}
+
+    def release(self, session: int) -> None:
+        info = self.sessions.pop(session, None)
+        if info and info.get("fd") is not None:
+            self.probes.detach_egress(info["fd"], os.fstat(info["fd"]).st_ino)
+            os.close(info["fd"])
+
+    def _publish_now(self, ev: dict) -> None:
+        self.flush()
+        self.batch.append(ev)
+        self.flush()
 
     def stop(self, *_: object) -> None:
         self._stopping = True

@@ -51,6 +51,8 @@ class Config:
     policy_file: str = ""
     # Identical alerts within this many seconds become one with a count.
     dedup_window: int = 10
+    # Carry out rules' actions (kill, freeze); false: record them in alerts only.
+    enforce: bool = True
 
     def adopted_uids(self) -> list[int]:
         """uids of adopt_uids plus those of adopt_users that exist on this host."""

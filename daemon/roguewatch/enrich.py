@@ -124,6 +124,13 @@ class ProcessCache:
             ev["target"] = resolved if resolved > 0 else self._pidfd_target(pid, ev["target"])
             ev["target_tid"] = 0
 
+    def remember(self, pid: int) -> None:
+        """Read a process's cwd and exe now, while it surely lives (a session's root)."""
+        cwd = _readlink(f"/proc/{pid}/cwd")
+        if cwd is not None:
+            self.cwd[pid] = cwd
+        self._exe(pid)
+
     def _exe(self, pid: int) -> str:
         exe = _readlink(f"/proc/{pid}/exe") or ""
         if len(self.exe) >= MAX_PROCS:
@@ -140,7 +147,7 @@ class ProcessCache:
         exe = _readlink(f"/proc/{pid}/exe")
         if exe is None:  # already gone: the path it was started with is the best we have
             fn = ev["filename"]
-            exe = fn if fn.startswith("/") or not cwd else _join(cwd, fn)
+            exe = os.path.realpath(fn if fn.startswith("/") or not cwd else _join(cwd, fn))
         self.exe[pid] = exe
         argv = ev["argv"]
         if "truncated" in ev["flags"] or not argv:

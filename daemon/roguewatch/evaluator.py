@@ -27,6 +27,7 @@ from roguewatch import alerts, bus, ruleset
 from roguewatch import events as ev_types
 from roguewatch import policy as policy_mod
 from roguewatch.config import Config
+from roguewatch.enforcer import Enforcer, SessionInfo
 from roguewatch.fields import BaseProcessView, Policy, StaticPolicy
 from roguewatch.ruleset import Rule, RuleSet
 
@@ -36,7 +37,7 @@ GRACE_NS = 30 * 1_000_000_000
 MAX_PROCS = 65536
 MAX_LINEAGE = 64
 KILL_ACTIONS = frozenset({"kill_process", "kill_tree", "kill_session", "freeze", "block"})
-NOT_ENFORCED = "recorded only: enforcement is not built yet"
+NOT_ENFORCED = "recorded only: no enforcer (replay, or enforce: false)"
 MONITOR_RULES = {
     "loss": "roguewatch_events_lost",
     "malformed": "roguewatch_malformed_events",
@@ -62,6 +63,13 @@ class ProcessTable(BaseProcessView):
         self._forks: dict[int, deque[int]] = {}
         self.grace_ns = grace_ns
         self.evicted = 0
+        self.default_policy = self.policy
+        self.policies: dict[int, Policy] = {}
+
+    def use_policy_of(self, session: int) -> None:
+        """Conditions read ``ctx.policy``: point it at the event's session before matching."""
+        self.policy = self.policies.get(session, self.default_policy)
+        self.lists = getattr(self.policy, "lists", {}) or {}
 
     def _new(self, ev: dict, exec_id: str, pid: int, pexec_id: str, base: dict | None) -> dict:
         rec = {
@@ -202,10 +210,13 @@ class Evaluator:
         emit: Callable[[dict], None],
         dedup_window_s: float = 10.0,
         clock: Callable[[], int] = time.time_ns,
+        enforcer: Enforcer | None = None,
     ) -> None:
         self.rules = rules
         self.table = table
         self.emit = emit
+        # Without an enforcer (replay, tests) actions are recorded, never carried out.
+        self.enforcer = enforcer
         self.window_ns = int(dedup_window_s * 1e9)
         self.clock = clock
         self._prefix = f"{clock():x}"
@@ -219,12 +230,54 @@ class Evaluator:
 
     def handle(self, ev: dict) -> None:
         self.events += 1
-        if ev.get("type") == "monitor":
+        t = ev.get("type")
+        if t == "monitor":
             self.monitor(ev)
             return
+        if t == "session":
+            self._session(ev)
+            return
         self.table.update(ev)
-        for rule in self.rules.match(ev, self.table):
+        table = self.table
+        table.use_policy_of(ev.get("session", 0))
+        for rule in self.rules.match(ev, table):
             self._fire(rule, ev)
+
+    def _session(self, ev: dict) -> None:
+        sid = ev.get("session", 0)
+        if ev.get("kind") == "start":
+            pol = ev.get("policy") or {}
+            if pol:
+                self.table.policies[sid] = StaticPolicy(
+                    egress_allow=tuple(pol.get("egress_allow", ())),
+                    protect=tuple(pol.get("protect", ())),
+                    mode=pol.get("mode", "enforce"),
+                    lists=dict(pol.get("lists", {})),
+                )
+            if self.enforcer is not None:
+                self.enforcer.sessions[sid] = SessionInfo(
+                    sid,
+                    ev.get("root", 0),
+                    ev.get("name", ""),
+                    ev.get("cgroup", ""),
+                    ev.get("mode", "enforce"),
+                )
+            return
+        # The session's root exited: every process still alive in it meets the rules as a
+        # `session_end` event (its own fields from the process table).
+        for pid in ev.get("survivors", ()):
+            eid = self.table.by_pid.get(pid)
+            rec = self.table.procs.get(eid, {}) if eid else {}
+            synth = {
+                "type": "session_end", "ts": ev.get("ts", 0), "session": sid, "pid": pid,
+                "tid": pid, "ppid": 0, "uid": rec.get("uid", 0), "gid": 0,
+                "comm": rec.get("comm", ""), "ret": 0, "flags": [], "exec_id": eid or "",
+                "pexec_id": rec.get("pexec_id", ""), "exe": rec.get("exe", ""),
+                "cmdline": rec.get("cmdline", ""),
+            }  # fmt: skip
+            self.table.use_policy_of(sid)
+            for rule in self.rules.match(synth, self.table):
+                self._fire(rule, synth)
 
     def handle_batch(self, batch: list[dict]) -> None:
         for ev in batch:
@@ -256,9 +309,22 @@ class Evaluator:
                 self.suppressed += 1
                 return
         alert = self.build(rule, ev)
+        self._enforce(alert, rule, ev)
         self._publish(alert)
         if suppressible:
             self._seen[key] = _Seen(alert, now)
+
+    def _enforce(self, alert: dict, rule: Rule, ev: dict) -> None:
+        flags = ev.get("flags") or ()
+        if "denied" in flags:  # the kernel already refused it: nothing left the host
+            alert["action"], alert["outcome"] = "block", "denied in kernel"
+            return
+        if self.enforcer is None:
+            return
+        outcome = self.enforcer.act(rule.action, ev)
+        if "killed" in flags:
+            outcome = f"sender killed in the kernel; {outcome}"
+        alert["outcome"] = outcome
 
     def _publish(self, alert: dict) -> None:
         self.alerts += 1
@@ -358,7 +424,11 @@ class EvaluatorProcess:
         pol = policy_mod.load(cfg.policy_file) if cfg.policy_file else policy_mod.default()
         rules = load_ruleset(cfg)  # a bad rule file at start is fatal: the caller says why
         self.sinks = self._sinks(cfg)
-        self.evaluator = Evaluator(rules, ProcessTable(pol), self.sinks.send, cfg.dedup_window)
+        table = ProcessTable(pol)
+        self.enforcer = Enforcer(table) if cfg.enforce else None
+        self.evaluator = Evaluator(
+            rules, table, self.sinks.send, cfg.dedup_window, enforcer=self.enforcer
+        )
         self.sub = bus.Subscriber(cfg.events_endpoint)
         self._reload = False
         self._stopping = False
@@ -467,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", help="policy file for every session")
     ap.add_argument("--no-journal", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="do not print alerts")
+    ap.add_argument("--no-enforce", action="store_true", help="record actions, never act")
     ap.add_argument("--ready-fd", type=int, help="write one byte here once subscribed")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -486,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg.journald = False
         if args.quiet:
             cfg.print_alerts = False
+        if args.no_enforce:
+            cfg.enforce = False
         proc = EvaluatorProcess(cfg)
     except (config_mod.ConfigError, ruleset.RuleError, policy_mod.PolicyError,
             bus.BusError) as exc:  # fmt: skip

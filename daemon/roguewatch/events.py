@@ -57,7 +57,9 @@ COMMON_FIELDS: tuple[Field, ...] = (
         "list[str]",
         "markers: `guard` (aimed at roguewatch, from any process), `procfs` (found by a /proc "
         "scan, not seen starting), `adopted` (tracked by an adoption selector), `truncated` "
-        "(a string was cut at 4 KiB), `unresolved` (a relative path could not be made absolute)",
+        "(a string was cut at 4 KiB), `unresolved` (a relative path could not be made absolute), "
+        "`denied` (refused in the kernel by the session's egress policy: nothing was sent), "
+        "`killed` (the sender was SIGKILLed in the kernel for attacking roguewatch)",
     ),
 )
 
@@ -310,6 +312,20 @@ EVENT_TYPES: tuple[EventType, ...] = (
         "the working directory changed (the collector follows it to resolve relative paths)",
         (_PATH,),
         "chdir, fchdir",
+    ),
+    EventType(
+        "session",
+        "a session started (its root registered) or ended (its root exited), from the collector",
+        (
+            Field("kind", "str", "`start` or `end`"),
+            Field("name", "str", "the session's name"),
+            Field("root", "int", "pid of the session's root process"),
+            Field("cgroup", "str", "the session's cgroup v2 directory (empty: none)"),
+            Field("mode", "str", "`enforce` or `observe`"),
+            Field("policy", "dict", "the session's policy: egress_allow, protect, mode, lists"),
+            Field("survivors", "list[int]", "at `end`: pids still tracked in the session"),
+        ),
+        "(collector, on register and on session end)",
     ),
     EventType(
         "monitor",

@@ -21,6 +21,7 @@ import ctypes as ct
 import errno
 import hashlib
 import importlib.resources
+import ipaddress
 import os
 import platform
 import struct
@@ -34,12 +35,23 @@ import msgpack
 
 from roguewatch import kernelenv
 
-PROBE_FILES = ("process", "network", "files", "signals", "system")
+PROBE_FILES = ("process", "network", "files", "signals", "system", "egress")
 HEADER = "roguewatch.h"
 CACHE_DIR = "/var/cache/roguewatch"
 DEFAULT_RINGBUF_PAGES = 2048  # 8 MiB
 
 BPF_PROG_TYPE_TRACEPOINT = 5
+BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
+BPF_PROG_LOAD, BPF_PROG_ATTACH, BPF_PROG_DETACH = 5, 8, 9
+BPF_F_ALLOW_MULTI = 2
+# The egress programs (probes/egress.bpf.c) and the cgroup hook each one is for.
+SOCK_ADDR_PROGS = {
+    "rw_egress_connect4": 10,  # BPF_CGROUP_INET4_CONNECT
+    "rw_egress_connect6": 11,  # BPF_CGROUP_INET6_CONNECT
+    "rw_egress_sendmsg4": 14,  # BPF_CGROUP_UDP4_SENDMSG
+    "rw_egress_sendmsg6": 15,  # BPF_CGROUP_UDP6_SENDMSG
+}
+EGRESS_RANGES = 8
 BPF_PSEUDO_MAP_FD = 1
 BPF_LD_IMM64 = 0x18
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -246,9 +258,12 @@ def compile_image(opts: BuildOptions) -> ProbeImage:
     progs: list[ProgDef] = []
     for i in range(bcclib.bpf_num_functions(b.module)):
         fname = bcclib.bpf_function_name(b.module, i).decode()
-        if not fname.startswith("tracepoint__"):
+        if fname.startswith("tracepoint__"):
+            _, category, event = fname.split("__", 2)
+        elif fname in SOCK_ADDR_PROGS:
+            category, event = "cgroup", fname
+        else:
             continue
-        _, category, event = fname.split("__", 2)
         insns = bytes(b.dump_func(fname))
         relocs: list[tuple[int, str]] = []
         for idx in range(len(insns) // 8):
@@ -319,6 +334,7 @@ def _write_image(path: str, opts: BuildOptions) -> None:
 # struct rw_proc in roguewatch.h: session, start_ns, pstart_ns, ppid, flags
 _PROC = struct.Struct("<QQQII")
 RW_F_ADOPTED = 1 << 1
+RW_P_OBSERVE = 1 << 8
 
 
 @dataclass
@@ -338,6 +354,7 @@ class Probes:
         self.map_fds: dict[str, int] = {}
         self.attached: list[Attached] = []
         self.failed: list[tuple[str, str]] = []
+        self.sock_progs: dict[str, int] = {}
         kernelenv.tracefs_dir()
         try:
             for m in image.maps:
@@ -360,6 +377,11 @@ class Probes:
         insns = bytearray(p.insns)
         for idx, name in p.relocs:
             struct.pack_into("<i", insns, idx * 8 + 4, self.map_fds[name])
+        if p.category == "cgroup":  # loaded now, attached per session cgroup later
+            self.sock_progs[p.event] = _prog_load_sock_addr(
+                p.event, bytes(insns), SOCK_ADDR_PROGS[p.event]
+            )
+            return
         buf = (ct.c_char * len(insns)).from_buffer(insns)
         log = ct.create_string_buffer(65536)
         name = f"rw_{p.event}"[:15].encode()
@@ -415,10 +437,12 @@ class Probes:
 
     def register(
         self, pid: int, session: int, start_ns: int, pstart_ns: int = 0, ppid: int = 0,
-        adopted: bool = False,
+        adopted: bool = False, observe: bool = False,
     ) -> None:  # fmt: skip
-        """Put a process in a session: it and everything it starts from now on is tracked."""
-        flags = RW_F_ADOPTED if adopted else 0
+        """Put a process in a session: it and everything it starts from now on is tracked.
+
+        ``observe``: the kernel never kills in this session (guard events still fire)."""
+        flags = (RW_F_ADOPTED if adopted else 0) | (RW_P_OBSERVE if observe else 0)
         self._update(
             "sessions",
             struct.pack("<I", pid),
@@ -471,6 +495,30 @@ class Probes:
         raw = self._lookup("counters", struct.pack("<I", 1), 8)
         return struct.unpack("<Q", raw)[0] if raw else 0
 
+    # -- egress denial -----------------------------------------------------------------------
+
+    def attach_egress(self, cgroup_fd: int, cgid: int, session: int, allow: list[str]) -> None:
+        """Refuse, in the kernel, every connect/sendmsg from this cgroup outside ``allow``."""
+        if len(self.sock_progs) != len(SOCK_ADDR_PROGS):
+            raise ProbeError("the egress programs are not loaded (rebuild the probe image)")
+        for key, value in egress_entries(cgid, allow):
+            self._update("egress_allow4" if len(key) == 16 else "egress_allow6", key, value)
+        self._update("egress_cgroups", struct.pack("<Q", cgid), struct.pack("<Q", session))
+        for name, attach_type in SOCK_ADDR_PROGS.items():
+            _prog_attach(BPF_PROG_ATTACH, cgroup_fd, self.sock_progs[name], attach_type)
+
+    def detach_egress(self, cgroup_fd: int, cgid: int) -> None:
+        for name, attach_type in SOCK_ADDR_PROGS.items():
+            try:
+                _prog_attach(BPF_PROG_DETACH, cgroup_fd, self.sock_progs[name], attach_type)
+            except ProbeError:
+                pass  # the cgroup is gone: detached with it
+        self._delete("egress_cgroups", struct.pack("<Q", cgid))
+        for mapname, klen in (("egress_allow4", 16), ("egress_allow6", 28)):
+            for k in self.keys(mapname, klen):
+                if struct.unpack_from("<Q", k, 4)[0] == cgid:
+                    self._delete(mapname, k)
+
     def ringbuf_size(self) -> int:
         return next(m.max_entries for m in self.image.maps if m.name == "events")
 
@@ -484,6 +532,9 @@ class Probes:
         for a in self.attached:
             _close_quietly(a.prog_fd)
         self.attached = []
+        for fd in self.sock_progs.values():
+            _close_quietly(fd)
+        self.sock_progs = {}
         for fd in self.map_fds.values():
             try:
                 os.close(fd)
@@ -496,6 +547,85 @@ class Probes:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _ProgLoadAttr(ct.Structure):
+    _fields_ = [
+        ("prog_type", ct.c_uint32), ("insn_cnt", ct.c_uint32), ("insns", ct.c_uint64),
+        ("license", ct.c_uint64), ("log_level", ct.c_uint32), ("log_size", ct.c_uint32),
+        ("log_buf", ct.c_uint64), ("kern_version", ct.c_uint32), ("prog_flags", ct.c_uint32),
+        ("prog_name", ct.c_char * 16), ("prog_ifindex", ct.c_uint32),
+        ("expected_attach_type", ct.c_uint32),
+    ]  # fmt: skip
+
+
+def _prog_load_sock_addr(name: str, insns: bytes, attach_type: int) -> int:
+    """bpf(BPF_PROG_LOAD) for a cgroup sock_addr program: it needs its expected attach type
+    at load time, which libbcc's bcc_prog_load cannot pass."""
+    code = ct.create_string_buffer(insns, len(insns))
+    lic = ct.create_string_buffer(b"GPL")
+    log = ct.create_string_buffer(65536)
+    attr = _ProgLoadAttr(
+        BPF_PROG_TYPE_CGROUP_SOCK_ADDR, len(insns) // 8, ct.addressof(code), ct.addressof(lic),
+        0, 0, 0, 0, 0, name[:15].encode(), 0, attach_type,
+    )  # fmt: skip
+    fd = _libc.syscall(SYS_BPF, BPF_PROG_LOAD, ct.byref(attr), ct.sizeof(attr))
+    if fd < 0:
+        err = ct.get_errno()
+        attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ct.addressof(log)
+        _libc.syscall(SYS_BPF, BPF_PROG_LOAD, ct.byref(attr), ct.sizeof(attr))
+        tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
+        raise ProbeError(f"loading {name}: {os.strerror(err)}: {tail}")
+    return fd
+
+
+def _prog_attach(cmd: int, target_fd: int, prog_fd: int, attach_type: int) -> None:
+    attr = (ct.c_uint32 * 5)(target_fd, prog_fd, attach_type, BPF_F_ALLOW_MULTI, 0)
+    if _libc.syscall(SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr)) < 0:
+        what = "attaching" if cmd == BPF_PROG_ATTACH else "detaching"
+        raise ProbeError(f"{what} an egress program: {os.strerror(ct.get_errno())}")
+
+
+def egress_entries(cgid: int, allow: list[str]) -> list[tuple[bytes, bytes]]:
+    """LPM trie entries (key, value) for a cgroup's allowlist.
+
+    A lookup finds only the longest matching prefix, so each entry also carries the port
+    ranges of every shorter entry that contains it. Host names are resolved now.
+    """
+    import socket
+
+    from roguewatch.fields import parse_egress_spec
+
+    nets: list[tuple[object, int, int, int]] = []
+    for spec in allow:
+        r = parse_egress_spec(spec)
+        proto = {"tcp": 6, "udp": 17}.get(r.proto, 0)
+        if r.network is not None:
+            nets.append((r.network, r.port_lo, r.port_hi, proto))
+            continue
+        try:
+            infos = socket.getaddrinfo(r.host, None)
+        except OSError:
+            continue  # unresolvable now: allows nothing (the evaluator still alerts)
+        for info in infos:
+            ip = ipaddress.ip_address(info[4][0])
+            nets.append((ipaddress.ip_network(ip), r.port_lo, r.port_hi, proto))
+    out = []
+    seen: set[object] = set()
+    for net, *_ in nets:
+        if net in seen:
+            continue
+        seen.add(net)
+        ranges = [(lo, hi, pr) for n2, lo, hi, pr in nets
+                  if n2.version == net.version and net.subnet_of(n2)][:EGRESS_RANGES]  # fmt: skip
+        lo_hi = [r[0] for r in ranges] + [0] * (EGRESS_RANGES - len(ranges))
+        hi = [r[1] for r in ranges] + [0] * (EGRESS_RANGES - len(ranges))
+        pr = [r[2] for r in ranges] + [0] * (EGRESS_RANGES - len(ranges))
+        value = struct.pack(f"<{EGRESS_RANGES}H{EGRESS_RANGES}H{EGRESS_RANGES}BI",
+                            *lo_hi, *hi, *pr, len(ranges))  # fmt: skip
+        key = struct.pack("<IQ", 64 + net.prefixlen, cgid) + net.network_address.packed
+        out.append((key, value))
+    return out
 
 
 def _close_quietly(fd: int) -> None:

@@ -1,0 +1,284 @@
+"""Sandboxing an agent with Landlock: the domain `roguewatch run` applies before exec.
+
+This module owns building and enforcing the agent's Landlock domain: signal and abstract-unix-
+socket scoping (the agent, root included, cannot signal, ptrace or connect to anything outside
+its domain, such as the monitor) and, optionally, a filesystem part where writes are allowed only
+beneath the policy's `writable:` roots. Reads stay allowed everywhere: read accesses are never
+handled.
+
+It must only ever restrict the calling process: restrict_self() is meant for the forked child of
+the launcher right before exec, never for the launcher or the daemon themselves. It does not
+decide what an agent may write; the policy does.
+
+Landlock syscalls are called through ctypes (the numbers 444-446 are the same on every
+architecture: they were added after the syscall tables were unified).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+
+__all__ = [
+    "ACCESS_FS_IOCTL_DEV",
+    "ACCESS_FS_REFER",
+    "ACCESS_FS_TRUNCATE",
+    "ACCESS_FS_WRITE_FILE",
+    "SCOPE_ABSTRACT_UNIX_SOCKET",
+    "SCOPE_SIGNAL",
+    "STD_DEVICES",
+    "LandlockError",
+    "abi",
+    "restrict_self",
+    "write_accesses",
+]
+
+_SYS_LANDLOCK_CREATE_RULESET = 444
+_SYS_LANDLOCK_ADD_RULE = 445
+_SYS_LANDLOCK_RESTRICT_SELF = 446
+_LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
+_LANDLOCK_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+_CAP_SYS_ADMIN = 21
+
+# Filesystem access rights (linux/landlock.h; TRUNCATE and IOCTL_DEV are newer than Debian 12's
+# header, values from the kernel documentation).
+ACCESS_FS_EXECUTE = 1 << 0
+ACCESS_FS_WRITE_FILE = 1 << 1
+ACCESS_FS_READ_FILE = 1 << 2
+ACCESS_FS_READ_DIR = 1 << 3
+ACCESS_FS_REMOVE_DIR = 1 << 4
+ACCESS_FS_REMOVE_FILE = 1 << 5
+ACCESS_FS_MAKE_CHAR = 1 << 6
+ACCESS_FS_MAKE_DIR = 1 << 7
+ACCESS_FS_MAKE_REG = 1 << 8
+ACCESS_FS_MAKE_SOCK = 1 << 9
+ACCESS_FS_MAKE_FIFO = 1 << 10
+ACCESS_FS_MAKE_BLOCK = 1 << 11
+ACCESS_FS_MAKE_SYM = 1 << 12
+ACCESS_FS_REFER = 1 << 13  # ABI 2
+ACCESS_FS_TRUNCATE = 1 << 14  # ABI 3
+ACCESS_FS_IOCTL_DEV = 1 << 15  # ABI 5
+
+# Scopes (ABI 6).
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0
+SCOPE_SIGNAL = 1 << 1
+
+_WRITE_ABI1 = (
+    ACCESS_FS_WRITE_FILE
+    | ACCESS_FS_REMOVE_DIR
+    | ACCESS_FS_REMOVE_FILE
+    | ACCESS_FS_MAKE_CHAR
+    | ACCESS_FS_MAKE_DIR
+    | ACCESS_FS_MAKE_REG
+    | ACCESS_FS_MAKE_SOCK
+    | ACCESS_FS_MAKE_FIFO
+    | ACCESS_FS_MAKE_BLOCK
+    | ACCESS_FS_MAKE_SYM
+)
+# The rights a rule on a non-directory may carry (others make landlock_add_rule fail EINVAL).
+_FILE_ACCESSES = (
+    ACCESS_FS_EXECUTE
+    | ACCESS_FS_WRITE_FILE
+    | ACCESS_FS_READ_FILE
+    | ACCESS_FS_TRUNCATE
+    | ACCESS_FS_IOCTL_DEV
+)
+
+# Device nodes ordinary programs open for writing (`> /dev/null`, the terminal). When the
+# filesystem part is on, they stay writable so that confining writes does not break the agent;
+# none of them lets it change a file on disk.
+STD_DEVICES: tuple[str, ...] = (
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/tty",
+    "/dev/ptmx",
+    "/dev/pts",
+)
+
+
+class LandlockError(Exception):
+    """The requested Landlock domain cannot be enforced; the message says why and what to do."""
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1  # __attribute__((packed)) in the uapi header: 12 bytes
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+# Loaded once at import: restrict_self() runs in a freshly forked child, where dlopen() (which
+# takes locks another thread of the parent may have held at fork time) is best avoided.
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_prctl = _libc.prctl
+_prctl.restype = ctypes.c_int
+
+
+def _call(nr: int, *args: object) -> int:
+    ctypes.set_errno(0)
+    ret = _syscall(ctypes.c_long(nr), *args)
+    if ret < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return int(ret)
+
+
+def abi() -> int:
+    """The highest Landlock ABI version this kernel supports; 0 when Landlock is unavailable."""
+    try:
+        return _call(
+            _SYS_LANDLOCK_CREATE_RULESET,
+            None,
+            ctypes.c_size_t(0),
+            ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION),
+        )
+    except OSError:
+        # ENOSYS: not compiled in; EOPNOTSUPP: compiled in but not enabled (lsm= boot option).
+        return 0
+
+
+def write_accesses(version: int) -> int:
+    """Every filesystem right that writes, for Landlock ABI `version`."""
+    mask = _WRITE_ABI1
+    if version >= 2:
+        mask |= ACCESS_FS_REFER
+    if version >= 3:
+        mask |= ACCESS_FS_TRUNCATE
+    if version >= 5:
+        mask |= ACCESS_FS_IOCTL_DEV
+    return mask
+
+
+def _has_cap_sys_admin() -> bool:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << _CAP_SYS_ADMIN))
+    except OSError:
+        pass
+    return False
+
+
+def _add_path_rule(ruleset_fd: int, path: str, access: int) -> None:
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError as e:
+        raise LandlockError(f"writable root {path!r} cannot be opened: {e.strerror}") from e
+    try:
+        # A rule on a non-directory may only carry file rights.
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            access &= _FILE_ACCESSES
+        attr = _PathBeneathAttr(allowed_access=access, parent_fd=fd)
+        try:
+            _call(
+                _SYS_LANDLOCK_ADD_RULE,
+                ctypes.c_int(ruleset_fd),
+                ctypes.c_int(_LANDLOCK_RULE_PATH_BENEATH),
+                ctypes.byref(attr),
+                ctypes.c_uint32(0),
+            )
+        except OSError as e:
+            raise LandlockError(f"cannot add a Landlock rule for {path!r}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+
+
+def restrict_self(
+    scope_signals: bool = True,
+    scope_abstract_unix: bool = True,
+    writable: list[str] | None = None,
+    *,
+    std_devices: bool = True,
+    no_new_privs: bool | None = None,
+) -> None:
+    """Put the calling thread (and everything it later execs or forks) in a new Landlock domain.
+
+    - scope_signals: no signal or ptrace to a process outside the domain (EPERM); the domain's
+      own processes (the agent's children) can still be signalled. Needs ABI 6.
+    - scope_abstract_unix: no connect to an abstract unix socket created outside the domain.
+      Needs ABI 6.
+    - writable: when given (even empty), every write access of the running ABI is handled and
+      granted only beneath these roots (plus STD_DEVICES when `std_devices`); reads are untouched.
+    - no_new_privs: None (default) sets it only when the caller lacks CAP_SYS_ADMIN, which the
+      kernel then requires. A root launcher leaves it off, so setuid programs the agent runs
+      keep working.
+
+    Call it in the forked child right before exec; it is irreversible, and in a multi-threaded
+    process it only restricts the calling thread. Raises LandlockError when the kernel's ABI
+    is too old for what was asked, or a rule cannot be built.
+    """
+    if not (scope_signals or scope_abstract_unix or writable is not None):
+        raise LandlockError("nothing to restrict: ask for a scope or a list of writable roots")
+    version = abi()
+    if version == 0:
+        raise LandlockError(
+            "Landlock is not available on this kernel (needs CONFIG_SECURITY_LANDLOCK=y and "
+            "'landlock' in the lsm= boot parameter, Linux 5.13+)"
+        )
+    scoped = 0
+    if scope_abstract_unix:
+        scoped |= SCOPE_ABSTRACT_UNIX_SOCKET
+    if scope_signals:
+        scoped |= SCOPE_SIGNAL
+    if scoped and version < 6:
+        raise LandlockError(
+            f"signal and abstract-unix-socket scoping need Landlock ABI 6 (Linux 6.12+); this "
+            f"kernel has ABI {version}: upgrade the kernel, or run without scoping"
+        )
+    handled_fs = write_accesses(version) if writable is not None else 0
+
+    attr = _RulesetAttr(handled_access_fs=handled_fs, handled_access_net=0, scoped=scoped)
+    # Pass the size that covers the fields we set (24 bytes with `scoped`, 8 with only the
+    # filesystem part), so a filesystem-only request also works on kernels before ABI 4/6,
+    # whose struct is shorter.
+    size = ctypes.sizeof(_RulesetAttr) if scoped else _RulesetAttr.handled_access_net.offset
+    try:
+        ruleset_fd = _call(
+            _SYS_LANDLOCK_CREATE_RULESET,
+            ctypes.byref(attr),
+            ctypes.c_size_t(size),
+            ctypes.c_uint32(0),
+        )
+    except OSError as e:
+        raise LandlockError(f"cannot create a Landlock ruleset: {e.strerror}") from e
+    try:
+        if writable is not None:
+            for path in writable:
+                _add_path_rule(ruleset_fd, path, handled_fs)
+            if std_devices:
+                for path in STD_DEVICES:
+                    if os.path.exists(path):
+                        _add_path_rule(
+                            ruleset_fd,
+                            path,
+                            handled_fs
+                            & (ACCESS_FS_WRITE_FILE | ACCESS_FS_TRUNCATE | ACCESS_FS_IOCTL_DEV),
+                        )
+        if no_new_privs is None:
+            no_new_privs = not _has_cap_sys_admin()
+        if no_new_privs and _prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise LandlockError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(err)}")
+        try:
+            _call(_SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset_fd), ctypes.c_uint32(0))
+        except OSError as e:
+            hint = (
+                "the caller needs CAP_SYS_ADMIN or no_new_privs"
+                if e.errno == errno.EPERM
+                else "the domain could not be enforced"
+            )
+            raise LandlockError(f"landlock_restrict_self failed: {e.strerror} ({hint})") from e
+    finally:
+        os.close(ruleset_fd)
