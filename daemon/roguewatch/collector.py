@@ -217,6 +217,8 @@ class Collector:
             return self._session_end(req)
         if op == "unregister":
             return {"ok": self.probes.unregister(int(req["pid"]))}
+        if op == "sessions":
+            return {"ok": True, "sessions": self.session_list()}
         if op == "release":
             for pid, s in self.probes.tracked().items():
                 if s == int(req["session"]):
@@ -249,7 +251,10 @@ class Collector:
         self.probes.register(
             pid, session, start, proc_start_ns(ppid) or 0, ppid, observe=mode == "observe"
         )
-        self.sessions[session] = {"root": pid, "cgroup": req.get("cgroup", ""), "fd": None}
+        self.sessions[session] = {
+            "root": pid, "cgroup": req.get("cgroup", ""), "fd": None,
+            "name": req.get("name", ""), "mode": mode, "started": time.time(),
+        }  # fmt: skip
         self._publish_now({
             "type": "session", "kind": "start", "ts": time.time_ns(), "session": session,
             "pid": pid, "flags": [], "name": req.get("name", ""), "root": pid,
@@ -280,6 +285,23 @@ class Collector:
             "pid": int(req.get("root", 0)), "flags": [], "survivors": survivors,
         })  # fmt: skip
         return {"ok": True, "survivors": survivors}
+
+    def session_list(self) -> list[dict]:
+        """Live sessions: those registered here and those the kernel adopted by selector."""
+        pids: dict[int, list[int]] = {}
+        for pid, s in self.probes.tracked().items():
+            pids.setdefault(s, []).append(pid)
+        out = []
+        for sid in sorted(set(pids) | set(self.sessions)):
+            info = self.sessions.get(sid, {})
+            out.append({
+                "session": f"{sid:x}", "name": info.get("name", ""),
+                "root": info.get("root", min(pids.get(sid, [0]))),
+                "cgroup": info.get("cgroup", ""), "mode": info.get("mode", "enforce"),
+                "pids": sorted(pids.get(sid, [])), "started": info.get("started", 0),
+                "adopted": sid not in self.sessions,
+            })  # fmt: skip
+        return out
 
     def release(self, session: int) -> None:
         info = self.sessions.pop(session, None)
