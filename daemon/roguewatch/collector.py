@@ -23,6 +23,7 @@ import msgpack
 import zmq
 
 from roguewatch import bus, kernel
+from roguewatch import policy as policy_mod
 from roguewatch.config import Config
 from roguewatch.enrich import ProcessCache, proc_cmdline, proc_ppid, proc_start_ns
 from roguewatch.probes.layout import TYPE_NAMES, RecordError, decode
@@ -74,18 +75,43 @@ class Collector:
         self._reported = Losses({}, 0, 0, 0)
         self._next_adopt = 0
         self._stopping = False
+        self.rate = 0
+        self._rate_mark = 0
         self.sessions: dict[int, dict] = {}
+        self.adoptions: list[policy_mod.Adoption] = []
         self.started = time.time()
 
     # -- set-up ---------------------------------------------------------------------------
 
     def setup(self) -> None:
         self.guard_self()
+        self.adoptions = policy_mod.load_adoptions(self.cfg.policies_dir)
         for uid in self.cfg.adopted_uids():
             self.probes.adopt_uid(uid)
         for comm in self.cfg.adopt_comms:
             self.probes.adopt_comm(comm)
+        for a in self.adoptions:
+            for uid in a.all_uids():
+                self.probes.adopt_uid(uid)
+            for comm in a.comms:
+                self.probes.adopt_comm(comm)
         self.scan_procfs()
+
+    def _announce_adopted(self, ev: dict) -> None:
+        """First sight of a session the kernel adopted: say which policy it runs under."""
+        sid = ev["session"]
+        pol = policy_mod.default()
+        for a in self.adoptions:
+            if a.matches(ev["uid"], ev["comm"]):
+                pol = a.policy
+                break
+        self.sessions[sid] = {"root": ev["pid"], "cgroup": "", "fd": None, "name": "adopted",
+                              "mode": pol.mode, "started": time.time()}  # fmt: skip
+        self.batch.append({
+            "type": "session", "kind": "start", "ts": time.time_ns(), "session": sid,
+            "pid": ev["pid"], "flags": ["adopted"], "name": "adopted", "root": ev["pid"],
+            "cgroup": "", "mode": pol.mode, "policy": policy_mod.as_dict(pol),
+        })  # fmt: skip
 
     def guard_self(self) -> None:
         """Every task of this process (ZeroMQ's threads too) is guarded, and our parent."""
@@ -97,6 +123,9 @@ class Collector:
         """Register running processes that match the selectors (their events say `procfs`)."""
         uids = set(self.cfg.adopted_uids())
         comms = {c[:15] for c in self.cfg.adopt_comms}
+        for a in self.adoptions:
+            uids |= set(a.all_uids())
+            comms |= {c[:15] for c in a.comms}
         if not uids and not comms:
             return 0
         tracked = self.probes.tracked()
@@ -130,13 +159,15 @@ class Collector:
             self.cache.exe[pid] = exe
             if cwd:
                 self.cache.cwd[pid] = cwd
-            self.batch.append({
+            ev = {
                 "type": "exec", "ts": time.time_ns(), "session": session, "pid": pid,
                 "tid": pid, "ppid": ppid, "uid": uid, "gid": 0, "comm": comm, "ret": 0,
                 "flags": ["procfs", "adopted"], "exec_id": f"{pid}-{start}",
                 "pexec_id": f"{ppid}-{pstart}" if ppid else "", "exe": exe,
                 "filename": exe, "argv": argv, "cmdline": " ".join(argv), "cwd": cwd,
-            })  # fmt: skip
+            }  # fmt: skip
+            self._announce_adopted(ev)
+            self.batch.append(ev)
         self.flush()
         return len(found)
 
@@ -149,6 +180,9 @@ class Collector:
             self.lost_decode += 1
             return
         self.cache.enrich(ev, h)
+        fl = ev["flags"]
+        if fl and "adopted" in fl and ev["session"] not in self.sessions:
+            self._announce_adopted(ev)
         self.batch.append(ev)
 
     def flush(self) -> None:
@@ -233,7 +267,8 @@ class Collector:
             return {
                 "ok": True, "events": self.events_total, "uptime": time.time() - self.started,
                 "lost_ring": loss.ring, "lost_pending": loss.pending, "lost_decode": loss.decode,
-                "lost_bus": loss.bus, "probes": len(self.probes.attached),
+                "lost_bus": loss.bus, "probes": len(self.probes.attached), "rate": self.rate,
+                "probes_failed": [f for f, _ in self.probes.failed],
                 "tracked": len(self.probes.tracked()),
             }  # fmt: skip
         return {"ok": False, "error": f"unknown op {op!r}"}
@@ -341,6 +376,8 @@ class Collector:
                 self.serve_control()
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + 1.0
+                self.rate = self.events_total - self._rate_mark
+                self._rate_mark = self.events_total
                 self.cache.refresh_clock()
                 self.report_losses()
         self.drain()
@@ -392,7 +429,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     signal.signal(signal.SIGTERM, col.stop)
     signal.signal(signal.SIGINT, col.stop)
-    col.setup()
+    try:
+        col.setup()
+    except policy_mod.PolicyError as exc:
+        print(f"roguewatch collector: {exc}", file=sys.stderr)
+        col.close()
+        return 2
 
     def ready() -> None:
         if args.ready_fd is not None:

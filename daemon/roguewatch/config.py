@@ -6,6 +6,7 @@ and the key; nothing here is read again on the hot path.
 
 from __future__ import annotations
 
+import os
 import pwd
 from dataclasses import dataclass, field, fields
 
@@ -53,6 +54,12 @@ class Config:
     dedup_window: int = 10
     # Carry out rules' actions (kill, freeze); false: record them in alerts only.
     enforce: bool = True
+    # Policies with adoption selectors (`adopt: {users, uids, comms}` + a policy), one per file.
+    policies_dir: str = "/etc/roguewatch/policies.d"
+    # Prometheus metrics on 127.0.0.1:PORT (0: off).
+    metrics_port: int = 0
+    # Where the service writes its live counters for `roguewatch status`.
+    status_file: str = "/run/roguewatch/status.json"
 
     def adopted_uids(self) -> list[int]:
         """uids of adopt_uids plus those of adopt_users that exist on this host."""
@@ -68,10 +75,17 @@ class Config:
 _TYPES = {f.name: f.type for f in fields(Config)}
 
 
+DEFAULT_PATH = "/etc/roguewatch/roguewatchd.yaml"
+
+
 def load(path: str | None) -> Config:
+    """The embedded defaults, overridden by ``path`` (or by /etc/roguewatch/roguewatchd.yaml
+    when it exists and no path is given)."""
     cfg = Config()
     if path is None:
-        return cfg
+        if not os.path.exists(DEFAULT_PATH):
+            return cfg
+        path = DEFAULT_PATH
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}

@@ -14,6 +14,7 @@ table, then only the rules that can match the event's type.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import signal
@@ -227,10 +228,16 @@ class Evaluator:
         self.suppressed = 0
         self.malformed = 0
         self.by_rule: dict[str, int] = {}
+        self.by_rule_sev: dict[tuple[str, str], int] = {}
+        self.by_type: dict[str, int] = {}
+        self.actions: dict[str, int] = {}
+        self.lost: dict[str, int] = {}
+        self.latencies: list[float] = []
 
     def handle(self, ev: dict) -> None:
         self.events += 1
         t = ev.get("type")
+        self.by_type[t] = self.by_type.get(t, 0) + 1
         if t == "monitor":
             self.monitor(ev)
             return
@@ -322,6 +329,7 @@ class Evaluator:
         if self.enforcer is None:
             return
         outcome = self.enforcer.act(rule.action, ev)
+        self.actions[rule.action] = self.actions.get(rule.action, 0) + 1
         if "killed" in flags:
             outcome = f"sender killed in the kernel; {outcome}"
         alert["outcome"] = outcome
@@ -329,6 +337,8 @@ class Evaluator:
     def _publish(self, alert: dict) -> None:
         self.alerts += 1
         self.by_rule[alert["rule"]] = self.by_rule.get(alert["rule"], 0) + 1
+        key = (alert["rule"], alert["severity"])
+        self.by_rule_sev[key] = self.by_rule_sev.get(key, 0) + 1
         self.emit(alert)
 
     def build(self, rule: Rule, ev: dict) -> dict:
@@ -382,6 +392,11 @@ class Evaluator:
     def monitor(self, ev: dict, severity: str = "high", rule: str = "") -> None:
         """An alert about the monitor itself (losses, reload failures, restarts)."""
         kind = ev.get("kind", "")
+        if kind == "loss":
+            self.lost["ring"] = sum((ev.get("lost_ring") or {}).values())
+            self.lost["pending"] = ev.get("lost_pending", 0)
+            self.lost["decode"] = ev.get("lost_decode", 0)
+            self.lost["bus"] = ev.get("lost_bus", 0)
         alert = {
             "id": self._next_id(),
             "ts": rfc3339(ev.get("ts") or self.clock()),
@@ -412,6 +427,13 @@ class Evaluator:
 # stream, reloading rules on SIGHUP or when a rule directory changes.
 
 
+def _by_severity(by_rule_sev: dict[tuple[str, str], int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for (_, sev), n in by_rule_sev.items():
+        out[sev] = out.get(sev, 0) + n
+    return out
+
+
 def load_ruleset(cfg: Config) -> RuleSet:
     """Packaged packs, then the configured directories that exist, then enable/disable."""
     dirs = [d for d in cfg.rules_dirs if os.path.isdir(d)]
@@ -434,6 +456,13 @@ class EvaluatorProcess:
         self._stopping = False
         self._malformed_reported = 0
         self._observer = None
+        self.reloads = {"ok": 0, "failed": 0}
+        self.started = time.time()
+        self.metrics = None
+        if cfg.metrics_port:
+            from roguewatch.metrics import Metrics
+
+            self.metrics = Metrics(cfg.metrics_port)
 
     @staticmethod
     def _sinks(cfg: Config) -> alerts.Sinks:
@@ -487,6 +516,9 @@ class EvaluatorProcess:
                 severity="critical",
             )  # fmt: skip
             return False
+        self.reloads["ok"] += 1
+        if self.metrics:
+            self.metrics.reloads.labels("ok").inc()
         self.evaluator.swap_rules(new)
         log.info("rules reloaded: %d rules", len(new))
         return True
@@ -514,6 +546,36 @@ class EvaluatorProcess:
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + 1.0
                 ev.tick()
+                self.publish_status()
+
+    def status(self) -> dict:
+        ev = self.evaluator
+        return {
+            "started": self.started, "events": ev.events, "alerts": ev.alerts,
+            "suppressed": ev.suppressed, "malformed": ev.malformed + self.sub.malformed,
+            "kills": self.enforcer.killed if self.enforcer else 0, "lost": dict(ev.lost),
+            "reloads": dict(self.reloads), "rules": len(ev.rules),
+            "sessions": len(self.enforcer.sessions) if self.enforcer else 0,
+            "alerts_by_severity": _by_severity(ev.by_rule_sev),
+        }  # fmt: skip
+
+    def publish_status(self) -> None:
+        """Counters for `roguewatch status` (a root-only file) and Prometheus."""
+        st = self.status()
+        if self.metrics:
+            ev = self.evaluator
+            self.metrics.sync(ev.by_type, ev.by_rule_sev, ev.lost, st["sessions"], ev.actions)
+        path = self.cfg.status_file
+        if not path:
+            return
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(st, f)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # status is a convenience: never a reason to stop evaluating
 
     def close(self) -> None:
         if self._observer is not None:
@@ -538,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-journal", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="do not print alerts")
     ap.add_argument("--no-enforce", action="store_true", help="record actions, never act")
+    ap.add_argument("--status-file", help="where to write live counters ('' for none)")
     ap.add_argument("--ready-fd", type=int, help="write one byte here once subscribed")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -559,6 +622,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg.print_alerts = False
         if args.no_enforce:
             cfg.enforce = False
+        if args.status_file is not None:
+            cfg.status_file = args.status_file
+        elif args.events:  # a private evaluator (run, tests) must not overwrite the service's
+            cfg.status_file = ""
         proc = EvaluatorProcess(cfg)
     except (config_mod.ConfigError, ruleset.RuleError, policy_mod.PolicyError,
             bus.BusError) as exc:  # fmt: skip

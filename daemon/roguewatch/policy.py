@@ -8,6 +8,8 @@ policies arrive with `roguewatch run`, the daemon applies one policy to every se
 from __future__ import annotations
 
 import os
+import pwd
+from dataclasses import dataclass
 
 import yaml
 
@@ -82,3 +84,61 @@ def load(path: str) -> StaticPolicy:
 def default() -> StaticPolicy:
     """The policy without a policy file: loopback only, nothing protected, enforce."""
     return StaticPolicy(egress_allow=("127.0.0.0/8", "::1/128"))
+
+
+@dataclass
+class Adoption:
+    """Agents the daemon adopts (by user, uid or comm) and the policy their sessions get."""
+
+    users: list[str]
+    uids: list[int]
+    comms: list[str]
+    policy: StaticPolicy
+    source: str
+
+    def all_uids(self) -> list[int]:
+        out = list(self.uids)
+        for u in self.users:
+            try:
+                out.append(pwd.getpwnam(u).pw_uid)
+            except KeyError:
+                pass  # a user that does not exist (yet) adopts nothing
+        return out
+
+    def matches(self, uid: int, comm: str) -> bool:
+        return uid in self.all_uids() or comm[:15] in {c[:15] for c in self.comms}
+
+
+def load_adoptions(directory: str) -> list[Adoption]:
+    """Every `*.yaml` in policies.d: an `adopt:` block (users, uids, comms) + a policy."""
+    out: list[Adoption] = []
+    if not os.path.isdir(directory):
+        return out
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith((".yaml", ".yml")):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise PolicyError(f"{path}: cannot read: {exc}") from None
+        if not isinstance(data, dict):
+            raise PolicyError(f"{path}: expected a mapping with adopt and policy keys")
+        adopt = data.pop("adopt", None) or {}
+        if not isinstance(adopt, dict) or set(adopt) - {"users", "uids", "comms"}:
+            raise PolicyError(f"{path}: adopt: expected a mapping of users, uids, comms")
+        users, uids, comms = (adopt.get(k) or [] for k in ("users", "uids", "comms"))
+        if (
+            not all(isinstance(u, str) for u in users)
+            or not all(isinstance(u, int) for u in uids)
+            or not all(isinstance(c, str) for c in comms)
+        ):
+            raise PolicyError(f"{path}: adopt: users and comms are names, uids are numbers")
+        out.append(Adoption(list(users), list(uids), list(comms), from_dict(data, path), path))
+    return out
+
+
+def as_dict(p: StaticPolicy) -> dict:
+    return {"egress_allow": list(p.egress_allow), "protect": list(p.protect), "mode": p.mode,
+            "lists": dict(p.lists)}  # fmt: skip

@@ -74,9 +74,11 @@ class Service:
         self.stopping = True
 
     def reload(self, *_: object) -> None:
+        self.notify("RELOADING=1")
         if self.evaluator.alive():
             assert self.evaluator.proc is not None
             self.evaluator.proc.send_signal(signal.SIGHUP)
+        self.notify("READY=1")  # a broken rule file keeps the old set: still ready
 
     def _guard(self, pid: int) -> None:
         try:
@@ -85,6 +87,28 @@ class Service:
             client.close()
         except ControlError as exc:
             log.warning("could not guard pid %d: %s", pid, exc)
+
+    def notify(self, state: str) -> None:
+        """sd_notify when systemd started us (NOTIFY_SOCKET); nothing otherwise."""
+        if os.environ.get("NOTIFY_SOCKET"):
+            try:
+                from systemd import daemon
+
+                daemon.notify(state)
+            except (ImportError, OSError):
+                pass
+
+    def status_line(self) -> str:
+        try:
+            import json
+
+            with open(self.cfg.status_file) as f:
+                st = json.load(f)
+            lost = sum(st["lost"].values())
+            return (f"{st['sessions']} sessions, {st['events']} events, {st['alerts']} alerts, "
+                    f"{st['kills']} kills, {lost} lost")  # fmt: skip
+        except (OSError, ValueError, KeyError):
+            return "running"
 
     def start(self) -> None:
         t0 = time.monotonic()
@@ -95,6 +119,7 @@ class Service:
         for pid in (os.getpid(), self.evaluator.proc.pid):  # type: ignore[union-attr]
             self._guard(pid)
         log.info("roguewatchd ready in %.2f s", time.monotonic() - t0)
+        self.notify("READY=1\nSTATUS=probes attached, evaluator subscribed")
 
     def supervise(self) -> None:
         """Restart a component that died, with back-off; the restart is itself reported."""
@@ -133,7 +158,13 @@ class Service:
         sub = bus.Subscriber(self.cfg.events_endpoint) if self.cfg.print_events else None
         if sub is not None:
             sub.wait_ready(2000)
+        next_ping = 0.0
         while not self.stopping:
+            now = time.monotonic()
+            if now >= next_ping:  # the watchdog ping only while every component is alive
+                next_ping = now + 5.0
+                if all(c.alive() for c in self.components):
+                    self.notify(f"WATCHDOG=1\nSTATUS={self.status_line()}")
             if sub is not None:
                 batch = sub.recv_batch(200)
                 for ev in batch or ():
@@ -155,6 +186,21 @@ class Service:
                     c.proc.kill()
 
 
+def _setup_logging() -> None:
+    """journald with structured fields under systemd; plain stderr everywhere else."""
+    if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
+        try:
+            from systemd.journal import JournalHandler
+
+            logging.basicConfig(level=logging.INFO, handlers=[
+                JournalHandler(SYSLOG_IDENTIFIER="roguewatchd")
+            ])  # fmt: skip
+            return
+        except (ImportError, OSError):
+            pass
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="roguewatchd", description="the roguewatch service")
     ap.add_argument("--config", metavar="FILE", help="YAML configuration (default: built in)")
@@ -162,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="print neither events nor alerts")
     ap.add_argument("--version", action="version", version=f"roguewatchd {__version__}")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    _setup_logging()
     if os.geteuid() != 0:
         print("roguewatchd: must run as root (it loads BPF probes)", file=sys.stderr)
         return 2

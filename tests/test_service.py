@@ -1,0 +1,166 @@
+"""roguewatchd as a service: its unit file, configuration errors, supervision, status, and
+agents it adopts by a policies.d selector."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_root
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_unit_file_verifies_and_is_hardened(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "roguewatchd.service"
+    text = (ROOT / "systemd/roguewatchd.service").read_text()
+    unit.write_text(text.replace("/usr/bin/roguewatchd", "/bin/true"))
+    verify = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert verify.returncode == 0, verify.stderr
+    sec = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
+                         capture_output=True, text=True)  # fmt: skip
+    score = float(sec.stdout.split("Overall exposure level for roguewatchd.service:")[1].split()[0])
+    assert score <= 5.5, sec.stdout[-300:]
+    assert "Type=notify" in text and "WatchdogSec=" in text and "ExecReload=" in text
+
+
+def test_a_bad_config_key_is_named_and_the_service_does_not_start(tmp_path: Path) -> None:
+    require_root()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("ringbuf_pages: 2048\nadopt_user: [agent]\n")
+    p = subprocess.run([sys.executable, "-m", "roguewatch.service", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 2
+    assert "unknown key 'adopt_user'" in p.stderr and "Traceback" not in p.stderr
+
+
+class Daemon:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        run = tmp / "run"
+        self.control = f"ipc://{run}/control.sock"
+        self.alerts_file = tmp / "log/alerts.jsonl"
+        self.policies = tmp / "policies.d"
+        self.policies.mkdir()
+        self.cfg = tmp / "roguewatchd.yaml"
+        self.cfg.write_text(
+            f"events_endpoint: ipc://{run}/events.sock\ncontrol_endpoint: {self.control}\n"
+            f"alerts_endpoint: ipc://{run}/alerts.sock\nalerts_file: {self.alerts_file}\n"
+            f"status_file: {run}/status.json\npolicies_dir: {self.policies}\n"
+            f"rules_dirs: [{tmp}/rules.d]\njournald: false\nadopt_users: []\n"
+        )
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "roguewatch.service", "--config", str(self.cfg), "--quiet"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.status().returncode in (0, 1) and self._evaluator_reported():
+                return
+            assert self.proc.poll() is None, self.proc.stdout.read()
+            time.sleep(0.2)
+        pytest.fail("roguewatchd did not come up")
+
+    def _evaluator_reported(self) -> bool:
+        return (self.tmp / "run/status.json").exists()
+
+    def status(self) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "roguewatch.cli", "status", "--config", str(self.cfg)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+
+    def children(self) -> dict[str, int]:
+        out = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().decode()
+            except (OSError, ValueError):
+                continue
+            if ppid == self.proc.pid:
+                for name in ("collector", "evaluator"):
+                    if f"roguewatch.{name}" in cmd:
+                        out[name] = int(pid)
+        return out
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    require_root()
+    d = Daemon(tmp_path)
+    yield d
+    if getattr(d, "proc", None) is not None and d.proc.poll() is None:
+        d.proc.kill()
+        d.proc.wait()
+
+
+def test_status_reports_a_healthy_service_and_a_dead_component_is_restarted(
+    daemon: Daemon,
+) -> None:
+    daemon.start()
+    st = daemon.status()
+    assert st.returncode == 0, st.stdout
+    assert "running since" in st.stdout and "probes:" in st.stdout and "losses:" in st.stdout
+    before = daemon.children()
+    assert set(before) == {"collector", "evaluator"}
+    os.kill(before["evaluator"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = daemon.children()
+        if now.get("evaluator") not in (None, before["evaluator"]):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the evaluator was not restarted")
+    assert daemon.stop() == 0
+    out = daemon.proc.stdout.read()
+    assert "evaluator exited" in out and "restarting" in out
+
+
+def test_an_agent_adopted_by_a_policies_d_selector_is_watched(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    (daemon.policies / "agents.yaml").write_text(
+        "adopt:\n  comms: [rw-adopt-test]\nmode: enforce\negress:\n  allow: [127.0.0.1/32]\n"
+    )
+    daemon.start()
+    agent = tmp_path / "rw-adopt-test"
+    shutil.copy("/usr/bin/python3", agent)  # its comm is the file's name
+    code = "import socket\ns = socket.socket()\ntry:\n    s.connect(('127.0.0.9', 9))\n"
+    code += "except OSError:\n    pass\n"
+    subprocess.run([str(agent), "-S", "-c", code], timeout=30)
+    deadline = time.monotonic() + 10
+    alerts: list[dict] = []
+    while time.monotonic() < deadline and not alerts:
+        if daemon.alerts_file.exists():
+            alerts = [json.loads(x) for x in daemon.alerts_file.read_text().splitlines()]
+            alerts = [a for a in alerts if a["rule"] == "egress_unauthorized_destination"]
+        time.sleep(0.1)
+    assert alerts, "no egress alert for the adopted agent"
+    assert alerts[0]["comm"] == "rw-adopt-test"
+    # Adopted sessions have no cgroup of their own: the kernel cannot deny, rules kill.
+    assert alerts[0]["outcome"].startswith(("process", "not enforced"))
+    assert daemon.stop() == 0
