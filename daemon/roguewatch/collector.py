@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from roguewatch.config import Config
 from roguewatch.enrich import ProcessCache, proc_cmdline, proc_ppid, proc_start_ns
 from roguewatch.probes.layout import TYPE_NAMES, RecordError, decode
 from roguewatch.ringbuf import RingBuffer
+from roguewatch.selfdefense import ShutdownGate
 
 log = logging.getLogger("roguewatch.collector")
 
@@ -352,7 +352,7 @@ class Collector:
     def stop(self, *_: object) -> None:
         self._stopping = True
 
-    def run(self, ready: callable | None = None) -> None:
+    def run(self, ready: callable | None = None, gate: ShutdownGate | None = None) -> None:
         poller = zmq.Poller()
         poller.register(self.ring.fd, zmq.POLLIN)
         poller.register(self.pub.socket, zmq.POLLIN)
@@ -370,6 +370,8 @@ class Collector:
                     continue
                 raise
             self.drain()
+            if gate is not None and gate.poll():
+                self._stopping = True
             if self.pub.socket in socks:
                 self.pub.drain_subscriptions()
             if self.control is not None and self.control in socks:
@@ -427,8 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     except (kernel.ProbeError, bus.BusError) as exc:
         print(f"roguewatch collector: {exc}", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, col.stop)
-    signal.signal(signal.SIGINT, col.stop)
+    # SIGTERM from a watched process is dropped (its sender dies in the kernel); from anyone
+    # else it stops the collector, at the next loop turn (at most one second).
+    gate = ShutdownGate(lambda pid: col.probes.session_of(pid) is not None)
     try:
         col.setup()
     except policy_mod.PolicyError as exc:
@@ -442,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             os.close(args.ready_fd)
 
     try:
-        col.run(ready)
+        col.run(ready, gate)
     finally:
         col.close()
     return 0

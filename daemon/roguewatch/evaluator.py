@@ -523,7 +523,7 @@ class EvaluatorProcess:
         log.info("rules reloaded: %d rules", len(new))
         return True
 
-    def run(self, ready: Callable[[], None] | None = None) -> None:
+    def run(self, ready: Callable[[], None] | None = None, gate: object = None) -> None:
         self.sub.wait_ready(5000)
         if ready:
             ready()
@@ -534,6 +534,12 @@ class EvaluatorProcess:
             if batch:
                 ev.handle_batch(batch)
             self.sinks.service()  # greets new alert subscribers (tail --follow)
+            if gate is not None:
+                for signo in gate.poll():
+                    if signo == signal.SIGHUP:
+                        self._reload = True
+                    else:
+                        self._stopping = True
             bad = self.sub.malformed + ev.malformed
             if bad != self._malformed_reported:
                 n = bad - self._malformed_reported
@@ -631,9 +637,12 @@ def main(argv: list[str] | None = None) -> int:
             bus.BusError) as exc:  # fmt: skip
         print(f"roguewatch evaluator: {exc}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, proc.stop)
-    signal.signal(signal.SIGINT, proc.stop)
-    signal.signal(signal.SIGHUP, proc.request_reload)
+    from roguewatch.selfdefense import ShutdownGate
+
+    # Signals from a process in a session are dropped; others are obeyed in the loop.
+    table = proc.evaluator.table
+    gate = ShutdownGate(lambda pid: bool(table.procs.get(table.by_pid.get(pid, ""), {}).get(
+        "session")))  # fmt: skip
     proc.watch_rule_dirs()
 
     def ready() -> None:
@@ -642,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
             os.close(args.ready_fd)
 
     try:
-        proc.run(ready)
+        proc.run(ready, gate)
     finally:
         proc.close()
     return 0

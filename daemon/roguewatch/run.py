@@ -197,6 +197,14 @@ class Run:
     def execute(self) -> int:
         monitor = start_monitor()
         control = monitor.watcher.control
+        # The launcher and our evaluator are roguewatch too: signals and ptrace aimed at them
+        # are guard events, and a session process that tries is killed in the kernel.
+        for pid in (os.getpid(), monitor.evaluator.pid if monitor.evaluator else 0):
+            if pid:
+                try:
+                    control.request("guard", pid=pid)
+                except ControlError:
+                    pass
         sub = zmq.Context.instance().socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.setsockopt(zmq.LINGER, 0)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from roguewatch import __version__, bus, config, render
 from roguewatch.control import ControlClient, ControlError
+from roguewatch.selfdefense import stopped
 
 log = logging.getLogger("roguewatchd")
 
@@ -172,8 +173,16 @@ class Service:
             else:
                 time.sleep(0.2)
             self.supervise()
+            self.unstop()
         self.shutdown()
         return 0
+
+    def unstop(self) -> None:
+        """A component stopped by SIGSTOP (an agent's, or a debugger's) is continued."""
+        for c in self.components:
+            if c.alive() and c.proc is not None and stopped(c.proc.pid):
+                log.warning("%s was stopped (SIGSTOP): continuing it", c.name)
+                os.kill(c.proc.pid, signal.SIGCONT)
 
     def shutdown(self) -> None:
         for c in reversed(self.components):
