@@ -113,8 +113,14 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     d = Daemon(tmp_path)
     yield d
     if getattr(d, "proc", None) is not None and d.proc.poll() is None:
+        children = d.children()
         d.proc.kill()
         d.proc.wait()
+        for pid in children.values():  # they would stop on their own (PDEATHSIG); be sure
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_status_reports_a_healthy_service_and_a_dead_component_is_restarted(

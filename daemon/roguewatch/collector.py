@@ -259,8 +259,14 @@ class Collector:
                     self.probes.unregister(pid)
             self.release(int(req["session"]))
             return {"ok": True}
-        if op == "guard":
-            self.probes.guard(int(req["pid"]))
+        if op == "guard":  # the process and every thread it has now
+            pid = int(req["pid"])
+            self.probes.guard(pid)
+            try:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    self.probes.guard(int(tid))
+            except OSError:
+                pass
             return {"ok": True}
         if op == "stats":
             loss = self.losses()

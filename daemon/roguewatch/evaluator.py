@@ -164,6 +164,10 @@ class ProcessTable(BaseProcessView):
     def in_session(self, pid: int, session: int) -> bool | None:
         eid = self.by_pid.get(pid)
         if eid is None:
+            # Every process of a session is in the table from its fork on: a live process
+            # the table does not know is outside every session. Groups (pid <= 0): unknown.
+            if pid > 0 and os.path.exists(f"/proc/{pid}"):
+                return False
             return None
         return self.procs[eid]["session"] == session
 

@@ -35,6 +35,7 @@ from roguewatch import alerts, bus, cgroups, landlock, sessions
 from roguewatch import policy as policy_mod
 from roguewatch.collector import new_session_id
 from roguewatch.control import ControlError
+from roguewatch.selfdefense import die_with_parent
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -87,7 +88,7 @@ def start_monitor() -> Monitor:
         [sys.executable, "-m", "roguewatch.evaluator", "--events", watcher.events,
          "--alerts", endpoint, "--alerts-file", f"{tmpdir}/alerts.jsonl", "--no-journal",
          "--quiet", "--ready-fd", str(w)],
-        pass_fds=(w,), stderr=subprocess.PIPE,
+        pass_fds=(w,), stderr=subprocess.PIPE, preexec_fn=die_with_parent,
     )  # fmt: skip
     os.close(w)
     ready = os.read(r, 1)
@@ -121,6 +122,9 @@ class Summary:
 
 
 def _killed_count(outcome: str) -> int:
+    if outcome.startswith("sender killed in the kernel"):
+        rest = outcome.partition(";")[2].strip()
+        return max(1, _killed_count(rest))
     words = outcome.replace(":", " ").replace(",", " ").split()
     if "killed" not in words:
         return 0

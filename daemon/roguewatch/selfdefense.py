@@ -43,3 +43,11 @@ def stopped(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "T"
     except (OSError, IndexError):
         return False
+
+
+def die_with_parent() -> None:
+    """For a component's preexec: SIGTERM when the process that started it dies, so a
+    killed roguewatchd (or run) never leaves a collector or evaluator orphaned."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG

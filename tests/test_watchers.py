@@ -1,0 +1,275 @@
+"""Filesystem watchers on real files with real inotify (no probes)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from roguewatch import ruleset
+from roguewatch.watchers import FsWatcher, default_list_names, home_dirs, watch_paths
+
+QUEUED = "/proc/sys/fs/inotify/max_queued_events"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, ev: dict[str, Any]) -> None:
+        with self.cond:
+            self.events.append(ev)
+            self.cond.notify_all()
+
+    def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 2.0) -> dict:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for ev in self.events:
+                    if pred(ev):
+                        return ev
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no matching event; got {self.summary()}")
+                self.cond.wait(left)
+
+    def fs(self, path: str, change: str, source: str | None = None) -> dict:
+        def pred(e: dict[str, Any]) -> bool:
+            return (
+                e["type"] == "fs_change"
+                and e["path"] == path
+                and e["change"] == change
+                and (source is None or e["source"] == source)
+            )
+
+        return self.wait(pred)
+
+    def paths(self) -> set[str]:
+        with self.cond:
+            return {e["path"] for e in self.events if e["type"] == "fs_change"}
+
+    def summary(self) -> list[tuple[str, str, str]]:
+        return [
+            (e.get("change", e.get("kind", "")), e.get("path", ""), e.get("source", ""))
+            for e in self.events[-20:]
+        ]
+
+
+@pytest.fixture
+def watch(tmp_path) -> Iterator[Callable[..., tuple[FsWatcher, Sink]]]:
+    made: list[FsWatcher] = []
+
+    def start(paths: list[str], **kw: Any) -> tuple[FsWatcher, Sink]:
+        sink = Sink()
+        w = FsWatcher(paths, sink, **kw)
+        w.start()
+        made.append(w)
+        return w, sink
+
+    yield start
+    for w in made:
+        w.stop()
+
+
+def _write(path: str, data: str = "x\n", mode: str = "w") -> None:
+    with open(path, mode) as f:
+        f.write(data)
+
+
+def test_watched_file_create_modify_attrib_move_onto_delete(tmp_path, watch):
+    d = str(tmp_path)
+    f = os.path.join(d, "crontab")
+    _write(f, "old\n")
+    w, sink = watch([f])
+
+    _write(os.path.join(d, "unrelated"), "noise\n")  # same directory, not watched
+    _write(f, "appended\n", "a")
+    e = sink.fs(f, "modified")
+    assert e["type"] == "fs_change" and e["writer"] == "unknown" and e["session"] == 0
+    for k in ("ts", "pid", "tid", "ppid", "uid", "gid", "comm", "ret", "flags", "exec_id",
+              "pexec_id", "exe", "source"):  # fmt: skip
+        assert k in e
+    os.chmod(f, 0o600)
+    sink.fs(f, "attrib")
+
+    tmp = os.path.join(d, ".crontab.new")
+    _write(tmp, "replaced\n")
+    os.rename(tmp, f)
+    sink.fs(f, "moved", source=tmp)
+
+    os.unlink(f)
+    sink.fs(f, "deleted")
+    _write(f, "again\n")
+    sink.fs(f, "created")
+    assert os.path.join(d, "unrelated") not in sink.paths()
+    assert tmp not in sink.paths()
+    assert w.limits()["events"] >= 5
+
+
+def test_move_onto_watched_file_from_outside(tmp_path, watch):
+    inside, outside = tmp_path / "etc", tmp_path / "elsewhere"
+    inside.mkdir()
+    outside.mkdir()
+    f = str(inside / "passwd")
+    _write(f)
+    _, sink = watch([f])
+    src = str(outside / "evil")
+    _write(src, "evil\n")
+    os.rename(src, f)
+    e = sink.fs(f, "moved")
+    assert e["source"] == ""  # the source directory is not watched: unknown
+
+
+def test_new_file_and_wants_dir_in_watched_directory(tmp_path, watch):
+    d = tmp_path / "cron.d"
+    d.mkdir()
+    _, sink = watch([str(d)])
+    job = str(d / "job")
+    _write(job, "* * * * * root /tmp/x\n")
+    sink.fs(job, "created")
+    wants = d / "multi-user.target.wants"
+    wants.mkdir()
+    sink.fs(str(wants), "created")
+    link = wants / "evil.service"
+    os.symlink("/tmp/evil.service", link)  # inside a subdirectory: the watch is recursive
+    sink.fs(str(link), "created")
+    tmp = str(d / ".job2.tmp")
+    _write(tmp)
+    os.rename(tmp, str(d / "job2"))
+    sink.fs(str(d / "job2"), "moved", source=tmp)
+
+
+def test_directory_that_did_not_exist_is_picked_up(tmp_path, watch):
+    home = tmp_path / "home"
+    home.mkdir()
+    target = home / ".config" / "systemd" / "user"
+    _, sink = watch([str(target)])
+    os.makedirs(target)
+    unit = str(target / "evil.service")
+    _write(unit, "[Service]\nExecStart=/tmp/x\n")  # right after the mkdir: must not be missed
+    sink.wait(lambda e: e.get("path") == unit and e["change"] in ("created", "modified"))
+    sink.fs(str(target), "created")
+    # Later writes come through the real watch.
+    _write(unit, "more\n", "a")
+    sink.fs(unit, "modified")
+
+
+def test_missing_file_target_seen_when_its_directory_appears(tmp_path, watch):
+    keys = tmp_path / "home" / ".ssh" / "authorized_keys"
+    (tmp_path / "home").mkdir()
+    _, sink = watch([str(keys)])
+    keys.parent.mkdir()
+    _write(str(keys), "ssh-ed25519 AAAA attacker\n")
+    sink.wait(lambda e: e.get("path") == str(keys) and e["change"] in ("created", "modified"))
+
+
+def test_directory_replaced_by_rename_is_rewatched(tmp_path, watch):
+    d = tmp_path / "profile.d"
+    d.mkdir()
+    _, sink = watch([str(d)])
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    _write(str(staged / "evil.sh"), "curl x | sh\n")
+    os.rename(d, tmp_path / "old")
+    os.rename(staged, d)
+    sink.fs(str(d), "moved")
+    sink.fs(str(d / "evil.sh"), "created")  # found by the rescan of the new directory
+    _write(str(d / "second.sh"), "x\n")
+    sink.fs(str(d / "second.sh"), "created")
+
+
+def test_ignore_suppresses_our_own_writes(tmp_path, watch):
+    d = str(tmp_path)
+    f, other = os.path.join(d, "bashrc"), os.path.join(d, "profile")
+    _write(f)
+    _write(other)
+    w, sink = watch([f, other])
+    w.ignore(f, time.time_ns() + 2_000_000_000)
+    tmp = os.path.join(d, ".bashrc.rw-tmp")
+    w.ignore(tmp, time.time_ns() + 2_000_000_000)
+    _write(tmp, "restored\n")
+    os.rename(tmp, f)
+    _write(f, "again\n", "a")
+    _write(other, "agent\n", "a")
+    sink.fs(other, "modified")  # later event through the same watch: the earlier ones are in
+    time.sleep(0.1)
+    assert f not in sink.paths()
+    assert w.limits()["ignored"] >= 2
+
+
+def test_watch_paths_expands_homes_and_selects_path_lists():
+    lists = {
+        "cron_paths": ("/etc/cron.d", "/etc/crontab"),
+        "shell_startup_home_files": ("~/.bashrc",),
+        "systemd_unit_home_paths": ("~/.config/systemd",),
+        "firewall_tools": ("iptables",),
+        "log_dirs": ("/var/log",),
+        "agent_permission_globs": ("*/.mcp.json",),
+    }
+    got = watch_paths(lists, ["/etc/roguewatch", "/etc/cron.d"], homes=["/home/a", "/root"])
+    assert got == [
+        "/etc/cron.d",
+        "/etc/crontab",
+        "/home/a/.bashrc",
+        "/root/.bashrc",
+        "/home/a/.config/systemd",
+        "/root/.config/systemd",
+        "/etc/roguewatch",
+    ]
+    assert "/root" in home_dirs()
+    assert all(h.startswith("/home/") or h == "/root" for h in home_dirs())
+
+
+def test_watch_paths_of_the_default_rules():
+    rs = ruleset.load_rules()
+    names = default_list_names(rs.lists)
+    assert {"cron_paths", "systemd_unit_home_paths", "shell_startup_home_files",
+            "roguewatch_paths", "account_files"} <= set(names)  # fmt: skip
+    assert "log_dirs" not in names and "firewall_tools" not in names
+    paths = watch_paths(rs.lists, [], homes=["/home/u", "/root"])
+    assert "/home/u/.ssh/authorized_keys" in paths and "/root/.bashrc" in paths
+    assert "/run/systemd/transient" in paths and "/etc/ld.so.preload" in paths
+    assert all(p.startswith("/") and "~" not in p for p in paths)
+
+
+def test_limits_are_read(tmp_path, watch):
+    w, _ = watch([str(tmp_path)])
+    lim = w.limits()
+    assert lim["max_user_watches"] and lim["max_user_watches"] > 0
+    assert lim["max_queued_events"] and lim["max_queued_events"] > 0
+    assert lim["watches"] >= 2  # the directory and its parent (its own entry)
+
+
+def test_queue_overflow_is_reported(tmp_path, watch):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to lower fs.inotify.max_queued_events")
+    d = tmp_path / "spool"
+    d.mkdir()
+    with open(QUEUED) as f:
+        saved = f.read().strip()
+    overflows: list[int] = []
+    try:
+        with open(QUEUED, "w") as f:
+            f.write("16")
+        # The limit is taken when the inotify instance is made (at start).
+        w, sink = watch([str(d)], on_overflow=lambda: overflows.append(1))
+    finally:
+        with open(QUEUED, "w") as f:
+            f.write(saved)
+    # Hold watchdog's inotify reader (it takes this lock before each read) while writing, so the
+    # kernel queue fills whatever the scheduler does.
+    assert w._observer is not None
+    with w._observer._inotify_fd._lock:
+        for i in range(1000):
+            with open(d / f"f{i}", "w") as f:
+                f.write("x")
+    ev = sink.wait(lambda e: e["type"] == "monitor" and e["kind"] == "fs_overflow", 3.0)
+    assert "overflow" in ev["detail"]
+    assert overflows
+    assert w.take_rescan() is True
+    assert w.take_rescan() is False
+    assert w.limits()["overflows"] >= 1
