@@ -42,3 +42,9 @@ docs: deps
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info daemon/*.egg-info
+
+# Binary packages into dist/: roguewatch_<version>_<arch>.deb (and the .rpm when rpmbuild is
+# installed); what they contain and how CI tests them: packaging/README.md.
+.PHONY: package
+package:
+	./packaging/build.sh

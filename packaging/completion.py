@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Bash completion for roguewatch and roguewatchd, generated from their argparse parsers.
+
+    python3 packaging/completion.py > /usr/share/bash-completion/completions/roguewatch
+
+Walks the same parsers as packaging/manpage.py (``roguewatch.cli.build_parser()`` and the
+parser ``roguewatch.service.main()`` builds) and writes one bash script whose tables hold, per
+command path (``""``, ``run``, ``rules list``...), its sub-commands, its options, what each
+option's argument is (a file, a directory, one of its choices, or free text) and what its
+positional arguments are. After ``--`` of ``run``/``record`` it completes a command line. The
+small shell function at the end reads the tables; nothing in it knows roguewatch's commands.
+The same file serves roguewatchd (the package links completions/roguewatchd to it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from manpage import roguewatch_parser, roguewatchd_parser, subcommands
+
+
+def _kind(action: argparse.Action) -> str:
+    if action.choices:
+        return "choices:" + " ".join(map(str, action.choices))
+    if action.nargs == argparse.REMAINDER:
+        return "command"
+    metavar = str(action.metavar or action.dest).upper()
+    if "FILE" in metavar:
+        return "file"
+    if "DIR" in metavar:
+        return "dir"
+    return "value"
+
+
+def _walk(parser: argparse.ArgumentParser, path: str, tables: dict[str, dict[str, str]]) -> None:
+    subs = subcommands(parser)
+    tables["cmds"][path] = " ".join(name for name, _, _ in subs)
+    opts, pos = [], "none"
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            continue
+        if action.option_strings:
+            if action.help is argparse.SUPPRESS:
+                continue
+            opts += action.option_strings
+            if action.nargs != 0:
+                for opt in action.option_strings:
+                    tables["args"][f"{path}|{opt}"] = _kind(action)
+        elif pos == "none":
+            pos = _kind(action)
+    tables["opts"][path] = " ".join(opts)
+    tables["pos"][path] = pos
+    for name, _, sub in subs:
+        _walk(sub, f"{path} {name}".strip(), tables)
+
+
+def _table(fn: str, name: str, table: dict[str, str]) -> list[str]:
+    lines = [f"declare -gA _{fn}_{name}=("]
+    # bash refuses an empty key: the top level is "@", a sub-command "@run", "@rules list"...
+    lines += [f"    [{shlex.quote('@' + k)}]={shlex.quote(v)}" for k, v in sorted(table.items())]
+    return [*lines, ")"]
+
+
+FUNCTION = r"""
+# _rw_complete PREFIX: complete words[cword] from the tables _PREFIX_{cmds,opts,args,pos}.
+_rw_complete() {
+    local t=$1 cur prev words cword
+    if declare -F _init_completion >/dev/null; then
+        _init_completion -s || return
+    else
+        words=("${COMP_WORDS[@]}"); cword=$COMP_CWORD
+        cur=${COMP_WORDS[COMP_CWORD]}; prev=${COMP_WORDS[COMP_CWORD-1]}
+    fi
+    local -n cmds=_${t}_cmds opts=_${t}_opts args=_${t}_args pos=_${t}_pos
+    local path=@ i w kind
+    for ((i = 1; i < cword; i++)); do
+        w=${words[i]}
+        if [[ $w == -- && ${pos[$path]} == command ]]; then
+            if declare -F _command_offset >/dev/null; then _command_offset $((i + 1)); fi
+            return
+        fi
+        if [[ $w == -* ]]; then
+            [[ $w != *=* && -n ${args["$path|$w"]+x} ]] && ((i++))
+            continue
+        fi
+        if [[ " ${cmds[$path]} " == *" $w "* ]]; then
+            [[ $path == @ ]] && path=@$w || path="$path $w"
+        elif [[ ${pos[$path]} == command ]]; then
+            if declare -F _command_offset >/dev/null; then _command_offset "$i"; fi
+            return
+        fi
+    done
+    kind=${args["$path|$prev"]-}
+    if [[ -n $kind && $cur != -* ]]; then
+        case $kind in
+            file) _rw_files ;;
+            dir) _rw_files -d ;;
+            choices:*) COMPREPLY=($(compgen -W "${kind#choices:}" -- "$cur")) ;;
+        esac
+        return
+    fi
+    if [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W "${opts[$path]}" -- "$cur"))
+    elif [[ -n ${cmds[$path]} ]]; then
+        COMPREPLY=($(compgen -W "${cmds[$path]}" -- "$cur"))
+    else
+        case ${pos[$path]} in
+            file) _rw_files ;;
+            dir) _rw_files -d ;;
+            choices:*) COMPREPLY=($(compgen -W "${pos[$path]#choices:}" -- "$cur")) ;;
+        esac
+    fi
+}
+
+_rw_files() {
+    if declare -F _filedir >/dev/null; then
+        _filedir "$@"
+    elif [[ $1 == -d ]]; then
+        COMPREPLY=($(compgen -d -- "$cur"))
+    else
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+}
+
+_roguewatch() { _rw_complete rw; }
+_roguewatchd() { _rw_complete rwd; }
+complete -F _roguewatch roguewatch
+complete -F _roguewatchd roguewatchd
+"""
+
+
+def script() -> str:
+    lines = [
+        "# bash completion for roguewatch(1) and roguewatchd(8)",
+        "# Generated by packaging/completion.py from the commands' argparse parsers; do not edit.",
+    ]
+    for fn, parser in (("rw", roguewatch_parser()), ("rwd", roguewatchd_parser())):
+        tables: dict[str, dict[str, str]] = {"cmds": {}, "opts": {}, "args": {}, "pos": {}}
+        _walk(parser, "", tables)
+        for name in ("cmds", "opts", "args", "pos"):
+            lines += _table(fn, name, tables[name])
+    return "\n".join(lines) + "\n" + FUNCTION.lstrip("\n")
+
+
+if __name__ == "__main__":
+    sys.stdout.write(script())
