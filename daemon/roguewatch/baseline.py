@@ -8,9 +8,10 @@ This module owns the root-only state directory's ``baseline/`` and ``quarantine/
   that does not exist is recorded as absent, so a file that appears later can be removed.
 - ``rescan()`` lists the paths whose state differs from the baseline (after an inotify
   overflow), ``changed(path)`` answers for one path.
-- ``restore(path, who)`` moves the current version into ``quarantine/<id>/`` with a JSON
-  sidecar (who, when, which rule) and puts the baseline back (content, mode, owner) with a
-  temporary file and a rename in the same directory, or removes a file that did not exist.
+- ``restore(path, who)`` puts the current version into ``quarantine/<id>/content`` with a
+  JSON sidecar ``meta.json`` (who, when, which rule, its sha256, mode and owner) and puts the
+  baseline back (content, mode, owner) with a temporary file renamed over it in the same
+  directory, or removes a file that did not exist.
 - ``quarantine_list/show/release``: the operator's view; release puts the agent's version back
   and makes it the new baseline.
 
@@ -48,6 +49,7 @@ _ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,80}$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 IgnoreFn = Callable[[str, int], None]
+SettleFn = Callable[[str], None]
 
 
 class BaselineError(Exception):
@@ -156,7 +158,9 @@ class Baselines:
     """Baselines and quarantine under ``state_dir`` (made root-only, 0700).
 
     ``ignore(path, until_ns)`` (e.g. ``FsWatcher.ignore``) is called before every write this
-    class makes, so its own restores never come back as filesystem events.
+    class makes, and ``settle(path)`` (``FsWatcher.settle``) for each written path when the
+    operation is done, so its own restores never come back as filesystem events while a later
+    write by someone else still does.
     """
 
     def __init__(
@@ -165,6 +169,7 @@ class Baselines:
         max_copy_bytes: int = MAX_COPY_BYTES,
         *,
         ignore: IgnoreFn | None = None,
+        settle: SettleFn | None = None,
         ignore_window_ns: int = IGNORE_WINDOW_NS,
         max_entries: int = MAX_ENTRIES,
         max_depth: int = MAX_DEPTH,
@@ -172,6 +177,8 @@ class Baselines:
         self.state_dir = os.path.abspath(state_dir)
         self.max_copy_bytes = max_copy_bytes
         self.ignore = ignore
+        self.settle = settle
+        self._touched: list[str] = []
         self.ignore_window_ns = ignore_window_ns
         self.max_entries = max_entries
         self.max_depth = max_depth
@@ -183,6 +190,7 @@ class Baselines:
         self._roots: dict[str, dict[str, Any]] = {}
         self._index_mtime = -1
         self._ensure_dirs()
+        self._settle()
         self._load()
 
     # -- state directory -----------------------------------------------------------------------
@@ -201,6 +209,13 @@ class Baselines:
     def _quiet(self, path: str) -> None:
         if self.ignore is not None:
             self.ignore(path, time.time_ns() + self.ignore_window_ns)
+            self._touched.append(path)
+
+    def _settle(self) -> None:
+        touched, self._touched = self._touched, []
+        if self.settle is not None:
+            for p in dict.fromkeys(touched):
+                self.settle(p)
 
     def _load(self) -> None:
         try:
@@ -342,7 +357,10 @@ class Baselines:
                 parent = os.path.dirname(root)
                 if parent not in self._entries and parent != "/":
                     self._entries[parent] = {**self._state(parent), "role": "parent"}
-            self._save()
+            try:
+                self._save()
+            finally:
+                self._settle()
         return n
 
     def _root_of(self, path: str) -> str | None:
@@ -423,9 +441,12 @@ class Baselines:
             base = self.baseline(key)
             if base is None:
                 return "not baselined: nothing restored"
-            if base.get("exists") and base.get("type") == "dir":
-                return self._restore_dir(key, base, who or {})
-            return self._restore_one(key, base, who or {})
+            try:
+                if base.get("exists") and base.get("type") == "dir":
+                    return self._restore_dir(key, base, who or {})
+                return self._restore_one(key, base, who or {})
+            finally:
+                self._settle()
 
     def _restore_dir(self, key: str, base: dict[str, Any], who: dict[str, Any]) -> str:
         outcomes = [self._restore_one(key, base, who)]
@@ -468,7 +489,10 @@ class Baselines:
                     os.chmod(name, base["mode"], dir_fd=pfd, follow_symlinks=False)
                     os.chown(name, base["uid"], base["gid"], dir_fd=pfd, follow_symlinks=False)
                     return "restored directory mode and owner"
-                qid = self._quarantine(pfd, key, name, who)
+                replace = bool(base.get("exists")) and (
+                    (base["type"] == "file" and base.get("copy")) or base["type"] == "symlink"
+                )
+                qid = self._quarantine(pfd, key, name, who, remove=not replace)
             q = f"; agent's version quarantined as {qid}" if qid else ""
             if not base.get("exists"):
                 return f"removed (did not exist at baseline){q}"
@@ -543,8 +567,16 @@ class Baselines:
     def _new_qid(self) -> str:
         return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
 
-    def _quarantine(self, pfd: int, key: str, name: str, who: dict[str, Any]) -> str:
-        """Move ``name`` (in directory ``pfd``, spelled ``key``) into a new quarantine entry."""
+    def _quarantine(
+        self, pfd: int, key: str, name: str, who: dict[str, Any], *, remove: bool = True
+    ) -> str:
+        """Put ``name`` (in directory ``pfd``, spelled ``key``) into a new quarantine entry.
+
+        A file or symlink is *copied* (never followed), then removed unless ``remove`` is false
+        (the caller renames the baseline over it: one atomic replacement, no window without the
+        file). Moving it out would leave an unpaired IN_MOVED_FROM in the watched directory,
+        which watchdog holds for 0.5 s, delaying every later event of that directory. A
+        directory is moved whole."""
         qid = self._new_qid()
         qdir = os.path.join(self.quarantine_dir, qid)
         self._quiet(qdir)
@@ -554,15 +586,17 @@ class Baselines:
             cur = self._state(key)  # before the move: what the agent left (hash, mode, owner)
             self._quiet(key)
             self._quiet(os.path.join(qdir, "content"))
-            try:
-                os.rename(name, "content", src_dir_fd=pfd, dst_dir_fd=qfd)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                self._copy_across(pfd, name, qfd, qdir)
-                if cur.get("type") == "dir":
+            if cur.get("type") == "dir":
+                try:
+                    os.rename(name, "content", src_dir_fd=pfd, dst_dir_fd=qfd)
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    self._copy_across(pfd, name, qfd, qdir)
                     shutil.rmtree(name, dir_fd=pfd)
-                else:
+            else:
+                self._copy_across(pfd, name, qfd, qdir)
+                if remove:
                     os.unlink(name, dir_fd=pfd)
             side = {
                 "id": qid,
@@ -591,18 +625,22 @@ class Baselines:
         elif stat.S_ISDIR(st.st_mode):
             shutil.copytree(f"/proc/self/fd/{pfd}/{name}", os.path.join(qdir, "content"),
                             symlinks=True)  # fmt: skip
-        else:
+        elif stat.S_ISREG(st.st_mode):
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=pfd)
             try:
                 out = os.open("content", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=qfd)
                 try:
                     while b := os.read(fd, 1 << 20):
-                        os.write(out, b)
-                    os.fchmod(out, stat.S_IMODE(st.st_mode))
+                        view = memoryview(b)
+                        while view:
+                            view = view[os.write(out, view) :]
+                    # No setuid/setgid copy owned by root: the sidecar keeps the real mode.
+                    os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)
                 finally:
                     os.close(out)
             finally:
                 os.close(fd)
+        # A FIFO or device node is not read: the sidecar describes it, there is no content.
 
     def _sidecar_path(self, qid: str) -> str:
         if not _ID_RE.match(qid):
@@ -667,6 +705,11 @@ class Baselines:
                         if exc.errno != errno.EXDEV:
                             raise
                         self._copy_back(qfd, pfd, tmp, side)
+                    tst = _lstat_at(pfd, tmp)
+                    if tst is not None and side.get("uid", -1) >= 0:
+                        os.chown(tmp, side["uid"], side["gid"], dir_fd=pfd, follow_symlinks=False)
+                        if not stat.S_ISLNK(tst.st_mode):
+                            os.chmod(tmp, side["mode"], dir_fd=pfd, follow_symlinks=False)
                     cur = _lstat_at(pfd, name)
                     if cur is not None and stat.S_ISDIR(cur.st_mode) and side["type"] != "dir":
                         self._quarantine(pfd, key, name, {"reason": f"released {qid}"})
@@ -685,6 +728,7 @@ class Baselines:
             side["released"] = time.time_ns()
             side["released_by"] = json.loads(json.dumps(who or {}, default=str))
             self._write_sidecar(qid, side)
+            self._settle()
             return f"released {qid}: {key} put back and made the new baseline"
 
     def _copy_back(self, qfd: int, pfd: int, tmp: str, side: dict[str, Any]) -> None:
@@ -705,7 +749,7 @@ class Baselines:
                         os.write(out, b)
                     if side.get("uid", -1) >= 0:
                         os.fchown(out, side["uid"], side["gid"])
-                    os.fchmod(out, stat.S_IMODE(st.st_mode))
+                    os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)
                 finally:
                     os.close(out)
             finally:

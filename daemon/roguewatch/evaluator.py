@@ -112,7 +112,7 @@ class ProcessTable(BaseProcessView):
             if not ev.get("thread"):
                 child = self._new(ev, ev["child_exec_id"], ev["child_pid"], eid, rec)
                 child["start"] = ev.get("ts", 0)
-                forks = self._forks.setdefault(ev.get("session", 0), deque(maxlen=4096))
+                forks = self._forks.setdefault(ev.get("session", 0), deque(maxlen=65536))
                 forks.append(ev.get("ts", 0))
         elif t == "exit":
             self._mark_exited(eid, ev.get("ts", 0))
@@ -172,11 +172,15 @@ class ProcessTable(BaseProcessView):
         return self.procs[eid]["session"] == session
 
     def fork_rate(self, session: int) -> float | None:
+        """Forks in the session's last second (of event time). Old entries are dropped as
+        we go, so this is O(1) amortized on the hot path of every fork event."""
         forks = self._forks.get(session)
         if not forks:
             return 0.0
-        newest = forks[-1]
-        return float(sum(1 for ts in forks if ts > newest - 1_000_000_000))
+        horizon = forks[-1] - 1_000_000_000
+        while forks and forks[0] <= horizon:
+            forks.popleft()
+        return float(len(forks))
 
 
 def _jsonable(v: object) -> object:

@@ -291,7 +291,13 @@ def is_protected(policy: Policy | None, path: str | None) -> bool | None:
     protect = policy.protect if policy is not None else None
     if not protect:
         return False
-    starts, prefixes = _prefix_index(protect if isinstance(protect, tuple) else tuple(protect))
+    return _is_protected(protect if isinstance(protect, tuple) else tuple(protect), path)
+
+
+@lru_cache(maxsize=65536)
+def _is_protected(protect: tuple[str, ...], path: str) -> bool:
+    """Cached by (protected paths, path): the same paths come back event after event."""
+    starts, prefixes = _prefix_index(protect)
     path = clean_path(path)
     if "/" not in prefixes and not path.startswith(starts):
         return False
@@ -356,10 +362,12 @@ NAMESPACE_FLAGS = (
 )  # fmt: skip
 
 
-def _flag_names(value: int | None, table: tuple[tuple[int, str], ...]) -> list[str] | None:
+@lru_cache(maxsize=4096)
+def _flag_names(value: int | None, table: tuple[tuple[int, str], ...]) -> tuple[str, ...] | None:
+    """Names of the bits set (cached: flag values repeat, and this is on the fork path)."""
     if value is None:
         return None
-    return [name for bit, name in table if value & bit]
+    return tuple(name for bit, name in table if value & bit)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -56,6 +56,17 @@ from watchdog.observers.inotify_c import InotifyEvent, InotifyFD
 
 log = logging.getLogger(__name__)
 
+
+class _QuietStoppedEmitter(logging.Filter):
+    """watchdog logs an ERROR when a watch is removed while its emitter is between reads:
+    routine here (a watch moves down as a missing directory appears), so not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in str(record.msg)
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_QuietStoppedEmitter())
+
 # Ignore "forever" (for roguewatch's own log directory, if the caller wants that).
 FOREVER_NS = 2**63 - 1
 
@@ -220,6 +231,17 @@ class _Handler(FileSystemEventHandler):
             log.exception("fs watcher: failed to handle %r", event)
 
 
+_UNSET = object()
+
+
+def _fingerprint(path: str) -> tuple[int, ...] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_size, st.st_mode, st.st_uid, st.st_gid)
+
+
 def _decode(p: str | bytes) -> str:
     return os.fsdecode(p) if p else ""
 
@@ -233,8 +255,9 @@ class FsWatcher:
     """Watches ``paths`` and calls ``on_event(event_dict)`` for every change, from watchdog's
     dispatcher thread (the caller queues the event; it must not block).
 
-    - ``ignore(path, until_ns)``: changes of ``path`` (as ``path`` or rename ``source``) seen
-      before ``until_ns`` are dropped; roguewatch's restore code calls it right before writing.
+    - ``ignore(path, until_ns)``: changes of ``path`` seen before ``until_ns`` are dropped;
+      roguewatch's restore code calls it right before writing, and ``settle(path)`` right
+      after (from then on only changes that leave ``path`` as we left it are dropped).
     - Queue overflow (the kernel's inotify queue, or more than ``queue_max`` events waiting in
       watchdog's queue) emits a ``monitor`` event of kind ``fs_overflow``, calls
       ``on_overflow()`` and sets ``rescan_needed``: the caller then rescans its baselines
@@ -258,7 +281,7 @@ class FsWatcher:
         self._target_anchor: dict[str, str] = {}  # target -> anchor directory
         self._anchors: dict[str, tuple[ObservedWatch, set[str]]] = {}
         self._trees: dict[str, tuple[ObservedWatch, tuple[int, int]]] = {}  # dir target -> watch
-        self._ignored: dict[str, int] = {}
+        self._ignored: dict[str, tuple[int, Any]] = {}  # path -> (until_ns, settled state)
         self._ignored_trees: dict[str, int] = {}
         self._rescan = threading.Event()
         self._in_backlog = False
@@ -328,11 +351,26 @@ class FsWatcher:
 
     def ignore(self, path: str, until_ns: int, *, subtree: bool = False) -> None:
         """Drop changes of ``path`` (and, with ``subtree``, of everything below it) until
-        ``until_ns`` (``time.time_ns()`` clock)."""
+        ``until_ns`` (``time.time_ns()`` clock). Call it right before writing; call
+        ``settle(path)`` right after, so the window stops blinding the path to others."""
         p = canonical(path)
         with self._lock:
-            table = self._ignored_trees if subtree else self._ignored
-            table[p] = max(until_ns, table.get(p, 0))
+            if subtree:
+                self._ignored_trees[p] = max(until_ns, self._ignored_trees.get(p, 0))
+            else:
+                old = self._ignored.get(p, (0, _UNSET))[0]
+                self._ignored[p] = (max(until_ns, old), _UNSET)
+
+    def settle(self, path: str) -> None:
+        """Our write of ``path`` is done: for the rest of its ignore window, a change of
+        ``path`` is dropped only while ``path`` is still exactly as we left it (same inode,
+        ctime, size, mode; or still absent). Anything written after us is reported, even
+        inside the window, and even when the event is a late one of our own write."""
+        p = canonical(path)
+        with self._lock:
+            ent = self._ignored.get(p)
+            if ent is not None:
+                self._ignored[p] = (ent[0], _fingerprint(p))
 
     def take_rescan(self) -> bool:
         """True once after an overflow: the caller must rescan against its baselines."""
@@ -430,10 +468,14 @@ class FsWatcher:
         whatever is already inside it."""
         if self._observer is None:
             return
-        anchor = self._anchor_for(t)
-        old = self._target_anchor.get(t)
-        if old != anchor:
-            if old is not None:
+        # Move the anchor until it stays put: a directory made on the way before the new watch
+        # was in place (mkdir -p) sent its event to nobody, so look again after each move.
+        for _ in range(64):
+            anchor = self._anchor_for(t)
+            old = self._target_anchor.get(t)
+            if old == anchor:
+                break
+            if old is not None and old in self._anchors:
                 watch, users = self._anchors[old]
                 users.discard(t)
                 if not users:
@@ -573,11 +615,14 @@ class FsWatcher:
         return False
 
     def _is_ignored(self, path: str, now: int) -> bool:
-        until = self._ignored.get(path)
-        if until is not None:
-            if until >= now:
-                return True
-            del self._ignored[path]
+        ent = self._ignored.get(path)
+        if ent is not None:
+            until, settled = ent
+            if until < now:
+                del self._ignored[path]
+            else:
+                # Once settled, only while the path is as we left it: a later change is not ours.
+                return settled is _UNSET or _fingerprint(path) == settled
         for root, until in list(self._ignored_trees.items()):
             if until < now:
                 del self._ignored_trees[root]
