@@ -34,6 +34,7 @@ class EvaluatorUnderTest:
         r, w = os.pipe()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "roguewatch.evaluator", "--events", watcher.events,
+             "--control", watcher.control.endpoint,
              "--alerts", self.endpoint, "--alerts-file", str(self.alerts_file),
              "--rules", str(self.rules_dir), "--policy", str(policy), "--no-journal",
              "--ready-fd", str(w)],

@@ -175,17 +175,19 @@ def test_quarantine_release_round_trip(tmp_path, b):
     f = tmp_path / "sudoers"
     _write(f, b"root ALL=(ALL) ALL\n", 0o440)
     b.snapshot([str(f)])
-    _write(f, b"agent ALL=(ALL) NOPASSWD: ALL\n")
+    _write(f, b"agent ALL=(ALL) NOPASSWD: ALL\n", 0o4750)
     b.restore(str(f), {"rule": "persistence_privilege_config_write"})
     assert _read(f) == b"root ALL=(ALL) ALL\n"
     (q,) = b.quarantine_list()
+    assert q["mode"] == 0o4750
+    assert stat.S_IMODE(os.lstat(q["content_path"]).st_mode) == 0o750  # no setuid copy
     shown = b.quarantine_show(q["id"])
     assert shown["path"] == str(f) and not shown["released"]
 
     out = b.quarantine_release(q["id"], {"operator": "alice"})
     assert out.startswith(f"released {q['id']}")
     assert _read(f) == b"agent ALL=(ALL) NOPASSWD: ALL\n"
-    assert stat.S_IMODE(os.lstat(f).st_mode) == 0o440
+    assert stat.S_IMODE(os.lstat(f).st_mode) == 0o4750  # the agent's version, as it was
     assert not b.changed(str(f)) and b.rescan() == []  # the new baseline
     assert b.quarantine_show(q["id"])["released"] > 0
     with pytest.raises(Exception, match="already released"):

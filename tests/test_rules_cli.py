@@ -108,7 +108,7 @@ def test_list_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(lines) == len(DEFAULTS) + 1
     row = next(x for x in lines if x.startswith("persistence_cron_write "))
     cells = row.split()
-    assert cells[1:5] == ["persistence", "critical", "kill_process", "yes"]
+    assert cells[1:5] == ["persistence", "critical", "restore", "yes"]
     assert cells[5].endswith(
         "persistence.yaml:" + DEFAULTS.get("persistence_cron_write").source.split(":")[-1]
     )
@@ -159,12 +159,12 @@ def test_explain_expands_macros_and_lists_fields(capsys: pytest.CaptureFixture[s
     assert "writes_file and fd.name pmatch (cron_paths)" in out  # as written
     flat = " ".join(out.split())
     # macros and lists expanded
-    assert "evt.type in (open, rename, link, symlink, truncate)" in flat
+    assert "evt.type in (open, rename, link, symlink, truncate, fs_change)" in flat
     assert "/etc/cron.d" in flat
     for name in ("evt.type", "fd.name", "proc.name"):
         assert any(line.split()[:1] == [name] for line in out.splitlines()), name
-    assert "event types: link, open, rename, symlink, truncate" in out
-    assert "kill_process" in out and "T1053.003" in out
+    assert "event types: fs_change, link, open, rename, symlink, truncate" in out
+    assert "restore" in out and "T1053.003" in out
 
 
 def test_explain_shows_exceptions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -431,7 +431,7 @@ def test_observe_mode_lets_egress_and_persistence_complete_and_says_what_it_woul
     assert egress["outcome"] == OBSERVED and egress["action"] != "block", egress
     assert "denied" not in egress["event"]["flags"]
     persist = r.one("persistence_cron_write", path=cron)
-    assert persist["outcome"] == OBSERVED and persist["action"] == "kill_process", persist
+    assert persist["outcome"] == OBSERVED and persist["action"] == "restore", persist
     assert "observe mode" in r.summary and "Processes killed: 0" in r.summary, r.summary
     assert "Traceback" not in r.stderr
 
@@ -457,7 +457,7 @@ def test_a_cron_write_gets_the_agent_killed(agent: Agent) -> None:
             os.unlink(cron)
     alert = r.one("persistence_cron_write", path=cron)
     assert alert["category"] == "persistence" and alert["pid"] == r.said()["pid"]
-    assert alert["action"] == "kill_process" and "killed" in alert["outcome"], alert
+    assert alert["action"] == "restore" and "killed" in alert["outcome"], alert
     assert r.status == 128 + signal.SIGKILL, r.describe()
     assert "survived" not in r.said()
     assert "Processes killed: 1" in r.summary, r.summary

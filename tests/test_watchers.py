@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from roguewatch import ruleset
+from roguewatch.baseline import Baselines
 from roguewatch.watchers import FsWatcher, default_list_names, home_dirs, watch_paths
 
 QUEUED = "/proc/sys/fs/inotify/max_queued_events"
@@ -198,6 +199,26 @@ def test_ignore_suppresses_our_own_writes(tmp_path, watch):
     sink.fs(other, "modified")  # later event through the same watch: the earlier ones are in
     time.sleep(0.1)
     assert f not in sink.paths()
+    assert w.limits()["ignored"] >= 2
+
+
+def test_restore_is_silent_but_a_later_write_is_not(tmp_path, watch):
+    d = tmp_path / "cron.d"
+    d.mkdir()
+    job = d / "job"
+    _write(str(job), "ok\n")
+    w, sink = watch([str(d)])
+    b = Baselines(str(tmp_path / "state"), ignore=w.ignore, settle=w.settle)
+    b.snapshot([str(d)])
+    _write(str(job), "evil\n", "a")
+    sink.fs(str(job), "modified")
+    n = len(sink.events)
+    assert b.restore(str(job), {"rule": "persistence_cron_write"}).startswith("restored")
+    time.sleep(0.7)  # watchdog reports an unpaired rename (the quarantine move) after 0.5 s
+    assert sink.events[n:] == []
+    # Inside the ignore window, another writer is still seen.
+    _write(str(job), "evil again\n", "a")
+    sink.wait(lambda e: e.get("path") == str(job) and len(sink.events) > n)
     assert w.limits()["ignored"] >= 2
 
 

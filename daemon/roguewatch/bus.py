@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -141,6 +142,7 @@ class Subscriber:
     endpoint: str
     context: zmq.Context | None = None
     malformed: int = 0
+    wait_s: float = 0.0
     _sock: zmq.Socket = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -150,6 +152,9 @@ class Subscriber:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SUBSCRIBE, b"")
         path = ipc_path(self.endpoint)
+        deadline = time.monotonic() + self.wait_s
+        while path is not None and not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)  # a publisher that is still starting (run starts both at once)
         if path is not None and not os.path.exists(path):
             raise BusError(
                 f"no event stream at {self.endpoint}: is roguewatchd running? "

@@ -216,11 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(fn=cmd_record)
 
-    from roguewatch import replay, rules_cli, session_cli, tail
+    from roguewatch import quarantine_cli, replay, rules_cli, session_cli, tail
     from roguewatch import run as run_mod
 
     run_mod.add_arguments(sub)
     session_cli.add_arguments(sub)
+    quarantine_cli.add_arguments(sub)
 
     p = sub.add_parser("tail", help="show alerts: history from the file, then live")
     tail.add_arguments(p)

@@ -14,8 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import sys
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import msgpack
@@ -77,6 +80,13 @@ class Collector:
         self._stopping = False
         self.rate = 0
         self._rate_mark = 0
+        # Filesystem watcher events arrive from watchdog's thread: queued, and a byte on this
+        # pipe wakes the loop so a change is published (and restored) at once.
+        self.fs_queue: deque[dict] = deque()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.watcher = None
+        self.baselines = None
+        self.snapshot_done = threading.Event()
         self.sessions: dict[int, dict] = {}
         self.adoptions: list[policy_mod.Adoption] = []
         self.started = time.time()
@@ -96,6 +106,79 @@ class Collector:
             for comm in a.comms:
                 self.probes.adopt_comm(comm)
         self.scan_procfs()
+        if self.cfg.watch_files:
+            self.start_watchers()
+
+    def start_watchers(self, extra: list[str] | None = None) -> None:
+        """The second sensor: watch persistence and oversight paths, baseline them."""
+        from roguewatch import baseline, ruleset, watchers
+
+        lists = ruleset.load_rules().lists
+        paths = watchers.watch_paths(lists, [*self.cfg.watch_extra, *(extra or [])])
+        # Not our own state (baselines, quarantine: thousands of files that we write): the
+        # probes still see an agent that touches it.
+        own = tuple(d.rstrip("/") for d in (self.cfg.state_dir, "/var/lib/roguewatch"))
+        paths = [p for p in paths if not any(p == d or p.startswith(d + "/") for d in own)]
+        self.watcher = watchers.FsWatcher(paths, self._fs_event)
+        self.baselines = baseline.Baselines(
+            self.cfg.state_dir, self.cfg.baseline_max_copy_bytes,
+            ignore=self.watcher.ignore, settle=self.watcher.settle,
+        )  # fmt: skip
+        # Our own writes are never changes: the alert file (the evaluator appends to it).
+        alerts_dir = os.path.dirname(self.cfg.alerts_file)
+        self.watcher.ignore(alerts_dir, watchers.FOREVER_NS, subtree=True)
+        self.watcher.start()
+        # The snapshot (a second or two for ~1,300 files) runs beside the loop: start-up is
+        # not held up; a restore asked for meanwhile waits for it (Baselines has a lock).
+        import threading
+
+        def snapshot() -> None:
+            try:
+                self.baselines.snapshot(paths)
+            finally:
+                self.snapshot_done.set()
+
+        threading.Thread(target=snapshot, daemon=True, name="baseline-snapshot").start()
+        self.watch_paths = paths
+
+    def _drop_private_state(self) -> None:
+        """A private collector's baselines go with it; its quarantine (if any) stays."""
+        from roguewatch.sessions import PRIVATE_STATE
+
+        state = os.path.realpath(self.cfg.state_dir)
+        if not state.startswith(PRIVATE_STATE + "/"):
+            return
+        quarantine = os.path.join(state, "quarantine")
+        if os.path.isdir(quarantine) and os.listdir(quarantine):
+            shutil.rmtree(os.path.join(state, "baseline"), ignore_errors=True)
+        else:
+            shutil.rmtree(state, ignore_errors=True)
+
+    def _fs_event(self, ev: dict) -> None:
+        self.fs_queue.append(ev)
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # a wake-up is already pending
+
+    def _drain_fs(self) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        q = self.fs_queue
+        while q:
+            self.batch.append(q.popleft())
+        if self.watcher is not None and self.watcher.take_rescan() and self.baselines:
+            # After an overflow: whatever differs from the baseline is a change we missed.
+            for path in self.baselines.rescan():
+                self.batch.append({
+                    "type": "fs_change", "ts": time.time_ns(), "session": 0, "pid": 0,
+                    "tid": 0, "ppid": 0, "uid": 0, "gid": 0, "comm": "", "ret": 0,
+                    "flags": [], "exec_id": "", "pexec_id": "", "exe": "", "path": path,
+                    "source": "", "change": "rescan", "writer": "unknown",
+                })  # fmt: skip
+        self.flush()
 
     def _announce_adopted(self, ev: dict) -> None:
         """First sight of a session the kernel adopted: say which policy it runs under."""
@@ -251,6 +334,19 @@ class Collector:
             return self._session_end(req)
         if op == "unregister":
             return {"ok": self.probes.unregister(int(req["pid"]))}
+        if op == "restore":
+            if self.baselines is None:
+                return {"ok": True, "outcome": "not restored: the filesystem watchers are off"}
+            path = str(req["path"])
+            outcome = self.baselines.restore(path, req.get("who") or {})
+            if outcome.startswith("not baselined"):
+                # A new file in a watched directory: the directory's baseline removes it.
+                parent = os.path.dirname(path)
+                while parent not in ("/", "") and self.baselines.baseline(parent) is None:
+                    parent = os.path.dirname(parent)
+                if parent not in ("/", ""):
+                    outcome = self.baselines.restore(parent, req.get("who") or {})
+            return {"ok": True, "outcome": outcome}
         if op == "sessions":
             return {"ok": True, "sessions": self.session_list()}
         if op == "release":
@@ -275,12 +371,19 @@ class Collector:
                 "lost_ring": loss.ring, "lost_pending": loss.pending, "lost_decode": loss.decode,
                 "lost_bus": loss.bus, "probes": len(self.probes.attached), "rate": self.rate,
                 "probes_failed": [f for f, _ in self.probes.failed],
+                "baseline_ready": self.watcher is None or self.snapshot_done.is_set(),
+                "watcher": self.watcher.limits() if self.watcher is not None else None,
                 "tracked": len(self.probes.tracked()),
             }  # fmt: skip
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     def _register(self, req: dict) -> dict:
-        """Put a process in a session; announce the session on the stream (kind `start`)."""
+        """Put a process in a session; announce the session on the stream (kind `start`).
+
+        A session starts only once the baselines exist: a change it makes before then would
+        become the baseline (at start-up only; the snapshot takes a second or two)."""
+        if self.watcher is not None:
+            self.snapshot_done.wait(30)
         pid = int(req["pid"])
         start = proc_start_ns(pid)
         if start is None:
@@ -292,6 +395,10 @@ class Collector:
         self.probes.register(
             pid, session, start, proc_start_ns(ppid) or 0, ppid, observe=mode == "observe"
         )
+        protect = list((req.get("policy") or {}).get("protect", []))
+        if protect and self.watcher is not None and self.baselines is not None:
+            self.watcher.add_paths(protect)  # the session's protected files: both sensors
+            self.baselines.snapshot(protect)
         self.sessions[session] = {
             "root": pid, "cgroup": req.get("cgroup", ""), "fd": None,
             "name": req.get("name", ""), "mode": mode, "started": time.time(),
@@ -364,6 +471,7 @@ class Collector:
         poller.register(self.pub.socket, zmq.POLLIN)
         if self.control is not None:
             poller.register(self.control, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         if ready:
             ready()
         next_tick = time.monotonic() + 1.0
@@ -376,6 +484,8 @@ class Collector:
                     continue
                 raise
             self.drain()
+            if self.fs_queue or self._wake_r in socks:
+                self._drain_fs()
             if gate is not None and gate.poll():
                 self._stopping = True
             if self.pub.socket in socks:
@@ -392,6 +502,9 @@ class Collector:
         self.report_losses()
 
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        self._drop_private_state()
         self.ring.close()
         self.pub.close()
         if self.control is not None:
@@ -414,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--control", help="control endpoint")
     ap.add_argument("--ringbuf-pages", type=int)
     ap.add_argument("--no-adopt", action="store_true", help="ignore adoption selectors")
+    ap.add_argument("--state-dir", help="baselines and quarantine (default from the config)")
+    ap.add_argument("--no-watch", action="store_true", help="no filesystem watchers")
     ap.add_argument("--ready-fd", type=int, help="write one byte here once probes are attached")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -430,6 +545,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg.ringbuf_pages = args.ringbuf_pages
     if args.no_adopt:
         cfg.adopt_users, cfg.adopt_uids, cfg.adopt_comms = [], [], []
+        cfg.policies_dir = ""
+    if args.state_dir:
+        cfg.state_dir = args.state_dir
+    if args.no_watch:
+        cfg.watch_files = False
     try:
         col = Collector(cfg)
     except (kernel.ProbeError, bus.BusError) as exc:

@@ -58,6 +58,11 @@ class Config:
     policies_dir: str = "/etc/roguewatch/policies.d"
     # Prometheus metrics on 127.0.0.1:PORT (0: off).
     metrics_port: int = 0
+    # Filesystem watchers on persistence and oversight paths, with baselines and restore.
+    watch_files: bool = True
+    watch_extra: list[str] = field(default_factory=list)
+    state_dir: str = "/var/lib/roguewatch"
+    baseline_max_copy_bytes: int = 1024 * 1024
     # Where the service writes its live counters for `roguewatch status`.
     status_file: str = "/run/roguewatch/status.json"
 

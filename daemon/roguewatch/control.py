@@ -19,7 +19,7 @@ class ControlError(Exception):
 
 
 class ControlClient:
-    def __init__(self, endpoint: str = bus.CONTROL_ENDPOINT, timeout_ms: int = 3000) -> None:
+    def __init__(self, endpoint: str = bus.CONTROL_ENDPOINT, timeout_ms: int = 30000) -> None:
         self.endpoint = endpoint
         self.timeout_ms = timeout_ms
         path = bus.ipc_path(endpoint)
@@ -52,5 +52,6 @@ def running(endpoint: str = bus.CONTROL_ENDPOINT) -> ControlClient | None:
         client.request("ping")
     except ControlError:
         return None
-    client.timeout_ms = 3000
+    client.timeout_ms = 30000  # a register waits for the start-up baseline snapshot
+    client._sock.setsockopt(zmq.RCVTIMEO, client.timeout_ms)
     return client

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 OBSERVE = "observe mode, not enforced"
@@ -50,8 +51,12 @@ def _write(path: str, value: str) -> bool:
 
 
 class Enforcer:
-    def __init__(self, table: object, own_pids: set[int] | None = None) -> None:
+    def __init__(
+        self, table: object, own_pids: set[int] | None = None,
+        restorer: Callable[[str, dict], str] | None = None,
+    ) -> None:  # fmt: skip
         self.table = table  # evaluator.ProcessTable
+        self.restorer = restorer
         self.own = {os.getpid(), os.getppid(), 1, 0} | (own_pids or set())
         self.sessions: dict[int, SessionInfo] = {}
         self.killed = 0
@@ -80,6 +85,8 @@ class Enforcer:
         info = self.sessions.get(sid)
         if info is not None and info.mode == "observe":
             return OBSERVE
+        if action == "restore":
+            return self.restore(ev, info)
         if sid == 0:
             return "not enforced: the process is in no session"
         if info is not None:
@@ -99,9 +106,23 @@ class Enforcer:
             return self.kill_session(sid)
         if action == "freeze":
             return self.freeze(sid)
-        if action == "restore":
-            return "not enforced: restoring files arrives with the filesystem watchers"
         return f"not enforced: unknown action {action!r}"
+
+    def restore(self, ev: dict, info: SessionInfo | None) -> str:
+        """Kill the writer first (it cannot race the restore), then put the file back."""
+        sid, pid, path = ev.get("session", 0), ev.get("pid", 0), ev.get("path", "")
+        parts = []
+        if sid and pid:
+            killed = self._in_session(pid, sid) and self._kill(pid)
+            parts.append(f"writer {pid} killed" if killed else f"writer {pid} already gone")
+        if not path:
+            return "; ".join([*parts, "no path to restore"])
+        if self.restorer is None:
+            return "; ".join([*parts, "not restored: no restorer (watchers off)"])
+        who = {"session": f"{sid:x}", "pid": pid, "exe": ev.get("exe", ""),
+               "comm": ev.get("comm", ""), "event": ev.get("type", "")}  # fmt: skip
+        parts.append(self.restorer(path, who))
+        return "; ".join(parts)
 
     def descendants(self, exec_id: str) -> list[int]:
         procs = self.table.procs

@@ -35,9 +35,18 @@ from roguewatch.ruleset import Rule, RuleSet
 log = logging.getLogger("roguewatch.evaluator")
 
 GRACE_NS = 30 * 1_000_000_000
+# A watcher event this close to a probe event on the same path is that event's doing.
+ATTRIBUTION_NS = 2 * 1_000_000_000
+# How long a watcher event waits for the probe event of the same change (which may still be
+# in the ring buffer): then it is attributed, or judged with `writer: unknown`.
+FS_HOLD_NS = 50 * 1_000_000
+_PATH_TYPES = frozenset({"open", "rename", "unlink", "link", "symlink", "chmod", "chown",
+                         "truncate", "utimes"})  # fmt: skip
 MAX_PROCS = 65536
 MAX_LINEAGE = 64
-KILL_ACTIONS = frozenset({"kill_process", "kill_tree", "kill_session", "freeze", "block"})
+KILL_ACTIONS = frozenset(
+    {"kill_process", "kill_tree", "kill_session", "freeze", "block", "restore"}
+)
 NOT_ENFORCED = "recorded only: no enforcer (replay, or enforce: false)"
 MONITOR_RULES = {
     "loss": "roguewatch_events_lost",
@@ -66,6 +75,18 @@ class ProcessTable(BaseProcessView):
         self.evicted = 0
         self.default_policy = self.policy
         self.policies: dict[int, Policy] = {}
+        # The last probe event that touched each path: a watcher's fs_change on the same path
+        # within ATTRIBUTION_NS names that event's session and process as the writer.
+        self.recent_paths: dict[str, dict] = {}
+
+    def writer_of(self, fs_ev: dict) -> dict | None:
+        """The probe event (of a session) that made this watcher change, if one did."""
+        ts = fs_ev.get("ts", 0)
+        for key in (fs_ev.get("path"), fs_ev.get("source")):
+            ev = self.recent_paths.get(key) if key else None
+            if ev is not None and abs(ts - ev.get("ts", 0)) < ATTRIBUTION_NS:
+                return ev
+        return None
 
     def use_policy_of(self, session: int) -> None:
         """Conditions read ``ctx.policy``: point it at the event's session before matching."""
@@ -96,6 +117,15 @@ class ProcessTable(BaseProcessView):
         if not eid:
             return
         t = ev["type"]
+        path = ev.get("path")
+        if path and t in _PATH_TYPES:
+            recent = self.recent_paths
+            if len(recent) >= 16384:
+                recent.clear()
+            recent[path] = ev
+            src = ev.get("source")
+            if src and t == "rename":
+                recent[src] = ev
         rec = self.procs.get(eid)
         if t == "exec":
             old = self.by_pid.get(ev["pid"])
@@ -239,6 +269,8 @@ class Evaluator:
         self.by_rule_sev: dict[tuple[str, str], int] = {}
         self.by_type: dict[str, int] = {}
         self.actions: dict[str, int] = {}
+        self._fs_held: deque[dict] = deque()
+        self.fs_attributed = 0
         self.lost: dict[str, int] = {}
         self.latencies: list[float] = []
 
@@ -251,6 +283,9 @@ class Evaluator:
             return
         if t == "session":
             self._session(ev)
+            return
+        if t == "fs_change":
+            self._fs_held.append(ev)
             return
         self.table.update(ev)
         table = self.table
@@ -293,6 +328,24 @@ class Evaluator:
             self.table.use_policy_of(sid)
             for rule in self.rules.match(synth, self.table):
                 self._fire(rule, synth)
+
+    def flush_fs(self, now_ns: int | None = None, everything: bool = False) -> None:
+        """Judge watcher events whose probe event had its chance to arrive (FS_HOLD_NS)."""
+        held = self._fs_held
+        if not held:
+            return
+        now = now_ns if now_ns is not None else time.time_ns()
+        while held and (everything or now - held[0].get("ts", 0) >= FS_HOLD_NS):
+            ev = held.popleft()
+            writer = self.table.writer_of(ev)
+            if writer is not None:
+                # The syscall event of the same change already met the rules with its
+                # session and process: this sensor confirms it and adds nothing.
+                self.fs_attributed += 1
+                continue
+            self.table.use_policy_of(0)
+            for rule in self.rules.match(ev, self.table):
+                self._fire(rule, ev)
 
     def handle_batch(self, batch: list[dict]) -> None:
         for ev in batch:
@@ -382,6 +435,7 @@ class Evaluator:
     def tick(self) -> None:
         """Once a second or so: close dedup windows (one alert with the count) and sweep."""
         now = self.clock()
+        self.flush_fs(now)
         expired = [k for k, s in self._seen.items() if now - s.first_ns >= self.window_ns]
         for k in expired:
             seen = self._seen.pop(k)
@@ -455,11 +509,13 @@ class EvaluatorProcess:
         rules = load_ruleset(cfg)  # a bad rule file at start is fatal: the caller says why
         self.sinks = self._sinks(cfg)
         table = ProcessTable(pol)
-        self.enforcer = Enforcer(table) if cfg.enforce else None
+        self.enforcer = Enforcer(table, restorer=self._restore) if cfg.enforce else None
+        self._control = None
         self.evaluator = Evaluator(
             rules, table, self.sinks.send, cfg.dedup_window, enforcer=self.enforcer
         )
-        self.sub = bus.Subscriber(cfg.events_endpoint)
+        # The collector may still be loading its probes (run starts both at once).
+        self.sub = bus.Subscriber(cfg.events_endpoint, wait_s=60.0)
         self._reload = False
         self._stopping = False
         self._malformed_reported = 0
@@ -484,6 +540,18 @@ class EvaluatorProcess:
             color = sys.stdout.isatty()
             out.append(lambda a: print(alerts.human(a, color), flush=True))
         return alerts.Sinks(out)
+
+    def _restore(self, path: str, who: dict) -> str:
+        """Restoring is the collector's (it owns the watchers and the baselines)."""
+        from roguewatch.control import ControlClient, ControlError
+
+        try:
+            if self._control is None:
+                self._control = ControlClient(self.cfg.control_endpoint)
+            return self._control.request("restore", path=path, who=who)["outcome"]
+        except ControlError as exc:
+            self._control = None  # a REQ socket that timed out cannot be reused
+            return f"not restored: {exc}"
 
     def request_reload(self, *_: object) -> None:
         self._reload = True
@@ -538,9 +606,10 @@ class EvaluatorProcess:
         next_tick = time.monotonic() + 1.0
         ev = self.evaluator
         while not self._stopping:
-            batch = self.sub.recv_batch(200)
+            batch = self.sub.recv_batch(20 if ev._fs_held else 200)
             if batch:
                 ev.handle_batch(batch)
+            ev.flush_fs()
             self.sinks.service()  # greets new alert subscribers (tail --follow)
             if gate is not None:
                 for signo in gate.poll():
@@ -607,6 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="roguewatch evaluator")
     ap.add_argument("--config")
     ap.add_argument("--events", help="event stream endpoint to subscribe to")
+    ap.add_argument("--control", help="the collector's control endpoint (restores)")
     ap.add_argument("--alerts", help="alert stream endpoint to publish on")
     ap.add_argument("--alerts-file", help="JSON-lines alert file")
     ap.add_argument("--rules", action="append", help="extra rule directory (repeatable)")
@@ -624,6 +694,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg.events_endpoint = args.events
         if args.alerts:
             cfg.alerts_endpoint = args.alerts
+        if args.control:
+            cfg.control_endpoint = args.control
         if args.alerts_file:
             cfg.alerts_file = args.alerts_file
         if args.rules:

@@ -314,6 +314,22 @@ EVENT_TYPES: tuple[EventType, ...] = (
         "chdir, fchdir",
     ),
     EventType(
+        "fs_change",
+        "a watched persistence or oversight path changed (the filesystem watchers, inotify)",
+        (
+            _PATH,
+            Field("source", "str", "for a move onto the path, where it came from"),
+            Field(
+                "change",
+                "str",
+                "`created`, `modified`, `deleted`, `moved`, `attrib`, "
+                "`rescan` (found changed after an overflow)",
+            ),
+            Field("writer", "str", "who wrote it: a session's process, or `unknown`"),
+        ),
+        "(filesystem watchers; session and pid are filled when a probe event names the writer)",
+    ),
+    EventType(
         "session",
         "a session started (its root registered) or ended (its root exited), from the collector",
         (

@@ -79,18 +79,31 @@ def start_monitor() -> Monitor:
     client = running()
     if client is not None:
         return Monitor(sessions.Watcher(bus.EVENTS_ENDPOINT, client), alerts.ALERTS_ENDPOINT)
-    watcher = sessions.start_private_collector()
     tmpdir = tempfile.mkdtemp(prefix="roguewatch-run-")
     os.chmod(tmpdir, 0o700)
     endpoint = f"ipc://{tmpdir}/alerts.sock"
     r, w = os.pipe()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "roguewatch.evaluator", "--events", watcher.events,
-         "--alerts", endpoint, "--alerts-file", f"{tmpdir}/alerts.jsonl", "--no-journal",
-         "--quiet", "--ready-fd", str(w)],
-        pass_fds=(w,), stderr=subprocess.PIPE, preexec_fn=die_with_parent,
-    )  # fmt: skip
-    os.close(w)
+    started: list[subprocess.Popen] = []
+
+    def start_evaluator(events: str) -> None:
+        # Started while the collector loads its probes: it waits for the event socket.
+        control = events.replace("events.sock", "control.sock")
+        started.append(subprocess.Popen(
+            [sys.executable, "-m", "roguewatch.evaluator", "--events", events,
+             "--control", control,
+             "--alerts", endpoint, "--alerts-file", f"{tmpdir}/alerts.jsonl", "--no-journal",
+             "--quiet", "--ready-fd", str(w)],
+            pass_fds=(w,), stderr=subprocess.PIPE, preexec_fn=die_with_parent,
+        ))  # fmt: skip
+        os.close(w)
+
+    try:
+        watcher = sessions.start_private_collector(alongside=start_evaluator)
+    except sessions.SessionError:
+        for p in started:
+            p.kill()
+        raise
+    proc = started[0]
     ready = os.read(r, 1)
     os.close(r)
     if ready != b"1":
@@ -122,6 +135,8 @@ class Summary:
 
 
 def _killed_count(outcome: str) -> int:
+    if outcome.startswith("writer ") and " killed" in outcome.split(";")[0]:
+        return 1
     if outcome.startswith("sender killed in the kernel"):
         rest = outcome.partition(";")[2].strip()
         return max(1, _killed_count(rest))

@@ -9,6 +9,7 @@ its pid is in the kernel's session map, and only then execs.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from roguewatch import bus
 from roguewatch.control import ControlClient, ControlError, running
 from roguewatch.selfdefense import die_with_parent
+
+PRIVATE_STATE = "/var/lib/roguewatch/private"
 
 
 class SessionError(Exception):
@@ -45,25 +48,36 @@ class Watcher:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
-def start_private_collector(extra: list[str] | None = None, timeout: float = 60.0) -> Watcher:
-    """A collector of our own, on root-only sockets in a fresh directory, adopting nothing."""
+def start_private_collector(
+    extra: list[str] | None = None, timeout: float = 60.0,
+    alongside: Callable[[str], None] | None = None,
+) -> Watcher:  # fmt: skip
+    """A collector of our own, on root-only sockets in a fresh directory, adopting nothing.
+
+    ``alongside(events_endpoint)`` runs while the collector loads its probes (run starts its
+    evaluator there, so the two start-ups overlap instead of adding up).
+    """
     tmpdir = tempfile.mkdtemp(prefix="roguewatch-")
     os.chmod(tmpdir, 0o700)
     events = f"ipc://{tmpdir}/events.sock"
     control = f"ipc://{tmpdir}/control.sock"
     r, w = os.pipe()
+    # Baselines and quarantine of a private collector are its own, and kept after it ends
+    # (an operator may want the agent's version of a restored file).
+    state = os.path.join(PRIVATE_STATE, os.path.basename(tmpdir))
     cmd = [sys.executable, "-m", "roguewatch.collector", "--events", events,
-           "--control", control, "--no-adopt", "--ready-fd", str(w), *(extra or [])]  # fmt: skip
+           "--control", control, "--no-adopt", "--state-dir", state, "--ready-fd", str(w),
+           *(extra or [])]  # fmt: skip
     proc = subprocess.Popen(
         cmd, pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         preexec_fn=die_with_parent,
     )  # fmt: skip
     os.close(w)
+    if alongside is not None:
+        alongside(events)
     deadline = time.monotonic() + timeout
     ready = b""
     while time.monotonic() < deadline and proc.poll() is None:
-        import select
-
         rl, _, _ = select.select([r], [], [], 0.2)
         if rl:
             ready = os.read(r, 1)
