@@ -33,8 +33,12 @@ format: deps
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Benchmarks (not timed tests): figures and bars in bench/README.md. BENCH_ARGS=--quick
 bench: deps
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/evaluator_bench.py $(BENCH_ARGS)
+	$(PY) bench/enforcement_bench.py $(BENCH_ARGS)
+	$(PY) bench/restore_bench.py
 
 docs: deps
 	$(PY) -m roguewatch.events --markdown > docs/events.md
