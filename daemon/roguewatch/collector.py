@@ -56,6 +56,14 @@ class Losses:
 class Collector:
     def __init__(self, cfg: Config, probes: kernel.Probes | None = None) -> None:
         self.cfg = cfg
+        # Watchers first: their baseline snapshot then overlaps the loading of the probes.
+        self.fs_queue: deque[dict] = deque()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.watcher = None
+        self.baselines = None
+        self.snapshot_done = threading.Event()
+        if cfg.watch_files:
+            self.start_watchers()
         self.probes = probes or kernel.load(
             kernel.BuildOptions(ringbuf_pages=cfg.ringbuf_pages), cfg.cache_dir
         )
@@ -80,13 +88,6 @@ class Collector:
         self._stopping = False
         self.rate = 0
         self._rate_mark = 0
-        # Filesystem watcher events arrive from watchdog's thread: queued, and a byte on this
-        # pipe wakes the loop so a change is published (and restored) at once.
-        self.fs_queue: deque[dict] = deque()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.watcher = None
-        self.baselines = None
-        self.snapshot_done = threading.Event()
         self.sessions: dict[int, dict] = {}
         self.adoptions: list[policy_mod.Adoption] = []
         self.started = time.time()
@@ -106,14 +107,15 @@ class Collector:
             for comm in a.comms:
                 self.probes.adopt_comm(comm)
         self.scan_procfs()
-        if self.cfg.watch_files:
-            self.start_watchers()
 
     def start_watchers(self, extra: list[str] | None = None) -> None:
-        """The second sensor: watch persistence and oversight paths, baseline them."""
+        """The second sensor: watch persistence and oversight paths, baseline them.
+
+        Filesystem watcher events arrive from watchdog's thread: queued, and a byte on the
+        wake pipe gets the loop to publish (and so restore) a change at once."""
         from roguewatch import baseline, ruleset, watchers
 
-        lists = ruleset.load_rules().lists
+        lists = ruleset.lists_only(d for d in self.cfg.rules_dirs if os.path.isdir(d))
         paths = watchers.watch_paths(lists, [*self.cfg.watch_extra, *(extra or [])])
         # Not our own state (baselines, quarantine: thousands of files that we write): the
         # probes still see an agent that touches it.
