@@ -141,6 +141,16 @@ def test_status_reports_a_healthy_service_and_a_dead_component_is_restarted(
         time.sleep(0.2)
     else:
         pytest.fail("the evaluator was not restarted")
+    # The restart is itself an alert on the stream, with what it cost.
+    deadline = time.monotonic() + 10
+    restarts: list[dict] = []
+    while time.monotonic() < deadline and not restarts:
+        if daemon.alerts_file.exists():
+            restarts = [a for a in map(json.loads, daemon.alerts_file.read_text().splitlines())
+                        if a["rule"] == "roguewatch_component_restarted"]  # fmt: skip
+        time.sleep(0.1)
+    assert restarts, "no monitor alert for the restart"
+    assert restarts[0]["category"] == "monitor" and "not evaluated" in restarts[0]["message"]
     assert daemon.stop() == 0
     out = daemon.proc.stdout.read()
     assert "evaluator exited" in out and "restarting" in out

@@ -349,6 +349,13 @@ class Collector:
                 if parent not in ("/", ""):
                     outcome = self.baselines.restore(parent, req.get("who") or {})
             return {"ok": True, "outcome": outcome}
+        if op == "announce":  # the service reporting on its components (restarts)
+            self._publish_now({
+                "type": "monitor", "kind": str(req.get("kind", "monitor")), "ts": time.time_ns(),
+                "session": 0, "pid": os.getpid(), "flags": [],
+                "detail": str(req.get("detail", "")), "missed": int(req.get("missed", 0)),
+            })  # fmt: skip
+            return {"ok": True}
         if op == "sessions":
             return {"ok": True, "sessions": self.session_list()}
         if op == "release":

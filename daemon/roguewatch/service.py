@@ -34,6 +34,7 @@ class Component:
     restarts: int = 0
     backoff: float = 1.0
     next_start: float = 0.0
+    events_at_death: int | None = None
 
     def start(self, config_path: str | None, timeout: float = 60.0) -> float:
         """Start it and wait for its ready byte; returns the seconds that took."""
@@ -111,6 +112,33 @@ class Service:
         except (OSError, ValueError, KeyError):
             return "running"
 
+    def _published(self) -> int | None:
+        try:
+            client = ControlClient(self.cfg.control_endpoint, timeout_ms=2000)
+            n = int(client.request("stats")["events"])
+            client.close()
+            return n
+        except (ControlError, KeyError, ValueError):
+            return None
+
+    def _announce_restart(self, c: Component) -> None:
+        """A monitor alert on the stream for every restart, with what it cost."""
+        if c is self.evaluator:
+            now, then = self._published(), c.events_at_death
+            missed = now - then if now is not None and then is not None else 0
+            detail = (f"evaluator restarted ({c.restarts} restarts): {missed} events published "
+                      "while it was down were not evaluated")  # fmt: skip
+        else:
+            missed = 0
+            detail = (f"collector restarted ({c.restarts} restarts): kernel events while it was "
+                      "down were not recorded; sessions must be registered again")  # fmt: skip
+        try:
+            client = ControlClient(self.cfg.control_endpoint, timeout_ms=2000)
+            client.request("announce", kind="restart", detail=detail, missed=missed)
+            client.close()
+        except ControlError as exc:
+            log.warning("could not announce the restart: %s", exc)
+
     def start(self) -> None:
         t0 = time.monotonic()
         took = self.collector.start(self.config_path)
@@ -130,6 +158,7 @@ class Service:
             now = time.monotonic()
             if c.next_start == 0.0:
                 code = c.proc.returncode if c.proc else None
+                c.events_at_death = self._published()
                 log.error("%s exited (%s); restarting in %.0f s", c.name, code, c.backoff)
                 detail = f"{c.name} exited ({code}); events while it was down were not seen"
                 print(render.human({"type": "monitor", "kind": "restart", "ts": time.time_ns(),
@@ -143,6 +172,7 @@ class Service:
                     c.start(self.config_path)
                     if c is self.evaluator and c.proc is not None:
                         self._guard(c.proc.pid)
+                    self._announce_restart(c)
                 except RuntimeError as exc:
                     log.error("%s", exc)
 
