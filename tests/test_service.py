@@ -180,3 +180,43 @@ def test_an_agent_adopted_by_a_policies_d_selector_is_watched(
     # Adopted sessions have no cgroup of their own: the kernel cannot deny, rules kill.
     assert alerts[0]["outcome"].startswith(("process", "not enforced"))
     assert daemon.stop() == 0
+
+
+def test_every_configuration_key_is_documented_with_its_default() -> None:
+    from dataclasses import fields
+
+    from roguewatch.config import Config
+
+    example = (ROOT / "packaging/roguewatchd.yaml.example").read_text()
+    defaults = Config()
+    for f in fields(Config):
+        assert f"#{f.name}:" in example, f"{f.name} is not in roguewatchd.yaml.example"
+        line = next(x for x in example.splitlines() if x.startswith(f"#{f.name}:"))
+        value = getattr(defaults, f.name)
+        if isinstance(value, bool):
+            assert line.split(":", 1)[1].strip() == str(value).lower(), line
+        elif isinstance(value, int):
+            assert line.split(":", 1)[1].strip() == str(value), line
+
+
+def test_prometheus_metrics_are_served_on_loopback(tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    from roguewatch import evaluator as ev_mod
+    from roguewatch.metrics import Metrics
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    m = Metrics(port)
+    m.sync({"open": 12}, {("persistence_cron_write", "critical"): 2}, {"ring": 3}, 1,
+           {"restore": 2})  # fmt: skip
+    m.reloads.labels("ok").inc()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'roguewatch_events_total{type="open"} 12.0' in body
+    assert 'rule="persistence_cron_write",severity="critical"' in body
+    assert 'roguewatch_events_lost_total{stage="ring"} 3.0' in body
+    assert 'roguewatch_actions_total{action="restore"} 2.0' in body
+    assert 'roguewatch_rule_reloads_total{result="ok"} 1.0' in body
+    assert ev_mod.MONITOR_RULES["loss"] == "roguewatch_events_lost"
