@@ -68,13 +68,18 @@ class Config:
 
     def adopted_uids(self) -> list[int]:
         """uids of adopt_uids plus those of adopt_users that exist on this host."""
-        uids = list(self.adopt_uids)
-        for user in self.adopt_users:
-            try:
-                uids.append(pwd.getpwnam(user).pw_uid)
-            except KeyError:
-                pass
-        return sorted(set(uids))
+        return sorted(set(self.adopt_uids) | set(uids_of(self.adopt_users)))
+
+
+def uids_of(users: list[str]) -> list[int]:
+    """The uids of these user names; a user that does not exist (yet) adopts nothing."""
+    uids = []
+    for user in users:
+        try:
+            uids.append(pwd.getpwnam(user).pw_uid)
+        except KeyError:
+            pass
+    return uids
 
 
 _TYPES = {f.name: f.type for f in fields(Config)}

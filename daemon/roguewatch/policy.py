@@ -8,11 +8,11 @@ policies arrive with `roguewatch run`, the daemon applies one policy to every se
 from __future__ import annotations
 
 import os
-import pwd
 from dataclasses import dataclass
 
 import yaml
 
+from roguewatch.config import uids_of
 from roguewatch.fields import StaticPolicy, parse_egress_spec
 
 
@@ -97,13 +97,7 @@ class Adoption:
     source: str
 
     def all_uids(self) -> list[int]:
-        out = list(self.uids)
-        for u in self.users:
-            try:
-                out.append(pwd.getpwnam(u).pw_uid)
-            except KeyError:
-                pass  # a user that does not exist (yet) adopts nothing
-        return out
+        return [*self.uids, *uids_of(self.users)]
 
     def matches(self, uid: int, comm: str) -> bool:
         return uid in self.all_uids() or comm[:15] in {c[:15] for c in self.comms}
