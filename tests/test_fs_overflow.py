@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from roguewatch import bus, sessions
+
 from tests.conftest import require_root
 
 pytestmark = pytest.mark.kernel
