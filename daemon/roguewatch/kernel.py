@@ -9,7 +9,9 @@ the guard set, loss counters).
 Why an image: bcc compiles with clang at every start (about 4 s for these probes, 130 MB of
 LLVM in the process). The image is compiled once per (sources, options, kernel, bcc) in a
 subprocess and loaded in a fraction of a second, so start-up stays short and the collector
-never carries LLVM. bcc's own program loading is not used at run time.
+never compiles (libbcc, which it uses for map and program syscalls, still maps LLVM's
+shared libraries: about 54 MB of its resident memory). bcc's own program loading is not
+used at run time.
 
 It must not decode records (``roguewatch.probes.layout``) or poll the ring buffer
 (``roguewatch.ringbuf``).
