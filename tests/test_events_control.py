@@ -291,7 +291,11 @@ def test_signal_to_the_collector_from_an_untracked_process_is_a_guard_event(
     stream: Stream, collector: sessions.Watcher
 ) -> None:
     cpid = collector.proc.pid
-    sender = untracked(f"import os; os.kill({cpid}, {SIGWINCH}); print(os.getpid())")
+    # An untracked sender's ppid is read from /proc when the record is decoded: it stays
+    # alive a moment so that is possible (one that exits at once gets ppid 0, documented).
+    sender = untracked(
+        f"import os, time; os.kill({cpid}, {SIGWINCH}); print(os.getpid()); time.sleep(0.5)"
+    )
     evs = guard_events(stream, "kill", sender)
     assert collector.proc.poll() is None
     assert len(evs) == 1, evs
