@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import msgpack
 import zmq
 
-from roguewatch import bus, kernel
+from roguewatch import bus, kernel, readiness
 from roguewatch import policy as policy_mod
 from roguewatch.config import Config
 from roguewatch.enrich import ProcessCache, proc_cmdline, proc_ppid, proc_start_ns
@@ -574,13 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         col.close()
         return 2
 
-    def ready() -> None:
-        if args.ready_fd is not None:
-            os.write(args.ready_fd, b"1")
-            os.close(args.ready_fd)
-
     try:
-        col.run(ready, gate)
+        col.run(lambda: readiness.notify(args.ready_fd), gate)
     finally:
         col.close()
     return 0

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from roguewatch import alerts, bus, ruleset
+from roguewatch import alerts, bus, readiness, ruleset
 from roguewatch import events as ev_types
 from roguewatch import policy as policy_mod
 from roguewatch.config import Config
@@ -389,11 +389,15 @@ class Evaluator:
             return
         if self.enforcer is None:
             return
+        before = self.enforcer.killed
         outcome = self.enforcer.act(rule.action, ev)
         self.actions[rule.action] = self.actions.get(rule.action, 0) + 1
+        killed = self.enforcer.killed - before
         if "killed" in flags:
             outcome = f"sender killed in the kernel; {outcome}"
+            killed = max(killed, 1)
         alert["outcome"] = outcome
+        alert["killed"] = killed  # processes this alert's action ended (0: none)
 
     def _publish(self, alert: dict) -> None:
         self.alerts += 1
@@ -430,6 +434,7 @@ class Evaluator:
             "action": rule.action,
             "outcome": "alert" if rule.action == "alert" else NOT_ENFORCED,
             "count": 1,
+            "killed": 0,
         }
 
     def tick(self) -> None:
@@ -480,6 +485,7 @@ class Evaluator:
             "action": "alert",
             "outcome": "alert",
             "count": 1,
+            "killed": 0,
         }
         self._publish(alert)
 
@@ -725,13 +731,8 @@ def main(argv: list[str] | None = None) -> int:
         "session")))  # fmt: skip
     proc.watch_rule_dirs()
 
-    def ready() -> None:
-        if args.ready_fd is not None:
-            os.write(args.ready_fd, b"1")
-            os.close(args.ready_fd)
-
     try:
-        proc.run(ready, gate)
+        proc.run(lambda: readiness.notify(args.ready_fd), gate)
     finally:
         proc.close()
     return 0

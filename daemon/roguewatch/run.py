@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import msgpack
 import zmq
 
-from roguewatch import alerts, bus, cgroups, landlock, sessions
+from roguewatch import alerts, bus, cgroups, landlock, readiness, sessions
 from roguewatch import policy as policy_mod
 from roguewatch.collector import new_session_id
 from roguewatch.control import ControlError
@@ -104,9 +104,7 @@ def start_monitor() -> Monitor:
             p.kill()
         raise
     proc = started[0]
-    ready = os.read(r, 1)
-    os.close(r)
-    if ready != b"1":
+    if not readiness.wait(r, proc):
         err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
         watcher.close()
         raise RunError(f"the evaluator did not start: {err}")
@@ -123,7 +121,7 @@ class Summary:
     def text(self, mode: str, status: int) -> str:
         by_cat = Counter(a["category"] for a in self.alerts)
         actions = Counter(a["action"] for a in self.alerts if a["action"] != "alert")
-        killed = sum(_killed_count(a["outcome"]) for a in self.alerts) + self.swept
+        killed = sum(a.get("killed", 0) for a in self.alerts) + self.swept
         cats = ", ".join(f"{n} {c}" for c, n in sorted(by_cat.items())) or "none"
         acts = ", ".join(f"{n} {a}" for a, n in sorted(actions.items())) or "none"
         return (
@@ -132,21 +130,6 @@ class Summary:
             f"Processes killed: {killed}. Still alive when the agent's root exited: "
             f"{len(self.survivors_found)}; survivors now: {self.survivors_left}."
         )
-
-
-def _killed_count(outcome: str) -> int:
-    if outcome.startswith("writer ") and " killed" in outcome.split(";")[0]:
-        return 1
-    if outcome.startswith("sender killed in the kernel"):
-        rest = outcome.partition(";")[2].strip()
-        return max(1, _killed_count(rest))
-    words = outcome.replace(":", " ").replace(",", " ").split()
-    if "killed" not in words:
-        return 0
-    if outcome.startswith("process ") and " killed" in outcome:
-        return 1
-    nums = [int(w) for w in words if w.isdigit()]
-    return nums[0] if nums else 1
 
 
 def _child_setup(user: pwd.struct_passwd | None) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
-from roguewatch import __version__, bus, config, render
+from roguewatch import __version__, bus, config, readiness, render
 from roguewatch.control import ControlClient, ControlError
 from roguewatch.selfdefense import die_with_parent, stopped
 
@@ -45,10 +44,7 @@ class Component:
         t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, pass_fds=(w,), preexec_fn=die_with_parent)
         os.close(w)
-        ready, _, _ = select.select([r], [], [], timeout)
-        ok = bool(ready) and os.read(r, 1) == b"1"
-        os.close(r)
-        if not ok:
+        if not readiness.wait(r, self.proc, timeout):
             raise RuntimeError(f"the {self.name} did not become ready (see its messages above)")
         return time.monotonic() - t0
 

@@ -9,16 +9,14 @@ its pid is in the kernel's session map, and only then execs.
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from roguewatch import bus
+from roguewatch import bus, readiness
 from roguewatch.control import ControlClient, ControlError, running
 from roguewatch.selfdefense import die_with_parent
 
@@ -75,15 +73,7 @@ def start_private_collector(
     os.close(w)
     if alongside is not None:
         alongside(events)
-    deadline = time.monotonic() + timeout
-    ready = b""
-    while time.monotonic() < deadline and proc.poll() is None:
-        rl, _, _ = select.select([r], [], [], 0.2)
-        if rl:
-            ready = os.read(r, 1)
-            break
-    os.close(r)
-    if ready != b"1":
+    if not readiness.wait(r, proc, timeout):
         proc.kill()
         err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
         proc.wait()
