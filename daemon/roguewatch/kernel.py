@@ -483,7 +483,6 @@ class Probes:
 
     def lost_by_type(self) -> list[int]:
         """Records the kernel could not write, per event type number (summed over CPUs)."""
-        ncpu = os.cpu_count() or 1
         m = next(m for m in self.image.maps if m.name == "lost")
         # Per-CPU values are 8-byte aligned slots, one per possible CPU.
         ncpu = _possible_cpus()

@@ -5,19 +5,21 @@ producer position page and the data area (read-only, mapped twice by the kernel 
 that wraps is contiguous). Reading here costs a struct unpack per record instead of bcc's
 ctypes callback per record (about 5 µs each), which is what lets one core keep up with the
 kernel. It hands out (buffer, offset, length) triples and never interprets a record.
+
+The two positions are u64 words the kernel reads and writes with single loads and stores, so
+they are accessed here through ``memoryview.cast("Q")`` (one aligned 8-byte access), never
+``struct``: ``struct.pack_into("<Q")`` writes byte by byte, and a kernel that read the
+consumer position half-written could see a ring that looks full and drop a record.
 """
 
 from __future__ import annotations
 
 import mmap
-import struct
 from collections.abc import Callable
 
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
 _HDR = 8  # u32 len (with the busy and discard bits), u32 page offset
-_U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
 
 
 class RingBuffer:
@@ -35,13 +37,16 @@ class RingBuffer:
             map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
         )
         self.fd = map_fd
+        self._cons_pos = memoryview(self._cons).cast("Q")  # [0]: consumer position
+        self._prod_pos = memoryview(self._prod).cast("Q")  # [0]: producer position
+        self._words = memoryview(self._prod).cast("I")  # record headers, by offset // 4
 
     @property
     def buffer(self) -> mmap.mmap:
         return self._prod
 
     def pending_bytes(self) -> int:
-        return _U64.unpack_from(self._prod, 0)[0] - _U64.unpack_from(self._cons, 0)[0]
+        return self._prod_pos[0] - self._cons_pos[0]
 
     def drain(self, handle: Callable[[mmap.mmap, int, int], None], limit: int = 4096) -> int:
         """Pass up to ``limit`` committed records to ``handle(buf, offset, length)``.
@@ -50,14 +55,14 @@ class RingBuffer:
         never overwritten while it is being read. Returns the number of records seen.
         """
         prod_map = self._prod
-        cons = _U64.unpack_from(self._cons, 0)[0]
-        prod = _U64.unpack_from(prod_map, 0)[0]
+        words = self._words
+        cons = self._cons_pos[0]
+        prod = self._prod_pos[0]
         n = 0
-        unpack_u32 = _U32.unpack_from
         mask, data = self._mask, self._data
         while cons < prod and n < limit:
             off = data + (cons & mask)
-            hlen = unpack_u32(prod_map, off)[0]
+            hlen = words[off >> 2]
             if hlen & _BUSY:
                 break  # reserved but not yet committed: stop here, keep order
             length = hlen & ~(_BUSY | _DISCARD)
@@ -65,9 +70,12 @@ class RingBuffer:
                 handle(prod_map, off + _HDR, length)
                 n += 1
             cons += (length + _HDR + 7) & ~7
-        _U64.pack_into(self._cons, 0, cons)
+        self._cons_pos[0] = cons
         return n
 
     def close(self) -> None:
+        self._cons_pos.release()
+        self._prod_pos.release()
+        self._words.release()
         self._cons.close()
         self._prod.close()
