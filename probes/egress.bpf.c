@@ -59,6 +59,11 @@ static __always_inline int rw_egress_deny(struct bpf_sock_addr *ctx, u16 type, u
                                           u8 proto, const bool v6)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct rw_hdr *ph = pending_hdr.lookup(&tid);
+    if (ph) {
+        ph->flags |= RW_F_DENIED;
+        return 0;
+    }
     struct rw_rec *pend = pending.lookup(&tid);
     if (pend) {
         pend->h.flags |= RW_F_DENIED;

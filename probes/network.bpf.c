@@ -79,7 +79,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 {
-    return rw_finish(args->ret);
+    return rw_finish_hdr(args->ret);
 }
 
 static __always_inline bool rw_dns_sock(u32 tgid, u32 fd)
@@ -234,7 +234,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_socket)
         }
         socket_args.delete(&tid);
     }
-    return rw_finish(args->ret);
+    return rw_finish_hdr(args->ret);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_bind)
@@ -254,7 +254,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_bind)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_bind)
 {
-    return rw_finish(args->ret);
+    return rw_finish_hdr(args->ret);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_listen)
@@ -274,5 +274,5 @@ TRACEPOINT_PROBE(syscalls, sys_enter_listen)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_listen)
 {
-    return rw_finish(args->ret);
+    return rw_finish_hdr(args->ret);
 }

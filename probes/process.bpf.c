@@ -255,6 +255,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
     pending.delete(&tid);
+    pending_hdr.delete(&tid);
     clone_flags.delete(&tid);
     argv_stash.delete(&tid);
     if (!args->group_dead) {

@@ -106,6 +106,9 @@ BPF_ARRAY(counters, u64, 4);
 /* A syscall's record between its sys_enter and sys_exit, by thread id. Not preallocated:
  * records are 8 KiB and only threads inside a traced syscall of a session hold one. */
 BPF_F_TABLE("hash", u32, struct rw_rec, pending, 4096, BPF_F_NO_PREALLOC);
+/* The same for records with no string (kill, connect, socket...: most of a storm): only the
+ * 144-byte header is copied, into a preallocated element, instead of 8 KiB. */
+BPF_HASH(pending_hdr, u32, struct rw_hdr, 4096);
 
 #define RW_SESSION_ADOPTED_BASE (1ULL << 62)
 
@@ -159,6 +162,13 @@ static __always_inline u32 rw_size(struct rw_rec *r)
     return size;
 }
 
+/* One write into the ring buffer; a failed write is counted per event type. */
+static __always_inline void rw_output(void *rec, u32 size, u16 type)
+{
+    if (events.ringbuf_output(rec, size, 0) != 0)
+        rw_count_lost(type);
+}
+
 static __always_inline void rw_emit(struct rw_rec *r)
 {
     u32 size = rw_size(r);
@@ -166,21 +176,36 @@ static __always_inline void rw_emit(struct rw_rec *r)
     size &= 0x3fff;
     if (size > sizeof(struct rw_rec))
         return;
-    if (events.ringbuf_output(r, size, 0) != 0)
-        rw_count_lost(r->h.type);
+    rw_output(r, size, r->h.type);
 }
 
-/* Keep the record until sys_exit_* supplies the result. */
-static __always_inline void rw_stash(struct rw_rec *r)
+static __always_inline void rw_count_pending_overflow(u16 type)
+{
+    rw_count_lost(type);
+    u32 k = 1;
+    u64 *n = counters.lookup(&k);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
+/* Keep the record until sys_exit_* supplies the result: the whole record when it carries a
+ * string, else only its header. */
+static __always_inline void rw_stash_big(struct rw_rec *r)
 {
     u32 tid = r->h.tid;
-    if (pending.update(&tid, r) != 0) {
-        rw_count_lost(r->h.type);
-        u32 k = 1;
-        u64 *n = counters.lookup(&k);
-        if (n)
-            __sync_fetch_and_add(n, 1);
+    if (pending.update(&tid, r) != 0)
+        rw_count_pending_overflow(r->h.type);
+}
+
+static __always_inline void rw_stash(struct rw_rec *r)
+{
+    if (r->h.len1 || r->h.len2) {
+        rw_stash_big(r);
+        return;
     }
+    u32 tid = r->h.tid;
+    if (pending_hdr.update(&tid, &r->h) != 0)
+        rw_count_pending_overflow(r->h.type);
 }
 
 /* A tracked task that attacks roguewatch (a signal, ptrace) dies before user space could
@@ -194,8 +219,21 @@ static __always_inline void rw_kill_current(struct rw_rec *r, struct rw_proc *p)
         r->h.flags |= RW_F_KILLED;
 }
 
-/* sys_exit_*: emit the stashed record with the syscall's result. */
-static __always_inline int rw_finish(long ret)
+/* sys_exit_*: emit the stashed record with the syscall's result. Each exit looks only where
+ * its enter can have stashed: an untracked task pays one hash lookup here. */
+static __always_inline int rw_finish_hdr(long ret)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct rw_hdr *h = pending_hdr.lookup(&tid);
+    if (!h)
+        return 0;
+    h->ret = ret;
+    rw_output(h, sizeof(*h), h->type);
+    pending_hdr.delete(&tid);
+    return 0;
+}
+
+static __always_inline int rw_finish_big(long ret)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct rw_rec *r = pending.lookup(&tid);
@@ -205,6 +243,15 @@ static __always_inline int rw_finish(long ret)
     rw_emit(r);
     pending.delete(&tid);
     return 0;
+}
+
+/* For syscalls whose record may or may not carry a string (sendto with a DNS query...). */
+static __always_inline int rw_finish(long ret)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    if (pending_hdr.lookup(&tid))
+        return rw_finish_hdr(ret);
+    return rw_finish_big(ret);
 }
 
 /* Strings: the first at data[0], the second right after it. */

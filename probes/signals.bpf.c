@@ -74,19 +74,19 @@ TRACEPOINT_PROBE(syscalls, sys_enter_kill)
 {
     return rw_kill((u32)args->pid, 0, args->sig, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_kill) { return rw_finish(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_kill) { return rw_finish_hdr(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_tkill)
 {
     return rw_kill(0, (u32)args->pid, args->sig, 1);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_tkill) { return rw_finish(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_tkill) { return rw_finish_hdr(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_tgkill)
 {
     return rw_kill((u32)args->tgid, (u32)args->pid, args->sig, 2);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_tgkill) { return rw_finish(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_tgkill) { return rw_finish_hdr(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_pidfd_send_signal)
 {
@@ -96,7 +96,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_pidfd_send_signal)
     u32 *pid = pidfds.lookup(&k);
     return rw_kill((u32)args->pidfd, pid ? *pid : 0, args->sig, 3);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_send_signal) { return rw_finish(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_send_signal) { return rw_finish_hdr(args->ret); }
 
 TRACEPOINT_PROBE(signal, signal_generate)
 {
@@ -147,7 +147,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_rt_sigaction)
     rw_stash(r);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_rt_sigaction) { return rw_finish(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_rt_sigaction) { return rw_finish_hdr(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_setsid)
 {
@@ -159,7 +159,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_setsid)
         rw_stash(r);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_setsid) { return rw_finish(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setsid) { return rw_finish_hdr(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_setpgid)
 {
@@ -174,7 +174,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_setpgid)
     rw_stash(r);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_setpgid) { return rw_finish(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setpgid) { return rw_finish_hdr(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_prctl)
 {
@@ -238,4 +238,4 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ptrace)
         return 0;
     return rw_ptrace(p, 0, args->request, target);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_ptrace) { return rw_finish(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_ptrace) { return rw_finish_hdr(args->ret); }

@@ -25,7 +25,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_unshare)
     rw_stash(r);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_unshare) { return rw_finish(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_unshare) { return rw_finish_hdr(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_setns)
 {
@@ -37,7 +37,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_setns)
     rw_stash(r);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_setns) { return rw_finish(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setns) { return rw_finish_hdr(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_mount)
 {
@@ -77,7 +77,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_bpf)
     rw_stash(r);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_bpf) { return rw_finish(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_bpf) { return rw_finish_hdr(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_memfd_create)
 {
