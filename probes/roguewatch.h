@@ -57,23 +57,26 @@ enum rw_type {
 #define RW_P_OBSERVE    (1 << 8) /* the session is in observe mode: never kill */
 
 struct rw_hdr {
+    /* What changes from record to record. */
     u64 ts;        /* bpf_ktime_get_boot_ns() */
-    u64 session;
-    u64 start_ns;  /* the process's fork or last exec: with pid, its exec id */
-    u64 pstart_ns; /* the parent's, for the parent's exec id */
-    u32 pid;       /* tgid */
+    s64 ret;
     u32 tid;
-    u32 ppid;
-    u32 uid;
-    u32 gid;
     u16 type;
     u16 flags;
-    char comm[TASK_COMM_LEN];
-    s64 ret;
     u64 a[4];      /* type-specific integer arguments */
     u8 addr[28];   /* a sockaddr (in, in6 or the start of un) */
     u16 len1;      /* bytes of data[] used by the first string (NUL included) */
     u16 len2;      /* bytes after it used by the second */
+    /* The process's identity: the same bytes in every record of one process image (until
+     * an exec, a rename, a setuid). User space keys its per-process cache on these 56 bytes. */
+    u64 session;
+    u64 start_ns;  /* the process's fork or last exec: with pid, its exec id */
+    u64 pstart_ns; /* the parent's, for the parent's exec id */
+    u32 pid;       /* tgid */
+    u32 ppid;
+    u32 uid;
+    u32 gid;
+    char comm[TASK_COMM_LEN];
 };
 
 struct rw_rec {

@@ -154,3 +154,17 @@ def test_an_fd_change_by_a_process_already_gone_is_flagged_unresolved(stream: St
     chmod = next(e for e in evs if e["type"] == "chmod" and e["pid"] == pid)
     assert "unresolved" in chmod["flags"]
     assert chmod["path"] == ""
+
+
+def test_a_name_that_is_not_utf8_does_not_stop_the_stream(stream: Stream) -> None:
+    # msgpack strings are UTF-8: such a name once made the collector's publish raise, so an
+    # agent could blind the monitor with one file. Its bytes arrive as \xNN escapes.
+    s = stream.python(
+        """
+        import os
+        os.close(os.open(b"/tmp/rwtest/f/bad\\xff\\xfename", os.O_WRONLY | os.O_CREAT))
+        os.close(os.open("/tmp/rwtest/f/after", os.O_WRONLY | os.O_CREAT))
+        """
+    )
+    s.one("open", path=f"{SCRATCH}/f/bad\\xff\\xfename")
+    s.one("open", path=f"{SCRATCH}/f/after")

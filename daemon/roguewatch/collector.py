@@ -28,11 +28,27 @@ from roguewatch import bus, kernel, readiness
 from roguewatch import policy as policy_mod
 from roguewatch.config import Config
 from roguewatch.enrich import ProcessCache, proc_cmdline, proc_ppid, proc_start_ns
-from roguewatch.probes.layout import TYPE_NAMES, RecordError, decode
+from roguewatch.probes import layout
+from roguewatch.probes.layout import TYPE_NAMES, RecordError
 from roguewatch.ringbuf import RingBuffer
 from roguewatch.selfdefense import ShutdownGate
 
 log = logging.getLogger("roguewatch.collector")
+
+# The hot path's constants (see Collector._handle).
+_HSIZE = layout.HEADER.size
+_IDENT_OFF = layout.IDENT_OFF
+_IDENT = layout.IDENT
+_unpack_var = layout.VAR.unpack_from
+_BUILDERS = layout.BUILDERS
+_FLAGS = layout.FLAGS
+_F_ADOPTED = layout.F_ADOPTED
+_NO_STRINGS = (b"", b"")
+_EXEC = layout.TYPE_NUMBERS["exec"]
+_EXIT = layout.TYPE_NUMBERS["exit"]
+_STATEFUL = frozenset(
+    layout.TYPE_NUMBERS[n] for n in ProcessCache.HOOKS
+)  # types whose events read or change the per-process state
 
 ADOPTED_PROCFS_BASE = (1 << 62) | (1 << 61)
 
@@ -81,6 +97,7 @@ class Collector:
                 os.chmod(path, 0o600)
         self.cache = ProcessCache()
         self.batch: list[dict] = []
+        self._idents: dict[bytes, dict] = {}  # identity bytes of a header → identity fields
         self.events_total = 0
         self.lost_decode = 0
         self._reported = Losses({}, 0, 0, 0)
@@ -259,16 +276,50 @@ class Collector:
     # -- the loop -------------------------------------------------------------------------
 
     def _handle(self, buf, off: int, length: int) -> None:
+        """One record → one event appended to the batch (the hot path).
+
+        The identity fields of an event (session, pid, ppid, uid, gid, comm, exec ids, exe)
+        are the same in every record of a process image: they are computed once per image,
+        cached on the 56 identity bytes of the header, and copied into each event. Per record
+        only the changing fields are decoded. Nothing here reads /proc for a known process."""
         try:
-            ev, h = decode(buf, off, length)
+            if length < _HSIZE:
+                raise RecordError(f"record of {length} bytes is shorter than its header")
+            h = _unpack_var(buf, off)
+            t = h[3]
+            build = _BUILDERS.get(t)
+            if build is None:
+                raise RecordError(f"unknown event type {t}")
+            s1, s2 = layout.strings(buf, off, length, h) if h[10] or h[11] else _NO_STRINGS
         except RecordError:
             self.lost_decode += 1
             return
-        self.cache.enrich(ev, h)
-        fl = ev["flags"]
-        if fl and "adopted" in fl and ev["session"] not in self.sessions:
+        ev = {"type": TYPE_NAMES[t], "ts": h[0] + self.cache.offset, "tid": h[2], "ret": h[1],
+              "flags": _FLAGS[h[4] & 0x7F]}  # fmt: skip
+        build(ev, h, s1, s2)
+        key = buf[off + _IDENT_OFF : off + _HSIZE]
+        if t == _EXEC:  # a new image: its exe and cwd are read now, then its identity
+            i = _IDENT.unpack(key)
+            self.cache.on_exec(ev, i[3])
+            ident = self._identity(key, i)
+        else:
+            ident = self._idents.get(key) or self._identity(key, _IDENT.unpack(key))
+            if t in _STATEFUL or "_path" in ev:
+                self.cache.after(ev, ident["pid"])
+                if t == _EXIT:
+                    self._idents.pop(key, None)
+        ev.update(ident)
+        if h[4] & _F_ADOPTED and ev["session"] not in self.sessions:
             self._announce_adopted(ev)
         self.batch.append(ev)
+
+    def _identity(self, key: bytes, i: tuple) -> dict:
+        d = self.cache.identity(i)
+        if i[1]:  # records of untracked senders (guard events, start 0) are not cached
+            if len(self._idents) >= 65536:
+                self._idents.clear()
+            self._idents[key] = d
+        return d
 
     def flush(self) -> None:
         if self.batch:

@@ -7,8 +7,9 @@ against the cwd this cache follows (inherited at fork, moved by chdir, read from
 first sight) or against the dirfd through /proc/PID/fd; when that fails the event says so
 with the `unresolved` flag instead of guessing.
 
-Hot path: most events cost two dict lookups here; /proc is read only on exec, on first sight
-of a process, and for relative paths whose base is unknown.
+Hot path: most events cost nothing here: the identity of a process image is computed once
+(``identity``) and cached by the collector; /proc is read only on exec, on first sight of a
+process, and for relative paths whose base is unknown.
 """
 
 from __future__ import annotations
@@ -78,51 +79,88 @@ class ProcessCache:
     def refresh_clock(self) -> None:
         self.offset = boot_to_wall_offset()
 
-    # -- per event ------------------------------------------------------------------------
+    # -- per process image ----------------------------------------------------------------
 
-    def enrich(self, ev: dict, h: tuple) -> None:
-        pid = ev["pid"]
-        ev["ts"] += self.offset
-        start = h[2]
+    def identity(self, i: tuple) -> dict:
+        """The identity fields of a record's process, from the IDENT part of its header.
+
+        The same for every record of one process image: the collector computes it once per
+        image and caches it, so this runs at first sight of a process and after each exec."""
+        session, start, pstart, pid, ppid, uid, gid, comm = i
         if start:
-            ev["exec_id"] = f"{pid}-{start}"
-            ev["pexec_id"] = f"{h[6]}-{h[3]}" if h[6] else ""
+            exec_id = f"{pid}-{start}"
+            pexec_id = f"{ppid}-{pstart}" if ppid else ""
         else:  # a guard event from an untracked process: identity from /proc
-            ev["ppid"] = ev["ppid"] or proc_ppid(pid)
+            ppid = ppid or proc_ppid(pid)
             ps = proc_start_ns(pid)
-            ev["exec_id"] = f"{pid}-{ps}" if ps is not None else ""
-            ev["pexec_id"] = ""
-        t = ev["type"]
-        if t == "exec":
-            self._on_exec(ev)
-        elif t == "fork" and not ev["thread"]:
+            exec_id = f"{pid}-{ps}" if ps is not None else ""
+            pexec_id = ""
+        exe = self.exe.get(pid)
+        if exe is None:
+            exe = self._exe(pid)
+        return {
+            "session": session, "pid": pid, "ppid": ppid, "uid": uid, "gid": gid,
+            "comm": comm.split(b"\0", 1)[0].decode(errors="replace"), "exec_id": exec_id,
+            "pexec_id": pexec_id, "exe": exe,
+        }  # fmt: skip
+
+    # -- per event (only the types that change or read state) ------------------------------
+
+    def on_fork(self, ev: dict, pid: int) -> None:
+        if not ev["thread"]:
             child = ev["child_pid"]
             self.exe[child] = self.exe.get(pid) or self._exe(pid)
             cwd = self.cwd.get(pid)
             if cwd:
                 self.cwd[child] = cwd
-        exe = self.exe.get(pid)
-        if exe is None:
-            exe = self._exe(pid)
-        ev["exe"] = exe
-        if "_path" in ev:
-            self._resolve(ev)
-        if t == "exit":
-            self.exe.pop(pid, None)
-            self.cwd.pop(pid, None)
-        elif t == "bind" and ev["ret"] == 0:
+
+    def on_exit(self, ev: dict, pid: int) -> None:
+        self.exe.pop(pid, None)
+        self.cwd.pop(pid, None)
+
+    def on_bind(self, ev: dict, pid: int) -> None:
+        if ev["ret"] == 0:
             if len(self.bound) >= MAX_PROCS:
                 self.bound.clear()
             self.bound[(pid, ev["fd"])] = (ev["family"], ev["addr"], ev["port"])
-        elif t == "listen":
-            b = self.bound.get((pid, ev["fd"]))
-            if b:
-                ev["family"], ev["addr"], ev["port"] = b
-        elif t == "kill" and ev["call"] == "pidfd_send_signal":
+
+    def on_listen(self, ev: dict, pid: int) -> None:
+        b = self.bound.get((pid, ev["fd"]))
+        if b:
+            ev["family"], ev["addr"], ev["port"] = b
+
+    def on_kill(self, ev: dict, pid: int) -> None:
+        if ev["call"] == "pidfd_send_signal":
             # The kernel resolved pidfds the session opened with pidfd_open (in target_tid).
             resolved = ev["target_tid"]
             ev["target"] = resolved if resolved > 0 else self._pidfd_target(pid, ev["target"])
             ev["target_tid"] = 0
+
+    def enrich(self, ev: dict, h: tuple, i: tuple) -> dict:
+        """A whole event from a decoded record (layout.decode): identity, state, paths.
+
+        For tools and tests; the collector's hot path calls the parts itself."""
+        ev["ts"] += self.offset
+        pid = i[3]
+        t = ev["type"]
+        if t == "exec":
+            self.on_exec(ev, pid)
+        ev.update(self.identity(i))
+        self.after(ev, pid)
+        return ev
+
+    def after(self, ev: dict, pid: int) -> None:
+        """State kept across events, and absolute paths."""
+        if "_path" in ev:
+            self.resolve(ev, pid)
+        hook = self.HOOKS.get(ev["type"])
+        if hook is not None:
+            hook(self, ev, pid)
+
+    HOOKS = {
+        "fork": on_fork, "exit": on_exit, "bind": on_bind, "listen": on_listen,
+        "kill": on_kill,
+    }  # fmt: skip
 
     def remember(self, pid: int) -> None:
         """Read a process's cwd and exe now, while it surely lives (a session's root)."""
@@ -138,8 +176,7 @@ class ProcessCache:
         self.exe[pid] = exe
         return exe
 
-    def _on_exec(self, ev: dict) -> None:
-        pid = ev["pid"]
+    def on_exec(self, ev: dict, pid: int) -> None:
         cwd = _readlink(f"/proc/{pid}/cwd") or self.cwd.get(pid, "")
         if cwd:
             self.cwd[pid] = cwd
@@ -165,8 +202,7 @@ class ProcessCache:
             return cwd
         return _readlink(f"/proc/{pid}/fd/{dirfd}")
 
-    def _absolute(self, ev: dict, path: str | None, dirfd: int) -> str:
-        pid = ev["pid"]
+    def _absolute(self, ev: dict, pid: int, path: str | None, dirfd: int) -> str:
         if path is None:  # an fd operation: the fd names the file
             p = _readlink(f"/proc/{pid}/fd/{ev.get('fd', -1)}")
             if p is None:
@@ -184,14 +220,14 @@ class ProcessCache:
     def _unresolved(self, ev: dict) -> None:
         self.unresolved += 1
         if "unresolved" not in ev["flags"]:
-            ev["flags"].append("unresolved")
+            ev["flags"] = [*ev["flags"], "unresolved"]  # flags may be a shared tuple
 
-    def _resolve(self, ev: dict) -> None:
-        ev["path"] = self._absolute(ev, ev.pop("_path"), ev.get("dirfd", AT_FDCWD))
+    def resolve(self, ev: dict, pid: int) -> None:
+        ev["path"] = self._absolute(ev, pid, ev.pop("_path"), ev.get("dirfd", AT_FDCWD))
         if "_source" in ev:
-            ev["source"] = self._absolute(ev, ev.pop("_source"), ev.pop("_source_dirfd"))
+            ev["source"] = self._absolute(ev, pid, ev.pop("_source"), ev.pop("_source_dirfd"))
         if ev["type"] == "chdir" and ev["ret"] == 0 and "unresolved" not in ev["flags"]:
-            self.cwd[ev["pid"]] = ev["path"]
+            self.cwd[pid] = ev["path"]
 
     def _pidfd_target(self, pid: int, fd: int) -> int:
         try:
