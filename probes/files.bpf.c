@@ -7,8 +7,9 @@
  * chmod, fchmod, fchmodat, fchmodat2, chown, fchown, lchown, fchownat
  * truncate, ftruncate, utimensat, utimes, futimesat
  * chdir, fchdir                   so user space can follow the cwd and resolve relative paths
- * Each sys_enter_* copies the paths (user memory may change later) and stashes the record;
- * the matching sys_exit_* adds the result and emits it. Relative paths and dirfds are
+ * Each sys_enter_* copies the paths (user memory may change later) and stashes the record
+ * (a one-path record in pending_path, half the size of the two-path one); the matching
+ * sys_exit_* adds the result and emits it. Relative paths and dirfds are
  * resolved in user space: a0 carries the dirfd (or the fd, with RW_F_FDPATH).
  */
 
@@ -33,7 +34,7 @@ static __always_inline int rw_open(int dfd, const char *path, u64 flags, u64 mod
     r->h.a[1] = flags;
     r->h.a[2] = mode;
     rw_str1_user(r, path);
-    rw_stash_big(r);
+    rw_stash_path(r);
     return 0;
 }
 
@@ -41,13 +42,13 @@ TRACEPOINT_PROBE(syscalls, sys_enter_open)
 {
     return rw_open(RW_AT_FDCWD, args->filename, args->flags, args->mode);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_open) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_open) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_openat)
 {
     return rw_open(args->dfd, args->filename, args->flags, args->mode);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
 {
@@ -55,13 +56,13 @@ TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
     bpf_probe_read_user(how, sizeof(how), args->how);
     return rw_open(args->dfd, args->filename, how[0], how[1]);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_creat)
 {
     return rw_open(RW_AT_FDCWD, args->pathname, 01 | 0100 | 01000, args->mode);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_creat) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_creat) { return rw_finish_path(args->ret); }
 
 static __always_inline int rw_two_paths(u16 type, int olddfd, const char *old, int newdfd,
                                         const char *new, u64 flags)
@@ -134,7 +135,7 @@ static __always_inline int rw_path_op(u16 type, int dfd, const char *path, u64 a
     r->h.a[2] = a2;
     r->h.a[3] = a3;
     rw_str1_user(r, path);
-    rw_stash_big(r);
+    rw_stash_path(r);
     return 0;
 }
 
@@ -147,7 +148,7 @@ static __always_inline int rw_fd_op(u16 type, u32 fd, u64 a1, u64 a2)
     r->h.a[0] = fd;
     r->h.a[1] = a1;
     r->h.a[2] = a2;
-    rw_stash_big(r);
+    rw_stash_path(r);
     return 0;
 }
 
@@ -155,44 +156,44 @@ TRACEPOINT_PROBE(syscalls, sys_enter_unlink)
 {
     return rw_path_op(RW_UNLINK, RW_AT_FDCWD, args->pathname, 0, 0, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_unlink) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_unlink) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat)
 {
     return rw_path_op(RW_UNLINK, args->dfd, args->pathname, args->flag, 0, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_unlinkat) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_unlinkat) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_rmdir)
 {
     return rw_path_op(RW_UNLINK, RW_AT_FDCWD, args->pathname, 0x200 /* AT_REMOVEDIR */, 0, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_rmdir) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_rmdir) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_chmod)
 {
     return rw_path_op(RW_CHMOD, RW_AT_FDCWD, args->filename, args->mode, 0, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_chmod) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_chmod) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_fchmod)
 {
     return rw_fd_op(RW_CHMOD, args->fd, args->mode, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_fchmod) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_fchmod) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_fchmodat)
 {
     return rw_path_op(RW_CHMOD, args->dfd, args->filename, args->mode, 0, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_fchmodat) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_fchmodat) { return rw_finish_path(args->ret); }
 
 #ifdef RW_HAVE_FCHMODAT2
 TRACEPOINT_PROBE(syscalls, sys_enter_fchmodat2)
 {
     return rw_path_op(RW_CHMOD, args->dfd, args->filename, args->mode, args->flags, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_fchmodat2) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_fchmodat2) { return rw_finish_path(args->ret); }
 #endif
 
 TRACEPOINT_PROBE(syscalls, sys_enter_chown)
@@ -200,39 +201,39 @@ TRACEPOINT_PROBE(syscalls, sys_enter_chown)
     return rw_path_op(RW_CHOWN, RW_AT_FDCWD, args->filename, (u32)args->user, (u32)args->group,
                       0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_chown) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_chown) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_lchown)
 {
     return rw_path_op(RW_CHOWN, RW_AT_FDCWD, args->filename, (u32)args->user, (u32)args->group,
                       0x100 /* AT_SYMLINK_NOFOLLOW */);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_lchown) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_lchown) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_fchown)
 {
     return rw_fd_op(RW_CHOWN, args->fd, (u32)args->user, (u32)args->group);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_fchown) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_fchown) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_fchownat)
 {
     return rw_path_op(RW_CHOWN, args->dfd, args->filename, (u32)args->user, (u32)args->group,
                       args->flag);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_fchownat) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_fchownat) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_truncate)
 {
     return rw_path_op(RW_TRUNCATE, RW_AT_FDCWD, args->path, args->length, 0, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_truncate) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_truncate) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_ftruncate)
 {
     return rw_fd_op(RW_TRUNCATE, args->fd, args->length, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_ftruncate) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_ftruncate) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_utimensat)
 {
@@ -241,28 +242,28 @@ TRACEPOINT_PROBE(syscalls, sys_enter_utimensat)
         return rw_fd_op(RW_UTIMES, args->dfd, 0, 0);
     return rw_path_op(RW_UTIMES, args->dfd, args->filename, args->flags, 0, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_utimensat) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_utimensat) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_utimes)
 {
     return rw_path_op(RW_UTIMES, RW_AT_FDCWD, args->filename, 0, 0, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_utimes) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_utimes) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_futimesat)
 {
     return rw_path_op(RW_UTIMES, args->dfd, args->filename, 0, 0, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_futimesat) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_futimesat) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_chdir)
 {
     return rw_path_op(RW_CHDIR, RW_AT_FDCWD, args->filename, 0, 0, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_chdir) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_chdir) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_fchdir)
 {
     return rw_fd_op(RW_CHDIR, args->fd, 0, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_fchdir) { return rw_finish_big(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_fchdir) { return rw_finish_path(args->ret); }

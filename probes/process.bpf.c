@@ -256,6 +256,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     u32 tgid = id >> 32, tid = (u32)id;
     pending.delete(&tid);
     pending_hdr.delete(&tid);
+    pending_path.delete(&tid);
     clone_flags.delete(&tid);
     argv_stash.delete(&tid);
     if (!args->group_dead) {

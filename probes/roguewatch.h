@@ -109,6 +109,12 @@ BPF_ARRAY(counters, u64, 4);
 /* A syscall's record between its sys_enter and sys_exit, by thread id. Not preallocated:
  * records are 8 KiB and only threads inside a traced syscall of a session hold one. */
 BPF_F_TABLE("hash", u32, struct rw_rec, pending, 4096, BPF_F_NO_PREALLOC);
+/* The same for records with one path (most file events): a header and one RW_PATH_MAX. */
+struct rw_rec1 {
+    struct rw_hdr h;
+    char data[RW_PATH_MAX];
+};
+BPF_F_TABLE("hash", u32, struct rw_rec1, pending_path, 4096, BPF_F_NO_PREALLOC);
 /* The same for records with no string (kill, connect, socket...: most of a storm): only the
  * 144-byte header is copied, into a preallocated element, instead of 8 KiB. */
 BPF_HASH(pending_hdr, u32, struct rw_hdr, 4096);
@@ -200,6 +206,14 @@ static __always_inline void rw_stash_big(struct rw_rec *r)
         rw_count_pending_overflow(r->h.type);
 }
 
+/* A record whose only string is the first (len2 is 0): data beyond RW_PATH_MAX is unused. */
+static __always_inline void rw_stash_path(struct rw_rec *r)
+{
+    u32 tid = r->h.tid;
+    if (pending_path.update(&tid, (struct rw_rec1 *)r) != 0)
+        rw_count_pending_overflow(r->h.type);
+}
+
 static __always_inline void rw_stash(struct rw_rec *r)
 {
     if (r->h.len1 || r->h.len2) {
@@ -245,6 +259,23 @@ static __always_inline int rw_finish_big(long ret)
     r->h.ret = ret;
     rw_emit(r);
     pending.delete(&tid);
+    return 0;
+}
+
+static __always_inline int rw_finish_path(long ret)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct rw_rec1 *r = pending_path.lookup(&tid);
+    if (!r)
+        return 0;
+    r->h.ret = ret;
+    u32 size = sizeof(struct rw_hdr) + (u32)r->h.len1;
+    if (size > sizeof(struct rw_rec1))
+        size = sizeof(struct rw_rec1);
+    size &= 0x1fff;
+    if (size <= sizeof(struct rw_rec1))
+        rw_output(r, size, r->h.type);
+    pending_path.delete(&tid);
     return 0;
 }
 
