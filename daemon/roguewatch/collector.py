@@ -28,6 +28,7 @@ from roguewatch import bus, kernel, readiness
 from roguewatch import policy as policy_mod
 from roguewatch.config import Config
 from roguewatch.enrich import ProcessCache, proc_cmdline, proc_ppid, proc_start_ns
+from roguewatch.hostnames import HostRefresher
 from roguewatch.probes import layout
 from roguewatch.probes.layout import TYPE_NAMES, RecordError
 from roguewatch.ringbuf import RingBuffer
@@ -108,6 +109,8 @@ class Collector:
         self.rate = 0
         self._rate_mark = 0
         self.sessions: dict[int, dict] = {}
+        # Host names in egress allowlists, re-resolved on their TTL (a thread of its own).
+        self.hosts = HostRefresher(self._egress_hosts_changed, cfg.egress_refresh_s)
         self.adoptions: list[policy_mod.Adoption] = []
         self.started = time.time()
 
@@ -436,6 +439,7 @@ class Collector:
                 "baseline_ready": self.watcher is None or self.snapshot_done.is_set(),
                 "watcher": self.watcher.limits() if self.watcher is not None else None,
                 "tracked": len(self.probes.tracked()),
+                "egress_hosts": {"refreshes": self.hosts.refreshes, "changes": self.hosts.changes},
             }  # fmt: skip
         return {"ok": False, "error": f"unknown op {op!r}"}
 
@@ -475,15 +479,24 @@ class Collector:
     def _attach_egress(self, req: dict) -> dict:
         """Refuse in the kernel, for this cgroup, every destination outside the allowlist."""
         session, path = int(req["session"]), str(req["cgroup"])
+        allow = [str(a) for a in req["allow"]]
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        cgid = os.fstat(fd).st_ino
         try:
-            self.probes.attach_egress(fd, os.fstat(fd).st_ino, session, list(req["allow"]))
+            self.probes.attach_egress(fd, cgid, session, allow, self.hosts.addresses)
         except (kernel.ProbeError, ValueError) as exc:
             os.close(fd)
             return {"ok": False, "error": str(exc)}
         info = self.sessions.setdefault(session, {"root": 0, "cgroup": path, "fd": None})
-        info["fd"] = fd
+        info.update(fd=fd, cgid=cgid, allow=allow)
+        self.hosts.track(cgid, kernel.egress_hosts(allow))  # kept current on their TTL
         return {"ok": True}
+
+    def _egress_hosts_changed(self, cgid: int) -> None:
+        """A host name of this cgroup's allowlist resolves elsewhere now (refresher thread)."""
+        for info in list(self.sessions.values()):
+            if info.get("cgid") == cgid and info.get("fd") is not None:
+                self.probes.update_egress(cgid, info["allow"], self.hosts.addresses)
 
     def _session_end(self, req: dict) -> dict:
         """The root exited: name the survivors on the stream (kind `end`), drop egress."""
@@ -515,6 +528,8 @@ class Collector:
 
     def release(self, session: int) -> None:
         info = self.sessions.pop(session, None)
+        if info and info.get("cgid"):
+            self.hosts.untrack(info["cgid"])
         if info and info.get("fd") is not None:
             self.probes.detach_egress(info["fd"], os.fstat(info["fd"]).st_ino)
             os.close(info["fd"])
@@ -569,6 +584,7 @@ class Collector:
         self.report_losses()
 
     def close(self) -> None:
+        self.hosts.close()
         if self.watcher is not None:
             self.watcher.stop()
         self._drop_private_state()
@@ -596,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-adopt", action="store_true", help="ignore adoption selectors")
     ap.add_argument("--state-dir", help="baselines and quarantine (default from the config)")
     ap.add_argument("--no-watch", action="store_true", help="no filesystem watchers")
+    ap.add_argument("--egress-refresh", type=float, metavar="S",
+                    help="re-resolve allowlisted host names DNS gives no TTL for every S s")
     ap.add_argument("--ready-fd", type=int, help="write one byte here once probes are attached")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -617,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.state_dir = args.state_dir
     if args.no_watch:
         cfg.watch_files = False
+    if args.egress_refresh:
+        cfg.egress_refresh_s = args.egress_refresh
     try:
         col = Collector(cfg)
     except (kernel.ProbeError, bus.BusError) as exc:

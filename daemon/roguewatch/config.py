@@ -58,6 +58,9 @@ class Config:
     policies_dir: str = "/etc/roguewatch/policies.d"
     # Prometheus metrics on 127.0.0.1:PORT (0: off).
     metrics_port: int = 0
+    # Host names in egress allowlists are re-resolved on their DNS TTL; this often when DNS
+    # gives none (a name from /etc/hosts).
+    egress_refresh_s: float = 60.0
     # Filesystem watchers on persistence and oversight paths, with baselines and restore.
     watch_files: bool = True
     watch_extra: list[str] = field(default_factory=list)
@@ -111,6 +114,8 @@ def load(path: str | None) -> Config:
         if key not in _TYPES:
             raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(_TYPES)})")
         default = getattr(cfg, key)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # seconds written as a whole number
         ok = (
             isinstance(value, list)
             and all(isinstance(v, type(default[0]) if default else (str, int)) for v in value)
@@ -121,6 +126,8 @@ def load(path: str | None) -> Config:
         if not ok:
             raise ConfigError(f"{path}: key {key!r}: expected {_TYPES[key]}, got {value!r}")
         setattr(cfg, key, value)
+    if cfg.egress_refresh_s < 1:
+        raise ConfigError(f"{path}: key 'egress_refresh_s': expected at least 1 (seconds)")
     if cfg.ringbuf_pages <= 0 or cfg.ringbuf_pages & (cfg.ringbuf_pages - 1):
         raise ConfigError(f"{path}: key 'ringbuf_pages': expected a power of two")
     return cfg

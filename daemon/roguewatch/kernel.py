@@ -30,6 +30,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -498,15 +499,31 @@ class Probes:
 
     # -- egress denial -----------------------------------------------------------------------
 
-    def attach_egress(self, cgroup_fd: int, cgid: int, session: int, allow: list[str]) -> None:
+    def attach_egress(
+        self, cgroup_fd: int, cgid: int, session: int, allow: list[str],
+        addresses: Callable[[str], list[str]] | None = None,
+    ) -> None:  # fmt: skip
         """Refuse, in the kernel, every connect/sendmsg from this cgroup outside ``allow``."""
         if len(self.sock_progs) != len(SOCK_ADDR_PROGS):
             raise ProbeError("the egress programs are not loaded (rebuild the probe image)")
-        for key, value in egress_entries(cgid, allow):
-            self._update("egress_allow4" if len(key) == 16 else "egress_allow6", key, value)
+        self.update_egress(cgid, allow, addresses)
         self._update("egress_cgroups", struct.pack("<Q", cgid), struct.pack("<Q", session))
         for name, attach_type in SOCK_ADDR_PROGS.items():
             _prog_attach(BPF_PROG_ATTACH, cgroup_fd, self.sock_progs[name], attach_type)
+
+    def update_egress(
+        self, cgid: int, allow: list[str], addresses: Callable[[str], list[str]] | None = None
+    ) -> None:
+        """Write a cgroup's allowlist entries: the new ones first, then drop the stale ones,
+        so a destination allowed before and after is never refused in between."""
+        new = egress_entries(cgid, allow, addresses)
+        for key, value in new:
+            self._update("egress_allow4" if len(key) == 16 else "egress_allow6", key, value)
+        keep = {k for k, _ in new}
+        for mapname, klen in (("egress_allow4", 16), ("egress_allow6", 28)):
+            for k in self.keys(mapname, klen):
+                if struct.unpack_from("<Q", k, 4)[0] == cgid and k not in keep:
+                    self._delete(mapname, k)
 
     def detach_egress(self, cgroup_fd: int, cgid: int) -> None:
         for name, attach_type in SOCK_ADDR_PROGS.items():
@@ -587,15 +604,26 @@ def _prog_attach(cmd: int, target_fd: int, prog_fd: int, attach_type: int) -> No
         raise ProbeError(f"{what} an egress program: {os.strerror(ct.get_errno())}")
 
 
-def egress_entries(cgid: int, allow: list[str]) -> list[tuple[bytes, bytes]]:
+def egress_hosts(allow: list[str]) -> list[str]:
+    """The host names of an allowlist (entries that are not addresses or networks)."""
+    from roguewatch.fields import parse_egress_spec
+
+    return sorted({r.host for r in map(parse_egress_spec, allow) if r.network is None})
+
+
+def egress_entries(
+    cgid: int, allow: list[str], addresses: Callable[[str], list[str]] | None = None
+) -> list[tuple[bytes, bytes]]:
     """LPM trie entries (key, value) for a cgroup's allowlist.
 
     A lookup finds only the longest matching prefix, so each entry also carries the port
-    ranges of every shorter entry that contains it. Host names are resolved now.
+    ranges of every shorter entry that contains it. Host names are resolved by
+    ``addresses(host)`` (the collector's HostRefresher), or now by the system's resolver.
     """
-    import socket
-
     from roguewatch.fields import parse_egress_spec
+    from roguewatch.hostnames import system_addresses
+
+    resolve = addresses or (lambda h: system_addresses(h) or [])
 
     nets: list[tuple[object, int, int, int]] = []
     for spec in allow:
@@ -604,13 +632,9 @@ def egress_entries(cgid: int, allow: list[str]) -> list[tuple[bytes, bytes]]:
         if r.network is not None:
             nets.append((r.network, r.port_lo, r.port_hi, proto))
             continue
-        try:
-            infos = socket.getaddrinfo(r.host, None)
-        except OSError:
-            continue  # unresolvable now: allows nothing (the evaluator still alerts)
-        for info in infos:
-            ip = ipaddress.ip_address(info[4][0])
-            nets.append((ipaddress.ip_network(ip), r.port_lo, r.port_hi, proto))
+        # Unresolvable now: allows nothing (the evaluator still alerts).
+        for addr in resolve(r.host):
+            nets.append((ipaddress.ip_network(addr), r.port_lo, r.port_hi, proto))
     out = []
     seen: set[object] = set()
     for net, *_ in nets:
