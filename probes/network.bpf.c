@@ -54,6 +54,51 @@ static __always_inline void rw_copy_payload(struct rw_rec *r, const void *buf, u
         r->h.len1 = n;
 }
 
+/* The DNS destination a socket was connected to, by (tgid, fd). A socket inherited at fork
+ * has its entry under the ancestor that connected it: up to RW_DNS_ANCESTORS generations of
+ * the session are looked at. An entry whose address is zero is a tombstone: this process's
+ * fd was connected elsewhere since, and the ancestor's entry must not apply to it. */
+#define RW_DNS_ANCESTORS 4
+
+static __always_inline struct rw_dns_dest *rw_dns_lookup(u32 tgid, u32 fd, struct rw_proc *p)
+{
+    struct rw_sock_key k = {.tgid = tgid, .fd = fd};
+    struct rw_dns_dest *v = dns_socks.lookup(&k);
+    if (v)
+        return v;
+    u32 anc = p ? p->ppid : 0;
+#pragma unroll
+    for (int i = 0; i < RW_DNS_ANCESTORS; i++) {
+        if (!anc)
+            break;
+        k.tgid = anc;
+        v = dns_socks.lookup(&k);
+        if (v)
+            return v;
+        struct rw_proc *ap = sessions.lookup(&anc);
+        if (!ap)
+            break;
+        anc = ap->ppid;
+    }
+    return 0;
+}
+
+static __always_inline bool rw_dns_sock(u32 tgid, u32 fd, struct rw_proc *p)
+{
+    /* Read through the pointer: clang would otherwise OR it with other conditions, and the
+     * verifier refuses arithmetic on a map pointer that may be NULL. */
+    struct rw_dns_dest *v = rw_dns_lookup(tgid, fd, p);
+    return v ? v->addr[0] != 0 : 0;
+}
+
+/* A send with no destination on a DNS socket: name the destination it was connected to. */
+static __always_inline void rw_dns_dest_of(struct rw_rec *r, u32 tgid, u32 fd, struct rw_proc *p)
+{
+    struct rw_dns_dest *v = rw_dns_lookup(tgid, fd, p);
+    if (v)
+        __builtin_memcpy(r->h.addr, v->addr, sizeof(r->h.addr));
+}
+
 TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 {
     struct rw_proc *p = rw_current_proc();
@@ -70,8 +115,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
         struct rw_dns_dest d = {};
         __builtin_memcpy(d.addr, r->h.addr, sizeof(d.addr));
         dns_socks.update(&k, &d);
-    } else {
-        dns_socks.delete(&k); /* reconnected elsewhere */
+    } else if (rw_dns_sock(r->h.pid, args->fd, p)) {
+        struct rw_dns_dest none = {}; /* reconnected elsewhere: a tombstone hides the */
+        dns_socks.update(&k, &none);  /* entry of the ancestor this fd came from */
     }
     rw_stash(r);
     return 0;
@@ -80,24 +126,6 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 {
     return rw_finish_hdr(args->ret);
-}
-
-static __always_inline bool rw_dns_sock(u32 tgid, u32 fd)
-{
-    struct rw_sock_key k = {.tgid = tgid, .fd = fd};
-    /* Read through the pointer: clang would otherwise OR it with other conditions, and the
-     * verifier refuses arithmetic on a map pointer that may be NULL. */
-    struct rw_dns_dest *v = dns_socks.lookup(&k);
-    return v ? v->addr[0] != 0 : 0;
-}
-
-/* A send with no destination on a DNS socket: name the destination it was connected to. */
-static __always_inline void rw_dns_dest_of(struct rw_rec *r, u32 tgid, u32 fd)
-{
-    struct rw_sock_key k = {.tgid = tgid, .fd = fd};
-    struct rw_dns_dest *v = dns_socks.lookup(&k);
-    if (v)
-        __builtin_memcpy(r->h.addr, v->addr, sizeof(r->h.addr));
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
@@ -109,7 +137,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
     bool fastopen = args->flags & RW_MSG_FASTOPEN;
     /* A send on a connected socket has no destination of its own: skip it, unless it is a
      * DNS socket (the query is the interesting part) or TCP Fast Open. */
-    if (!args->addr && !fastopen && !rw_dns_sock(tgid, args->fd))
+    if (!args->addr && !fastopen && !rw_dns_sock(tgid, args->fd, p))
         return 0;
     struct rw_rec *r = rw_begin(RW_SENDTO, p);
     if (!r)
@@ -121,7 +149,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
     if (args->addr)
         rw_sockaddr(r, args->addr, args->addr_len);
     else
-        rw_dns_dest_of(r, tgid, args->fd);
+        rw_dns_dest_of(r, tgid, args->fd, p);
     if (rw_is_dns(r))
         rw_copy_payload(r, args->buff, args->len);
     rw_stash(r);
@@ -157,7 +185,7 @@ static __always_inline int rw_sendmsg(int fd, const void *umsg, u32 vlen)
     if (bpf_probe_read_user(&m, sizeof(m), umsg) != 0)
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    bool dns_sock = rw_dns_sock(tgid, fd);
+    bool dns_sock = rw_dns_sock(tgid, fd, p);
     if (!m.name && !dns_sock)
         return 0;
     struct rw_rec *r = rw_begin(RW_SENDMSG, p);
@@ -169,7 +197,7 @@ static __always_inline int rw_sendmsg(int fd, const void *umsg, u32 vlen)
     if (m.name)
         rw_sockaddr(r, m.name, m.namelen);
     else
-        rw_dns_dest_of(r, tgid, fd);
+        rw_dns_dest_of(r, tgid, fd, p);
     if (rw_is_dns(r) && m.iov && m.iovlen > 0) {
         struct rw_iovec iov = {};
         if (bpf_probe_read_user(&iov, sizeof(iov), m.iov) == 0 && iov.base)

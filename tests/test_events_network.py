@@ -229,11 +229,6 @@ def test_dns_over_tcp_to_port_53_is_decoded_past_the_length_prefix(stream: Strea
     assert ev["dns_name"] == DNS_NAME
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dns_socks is keyed by (tgid, fd): a child that inherits a socket connected to port "
-    "53 sends its queries unseen (the child's tgid has no entry)",
-)
 def test_dns_query_from_a_child_on_an_inherited_dns_socket(stream: Stream) -> None:
     s = stream.python(
         f"""
@@ -249,6 +244,33 @@ def test_dns_query_from_a_child_on_an_inherited_dns_socket(stream: Stream) -> No
     )
     child = s.one("fork", pid=s.pid)["child_pid"]
     assert s.one("sendto", pid=child)["dns_name"] == DNS_NAME
+
+
+def test_an_inherited_fd_number_reconnected_elsewhere_is_not_taken_for_dns(
+    stream: Stream,
+) -> None:
+    # The child's fd once was the parent's DNS socket; connected elsewhere, its sends must not
+    # be read as DNS queries (the ancestor's entry is hidden by a tombstone).
+    s = stream.python(
+        f"""
+        import os, socket
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.connect(("127.0.0.53", 53))
+        pid = os.fork()
+        if pid == 0:
+            fd = u.fileno()
+            u.close()
+            v = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            assert v.fileno() == fd
+            v.connect(("127.0.0.54", 5353))
+            v.send({dns_query(DNS_NAME)!r})
+            os._exit(0)
+        os.waitpid(pid, 0)
+        """
+    )
+    child = s.one("fork", pid=s.pid)["child_pid"]
+    assert s.one("connect", pid=child)["port"] == 5353
+    assert not s.of_type("sendto", pid=child)
 
 
 def test_sendmmsg_to_port_53_is_a_sendmsg_event_with_the_query(stream: Stream) -> None:
