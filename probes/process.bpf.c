@@ -230,21 +230,44 @@ TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
     (1ULL << 12) | (1ULL << 13) | (1ULL << 14) | (1ULL << 15) | (1ULL << 16) | (1ULL << 24) | \
     (1ULL << 25) | (1ULL << 26) | (1ULL << 27) | (1ULL << 29) | (1ULL << 30) | (1ULL << 31))
 
+/* tgid -> a fatal signal a user task sent it, not since delivered to a handler. A fatal
+ * SIG_DFL signal is turned into a group exit when it is sent (complete_signal): the dying
+ * task only ever dequeues SIGKILL, so signal_deliver alone would say 9. Noted at
+ * signal_generate (signals.bpf.c), used when the SIGKILL arrives. */
+BPF_HASH(fatal_sent, u32, u32, 16384);
+
+static __always_inline void rw_note_fatal_sent(u32 target, int sig, int code, int result)
+{
+    if (code > 0 || result != 0 || sig <= 0 || sig >= 32 || sig == 9 ||
+        !((1ULL << sig) & RW_FATAL_DEFAULT))
+        return;
+    if (!sessions.lookup(&target))
+        return;
+    u32 s = sig;
+    fatal_sent.update(&target, &s);
+}
+
 TRACEPOINT_PROBE(signal, signal_deliver)
 {
     int sig = args->sig;
     if (sig <= 0 || sig >= 32 || !((1ULL << sig) & RW_FATAL_DEFAULT))
         return 0;
-    if (sig != 9 && args->sa_handler != 0)
-        return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!sessions.lookup(&tgid))
         return 0;
-    /* A fatal SIG_DFL signal becomes a group exit that SIGKILLs the other threads: keep the
-     * signal that started it. */
+    if (sig != 9 && args->sa_handler != 0) {
+        fatal_sent.delete(&tgid); /* caught: what was sent is not a death */
+        return 0;
+    }
+    /* The group exit SIGKILLs the other threads too: keep the signal that started it. */
     u64 *old = exit_status.lookup(&tgid);
     if (sig == 9 && old && (*old >> 32))
         return 0;
+    if (sig == 9) {
+        u32 *sent = fatal_sent.lookup(&tgid);
+        if (sent)
+            sig = *sent;
+    }
     u64 status = (u64)sig << 32;
     exit_status.update(&tgid, &status);
     return 0;
@@ -278,6 +301,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         rw_emit(r);
     }
     exit_status.delete(&tgid);
+    fatal_sent.delete(&tgid);
     sessions.delete(&tgid);
     if (tid != tgid)
         sessions.delete(&tid);

@@ -100,6 +100,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_send_signal) { return rw_finish_hdr(ar
 
 TRACEPOINT_PROBE(signal, signal_generate)
 {
+    /* A fatal signal to a tracked process: what its exit will say (process.bpf.c). */
+    rw_note_fatal_sent(args->pid, args->sig, args->code, args->result);
     /* Only signals sent by a user task (SI_USER, SI_QUEUE, SI_TKILL...: code <= 0), never
      * SIGCHLD, and only when the target is one of ours. */
     if (args->code > 0 || args->sig == RW_SIGCHLD || args->sig <= 0)

@@ -78,12 +78,9 @@ def test_kill_of_a_child_with_sigterm(stream: Stream) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a fatal SIG_DFL signal is turned into a group exit at send time: the dying task "
-    "only ever sees SIGKILL at signal_deliver, so the exit event says 9 (known limitation)",
-)
 def test_exit_of_a_child_killed_by_sigterm_reports_sigterm(stream: Stream) -> None:
+    # The kernel turns a fatal SIG_DFL signal into a group SIGKILL when it is sent: the
+    # probes remember what was sent (signal_generate) to report it at the exit.
     s = stream.python(
         """
         import os, signal, time
@@ -99,6 +96,30 @@ def test_exit_of_a_child_killed_by_sigterm_reports_sigterm(stream: Stream) -> No
     assert s.status == 0
     child = s.one("fork", pid=s.pid)["child_pid"]
     assert s.one("exit", pid=child)["signal"] == signal.SIGTERM
+
+
+def test_a_caught_sigterm_then_a_sigkill_reports_sigkill(stream: Stream) -> None:
+    s = stream.python(
+        """
+        import os, signal, time
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, lambda *_: os.write(w, b"t"))
+            os.write(w, b"r")
+            while True:
+                time.sleep(1)
+        assert os.read(r, 1) == b"r"
+        os.kill(pid, signal.SIGTERM)
+        assert os.read(r, 1) == b"t"  # handled: not a death
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        assert os.WTERMSIG(status) == signal.SIGKILL
+        """
+    )
+    assert s.status == 0
+    child = s.one("fork", pid=s.pid)["child_pid"]
+    assert s.one("exit", pid=child)["signal"] == signal.SIGKILL
 
 
 def test_kill_of_a_process_group_keeps_the_negative_target(stream: Stream) -> None:
