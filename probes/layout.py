@@ -45,6 +45,7 @@ F_TRUNC = 1 << 3
 F_FDPATH = 1 << 4
 F_DENIED = 1 << 5
 F_KILLED = 1 << 6
+F_UNTRACKED = 1 << 7
 
 AT_FDCWD = -100
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET = 1, 2, 10, 16, 17
@@ -327,7 +328,7 @@ BUILDERS: dict[int, Builder] = {
 
 _FLAG_NAMES = (
     (F_GUARD, "guard"), (F_ADOPTED, "adopted"), (F_TRUNC, "truncated"), (F_DENIED, "denied"),
-    (F_KILLED, "killed"),
+    (F_KILLED, "killed"), (F_UNTRACKED, "untracked"),
 )  # fmt: skip
 
 
@@ -336,7 +337,7 @@ def flag_names(fl: int) -> list[str]:
 
 
 # The flags field of every combination of the named bits, computed once.
-FLAGS: tuple[tuple[str, ...], ...] = tuple(tuple(flag_names(i)) for i in range(128))
+FLAGS: tuple[tuple[str, ...], ...] = tuple(tuple(flag_names(i)) for i in range(256))
 
 
 def cstr(b: bytes) -> str:
@@ -379,7 +380,7 @@ def decode(buf, off: int, length: int) -> tuple[dict, tuple, tuple]:
         "gid": i[6],
         "comm": i[7].split(b"\0", 1)[0].decode(errors="replace"),
         "ret": h[V_RET],
-        "flags": list(FLAGS[h[V_FLAGS] & 0x7F]),
+        "flags": list(FLAGS[h[V_FLAGS] & 0xFF]),
     }
     build(ev, h, s1, s2)
     return ev, h, i

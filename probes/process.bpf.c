@@ -71,8 +71,17 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
         c.pstart_ns = p->start_ns;
         c.ppid = ptgid;
         c.flags = p->flags;
-        if (sessions.update(&child, &c) != 0)
-            rw_count_lost(RW_FORK);
+        if (sessions.update(&child, &c) != 0) {
+            /* The session map is full: the child would run untracked. Fail closed: in
+             * enforce mode the parent dies before it returns from fork (the child, already
+             * made, is in the session's cgroup, which the session end kills whole). */
+            u32 k = 2;
+            u64 *n = counters.lookup(&k);
+            if (n)
+                __sync_fetch_and_add(n, 1);
+            r->h.flags |= RW_F_UNTRACKED;
+            rw_kill_current(r, p);
+        }
     }
     r->h.a[0] = child;
     r->h.a[1] = flags;

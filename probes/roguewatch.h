@@ -52,6 +52,7 @@ enum rw_type {
 #define RW_F_FDPATH     (1 << 4) /* a0 is an fd whose path user space must resolve */
 #define RW_F_DENIED     (1 << 5) /* refused in the kernel by the session's egress policy */
 #define RW_F_KILLED     (1 << 6) /* the sender was SIGKILLed in the kernel for it */
+#define RW_F_UNTRACKED  (1 << 7) /* fork: the session map was full, the child is untracked */
 
 /* rw_proc.flags (inherited at fork) */
 #define RW_P_OBSERVE    (1 << 8) /* the session is in observe mode: never kill */
@@ -104,7 +105,8 @@ BPF_HASH(adopt_comms, struct rw_comm_key, u8, 1024);
 BPF_HASH(guarded, u32, u8, 4096);
 BPF_PERCPU_ARRAY(lost, u64, RW_TYPE_MAX);
 BPF_PERCPU_ARRAY(scratch, struct rw_rec, 1);
-/* counters[0]: next adopted session number; [1]: pending-map overflows */
+/* counters[0]: next adopted session number; [1]: pending-map overflows;
+ * [2]: forks whose child could not be tracked (the session map was full) */
 BPF_ARRAY(counters, u64, 4);
 /* A syscall's record between its sys_enter and sys_exit, by thread id. Not preallocated:
  * records are 8 KiB and only threads inside a traced syscall of a session hold one. */

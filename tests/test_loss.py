@@ -43,3 +43,42 @@ def test_a_flooded_ring_buffer_is_counted_and_raised_as_a_monitor_event() -> Non
         assert "ring buffer" in monitor["detail"]
     finally:
         watcher.close()
+
+
+def test_a_full_session_map_fails_closed_and_is_raised() -> None:
+    require_root()
+    # A map of 16 tracked processes: a session that forks past it would have children nobody
+    # tracks. The parent is killed in the kernel at the first fork that cannot be tracked.
+    try:
+        watcher = sessions.start_private_collector(["--max-procs", "16", "--no-watch"])
+    except sessions.SessionError as exc:
+        pytest.fail(f"the collector could not load its probes: {exc}")
+    try:
+        sub = bus.Subscriber(watcher.events)
+        assert sub.wait_ready(5000)
+        forker = (
+            "import os\n"
+            "r, w = os.pipe()\n"
+            "for _ in range(40):\n"
+            "    if os.fork() == 0:\n"
+            "        os.close(w); os.read(r, 1); os._exit(0)  # until the parent is gone\n"
+        )
+        pid, sid = sessions.spawn_in_session(
+            ["/usr/bin/python3", "-S", "-c", forker], sessions.register_with(watcher.control)
+        )
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9, status
+        forks, monitor = [], None
+        for ev in sub.events(timeout_ms=2500):
+            if ev.get("session") == sid and ev["type"] == "fork" and ev["pid"] == pid:
+                forks.append(ev)
+            if ev["type"] == "monitor" and ev.get("kind") == "loss":
+                monitor = ev
+        untracked = [f for f in forks if "untracked" in f["flags"]]
+        assert len(forks) < 40 and untracked, "the parent went on forking untracked children"
+        assert "killed" in untracked[0]["flags"]
+        assert monitor is not None and monitor["untracked_forks"] >= 1
+        assert "could not be tracked" in monitor["detail"]
+        assert watcher.control.request("stats")["untracked_forks"] >= 1
+    finally:
+        watcher.close()

@@ -67,13 +67,16 @@ class Losses:
     pending: int
     decode: int
     bus: int
+    untracked: int = 0  # not events: children that escaped tracking (a full session map)
 
     def total(self) -> int:
-        return sum(self.ring.values()) + self.pending + self.decode + self.bus
+        return sum(self.ring.values()) + self.pending + self.decode + self.bus + self.untracked
 
 
 class Collector:
-    def __init__(self, cfg: Config, probes: kernel.Probes | None = None) -> None:
+    def __init__(
+        self, cfg: Config, probes: kernel.Probes | None = None, max_procs: int = 65536
+    ) -> None:
         self.cfg = cfg
         # Watchers first: their baseline snapshot then overlaps the loading of the probes.
         self.fs_queue: deque[dict] = deque()
@@ -84,7 +87,8 @@ class Collector:
         if cfg.watch_files:
             self.start_watchers()
         self.probes = probes or kernel.load(
-            kernel.BuildOptions(ringbuf_pages=cfg.ringbuf_pages), cfg.cache_dir
+            kernel.BuildOptions(ringbuf_pages=cfg.ringbuf_pages, max_procs=max_procs),
+            cfg.cache_dir,
         )
         self.ring = RingBuffer(self.probes.fd("events"), self.probes.ringbuf_size())
         self.ctx = zmq.Context.instance()
@@ -300,7 +304,7 @@ class Collector:
             self.lost_decode += 1
             return
         ev = {"type": TYPE_NAMES[t], "ts": h[0] + self.cache.offset, "tid": h[2], "ret": h[1],
-              "flags": _FLAGS[h[4] & 0x7F]}  # fmt: skip
+              "flags": _FLAGS[h[4] & 0xFF]}  # fmt: skip
         build(ev, h, s1, s2)
         key = buf[off + _IDENT_OFF : off + _HSIZE]
         if t == _EXEC:  # a new image: its exe and cwd are read now, then its identity
@@ -345,7 +349,8 @@ class Collector:
 
     def losses(self) -> Losses:
         ring = {TYPE_NAMES[t]: c for t, c in enumerate(self.probes.lost_by_type()) if c and t}
-        return Losses(ring, self.probes.pending_overflows(), self.lost_decode, self.pub.lost_events)
+        return Losses(ring, self.probes.pending_overflows(), self.lost_decode, self.pub.lost_events,
+                      self.probes.untracked_forks())  # fmt: skip
 
     def report_losses(self) -> Losses | None:
         """A `monitor` event when any loss counter grew since the last report."""
@@ -356,11 +361,13 @@ class Collector:
             "type": "monitor", "kind": "loss", "ts": time.time_ns(), "session": 0,
             "pid": os.getpid(), "flags": [],
             "lost_ring": now.ring, "lost_pending": now.pending, "lost_decode": now.decode,
-            "lost_bus": now.bus,
+            "lost_bus": now.bus, "untracked_forks": now.untracked,
             "detail": (
                 f"events lost: {sum(now.ring.values())} in the kernel ring buffer, "
                 f"{now.pending} for a full pending map, {now.decode} malformed, "
                 f"{now.bus} not sent on the bus (totals since start)"
+                + (f"; {now.untracked} forked children could not be tracked (the session map "
+                   "is full: their parents were killed in enforce mode)" if now.untracked else "")
             ),
         }])  # fmt: skip
         self._reported = now
@@ -434,6 +441,7 @@ class Collector:
             return {
                 "ok": True, "events": self.events_total, "uptime": time.time() - self.started,
                 "lost_ring": loss.ring, "lost_pending": loss.pending, "lost_decode": loss.decode,
+                "untracked_forks": loss.untracked,
                 "lost_bus": loss.bus, "probes": len(self.probes.attached), "rate": self.rate,
                 "probes_failed": [f for f, _ in self.probes.failed],
                 "baseline_ready": self.watcher is None or self.snapshot_done.is_set(),
@@ -609,11 +617,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", help="event stream endpoint")
     ap.add_argument("--control", help="control endpoint")
     ap.add_argument("--ringbuf-pages", type=int)
+    ap.add_argument("--max-procs", type=int, help=argparse.SUPPRESS)  # tests: a small map
     ap.add_argument("--no-adopt", action="store_true", help="ignore adoption selectors")
     ap.add_argument("--state-dir", help="baselines and quarantine (default from the config)")
     ap.add_argument("--no-watch", action="store_true", help="no filesystem watchers")
-    ap.add_argument("--egress-refresh", type=float, metavar="S",
-                    help="re-resolve allowlisted host names DNS gives no TTL for every S s")
+    ap.add_argument(
+        "--egress-refresh",
+        type=float,
+        metavar="S",
+        help="re-resolve allowlisted host names DNS gives no TTL for every S s",
+    )
     ap.add_argument("--ready-fd", type=int, help="write one byte here once probes are attached")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -638,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.egress_refresh:
         cfg.egress_refresh_s = args.egress_refresh
     try:
-        col = Collector(cfg)
+        col = Collector(cfg, max_procs=args.max_procs or 65536)
     except (kernel.ProbeError, bus.BusError) as exc:
         print(f"roguewatch collector: {exc}", file=sys.stderr)
         return 1

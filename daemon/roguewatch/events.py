@@ -59,7 +59,9 @@ COMMON_FIELDS: tuple[Field, ...] = (
         "scan, not seen starting), `adopted` (tracked by an adoption selector), `truncated` "
         "(a string was cut at 4 KiB), `unresolved` (a relative path could not be made absolute), "
         "`denied` (refused in the kernel by the session's egress policy: nothing was sent), "
-        "`killed` (the sender was SIGKILLed in the kernel for attacking roguewatch)",
+        "`killed` (SIGKILLed in the kernel: for attacking roguewatch, or for a fork that "
+        "the full session map could not track), `untracked` (a fork whose child could not be "
+        "tracked: the session map was full)",
     ),
 )
 
@@ -352,6 +354,7 @@ EVENT_TYPES: tuple[EventType, ...] = (
             Field("lost_bus", "int", "events ZeroMQ could not send"),
             Field("lost_decode", "int", "malformed records dropped"),
             Field("lost_pending", "int", "syscall records dropped for a full pending map"),
+            Field("untracked_forks", "int", "forked children the full session map could not track"),
             Field("detail", "str", "human-readable explanation"),
         ),
         "(collector)",

@@ -190,9 +190,12 @@ class ProbeImage:
 @dataclass(frozen=True)
 class BuildOptions:
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
+    max_procs: int = 65536  # tracked processes (the session map), all sessions together
 
     def cflags(self, have: list[str]) -> list[str]:
         flags = [f"-DRW_RINGBUF_PAGES={self.ringbuf_pages}", "-Wno-macro-redefined"]
+        if self.max_procs != 65536:
+            flags.append(f"-DRW_MAX_PROCS={self.max_procs}")
         flags += [f"-D{m}=1" for m in have]
         return flags
 
@@ -312,14 +315,18 @@ def cached_image(opts: BuildOptions, cache_dir: str = CACHE_DIR) -> ProbeImage:
     # Compile in a child so clang's memory never stays in a long-running process.
     proc = subprocess.run(
         [sys.executable, "-m", "roguewatch.kernel", "--build", path,
-         "--ringbuf-pages", str(opts.ringbuf_pages)],
+         "--ringbuf-pages", str(opts.ringbuf_pages), "--max-procs", str(opts.max_procs)],
         capture_output=True,
         text=True,
     )  # fmt: skip
     if proc.returncode != 0:
         raise ProbeError(proc.stderr.strip().splitlines()[-1] if proc.stderr else "compile failed")
     with open(path, "rb") as f:
-        return ProbeImage.loads(f.read())
+        img = ProbeImage.loads(f.read())
+    if img.key != key:  # the build was given other options than these: never use it
+        os.unlink(path)
+        raise ProbeError(f"the probe image built for {opts} does not match its options")
+    return img
 
 
 def _write_image(path: str, opts: BuildOptions) -> None:
@@ -514,6 +521,11 @@ class Probes:
         raw = self._lookup("counters", struct.pack("<I", 1), 8)
         return struct.unpack("<Q", raw)[0] if raw else 0
 
+    def untracked_forks(self) -> int:
+        """Children that escaped tracking because the session map was full."""
+        raw = self._lookup("counters", struct.pack("<I", 2), 8)
+        return struct.unpack("<Q", raw)[0] if raw else 0
+
     # -- egress denial -----------------------------------------------------------------------
 
     def attach_egress(
@@ -697,9 +709,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="build the probe image (used by the loader)")
     ap.add_argument("--build", metavar="PATH", required=True)
     ap.add_argument("--ringbuf-pages", type=int, default=DEFAULT_RINGBUF_PAGES)
+    ap.add_argument("--max-procs", type=int, default=BuildOptions.max_procs)
     args = ap.parse_args(argv)
     try:
-        _write_image(args.build, BuildOptions(ringbuf_pages=args.ringbuf_pages))
+        _write_image(args.build, BuildOptions(args.ringbuf_pages, args.max_procs))
     except ProbeError as exc:
         print(f"roguewatch: {exc}", file=sys.stderr)
         return 1
