@@ -47,8 +47,10 @@ _F_ADOPTED = layout.F_ADOPTED
 _NO_STRINGS = (b"", b"")
 _EXEC = layout.TYPE_NUMBERS["exec"]
 _EXIT = layout.TYPE_NUMBERS["exit"]
+_KILL = layout.TYPE_NUMBERS["kill"]
+_PIDFD = "pidfd_send_signal"  # the one kind of kill whose target needs state
 _STATEFUL = frozenset(
-    layout.TYPE_NUMBERS[n] for n in ProcessCache.HOOKS
+    layout.TYPE_NUMBERS[n] for n in ProcessCache.HOOKS if n != "kill"
 )  # types whose events read or change the per-process state
 
 ADOPTED_PROCFS_BASE = (1 << 62) | (1 << 61)
@@ -313,7 +315,7 @@ class Collector:
             ident = self._identity(key, i)
         else:
             ident = self._idents.get(key) or self._identity(key, _IDENT.unpack(key))
-            if t in _STATEFUL or "_path" in ev:
+            if t in _STATEFUL or "_path" in ev or (t == _KILL and ev["call"] == _PIDFD):
                 self.cache.after(ev, ident["pid"])
                 if t == _EXIT:
                     self._idents.pop(key, None)

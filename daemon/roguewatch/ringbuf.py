@@ -17,9 +17,8 @@ from __future__ import annotations
 import mmap
 from collections.abc import Callable
 
-_BUSY = 1 << 31
-_DISCARD = 1 << 30
-_HDR = 8  # u32 len (with the busy and discard bits), u32 page offset
+# Each record starts with an 8-byte header: u32 length, whose bit 31 says "busy" (reserved,
+# not yet committed) and bit 30 "discarded", then a u32 page offset. Records are 8-aligned.
 
 
 class RingBuffer:
@@ -60,16 +59,17 @@ class RingBuffer:
         prod = self._prod_pos[0]
         n = 0
         mask, data = self._mask, self._data
+        # Literals, not named constants: this loop runs 150,000 times a second.
         while cons < prod and n < limit:
             off = data + (cons & mask)
             hlen = words[off >> 2]
-            if hlen & _BUSY:
+            if hlen & 0x80000000:  # busy
                 break  # reserved but not yet committed: stop here, keep order
-            length = hlen & ~(_BUSY | _DISCARD)
-            if not hlen & _DISCARD:
-                handle(prod_map, off + _HDR, length)
+            length = hlen & 0x3FFFFFFF
+            if not hlen & 0x40000000:  # not discarded
+                handle(prod_map, off + 8, length)  # the record after its 8-byte header
                 n += 1
-            cons += (length + _HDR + 7) & ~7
+            cons += (length + 8 + 7) & ~7
         self._cons_pos[0] = cons
         return n
 
