@@ -18,15 +18,22 @@ pytestmark = pytest.mark.kernel
 QUEUED = "/proc/sys/fs/inotify/max_queued_events"
 
 
-def test_an_inotify_overflow_is_raised_and_the_rescan_finds_the_change() -> None:
+def test_an_inotify_overflow_is_raised_and_the_rescan_finds_the_change(tmp_path: Path) -> None:
     require_root()
+    # A watched directory of this test's own (configuration `watch_extra`): a flood in
+    # /etc/cron.d would be baselined, and then "restored" after our clean-up, by any other
+    # roguewatch running on the host meanwhile.
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    cfg = tmp_path / "roguewatchd.yaml"
+    cfg.write_text(f"watch_extra: [{spool}]\n")
     old = Path(QUEUED).read_text()
     Path(QUEUED).write_text("16")  # the limit is taken when the watcher's inotify is made
     try:
-        watcher = sessions.start_private_collector()
+        watcher = sessions.start_private_collector(["--config", str(cfg)])
     finally:
         Path(QUEUED).write_text(old)
-    flood = [f"/etc/cron.d/rwtest-flood-{os.getpid()}-{i}" for i in range(200)]
+    flood = [str(spool / f"flood-{i}") for i in range(200)]
     try:
         while not watcher.control.request("stats")["baseline_ready"]:
             time.sleep(0.05)

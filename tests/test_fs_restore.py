@@ -1,6 +1,7 @@
 """The second sensor under `roguewatch run` (enforce): persistence and oversight files are
 alerted with the session named, the writer killed, the file restored (content and mode equal
-to the baseline) and the agent's version kept in quarantine."""
+to the baseline) and the agent's version kept in quarantine. A change by a process in no
+session is alerted with that process's pid (fanotify) and undone."""
 
 from __future__ import annotations
 
@@ -168,10 +169,11 @@ def test_a_user_unit_in_a_directory_that_did_not_exist_at_start_is_removed(
     assert not os.path.exists(unit)
 
 
-def test_a_change_by_an_untracked_process_is_alerted_with_writer_unknown_and_undone(
+def test_a_change_by_an_untracked_process_is_alerted_with_its_pid_and_undone(
     stream: Stream, tmp_path: Path
 ) -> None:
-    # This test process is in no session: only the watchers can see what it writes.
+    # This test process is in no session: only the watchers can see what it writes, and
+    # fanotify says it was this process (test_fanotify: `writer: unknown` without fanotify).
     e = EvaluatorUnderTest(stream.watcher, tmp_path)
     path = f"/etc/cron.d/rwtest-untracked-{os.getpid()}"
     deadline = time.monotonic() + 30
@@ -183,7 +185,8 @@ def test_a_change_by_an_untracked_process_is_alerted_with_writer_unknown_and_und
             f.write("* * * * * root /tmp/payload\n")
         alert = e.wait_alert("persistence_cron_write")
         assert alert["event"]["type"] == "fs_change"
-        assert alert["event"]["writer"] == "unknown" and alert["session"] == "0"
+        assert alert["session"] == "0" and alert["pid"] == os.getpid()
+        assert alert["event"]["writer"].startswith(f"pid {os.getpid()} ")
         assert "did not exist at baseline" in alert["outcome"], alert["outcome"]
         assert not os.path.exists(path)
     finally:

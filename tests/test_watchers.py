@@ -257,6 +257,19 @@ def test_watch_paths_of_the_default_rules():
     assert all(p.startswith("/") and "~" not in p for p in paths)
 
 
+def test_watch_paths_cover_log_and_audit_configuration_and_our_own_files():
+    """The issue's "log and audit configuration, roguewatch's own config, rules and logs":
+    named files and directories, never the whole of /var/log (every log line would be an
+    event)."""
+    rs = ruleset.load_rules()
+    paths = watch_paths(rs.lists, [], homes=["/root"])
+    for p in ("/etc/audit", "/etc/rsyslog.conf", "/etc/rsyslog.d", "/etc/logrotate.conf",
+              "/etc/logrotate.d", "/etc/systemd/journald.conf", "/etc/systemd/journald.conf.d",
+              "/etc/roguewatch", "/var/log/roguewatch", "/etc/systemd/system"):  # fmt: skip
+        assert p in paths, p
+    assert "/var/log" not in paths and "/run/log/journal" not in paths
+
+
 def test_limits_are_read(tmp_path, watch):
     w, _ = watch([str(tmp_path)])
     lim = w.limits()

@@ -149,14 +149,67 @@ class Collector:
         # probes still see an agent that touches it.
         own = tuple(d.rstrip("/") for d in (self.cfg.state_dir, "/var/lib/roguewatch"))
         paths = [p for p in paths if not any(p == d or p.startswith(d + "/") for d in own)]
-        self.watcher = watchers.FsWatcher(paths, self._fs_event)
+        # The writer's pid, from fanotify where the kernel gives it (doctor says which).
+        from roguewatch import fanotify
+
+        writers: fanotify.WriterSensor | None = None
+        try:
+            sensor = fanotify.WriterSensor()
+            sensor.start()
+            writers = sensor
+        except fanotify.Unavailable as exc:
+            log.warning("fanotify unavailable (%s): changes seen only by the filesystem "
+                        "watchers have writer unknown; the alert log directory is not watched",
+                        exc.strerror or exc)  # fmt: skip
+        me = os.getpid()
+
+        def own_writer(w: fanotify.Writer) -> bool:
+            """roguewatch itself: this process, or a guarded one (the service, the evaluator,
+            `run`'s launcher: each is guarded as it starts)."""
+            if w.pid == me:
+                return True
+            probes = getattr(self, "probes", None)  # loaded after the watchers start
+            if probes is None:
+                return False
+            try:
+                return probes.is_guarded(w.pid)
+            except (KeyError, OSError, AttributeError):
+                return False
+
+        alerts_dir = os.path.dirname(self.cfg.alerts_file) if self.cfg.alerts_file else ""
+        if writers is not None and alerts_dir:
+            paths.append(self.cfg.alerts_file)  # watched, our own appends dropped by pid
+            # Made here, before it is watched, when missing: the evaluator's first open would
+            # otherwise create it before roguewatchd has guarded it (a change by "someone").
+            if os.path.isdir(alerts_dir) and not os.path.lexists(self.cfg.alerts_file):
+                try:
+                    os.close(os.open(self.cfg.alerts_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                     | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640))  # fmt: skip
+                except OSError:
+                    pass
+        self.watcher = watchers.FsWatcher(
+            paths, self._fs_event, writers=writers, own_writer=own_writer
+        )
         self.baselines = baseline.Baselines(
             self.cfg.state_dir, self.cfg.baseline_max_copy_bytes,
             ignore=self.watcher.ignore, settle=self.watcher.settle,
         )  # fmt: skip
-        # Our own writes are never changes: the alert file (the evaluator appends to it).
-        alerts_dir = os.path.dirname(self.cfg.alerts_file)
-        self.watcher.ignore(alerts_dir, watchers.FOREVER_NS, subtree=True)
+        # Our own writes are never changes. With writer pids, whatever a roguewatch process
+        # writes is dropped by pid. Without them, the evaluator's files are ignored whole: the
+        # alert file's directory (it appends to it) and its status file (rewritten every
+        # second, in /run/roguewatch). Its alert socket always: the evaluator binds it before
+        # roguewatchd has guarded it.
+        ours = [bus.ipc_path(getattr(self.cfg, "alerts_endpoint", "")) or ""]
+        if writers is None:
+            if alerts_dir:
+                self.watcher.ignore(alerts_dir, watchers.FOREVER_NS, subtree=True)
+            status = getattr(self.cfg, "status_file", "")
+            ours += [status, f"{status}.tmp" if status else ""]
+        for p in ours:
+            if p:
+                self.watcher.ignore(p, watchers.FOREVER_NS)
+        # A rescan (after an overflow) cannot tell our appends from anyone's: not there.
+        self._fs_rescan_skip = (alerts_dir,) if alerts_dir else ()
         self.watcher.start()
         # The snapshot (a second or two for ~1,300 files) runs beside the loop: start-up is
         # not held up; a restore asked for meanwhile waits for it (Baselines has a lock).
@@ -201,7 +254,10 @@ class Collector:
             self.batch.append(q.popleft())
         if self.watcher is not None and self.watcher.take_rescan() and self.baselines:
             # After an overflow: whatever differs from the baseline is a change we missed.
+            skip = getattr(self, "_fs_rescan_skip", ())
             for path in self.baselines.rescan():
+                if any(path == d or path.startswith(d.rstrip("/") + "/") for d in skip):
+                    continue  # our own logs: always changed since the baseline
                 self.batch.append({
                     "type": "fs_change", "ts": time.time_ns(), "session": 0, "pid": 0,
                     "tid": 0, "ppid": 0, "uid": 0, "gid": 0, "comm": "", "ret": 0,

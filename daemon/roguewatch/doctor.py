@@ -299,6 +299,30 @@ def _bpf_lsm() -> Check:
     )
 
 
+def _fanotify() -> Check:
+    """The filesystem watchers' writer pids (optional: without it, inotify alone)."""
+    from roguewatch import fanotify
+
+    why = fanotify.check()
+    if why is None:
+        return Check(
+            "fanotify",
+            True,
+            False,
+            "FAN_REPORT_DFID_NAME marks work: filesystem changes name their writer's pid, and "
+            "roguewatch's log directory is watched with only its own writes ignored",
+        )
+    return Check(
+        "fanotify",
+        False,
+        False,
+        f"unavailable ({why}); fallback: inotify only, changes not seen by the probes have "
+        "writer unknown, and roguewatch's whole log directory is ignored",
+        "optional; needs Linux >= 5.9 with CONFIG_FANOTIFY, CAP_SYS_ADMIN, and "
+        f"{fanotify.ENV_SWITCH} unset",
+    )
+
+
 def _guard(name: str, required: bool, fn: Callable[[], Check]) -> Check:
     # The doctor must report, never crash: an unexpected error is itself a finding.
     try:
@@ -338,6 +362,7 @@ def run_checks(source_dir: ProbeDir = None) -> list[Check]:
         _guard("sock_addr", True, lambda: _sock_addr(cg2)),
         _guard("Landlock", True, _landlock),
         _guard("BPF LSM", False, _bpf_lsm),
+        _guard("fanotify", False, _fanotify),
     ]
     return checks
 

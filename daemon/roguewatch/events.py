@@ -327,9 +327,15 @@ EVENT_TYPES: tuple[EventType, ...] = (
                 "`created`, `modified`, `deleted`, `moved`, `attrib`, "
                 "`rescan` (found changed after an overflow)",
             ),
-            Field("writer", "str", "who wrote it: a session's process, or `unknown`"),
+            Field(
+                "writer",
+                "str",
+                "who wrote it: a session's process, `pid N (comm)` from fanotify for a writer "
+                "outside every session, or `unknown`",
+            ),
         ),
-        "(filesystem watchers; session and pid are filled when a probe event names the writer)",
+        "(filesystem watchers; session and pid are filled when a probe event names the writer; "
+        "pid, ppid, uid, comm and exe are the writer's when fanotify names it, session stays 0)",
     ),
     EventType(
         "session",

@@ -503,6 +503,10 @@ class Probes:
         """Signals and ptrace aimed at this task become guard events, from any process."""
         self._update("guarded", struct.pack("<I", pid), b"\1")
 
+    def is_guarded(self, pid: int) -> bool:
+        """Whether this task is one of roguewatch's own (the guarded map)."""
+        return self._lookup("guarded", struct.pack("<I", pid), 1) is not None
+
     def unguard(self, pid: int) -> None:
         self._delete("guarded", struct.pack("<I", pid))
 

@@ -23,6 +23,14 @@ How a path is watched:
 A path inside another watched directory is covered by that directory's watch. Parent
 directories are resolved (``/lib/systemd/system`` is reported as ``/usr/lib/systemd/system``
 on a merged-/usr system); the last component never is (a symlink is watched as itself).
+
+Who wrote it: inotify never says. When a ``roguewatch.fanotify.WriterSensor`` is given, every
+directory watched here is marked there too, and each change asks it for the writer: its pid,
+comm, exe, ppid and uid fill the event (``writer: "pid 1234 (comm)"``); without it, or when
+fanotify did not see the change, ``writer`` is ``unknown`` and pid is 0. A change made only by
+roguewatch's own processes (``own_writer``) is dropped: that is how roguewatch's log directory
+can be watched for everybody else's changes. A change whose writers include anyone else is
+reported with that other writer, even when inotify merged it with one of ours.
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.inotify import InotifyFullEmitter, InotifyObserver
 from watchdog.observers.inotify_c import InotifyEvent, InotifyFD
 
+from roguewatch.fanotify import Writer, WriterSensor
+
 log = logging.getLogger(__name__)
 
 
@@ -84,6 +94,8 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
     DirMovedEvent,
 ]
 
+# Waiting for a change's fanotify twin (a few ms) only while fewer events than this wait.
+WAIT_BACKLOG = 64
 RESCAN_MAX_ENTRIES = 10_000
 RESCAN_MAX_DEPTH = 8
 PROC_INOTIFY = "/proc/sys/fs/inotify"
@@ -262,6 +274,10 @@ class FsWatcher:
       watchdog's queue) emits a ``monitor`` event of kind ``fs_overflow``, calls
       ``on_overflow()`` and sets ``rescan_needed``: the caller then rescans its baselines
       (``take_rescan()`` reads and clears the flag).
+    - ``writers``: a started fanotify sensor that names the writer of each change (the
+      watcher marks its directories and stops it with itself); ``own_writer(writer)`` says
+      whether a writer is roguewatch itself (its changes are dropped). Without ``writers``
+      every change has ``writer: unknown``.
     """
 
     def __init__(
@@ -271,8 +287,14 @@ class FsWatcher:
         *,
         queue_max: int = 65_536,
         on_overflow: Callable[[], None] | None = None,
+        writers: WriterSensor | None = None,
+        own_writer: Callable[[Writer], bool] | None = None,
     ) -> None:
         self.on_event = on_event
+        self.writers = writers
+        self.own_writer = own_writer
+        if writers is not None and writers.on_overflow is None:
+            writers.on_overflow = self._writers_overflow
         self.on_overflow = on_overflow
         self.queue_max = queue_max
         self._lock = threading.RLock()
@@ -293,6 +315,8 @@ class FsWatcher:
             "backlog_drops": 0,  # dropped for a full watchdog queue (rescan follows)
             "rescan_events": 0,  # emitted by rescans of appearing directories
             "watch_errors": 0,  # paths that could not be watched (e.g. ENOSPC)
+            "named": 0,  # emitted with the writer's pid (fanotify)
+            "own": 0,  # dropped: written by roguewatch itself (fanotify)
         }
         self._pending_paths = [canonical(p) for p in paths]
 
@@ -335,6 +359,8 @@ class FsWatcher:
         if obs is not None:
             obs.stop()
             obs.join(timeout=5)
+        if self.writers is not None:
+            self.writers.stop()
 
     def add_paths(self, paths: Iterable[str]) -> None:
         """Watch more paths (a policy added protected paths). Before ``start()`` they are
@@ -390,6 +416,7 @@ class FsWatcher:
         lim["watches"] = obs.watch_count() if obs is not None else 0
         lim["watched_paths"] = len(self._targets)
         lim.update(self.counts)
+        lim["fanotify"] = self.writers.stats() if self.writers is not None else None
         return lim
 
     def watched(self) -> list[str]:
@@ -437,13 +464,16 @@ class FsWatcher:
     def _schedule(self, path: str, handler: _Handler, recursive: bool) -> ObservedWatch | None:
         assert self._observer is not None
         try:
-            return self._observer.schedule(
+            watch = self._observer.schedule(
                 handler, path, recursive=recursive, event_filter=EVENT_FILTER
             )
         except OSError as exc:
             self.counts["watch_errors"] += 1
             self._monitor("fs_watch_failed", f"cannot watch {path}: {exc}")
             return None
+        if self.writers is not None:
+            self.writers.mark(path, tree=recursive)  # False: changes there have no writer
+        return watch
 
     def _unschedule(self, watch: ObservedWatch) -> None:
         if self._observer is None:
@@ -630,36 +660,68 @@ class FsWatcher:
                 return True
         return False
 
+    def _writer(self, path: str, rescan: bool) -> Writer | bool | None:
+        """The writer of this change of ``path``: a Writer, None (unknown), or False when only
+        roguewatch itself wrote it."""
+        if self.writers is None:
+            return None
+        own = self.own_writer
+        new, last = self.writers.take(path, wait=False)
+        if (not new and not rescan and (last is None or (own is not None and own(last)))
+                and self._queued() < WAIT_BACKLOG):  # fmt: skip
+            # Nobody new yet, and what we know would leave the change unnamed or dropped: give
+            # its fanotify twin a few milliseconds to be queued (not while events pile up).
+            new, last = self.writers.take(path, wait=True)
+        others = [w for w in new if own is None or not own(w)]
+        if others:
+            return others[-1]  # someone else, even if inotify merged it with our own write
+        if new:
+            return False
+        if last is not None:  # the event of a change that fanotify merged into an earlier one
+            return False if own is not None and own(last) else last
+        return None
+
+    def _queued(self) -> int:
+        obs = self._observer
+        return obs.event_queue.qsize() if obs is not None else 0
+
     def _emit(self, path: str, change: str, source: str, *, rescan: bool = False) -> None:
         now = time.time_ns()
         if self._is_ignored(path, now):
             self.counts["ignored"] += 1
             return
+        writer = self._writer(path, rescan)
+        if writer is False:
+            self.counts["own"] += 1
+            return
         self.counts["events"] += 1
         if rescan:
             self.counts["rescan_events"] += 1
-        self.on_event(
-            {
-                "type": "fs_change",
-                "ts": now,
-                "session": 0,
-                "pid": 0,
-                "tid": 0,
-                "ppid": 0,
-                "uid": 0,
-                "gid": 0,
-                "comm": "",
-                "ret": 0,
-                "flags": [],
-                "exec_id": "",
-                "pexec_id": "",
-                "exe": "",
-                "path": path,
-                "source": source,
-                "change": change,
-                "writer": "unknown",
-            }
-        )
+        ev = {
+            "type": "fs_change",
+            "ts": now,
+            "session": 0,
+            "pid": 0,
+            "tid": 0,
+            "ppid": 0,
+            "uid": 0,
+            "gid": 0,
+            "comm": "",
+            "ret": 0,
+            "flags": [],
+            "exec_id": "",
+            "pexec_id": "",
+            "exe": "",
+            "path": path,
+            "source": source,
+            "change": change,
+            "writer": "unknown",
+        }
+        if isinstance(writer, Writer) and writer.pid > 0:
+            self.counts["named"] += 1
+            ev.update(pid=writer.pid, tid=writer.pid, ppid=writer.ppid, comm=writer.comm,
+                      exe=writer.exe, uid=max(writer.uid, 0), writer=writer.name())  # fmt: skip
+        self.on_event(ev)
 
     def _monitor(self, kind: str, detail: str) -> None:
         self.on_event(
@@ -672,6 +734,13 @@ class FsWatcher:
                 "flags": [],
                 "detail": detail,
             }
+        )
+
+    def _writers_overflow(self) -> None:
+        # From the fanotify reader thread: pids were lost, not changes (inotify has those).
+        self._monitor(
+            "fs_writer_overflow",
+            "fanotify queue overflow: some filesystem changes are reported with writer unknown",
         )
 
     def _kernel_overflow(self) -> None:
