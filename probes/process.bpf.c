@@ -286,6 +286,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
+    guarded.delete(&tid); /* a pid that roguewatch had will be someone else's next */
     pending.delete(&tid);
     pending_hdr.delete(&tid);
     pending_path.delete(&tid);

@@ -466,3 +466,29 @@ print(libc.syscall(313, fd, b"opt=1", 0))  # finit_module
 def test_collector_survived_the_guard_tests(collector: sessions.Watcher) -> None:
     time.sleep(0.1)
     assert collector.proc.poll() is None
+
+
+def test_a_guarded_pid_reused_by_an_ordinary_process_is_not_guarded(stream: Stream) -> None:
+    # A guarded task that exits leaves no mark: its pid, handed out again, is an ordinary
+    # process that a session may signal (and whose writes are not taken for roguewatch's).
+    old = subprocess.Popen(["/bin/sleep", "30"])
+    stream.watcher.control.request("guard", pid=old.pid)
+    old.kill()
+    old.wait()
+    for _ in range(50):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(old.pid - 1))
+        new = subprocess.Popen(["/bin/sleep", "30"])
+        if new.pid == old.pid:
+            break
+        new.kill()
+        new.wait()
+    else:
+        pytest.fail("could not get the guarded pid back")
+    try:
+        s = stream.python(f"import os, signal\nos.kill({new.pid}, signal.SIGUSR1)")
+        assert s.status == 0, "the session was killed for signalling an ordinary process"
+        assert not [e for e in s.of_type("kill") if "guard" in e["flags"]]
+    finally:
+        new.kill()
+        new.wait()
