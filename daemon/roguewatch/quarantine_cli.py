@@ -126,10 +126,28 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_roguewatch() -> None:
+    """Ask a running collector to guard this process, so the files a release writes are
+    roguewatch's own writes (not alerted) rather than an unknown writer's."""
+    from roguewatch.control import ControlClient, ControlError
+
+    try:
+        client = ControlClient(timeout_ms=2000)
+    except ControlError:
+        return  # no collector: nothing watches the files either
+    try:
+        client.request("guard", pid=os.getpid())
+    except ControlError:
+        pass
+    finally:
+        client.close()
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     b = _open(args)
     if b is None:
         return 1
+    _as_roguewatch()
     try:
         out = b.quarantine_release(
             args.id, {"operator": os.environ.get("SUDO_USER") or "root", "via": "cli"}
