@@ -66,6 +66,10 @@ static __always_inline struct rw_dns_dest *rw_dns_lookup(u32 tgid, u32 fd, struc
     struct rw_dns_dest *v = dns_socks.lookup(&k);
     if (v)
         return v;
+    /* A socket this process made itself (sock_types knows it) was not inherited: no need to
+     * look further (every send on a connected socket comes through here). */
+    if (sock_types.lookup(&k))
+        return 0;
     u32 anc = p ? p->ppid : 0;
 #pragma unroll
     for (int i = 0; i < RW_DNS_ANCESTORS; i++) {
