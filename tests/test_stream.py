@@ -113,6 +113,17 @@ def test_a_publisher_never_blocks_and_counts_what_a_slow_subscriber_missed(
     pub.close()
 
 
+def test_an_endpoint_in_a_shared_directory_is_refused_and_the_directory_left_alone(
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /tmp
+    with pytest.raises(bus.BusError, match="shared directory"):
+        bus.Publisher(f"ipc://{shared}/ev.sock")
+    assert os.stat(shared).st_mode & 0o7777 == 0o1777
+
+
 def test_ipc_endpoints_are_root_only(tmp_path: Path) -> None:
     d = tmp_path / "run"
     pub = bus.Publisher(f"ipc://{d}/ev.sock")

@@ -54,6 +54,11 @@ def prepare_endpoint(endpoint: str) -> None:
     st = os.stat(directory)
     if os.geteuid() == 0 and st.st_uid != 0:
         raise BusError(f"{directory} is owned by uid {st.st_uid}, not root: refusing to bind there")
+    if st.st_mode & stat.S_ISVTX:  # /tmp, /dev/shm: never ours to close to others
+        raise BusError(
+            f"{directory} is a shared directory: give the socket a directory of its own "
+            f"(e.g. ipc://{directory.rstrip('/')}/roguewatch/NAME.sock)"
+        )
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(directory, 0o700)
     if os.path.exists(path):
