@@ -848,12 +848,20 @@ def run_workload(name: str, work: Path, w: dict, wrap: list[str] | None = None) 
         cmd += ["-o", "addopts=", str(w["pdir"])]
         cwd = w["pdir"]
     cmd = [*(wrap or []), *cmd]
+    c0 = children_cpu()
     t0 = time.monotonic()
     p = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t = time.monotonic() - t0
+    LAST_CPU[name] = children_cpu() - c0
     if p.returncode != 0:
         raise RuntimeError(f"workload {name} failed: {p.stderr.decode()[-1000:]}")
     return t
+
+
+# The CPU time (user + system, the workload and all its children) of each workload's last
+# run: the probes' cost is CPU spent in the workload's own syscalls, and CPU time does not
+# move when other work on the machine delays the workload, as wall time does.
+LAST_CPU: dict[str, float] = {}
 
 
 REAL = ("git", "c-build", "pytest")
@@ -969,6 +977,7 @@ def section_overhead(args: argparse.Namespace, work: Path, result: dict) -> None
             for name in REAL:
                 v, info = measured(lambda n=name: run_workload(n, work / "overhead", w), ours)
                 keep(f"real:{name}", v, info)
+                keep(f"cpu:{name}", LAST_CPU[name], info)
             for name, n in sizes.items():
                 v, info = measured(
                     lambda a=(name, n): loadgen("storm", *a, str(work / "storm-file"))[0], ours
@@ -1026,9 +1035,16 @@ def section_overhead(args: argparse.Namespace, work: Path, result: dict) -> None
             "runs_on": [round(x, 3) for x in data["on"][f"real:{name}"]],
             "runs_used": [len(used["off"][f"real:{name}"]), len(used["on"][f"real:{name}"])],
         }
+        coff, con = med["off"][f"cpu:{name}"], med["on"][f"cpu:{name}"]
+        real[name].update(
+            cpu_off_s=round(coff, 3), cpu_on_s=round(con, 3), added_cpu_pct=pct(con, coff),
+            cpu_runs_off=[round(x, 3) for x in data["off"][f"cpu:{name}"]],
+            cpu_runs_on=[round(x, 3) for x in data["on"][f"cpu:{name}"]],
+        )  # fmt: skip
         log(
             f"{name:<14} {off:>12.3f} {on:>10.3f} {pct(on, off):>7.1f}% "
-            f"{moff:>9.3f} {mon:>9.3f} {pct(mon, moff):>7.1f}%"
+            f"{moff:>9.3f} {mon:>9.3f} {pct(mon, moff):>7.1f}%   CPU {coff:.3f} -> {con:.3f} s "
+            f"({pct(con, coff):+.1f}%)"
         )
     # A model to read the noisy wall times against: each workload's syscalls (strace -c, one
     # run) times the added cost per call measured above (traced: the mean over the traced
