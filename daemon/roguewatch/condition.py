@@ -618,14 +618,19 @@ def to_text(node: Node, expand_macros: bool = False) -> str:
 # --- matchers --------------------------------------------------------------------------------
 
 
-def _build(node: Node) -> Matcher:
+LeafBuilder = Callable[["Cmp"], "Matcher | None"]
+
+
+def _build(node: Node, leaf: LeafBuilder | None = None) -> Matcher:
+    """The matcher of a tree; ``leaf`` may build a comparison's matcher instead (None: the
+    usual one)."""
     if isinstance(node, Macro):
-        return _build(node.body)
+        return _build(node.body, leaf)
     if isinstance(node, Not):
-        inner = _build(node.item)
+        inner = _build(node.item, leaf)
         return lambda e, c: not inner(e, c)
     if isinstance(node, And):
-        ms = tuple(_build(x) for x in _flatten(node))
+        ms = tuple(_build(x, leaf) for x in _flatten(node))
         if len(ms) == 1:
             return ms[0]
         if len(ms) == 2:
@@ -643,7 +648,7 @@ def _build(node: Node) -> Matcher:
 
         return all_of
     if isinstance(node, Or):
-        ms = tuple(_build(x) for x in _flatten(node))
+        ms = tuple(_build(x, leaf) for x in _flatten(node))
         if len(ms) == 1:
             return ms[0]
         if len(ms) == 2:
@@ -658,7 +663,7 @@ def _build(node: Node) -> Matcher:
 
         return any_of
     if isinstance(node, Cmp):
-        return _build_cmp(node)
+        return (leaf(node) if leaf is not None else None) or _build_cmp(node)
     raise ConditionError(f"unexpanded macro reference {node}")  # Ref: compile() expands them
 
 
@@ -680,6 +685,65 @@ def _always(e: dict, c: Any) -> bool:
     return True
 
 
+def build_matcher(node: Node, leaf: LeafBuilder | None = None) -> Matcher:
+    """A matcher for a tree that is already expanded and typed (``specialize``'s output, or
+    ``necessary``'s). ``leaf(cmp)`` may give a comparison's matcher, one that returns what
+    the usual one would (or raises where it would); None leaves it to the usual one."""
+    return _build(node, leaf)
+
+
+def necessary(node: Node, keep: Callable[[Cmp], bool]) -> Node | bool:
+    """A condition made only of the comparisons ``keep`` accepts that holds whenever
+    ``node`` holds (True: nothing is known). The others are replaced by what cannot wrongly
+    exclude: True where they count for the condition, False under an odd number of ``not``.
+    When ``keep`` accepts every comparison, the result is ``node`` itself, simplified."""
+    return _bound(node, keep, True)
+
+
+def _bound(node: Node, keep: Callable[[Cmp], bool], upper: bool) -> Node | bool:
+    """An upper bound of ``node`` (implied by it) or a lower bound (implying it)."""
+    if isinstance(node, Macro):
+        return _bound(node.body, keep, upper)
+    if isinstance(node, Cmp):
+        return node if keep(node) else upper
+    if isinstance(node, Not):
+        inner = _bound(node.item, keep, not upper)
+        return (not inner) if isinstance(inner, bool) else Not(inner)
+    if isinstance(node, And | Or):
+        return _simplified(type(node), [_bound(x, keep, upper) for x in node.items])
+    raise ConditionError(f"unexpanded macro reference {node}")  # Ref: compile() expands them
+
+
+def _simplified(kind: type, parts: list[Node | bool]) -> Node | bool:
+    """``kind(parts)`` with constant parts folded away."""
+    is_and = kind is And
+    items: list[Node] = []
+    for r in parts:
+        if isinstance(r, bool):
+            if r is not is_and:  # False in an And, True in an Or: decided
+                return r
+            continue
+        items.append(r)
+    if not items:
+        return is_and
+    if len(items) == 1:
+        return items[0]
+    return And(tuple(items)) if is_and else Or(tuple(items))
+
+
+def comparisons(node: Node) -> Iterable[Cmp]:
+    """Every comparison of an expanded tree, macro bodies included."""
+    if isinstance(node, Cmp):
+        yield node
+    elif isinstance(node, Macro):
+        yield from comparisons(node.body)
+    elif isinstance(node, Not):
+        yield from comparisons(node.item)
+    elif isinstance(node, And | Or):
+        for x in node.items:
+            yield from comparisons(x)
+
+
 def specialize(node: Node, event_type: str) -> Node | bool:
     """``node`` for events of ``event_type``: ``evt.type`` tests become constants and the
     tree is simplified (True/False when the whole condition is decided)."""
@@ -694,20 +758,15 @@ def specialize(node: Node, event_type: str) -> Node | bool:
         inner = specialize(node.item, event_type)
         return (not inner) if isinstance(inner, bool) else Not(inner)
     if isinstance(node, And | Or):
+        # Items in order up to the first deciding constant: the same short-circuit as before.
         is_and = isinstance(node, And)
-        items: list[Node] = []
+        parts: list[Node | bool] = []
         for x in node.items:
             r = specialize(x, event_type)
-            if isinstance(r, bool):
-                if r is not is_and:  # False in an And, True in an Or: decided
-                    return r
-                continue
-            items.append(r)
-        if not items:
-            return is_and
-        if len(items) == 1:
-            return items[0]
-        return And(tuple(items)) if is_and else Or(tuple(items))
+            parts.append(r)
+            if isinstance(r, bool) and r is not is_and:
+                break
+        return _simplified(type(node), parts)
     return node
 
 
@@ -795,6 +854,71 @@ def _cidr_predicate(cidrs: tuple[str, ...]) -> Callable[[str], bool]:
     return cidr
 
 
+def inputs(node: Cmp) -> tuple[str, ...] | None:
+    """What a comparison's matcher reads, when it is a pure function of a few event keys
+    and policy attributes (``policy.NAME``) whose values are hashable scalars: its result
+    may then be cached by their values (``roguewatch.prefilter``). None for a comparison
+    that reads anything else (the process table, the clock, a list). Mirrors ``_build_cmp``."""
+    rf = F.resolve(node.field)
+    if rf is None:
+        return None
+    is_list = rf.type.startswith("list[")
+    if node.op == "exists":
+        if rf.key is not None:
+            return None if is_list else (rf.key,)
+        if rf.source is not None and rf.derive is not None:
+            return (rf.source,)
+        return rf.inputs
+    if _is_memoized(rf, node.op):
+        assert rf.source is not None
+        return (rf.source,)
+    if not is_list and rf.key is not None:
+        return (rf.key,)
+    if rf.key is None:  # read through the field's extractor
+        return rf.inputs
+    return None
+
+
+def memoized_source(node: Cmp) -> tuple[str, Callable[[Any], Any] | None] | None:
+    """``(source key, derive)`` when a comparison's matcher is ``_memoized``: its value is
+    ``derive(event[source])`` (or the raw value without derive), None and absent meaning
+    false. None for any other comparison."""
+    rf = F.resolve(node.field)
+    if rf is None or node.op == "exists" or not _is_memoized(rf, node.op):
+        return None
+    assert rf.source is not None
+    return rf.source, rf.derive
+
+
+def unmemoized(node: Cmp) -> Matcher | None:
+    """A comparison that ``_build_cmp`` memoizes by its raw source value, without that memo:
+    for a caller that remembers results itself (a prefilter plans once per distinct value,
+    so a memo per comparison would only ever miss). None for any other comparison."""
+    src = memoized_source(node)
+    if src is None:
+        return None
+    source, derive = src
+    rf = F.resolve(node.field)
+    assert rf is not None
+    pred = _value_predicate(node.op, node.values, rf.type.startswith("list["))
+
+    def plain(e: dict, c: Any) -> bool:  # _memoized's compute, on the event's raw value
+        raw = e.get(source)
+        if raw is None:
+            return False
+        v = derive(raw) if derive is not None else raw
+        return v is not None and pred(v)
+
+    return plain
+
+
+def _is_memoized(rf: F.ResolvedField, op: str) -> bool:
+    """Whether ``_build_cmp`` memoizes a comparison on this field by its raw source value."""
+    if rf.source is None:
+        return False
+    return rf.derive is not None or (not rf.type.startswith("list[") and op in _MEMO_OPS)
+
+
 def _build_cmp(node: Cmp) -> Matcher:
     rf = F.resolve(node.field)
     assert rf is not None
@@ -810,7 +934,8 @@ def _build_cmp(node: Cmp) -> Matcher:
 
     pred = _value_predicate(op, vals, is_list)
     src, derive = rf.source, rf.derive
-    if src is not None and (derive is not None or (not is_list and op in _MEMO_OPS)):
+    if _is_memoized(rf, op):
+        assert src is not None
         return _memoized(src, derive, pred)
     if not is_list and key is not None:
         if op == "=":

@@ -7,8 +7,9 @@ contract in architecture.md. It also turns the collector's `monitor` events into
 lost events are never silent.
 
 It must not carry out actions (that is the enforcer's) nor know where alerts go (the sinks
-passed in as ``emit``). ``Evaluator.handle`` is the per-event hot path: one dict update in the
-table, then only the rules that can match the event's type.
+passed in as ``emit``). ``Evaluator.handle_batch`` (``handle`` inlined) is the per-event hot
+path: one dict update in the table, then the rule set's prefilter for the event's type, which
+runs only the rules whose gate the event's values pass (``roguewatch.prefilter``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from roguewatch import alerts, bus, readiness, ruleset
 from roguewatch import events as ev_types
@@ -42,6 +44,12 @@ ATTRIBUTION_NS = 2 * 1_000_000_000
 FS_HOLD_NS = 50 * 1_000_000
 _PATH_TYPES = frozenset({"open", "rename", "unlink", "link", "symlink", "chmod", "chown",
                          "truncate", "utimes"})  # fmt: skip
+# Event types that change a process record beyond creating it (ProcessTable.update).
+_PROC_TYPES = frozenset({"exec", "fork", "exit", "chdir", "task_rename"})
+# Event types that are not a process's doing: the evaluator handles them apart.
+_NOT_PROBE_TYPES = frozenset({"monitor", "session", "fs_change"})
+RECENT_PATHS_MAX = 16384
+_NO_SESSION = object()  # ProcessTable.policy_session before any pick (and after set_policy)
 MAX_PROCS = 65536
 MAX_LINEAGE = 64
 KILL_ACTIONS = frozenset(
@@ -74,7 +82,10 @@ class ProcessTable(BaseProcessView):
         self.grace_ns = grace_ns
         self.evicted = 0
         self.default_policy = self.policy
-        self.policies: dict[int, Policy] = {}
+        # Policies by session; change them with set_policy (use_policy_of caches its pick).
+        self._policies: dict[int, Policy] = {}
+        self.policies: Mapping[int, Policy] = MappingProxyType(self._policies)
+        self.policy_session: object = _NO_SESSION  # the session use_policy_of last picked for
         # The last probe event that touched each path: a watcher's fs_change on the same path
         # within ATTRIBUTION_NS names that event's session and process as the writer.
         self.recent_paths: dict[str, dict] = {}
@@ -89,21 +100,37 @@ class ProcessTable(BaseProcessView):
         return None
 
     def use_policy_of(self, session: int) -> None:
-        """Conditions read ``ctx.policy``: point it at the event's session before matching."""
-        self.policy = self.policies.get(session, self.default_policy)
+        """Conditions read ``ctx.policy``: point it at the event's session before matching.
+        Nothing to do when the session is the one of the last call (the usual case)."""
+        if session == self.policy_session:
+            return
+        self.policy = self._policies.get(session, self.default_policy)
         self.lists = getattr(self.policy, "lists", {}) or {}
+        self.policy_session = session
+
+    def set_policy(self, session: int, policy: Policy) -> None:
+        """The policy of a session's events from now on."""
+        self._policies[session] = policy
+        self.policy_session = _NO_SESSION
 
     def _new(self, ev: dict, exec_id: str, pid: int, pexec_id: str, base: dict | None) -> dict:
+        """A record made from an event, and from ``base`` (a fork's parent) when given."""
+        if base:
+            get = base.get
+            exe, comm = get("exe", ""), get("comm", "")
+            cmdline, argv, cwd = get("cmdline", ""), get("argv", []), get("cwd", "")
+        else:
+            exe, comm, cmdline, argv, cwd = ev.get("exe", ""), ev.get("comm", ""), "", [], ""
         rec = {
             "pid": pid,
             "exec_id": exec_id,
             "pexec_id": pexec_id,
             "session": ev.get("session", 0),
-            "exe": (base or ev).get("exe", ""),
-            "comm": (base or ev).get("comm", ""),
-            "cmdline": (base or {}).get("cmdline", ""),
-            "argv": (base or {}).get("argv", []),
-            "cwd": (base or {}).get("cwd", ""),
+            "exe": exe,
+            "comm": comm,
+            "cmdline": cmdline,
+            "argv": argv,
+            "cwd": cwd,
             "uid": ev.get("uid", 0),
             "start": ev.get("ts", 0),
             "exited": 0,
@@ -113,19 +140,26 @@ class ProcessTable(BaseProcessView):
         return rec
 
     def update(self, ev: dict) -> None:
+        """Record what a probe event says about its process (once per event: keep it lean)."""
         eid = ev.get("exec_id")
         if not eid:
             return
         t = ev["type"]
-        path = ev.get("path")
-        if path and t in _PATH_TYPES:
-            recent = self.recent_paths
-            if len(recent) >= 16384:
-                recent.clear()
-            recent[path] = ev
-            src = ev.get("source")
-            if src and t == "rename":
-                recent[src] = ev
+        if t in _PATH_TYPES:
+            path = ev.get("path")
+            if path:
+                recent = self.recent_paths
+                if len(recent) >= RECENT_PATHS_MAX:
+                    recent.clear()
+                recent[path] = ev
+                if t == "rename":
+                    src = ev.get("source")
+                    if src:
+                        recent[src] = ev
+        if t not in _PROC_TYPES:  # most events: the process is known already
+            if eid not in self.procs:
+                self._new(ev, eid, ev["pid"], ev.get("pexec_id", ""), None)
+            return
         rec = self.procs.get(eid)
         if t == "exec":
             old = self.by_pid.get(ev["pid"])
@@ -140,9 +174,11 @@ class ProcessTable(BaseProcessView):
             rec = self._new(ev, eid, ev["pid"], ev.get("pexec_id", ""), None)
         if t == "fork":
             if not ev.get("thread"):
-                child = self._new(ev, ev["child_exec_id"], ev["child_pid"], eid, rec)
-                child["start"] = ev.get("ts", 0)
-                forks = self._forks.setdefault(ev.get("session", 0), deque(maxlen=65536))
+                self._new(ev, ev["child_exec_id"], ev["child_pid"], eid, rec)  # the child
+                session = ev.get("session", 0)
+                forks = self._forks.get(session)
+                if forks is None:
+                    forks = self._forks[session] = deque(maxlen=65536)
                 forks.append(ev.get("ts", 0))
         elif t == "exit":
             self._mark_exited(eid, ev.get("ts", 0))
@@ -275,34 +311,44 @@ class Evaluator:
         self.latencies: list[float] = []
 
     def handle(self, ev: dict) -> None:
+        """One event: the table learns from it, then the rules of its type meet it. Raises
+        on a malformed event (``handle_batch`` counts those)."""
         self.events += 1
         t = ev.get("type")
-        self.by_type[t] = self.by_type.get(t, 0) + 1
+        by_type = self.by_type
+        by_type[t] = by_type.get(t, 0) + 1
+        if t in _NOT_PROBE_TYPES:
+            self._not_probe(t, ev)
+            return
+        table = self.table
+        table.update(ev)
+        table.use_policy_of(ev.get("session", 0))
+        matched = self.rules.match(ev, table)
+        if matched:
+            for rule in matched:
+                self._fire(rule, ev)
+
+    def _not_probe(self, t: str, ev: dict) -> None:
         if t == "monitor":
             self.monitor(ev)
-            return
-        if t == "session":
+        elif t == "session":
             self._session(ev)
-            return
-        if t == "fs_change":
+        else:  # fs_change
             self._fs_held.append(ev)
-            return
-        self.table.update(ev)
-        table = self.table
-        table.use_policy_of(ev.get("session", 0))
-        for rule in self.rules.match(ev, table):
-            self._fire(rule, ev)
 
     def _session(self, ev: dict) -> None:
         sid = ev.get("session", 0)
         if ev.get("kind") == "start":
             pol = ev.get("policy") or {}
             if pol:
-                self.table.policies[sid] = StaticPolicy(
-                    egress_allow=tuple(pol.get("egress_allow", ())),
-                    protect=tuple(pol.get("protect", ())),
-                    mode=pol.get("mode", "enforce"),
-                    lists=dict(pol.get("lists", {})),
+                self.table.set_policy(
+                    sid,
+                    StaticPolicy(
+                        egress_allow=tuple(pol.get("egress_allow", ())),
+                        protect=tuple(pol.get("protect", ())),
+                        mode=pol.get("mode", "enforce"),
+                        lists=dict(pol.get("lists", {})),
+                    ),
                 )
             if self.enforcer is not None:
                 self.enforcer.sessions[sid] = SessionInfo(
@@ -348,9 +394,28 @@ class Evaluator:
                 self._fire(rule, ev)
 
     def handle_batch(self, batch: list[dict]) -> None:
+        """Each event as ``handle`` does it, inlined (this loop is the evaluator's hot path:
+        keep the two alike). A malformed event is counted, never fatal."""
+        table = self.table
+        by_type = self.by_type
         for ev in batch:
             try:
-                self.handle(ev)
+                self.events += 1
+                t = ev.get("type")
+                by_type[t] = by_type.get(t, 0) + 1
+                if t in _NOT_PROBE_TYPES:
+                    self._not_probe(t, ev)
+                    continue
+                table.update(ev)
+                session = ev.get("session", 0)
+                if session != table.policy_session:  # use_policy_of's own test, a call less
+                    table.use_policy_of(session)
+                rules = self.rules
+                match = rules.match_by_type.get(t)  # RuleSet.match, a call less
+                matched = match(ev, table) if match is not None else rules.match(ev, table)
+                if matched:
+                    for rule in matched:
+                        self._fire(rule, ev)
             except (KeyError, TypeError, ValueError, AttributeError):
                 # A well-formed message with a malformed event: counted, never fatal.
                 self.malformed += 1

@@ -394,6 +394,10 @@ class Field:
     # memoize comparisons on such fields by the raw value.
     source: str | None = None
     derive: Callable[[Any], Any] | None = None
+    # A field computed by ``extract`` that reads nothing but these event keys (present or
+    # absent) and policy attributes (``policy.NAME``), whose values are hashable: its value
+    # is a pure function of them, so rule prefilters may cache a comparison on it by them.
+    inputs: tuple[str, ...] | None = None
 
     @property
     def indexed(self) -> bool:
@@ -422,6 +426,7 @@ def _add(
     *,
     key: str | None = None,
     index_extract: Callable[[int], Extractor] | None = None,
+    inputs: tuple[str, ...] | None = None,
 ) -> None:
     if extract is None:
         assert key is not None
@@ -431,7 +436,7 @@ def _add(
             return e.get(_k)
 
     group = "evt.arg" if name.startswith("evt.arg.") else name.split(".", 1)[0]
-    FIELDS[name] = Field(name, type_, doc, extract, key, group, index_extract, key)
+    FIELDS[name] = Field(name, type_, doc, extract, key, group, index_extract, key, None, inputs)
 
 
 def _add_derived(
@@ -449,7 +454,8 @@ def _add_derived(
 
 
 # Derived path values, cached by the raw path: many rules ask about the same event's path and
-# paths repeat. Each cache is cleared when it grows past _CACHE_MAX entries.
+# paths repeat (rule comparisons derive through these too: a new path is cleaned once, not
+# once per rule). Each cache is cleared when it grows past _CACHE_MAX entries.
 _CACHE_MAX = 65536
 _clean: dict[str, str] = {}
 _dir: dict[str, str] = {}
@@ -457,10 +463,7 @@ _base: dict[str, str] = {}
 _home: dict[str, str | None] = {}
 
 
-def _path(e: dict, ctx: Any) -> str | None:
-    p = e.get("path")
-    if p is None:
-        return None
+def _cleaned(p: str) -> str:
     c = _clean.get(p)
     if c is None:
         if len(_clean) > _CACHE_MAX:
@@ -469,41 +472,52 @@ def _path(e: dict, ctx: Any) -> str | None:
     return c
 
 
-def _dirname(e: dict, ctx: Any) -> str | None:
-    p = e.get("path")
-    if p is None:
-        return None
+def _dir_of(p: str) -> str:
     d = _dir.get(p)
     if d is None:
         if len(_dir) > _CACHE_MAX:
             _dir.clear()
-        d = _dir[p] = posixpath.dirname(clean_path(p))
+        d = _dir[p] = posixpath.dirname(_cleaned(p))
     return d
 
 
-def _basename(e: dict, ctx: Any) -> str | None:
-    p = e.get("path")
-    if p is None:
-        return None
+def _base_of(p: str) -> str:
     b = _base.get(p)
     if b is None:
         if len(_base) > _CACHE_MAX:
             _base.clear()
-        b = _base[p] = posixpath.basename(clean_path(p))
+        b = _base[p] = posixpath.basename(_cleaned(p))
     return b
 
 
-def _homepath(e: dict, ctx: Any) -> str | None:
-    p = e.get("path")
-    if p is None:
-        return None
+def _home_of(p: str) -> str | None:
     try:
         return _home[p]
     except KeyError:
         if len(_home) > _CACHE_MAX:
             _home.clear()
-        h = _home[p] = home_relative(clean_path(p))
+        h = _home[p] = home_relative(_cleaned(p))
         return h
+
+
+def _path(e: dict, ctx: Any) -> str | None:
+    p = e.get("path")
+    return None if p is None else _cleaned(p)
+
+
+def _dirname(e: dict, ctx: Any) -> str | None:
+    p = e.get("path")
+    return None if p is None else _dir_of(p)
+
+
+def _basename(e: dict, ctx: Any) -> str | None:
+    p = e.get("path")
+    return None if p is None else _base_of(p)
+
+
+def _homepath(e: dict, ctx: Any) -> str | None:
+    p = e.get("path")
+    return None if p is None else _home_of(p)
 
 
 def _own(key: str) -> Extractor:
@@ -645,6 +659,7 @@ _add(
     "bool",
     "the syscall failed (`evt.res < 0`)",
     lambda e, c: (e["ret"] < 0) if e.get("ret") is not None else None,
+    inputs=("ret",),
 )
 _add("evt.ts", "int", "event time, nanoseconds since the Unix epoch", key="ts")
 _add("evt.flags", "list[str]", "the event's markers: `guard`, `procfs`, `adopted`...", key="flags")
@@ -673,12 +688,14 @@ _add(
     "bool",
     "the kill/ptrace target is the caller itself",
     lambda e, c: e.get("target") == e.get("pid") if e.get("target") is not None else None,
+    inputs=("target", "pid"),
 )
 _add(
     "evt.namespaces",
     "list[str]",
     "namespaces a fork, unshare or setns creates or enters (`mnt`, `pid`, `user`, `net`...)",
     lambda e, c: _flag_names(e.get("ns_flags", e.get("clone_flags")), NAMESPACE_FLAGS),
+    inputs=("ns_flags", "clone_flags"),
 )
 _add(
     "evt.arg.flags",
@@ -780,7 +797,7 @@ _add_derived(
     "str",
     "path acted on (the destination of a rename or link), with `//`, `.` and `..` collapsed",
     "path",
-    clean_path,
+    _cleaned,
     _path,
 )
 _add_derived(
@@ -788,7 +805,7 @@ _add_derived(
     "str",
     "directory of `fd.name`",
     "path",
-    lambda p: posixpath.dirname(clean_path(p)),
+    _dir_of,
     _dirname,
 )
 _add_derived(
@@ -796,7 +813,7 @@ _add_derived(
     "str",
     "last component of `fd.name`",
     "path",
-    lambda p: posixpath.basename(clean_path(p)),
+    _base_of,
     _basename,
 )
 _add_derived(
@@ -805,7 +822,7 @@ _add_derived(
     "`fd.name` relative to a home directory (`/root` or `/home/USER`) as `~/...`; absent "
     "elsewhere, so `~/.bashrc` matches `/home/u/.bashrc` but not `/home/u/proj/.bashrc`",
     "path",
-    lambda p: home_relative(clean_path(p)),
+    _home_of,
     _homepath,
 )
 _add_derived(
@@ -813,7 +830,7 @@ _add_derived(
     "str",
     "`evt.arg.source` relative to a home directory, like `fd.homepath`",
     "source",
-    lambda s: home_relative(clean_path(s)),
+    _home_of,
 )
 _add(
     "fd.in_venv",
@@ -826,12 +843,14 @@ _add(
     "bool",
     "`fd.name` is, or is under, a path in the policy's `protect` list",
     lambda e, c: is_protected(c.policy, _path(e, c)),
+    inputs=("path", "policy.protect"),
 )
 _add(
     "fd.source_protected",
     "bool",
     "`evt.arg.source` (a rename's old path) is, or is under, a protected path",
     lambda e, c: is_protected(c.policy, e.get("source")),
+    inputs=("source", "policy.protect"),
 )
 _add_derived(
     "fd.open_flags",
@@ -850,10 +869,22 @@ _add(
     key="family",
 )
 _add("fd.l4proto", "str", "`tcp`, `udp`, `raw` or empty", key="proto")
-_add("fd.rip", "str", "remote address of a connect, sendto or sendmsg", _remote_ip)
-_add("fd.rport", "int", "remote port of a connect, sendto or sendmsg", _remote_port)
-_add("fd.lip", "str", "local address of a bind or listen", _local_ip)
-_add("fd.lport", "int", "local port of a bind or listen", _local_port)
+_add(
+    "fd.rip",
+    "str",
+    "remote address of a connect, sendto or sendmsg",
+    _remote_ip,
+    inputs=("type", "addr"),
+)
+_add(
+    "fd.rport",
+    "int",
+    "remote port of a connect, sendto or sendmsg",
+    _remote_port,
+    inputs=("type", "port"),
+)
+_add("fd.lip", "str", "local address of a bind or listen", _local_ip, inputs=("type", "addr"))
+_add("fd.lport", "int", "local port of a bind or listen", _local_port, inputs=("type", "port"))
 _add(
     "fd.sip",
     "str",
@@ -887,12 +918,14 @@ _add(
     "the destination (`fd.sip`, port, protocol) is in the session policy's egress allowlist; "
     "absent for non-IP sockets",
     _egress_allowed_field,
+    inputs=("addr", "family", "port", "proto", "policy.egress_allow"),
 )
 _add(
     "policy.mode",
     "str",
     "the session policy's mode: `enforce` or `observe`",
     lambda e, c: getattr(c.policy, "mode", "enforce"),
+    inputs=("policy.mode",),
 )
 
 
@@ -942,13 +975,14 @@ class ResolvedField:
     type: str
     source: str | None = None
     derive: Callable[[Any], Any] | None = None
+    inputs: tuple[str, ...] | None = None
 
 
 def resolve(name: str) -> ResolvedField | None:
     """The field for ``name`` (``proc.aname[2]`` included), or None if there is none."""
     f = FIELDS.get(name)
     if f is not None:
-        return ResolvedField(name, f, f.extract, f.key, f.type, f.source, f.derive)
+        return ResolvedField(name, f, f.extract, f.key, f.type, f.source, f.derive, f.inputs)
     m = _INDEX_RE.match(name)
     if m is None:
         return None
