@@ -17,11 +17,18 @@ kill     an agent forks children one after the other; each writes time.time_ns()
 startup  ``roguewatch run -- python3 -S -c 'print(time.time_ns())'``: invocation -> the agent's
          first instruction (bar: <= 1.5 s, median of >= 10 runs), and the wall time of
          ``run -- true`` against plain ``true``.
+
+``--trace`` (kill): where the time of each trial goes, from timestamps taken in the session's
+own processes (``bench/killtrace/sitecustomize.py`` on their PYTHONPATH): agent (its time_ns
+-> the event's kernel time), collector (-> the batch holding it published), bus (-> the
+evaluator received that batch), evaluator (-> the SIGKILL syscall), death (the syscall -> the
+parent's waitpid returned: the victim's exit and the parent's wake-up).
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import json
 import os
@@ -93,7 +100,7 @@ for i in range(n):
     _, st = os.waitpid(pid, 0)
     t_dead = time.time_ns()
     sig = os.WTERMSIG(st) if os.WIFSIGNALED(st) else 0
-    out.append([t_dead - t_act, sig])
+    out.append([t_dead - t_act, sig, t_act])
     time.sleep(gap)
 if bg is not None:
     bg.kill()
@@ -121,9 +128,10 @@ def daemon_running() -> bool:
     return True
 
 
-def run_session(argv: list[str], policy: str | None, timeout: float) -> tuple[int, str, str]:
+def run_session(argv: list[str], policy: str | None, timeout: float,
+                env: dict | None = None) -> tuple[int, str, str]:  # fmt: skip
     cmd = [RW, "run", "--json", *(["--policy", policy] if policy else []), "--", *argv]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     return r.returncode, r.stdout, r.stderr
 
 
@@ -234,16 +242,63 @@ def build_generator(tmp: str) -> str:
     return exe
 
 
+PHASES = ("agent", "collector", "bus", "evaluator", "death")
+
+
+def trace_phases(samples: list, trace_dir: str) -> dict:
+    """Per trial, the milliseconds of each phase (see --trace), from the session's traces."""
+    recs: dict[str, list[list[int]]] = {}
+    for name in os.listdir(trace_dir):
+        with open(os.path.join(trace_dir, name)) as f:
+            for line in f:
+                kind, *vals = line.split()
+                recs.setdefault(kind, []).append([int(v) for v in vals])
+    pub = {r[0]: r[1] for r in recs.get("pub", [])}
+    recv = {r[0]: r[1] for r in recs.get("recv", [])}
+    act = {r[0]: r[1] for r in recs.get("act", [])}
+    kills = sorted(r[1:] for r in recs.get("kill", []))
+    starts = [k[0] for k in kills]
+    events = sorted(act)
+    out: dict[str, list[float]] = {p: [] for p in PHASES}
+    for dt, _sig, t_act in samples:
+        i = bisect.bisect_left(events, t_act)
+        if i == len(events) or events[i] not in recv:
+            continue
+        ts = events[i]
+        j = bisect.bisect_left(starts, act[ts])
+        if j == len(kills):
+            continue
+        k0 = kills[j][0]
+        p = pub.get(ts)
+        out["agent"].append((ts - t_act) / 1e6)
+        if p is not None:
+            out["collector"].append((p - ts) / 1e6)
+            out["bus"].append((recv[ts] - p) / 1e6)
+        out["evaluator"].append((k0 - recv[ts]) / 1e6)
+        out["death"].append((t_act + dt - k0) / 1e6)
+    return {
+        ph: {"n": len(v), "p50_ms": statistics.median(v), "p90_ms": pct(v, 90),
+             "p99_ms": pct(v, 99), "max_ms": max(v)}
+        for ph, v in out.items() if v
+    }  # fmt: skip
+
+
 def kill_trials(args: argparse.Namespace, n: int, load: int) -> dict:
     gen = []
     if load:
         gen = [args.gen, str(load), "600", "0", os.path.join(args.tmp, "never-")]
     prefix = f"{KILL_PREFIX}{load}-"
+    env = trace_dir = None
+    if args.trace:
+        trace_dir = os.path.join(args.tmp, f"trace-{load}")
+        os.makedirs(trace_dir)
+        path = [str(BENCH / "killtrace"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = dict(os.environ, RW_TRACE=trace_dir, PYTHONPATH=os.pathsep.join(path))
     rc, out, err = run_session([AGENT_PY, "-S", "-c", KILL_AGENT, str(n), prefix, "0.01", *gen],
-                               None, 300)  # fmt: skip
+                               None, 300, env)  # fmt: skip
     res = result_of(out)
-    ms = [d / 1e6 for d, sig in res]
-    killed = sum(1 for _, sig in res if sig == 9)
+    ms = [r[0] / 1e6 for r in res]
+    killed = sum(1 for r in res if r[1] == 9)
     alerts = [json.loads(ln) for ln in err.splitlines() if ln.startswith("{")]
     kills = [a for a in alerts if a.get("rule") == "persistence_cron_write"]
     lost = [a.get("message", "") for a in alerts if a.get("rule") == "roguewatch_events_lost"]
@@ -251,7 +306,9 @@ def kill_trials(args: argparse.Namespace, n: int, load: int) -> dict:
             "p90_ms": pct(ms, 90), "p99_ms": pct(ms, 99), "max_ms": max(ms), "alerts": len(kills),
             "outcomes": sorted({a.get("outcome", "") for a in kills})[:3], "exit": rc,
             "load": load, "loadavg": os.getloadavg()[0],
-            "loss_alerts": len(lost), "last_loss": lost[-1] if lost else ""}  # fmt: skip
+            "loss_alerts": len(lost), "last_loss": lost[-1] if lost else "",
+            "samples": res,
+            "phases": trace_phases(res, trace_dir) if trace_dir else {}}  # fmt: skip
 
 
 def run_kill(args: argparse.Namespace, results: dict) -> None:
@@ -270,6 +327,9 @@ def run_kill(args: argparse.Namespace, results: dict) -> None:
             f"{r['alerts']} alerts, outcomes {r['outcomes']}")  # fmt: skip
         if r["loss_alerts"]:
             log(f"     loss alerts: {r['loss_alerts']}, last: {r['last_loss']}")
+        for ph, v in r["phases"].items():
+            log(f"     {ph:9s} p50 {v['p50_ms']:7.2f} ms, p90 {v['p90_ms']:7.2f}, "
+                f"p99 {v['p99_ms']:7.2f}, max {v['max_ms']:7.2f} ({v['n']} trials)")  # fmt: skip
     results["kill"] = out
 
 
@@ -338,6 +398,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer trials and runs")
     ap.add_argument("--only", default="deny,kill,startup", help="comma-separated sections")
     ap.add_argument("--json", help="write the results here as JSON")
+    ap.add_argument("--trace", action="store_true", help="kill: where each trial's time goes")
     args = ap.parse_args()
     only = set(args.only.split(","))
     if os.geteuid() != 0:

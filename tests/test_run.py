@@ -556,6 +556,97 @@ def test_a_pair_restarting_each_other_leaves_no_survivor(agent: Agent) -> None:
     assert agent.leftovers() == []
 
 
+CLI = [sys.executable, "-m", "roguewatch.cli"]
+
+
+def test_roguewatch_kill_ends_a_session_with_a_daemon_and_a_restarting_pair(agent: Agent) -> None:
+    """The operator's verified shutdown of a `run` session (no roguewatchd: the launcher's own
+    collector answers `sessions` and `kill`): every process of the session shrugs SIGTERM
+    off, so what ends it is the kill after the grace; nothing survives."""
+    name = f"rwkill-{agent.token[-12:]}"
+    body = (
+        PRELUDE
+        + textwrap.dedent(
+            f"""
+        # SIGTERM caught and ignored (a handler: SIG_IGN itself is a rule's kill)
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        def pair():
+            while True:
+                pid = os.fork()
+                if pid == 0:
+                    parent = os.getppid()
+                    while os.getppid() == parent:
+                        time.sleep(0.005)
+                    continue
+                os.waitpid(pid, 0)
+        def members():
+            out = []
+            for d in os.listdir("/proc"):
+                if d.isdigit():
+                    try:
+                        cmd = open(f"/proc/{{d}}/cmdline", "rb").read()
+                    except OSError:
+                        continue
+                    if cmd.startswith(b"{AGENT_PYTHON}") and b"{agent.token}" in cmd:
+                        out.append(int(d))
+            return sorted(out)
+        rd, wr = os.pipe()
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.write(wr, str(os.getpid()).encode())
+                os.close(wr)
+                while True:
+                    time.sleep(1)
+            os._exit(0)
+        os.close(wr)
+        daemon = int(os.read(rd, 64))
+        if os.fork() == 0:
+            os.setsid()
+            pair()
+        time.sleep(0.3)
+        say(root=os.getpid(), daemon=daemon, procs=members(), ready=True)
+        while True:
+            time.sleep(1)
+        """
+        )
+        + f"\n# {agent.token}\n"
+    )
+    state: dict = {}
+
+    def operator(proc: subprocess.Popen) -> None:
+        if "kill" in state or '"ready": true' not in (agent.tmp / "stdout").read_text():
+            return
+        listed = subprocess.run([*CLI, "sessions", "--json"], capture_output=True, text=True,
+                                timeout=60)  # fmt: skip
+        state["sessions"] = listed
+        mine = [json.loads(x) for x in listed.stdout.splitlines() if x.startswith("{")]
+        mine = [x for x in mine if x["name"] == name]
+        state["listed"] = mine
+        key = mine[0]["session"] if mine else name
+        state["kill"] = subprocess.run([*CLI, "kill", key, "--grace", "1"],
+                                       capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    r = agent.run_argv([AGENT_PYTHON, "-S", "-c", body], args=("--name", name),
+                       during=operator, timeout=90)  # fmt: skip
+    said = r.said()
+    assert "kill" in state, r.describe()
+    listed, kill = state["sessions"], state["kill"]
+    assert listed.returncode == 0 and len(state["listed"]) == 1, (listed.stdout, listed.stderr)
+    session = state["listed"][0]
+    assert session["cgroup"] and said["root"] == session["root"], session
+    # root, the daemon and the pair (the daemon's first parent has exited)
+    assert len(said["procs"]) >= 3 and {said["root"], said["daemon"]} <= set(session["pids"])
+    assert kill.returncode == 0, (kill.stdout, kill.stderr)
+    assert kill.stdout.strip().endswith("0 survivors"), kill.stdout
+    assert "Traceback" not in kill.stderr, kill.stderr
+    # SIGTERM was shrugged off: the root ended by the kill after the grace
+    assert r.status == 128 + signal.SIGKILL, r.describe()
+    assert_clean_end(r)
+    time.sleep(0.2)
+    assert agent.leftovers() == []
+
+
 # --- attacks on the monitor ---------------------------------------------------------------
 
 FIND_COLLECTOR = """
@@ -723,6 +814,80 @@ def test_an_agent_signalling_a_thread_of_the_monitor_is_killed(agent: Agent, tar
     assert r.summary.startswith("roguewatch: session ended"), r.describe()
     assert "survived" not in said and r.status == 128 + signal.SIGKILL, r.describe()
     assert r.one("shutdown_signal_to_monitor")["category"] == "shutdown_evasion"
+
+
+# --- the launcher's start-up ---------------------------------------------------------------
+
+
+def test_the_launchers_light_copies_agree_with_the_originals() -> None:
+    """run avoids importing the bus and the collector before it starts the collector: its own
+    spellings of the service's control socket and of a session id must agree with theirs."""
+    from roguewatch import bus, collector, run
+
+    assert f"ipc://{run.SERVICE_CONTROL_SOCKET}" == bus.CONTROL_ENDPOINT
+    ours = [run.new_session_id() for _ in range(1000)]
+    theirs = [collector.new_session_id() for _ in range(1000)]
+    assert all(0 < i < 1 << 61 for i in ours + theirs)
+    assert max(ours).bit_length() == max(theirs).bit_length() == 61  # (p = 1 - 2^-1000)
+    assert collector.ADOPTED_PROCFS_BASE >= 1 << 61
+
+
+def test_run_starts_without_importing_the_other_sub_commands() -> None:
+    code = ("import sys\nfrom roguewatch import cli\n"
+            "cli.build_parser(only='run').parse_args(['run', '--', 'true'])\n"
+            "print(sorted(m for m in sys.modules if m.startswith('roguewatch.')))")  # fmt: skip
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    loaded = p.stdout
+    assert p.returncode == 0, p.stderr
+    for heavy in ("ruleset", "condition", "replay", "rules_cli", "collector", "evaluator",
+                  "kernel", "baseline"):  # fmt: skip
+        assert f"'roguewatch.{heavy}'" not in loaded, loaded
+
+
+def test_stale_private_run_directories_are_swept_and_live_ones_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from roguewatch import sessions
+
+    monkeypatch.setattr(sessions, "PRIVATE_RUN", str(tmp_path))
+    old = time.time() - 3600
+    stale, live, young, mine = (tmp_path / f"roguewatch-{n}" for n in ("a", "b", "c", "d"))
+    for d in (stale, live, young, mine):
+        d.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(live / "control.sock"))
+    listener.listen(1)
+    (stale / "control.sock").touch()  # a socket file nobody listens on
+    for d in (stale, live, mine):
+        os.utime(d, (old, old))
+    try:
+        assert sorted(sessions.private_control_endpoints()) == [
+            f"ipc://{stale}/control.sock", f"ipc://{live}/control.sock"
+        ]  # fmt: skip
+        sessions._sweep_stale_run_dirs(keep=str(mine))
+        assert sorted(os.listdir(tmp_path)) == ["roguewatch-b", "roguewatch-c", "roguewatch-d"]
+    finally:
+        listener.close()
+
+
+def test_the_monitor_runs_ahead_of_the_agent(agent: Agent) -> None:
+    """The private collector and evaluator run at nice -10, each a session (and autogroup) of
+    its own; the agent keeps the launcher's priority."""
+    found: dict[str, int] = {}
+
+    def watch(proc: subprocess.Popen) -> None:
+        for name in ("collector", "evaluator"):
+            for c in _children(proc.pid, f"roguewatch.{name}"):
+                found[name] = c
+                found[f"{name}_nice"] = os.getpriority(os.PRIO_PROCESS, c)
+                found[f"{name}_sid"] = os.getsid(c)
+
+    r = agent.run("say(nice=os.getpriority(os.PRIO_PROCESS, 0))\ntime.sleep(1)", during=watch)
+    assert r.status == 0, r.describe()
+    for name in ("collector", "evaluator"):
+        assert found.get(f"{name}_nice") == -10, found
+        assert found[f"{name}_sid"] == found[name], found
+    assert r.said()["nice"] == os.getpriority(os.PRIO_PROCESS, 0)
 
 
 # --- the launcher's own errors ------------------------------------------------------------

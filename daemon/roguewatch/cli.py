@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from roguewatch import __version__, bus, render
+from roguewatch import __version__, render
 
 EXAMPLES = """\
 examples:
@@ -63,6 +63,8 @@ def cmd_events(args: argparse.Namespace) -> int:
         return 0
     if (rc := _need_root("events")) is not None:
         return rc
+    from roguewatch import bus
+
     try:
         sub = bus.Subscriber(args.endpoint)
     except bus.BusError as exc:
@@ -78,7 +80,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from roguewatch import recording, sessions
+    from roguewatch import bus, recording, sessions
 
     if not args.command:
         return _die("record: no command given (roguewatch record --output FILE -- CMD...)")
@@ -186,7 +188,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 1 if degraded else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Sub-commands whose parser alone is built when they are the one asked for: the full parser
+# imports every sub-command's module (the rule compiler among them: 0.3-0.5 s), and `run`'s
+# start-up to the agent's exec has a bar (issue 4).
+_LIGHT = {"run": "run", "sessions": "session_cli", "kill": "session_cli", "thaw": "session_cli"}
+
+
+def _subcommand(argv: list[str]) -> str | None:
+    """The sub-command named in ``argv`` (the first word that is not an option)."""
+    for a in argv:
+        if a == "--":
+            return None
+        if not a.startswith("-"):
+            return a
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``only`` (a light sub-command), just that sub-command's."""
     ap = argparse.ArgumentParser(
         prog="roguewatch",
         description="Watch AI-agent processes and stop them when they go rogue.",
@@ -195,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action="version", version=f"roguewatch {__version__}")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+    if only in _LIGHT:
+        import importlib
+
+        importlib.import_module(f"roguewatch.{_LIGHT[only]}").add_arguments(sub)
+        return ap
+    from roguewatch import bus
 
     p = sub.add_parser("doctor", help="check that this host can run roguewatch")
     p.add_argument("--json", action="store_true")
@@ -238,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    ap = build_parser(only=_subcommand(argv))
     args = ap.parse_args(argv)
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]

@@ -8,16 +8,84 @@ syscall and no message. It must not decide *whether* to act: that is the rule's.
 
 Restoring files is the filesystem watchers' (not built yet); egress is refused by the kernel
 before the evaluator ever sees the event (`block`).
+
+A kill goes through a pidfd (``pidfd_open`` + ``pidfd_send_signal``): the signal reaches the
+process that was opened, or nobody. And the process that rule matched is killed only if it
+had started when its event happened: a process whose pid was freed and reused since (a new
+process with the same pid) started later, and is left alone ("already gone").
+
+Before a restore, the writer's death is awaited on its pidfd (at most RESTORE_WAIT_S): a
+SIGKILL lets a write that is already in a syscall finish, and that write must not land on
+the restored file; and the restore's own work (quarantine, copy, fsync, in the collector)
+then does not compete with the dying process for the CPUs.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 OBSERVE = "observe mode, not enforced"
+# How much later than its event the offender may seem to have started: /proc start times
+# have clock-tick resolution (10 ms), and event times are wall-clock times converted from boot
+# time by the collector, whose offset follows a step of the wall clock within a second. A
+# step within that second smaller than this still kills; and a pid is not reused this soon
+# (pid_max 32768 would take more than 100,000 forks a second).
+START_SLACK_NS = 250_000_000
+_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+_HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+# How long a restore waits for the killed writer to be gone (usually 1-2 ms).
+RESTORE_WAIT_S = 0.05
+
+
+def started_ns(pid: int) -> int | None:
+    """When process ``pid`` started, in wall-clock ns (tick resolution); None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            st = f.read()
+        ticks = int(st[st.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+    boot = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    return boot + ticks * _TICK_NS
+
+
+def send_kill(pid: int, not_after_ns: int = 0, wait_s: float = 0.0) -> bool:
+    """SIGKILL to ``pid`` through a pidfd; False when it is gone. With ``not_after_ns`` (the
+    offending event's time) a process that started after it is not the offender: the pid was
+    reused, the offender is gone. With ``wait_s``, until the process has exited (its pidfd
+    readable) or that long."""
+    try:
+        fd = os.pidfd_open(pid) if _HAS_PIDFD else -1
+    except ProcessLookupError:
+        return False
+    except OSError:  # no pidfd for it (EMFILE, or a thread id on an older kernel): plain kill
+        fd = -1
+    if fd < 0:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        return True
+    try:
+        if not_after_ns:
+            start = started_ns(pid)  # the pidfd's process while it is not reaped
+            if start is None or start > not_after_ns + START_SLACK_NS:
+                return False
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        if wait_s > 0:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll(int(wait_s * 1000))
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 @dataclass
@@ -64,12 +132,10 @@ class Enforcer:
     def session(self, sid: int) -> SessionInfo | None:
         return self.sessions.get(sid)
 
-    def _kill(self, pid: int) -> bool:
+    def _kill(self, pid: int, not_after_ns: int = 0, wait_s: float = 0.0) -> bool:
         if pid in self.own or pid <= 1:
             return False
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+        if not send_kill(pid, not_after_ns, wait_s):
             return False
         self.killed += 1
         return True
@@ -95,10 +161,15 @@ class Enforcer:
         if action == "kill_process":
             if not self._in_session(pid, sid):
                 return f"not enforced: pid {pid} is not in session {sid:x}"
-            return f"process {pid} killed" if self._kill(pid) else f"process {pid} already gone"
+            killed = self._kill(pid, ev.get("ts", 0))
+            return f"process {pid} killed" if killed else f"process {pid} already gone"
         if action == "kill_tree":
+            # The offender as of its event; descendants as the table knows them now.
+            ts = ev.get("ts", 0)
             pids = [pid, *self.descendants(ev.get("exec_id", ""))]
-            killed = sum(self._kill(p) for p in pids if self._in_session(p, sid))
+            killed = sum(
+                self._kill(p, ts if p == pid else 0) for p in pids if self._in_session(p, sid)
+            )
             return f"{killed} processes killed" + (
                 f", {len(pids) - killed} already gone" if killed < len(pids) else ""
             )
@@ -109,11 +180,12 @@ class Enforcer:
         return f"not enforced: unknown action {action!r}"
 
     def restore(self, ev: dict, info: SessionInfo | None) -> str:
-        """Kill the writer first (it cannot race the restore), then put the file back."""
+        """Kill the writer first and let it be gone (it cannot race the restore), then put
+        the file back."""
         sid, pid, path = ev.get("session", 0), ev.get("pid", 0), ev.get("path", "")
         parts = []
         if sid and pid:
-            killed = self._in_session(pid, sid) and self._kill(pid)
+            killed = self._in_session(pid, sid) and self._kill(pid, ev.get("ts", 0), RESTORE_WAIT_S)
             parts.append(f"writer {pid} killed" if killed else f"writer {pid} already gone")
         if not path:
             return "; ".join([*parts, "no path to restore"])

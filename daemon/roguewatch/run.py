@@ -23,21 +23,37 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import msgpack
-import zmq
+from roguewatch import readiness, sessions
 
-from roguewatch import alerts, bus, cgroups, landlock, readiness, sessions
-from roguewatch import policy as policy_mod
-from roguewatch.collector import new_session_id
-from roguewatch.control import ControlError
-from roguewatch.selfdefense import die_with_parent
+if TYPE_CHECKING:
+    import zmq
+
+    from roguewatch import cgroups
+
+# Start-up time is a bar (issue 4: start-up to the agent's exec <= 1.5 s), and its longest
+# part is the private collector's own start: run starts it first and imports the rest of
+# what it needs (ZeroMQ, msgpack, the policy parser, cgroups, Landlock) while it loads.
 
 PR_SET_CHILD_SUBREAPER = 36
+# bus.CONTROL_ENDPOINT's socket, spelled here so that finding no roguewatchd costs no import
+# (tests/test_run.py checks that the two agree).
+SERVICE_CONTROL_SOCKET = "/run/roguewatch/control.sock"
+# How long the launcher waits for its alert subscription to be live before the agent's exec.
+WELCOME_TIMEOUT_S = 1.0
+
+
+def new_session_id() -> int:
+    """A random session id, as ``collector.new_session_id`` draws them (61 bits: below the
+    ranges of adopted sessions); not imported from there, the collector module is not light
+    (tests/test_run.py checks that the two agree)."""
+    import secrets
+
+    return secrets.randbits(61) or 1
 
 
 class RunError(Exception):
@@ -58,57 +74,82 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
 
 @dataclass
 class Monitor:
-    """The collector and evaluator this session uses (the service's, or our own)."""
+    """The collector and evaluator this session uses (the service's, or our own).
 
-    watcher: sessions.Watcher
+    Our own are started by ``launch_monitor`` and not waited for: ``wait`` says when both
+    are ready (the collector's probes attached, the evaluator subscribed)."""
+
     alerts_endpoint: str
+    watcher: sessions.Watcher | None = None
+    pending: sessions.PendingCollector | None = None
     evaluator: subprocess.Popen | None = None
-    tmpdir: str | None = None
+    evaluator_ready: int | None = None
+
+    def wait(self) -> sessions.Watcher:
+        if self.watcher is None:
+            assert self.pending is not None
+            try:
+                self.watcher = self.pending.wait()
+            except sessions.SessionError:
+                self.close()
+                raise
+            self.pending = None
+        if self.evaluator_ready is not None:
+            r, self.evaluator_ready = self.evaluator_ready, None
+            assert self.evaluator is not None
+            if not readiness.wait(r, self.evaluator):
+                proc = self.evaluator
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+                self.close()
+                raise RunError(f"the evaluator did not start: {err}")
+        return self.watcher
 
     def close(self) -> None:
         if self.evaluator is not None and self.evaluator.poll() is None:
             self.evaluator.terminate()
-        self.watcher.close()
-        if self.tmpdir:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
+        if self.evaluator_ready is not None:
+            os.close(self.evaluator_ready)
+            self.evaluator_ready = None
+        if self.pending is not None:
+            self.pending.abandon()
+            self.pending = None
+        if self.watcher is not None:
+            self.watcher.close()
 
 
-def start_monitor() -> Monitor:
-    from roguewatch.control import running
+def launch_monitor() -> Monitor:
+    """The running roguewatchd's collector and evaluator, or our own, started (not waited
+    for): a collector, and an evaluator that subscribes to it as soon as its socket exists."""
+    if os.path.exists(SERVICE_CONTROL_SOCKET):
+        from roguewatch import alerts, bus
+        from roguewatch.control import running
 
-    client = running()
-    if client is not None:
-        return Monitor(sessions.Watcher(bus.EVENTS_ENDPOINT, client), alerts.ALERTS_ENDPOINT)
-    tmpdir = tempfile.mkdtemp(prefix="roguewatch-run-")
-    os.chmod(tmpdir, 0o700)
-    endpoint = f"ipc://{tmpdir}/alerts.sock"
+        client = running()
+        if client is not None:
+            return Monitor(alerts.ALERTS_ENDPOINT, sessions.Watcher(bus.EVENTS_ENDPOINT, client))
+    pending = sessions.launch_private_collector()
+    # Everything of this run in the collector's root-only directory (removed at the end):
+    # its sockets, the evaluator's alert socket and alert file.
+    endpoint = f"ipc://{pending.tmpdir}/alerts.sock"
     r, w = os.pipe()
-    started: list[subprocess.Popen] = []
-
-    def start_evaluator(events: str) -> None:
-        # Started while the collector loads its probes: it waits for the event socket.
-        control = events.replace("events.sock", "control.sock")
-        started.append(subprocess.Popen(
-            [sys.executable, "-m", "roguewatch.evaluator", "--events", events,
-             "--control", control,
-             "--alerts", endpoint, "--alerts-file", f"{tmpdir}/alerts.jsonl", "--no-journal",
-             "--quiet", "--ready-fd", str(w)],
-            pass_fds=(w,), stderr=subprocess.PIPE, preexec_fn=die_with_parent,
-        ))  # fmt: skip
-        os.close(w)
-
     try:
-        watcher = sessions.start_private_collector(alongside=start_evaluator)
-    except sessions.SessionError:
-        for p in started:
-            p.kill()
+        evaluator = subprocess.Popen(
+            [sys.executable, "-m", "roguewatch.evaluator", "--events", pending.events,
+             "--control", pending.control, "--alerts", endpoint,
+             "--alerts-file", f"{pending.tmpdir}/alerts.jsonl", "--no-journal", "--quiet",
+             "--ready-fd", str(w)],
+            pass_fds=(w,), stderr=subprocess.PIPE, preexec_fn=sessions.component_preexec,
+        )  # fmt: skip
+    except BaseException:
+        os.close(r)
+        pending.abandon()
         raise
-    proc = started[0]
-    if not readiness.wait(r, proc):
-        err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-        watcher.close()
-        raise RunError(f"the evaluator did not start: {err}")
-    return Monitor(watcher, endpoint, proc, tmpdir)
+    finally:
+        os.close(w)
+    return Monitor(endpoint, pending=pending, evaluator=evaluator, evaluator_ready=r)
 
 
 @dataclass
@@ -137,6 +178,8 @@ def _child_setup(user: pwd.struct_passwd | None) -> None:
 
     (The launcher already moved it into the session's cgroup, before it was tracked: its
     own move is not the agent leaving a cgroup.)"""
+    from roguewatch import landlock
+
     landlock.restrict_self(scope_signals=True, scope_abstract_unix=True)
     if user is not None:
         os.initgroups(user.pw_name, user.pw_gid)
@@ -147,17 +190,18 @@ def _child_setup(user: pwd.struct_passwd | None) -> None:
 
 class Run:
     def __init__(self, args: argparse.Namespace) -> None:
+        from roguewatch import landlock
+
         self.args = args
         self.command: list[str] = args.command
         if os.geteuid() != 0:
             raise RunError("run needs root (it loads BPF probes and creates cgroups): use sudo")
         if not self.command:
             raise RunError("no command given: roguewatch run [OPTIONS] -- CMD [ARG...]")
-        try:
-            self.policy = policy_mod.load(args.policy) if args.policy else policy_mod.default()
-        except policy_mod.PolicyError as exc:
-            raise RunError(f"bad policy: {exc}") from None
-        self.mode = "observe" if args.observe or self.policy.mode == "observe" else "enforce"
+        if args.policy and not os.path.isfile(args.policy):
+            raise RunError(f"bad policy: {args.policy}: no such file")
+        self.policy = None  # parsed while the collector starts (load_policy)
+        self.mode = "observe" if args.observe else "enforce"
         self.user = None
         if args.user:
             try:
@@ -170,11 +214,25 @@ class Run:
             raise RunError("this kernel's Landlock cannot scope signals (ABI 6 needed): "
                            "see `roguewatch doctor`")  # fmt: skip
         self.name = args.name or os.path.basename(self.command[0])
-        self.session = new_session_id()
+        self.session = 0  # drawn once the collector is on its way (its module is not light)
         self.summary = Summary()
         self.alert_file = open(args.alerts, "a") if args.alerts else None  # noqa: SIM115
 
+    def load_policy(self) -> None:
+        from roguewatch import policy as policy_mod
+
+        try:
+            self.policy = (
+                policy_mod.load(self.args.policy) if self.args.policy else policy_mod.default()
+            )
+        except policy_mod.PolicyError as exc:
+            raise RunError(f"bad policy: {exc}") from None
+        if self.policy.mode == "observe":
+            self.mode = "observe"
+
     def _print(self, alert: dict) -> None:
+        from roguewatch import alerts
+
         self.summary.alerts.append(alert)
         line = json.dumps(alert, separators=(",", ":"))
         if self.alert_file is not None:
@@ -184,6 +242,8 @@ class Run:
               file=sys.stderr, flush=True)  # fmt: skip
 
     def _drain_alerts(self, sub: zmq.Socket, timeout_ms: int) -> int:
+        import msgpack
+
         n = 0
         while sub.poll(timeout_ms):
             timeout_ms = 0
@@ -197,48 +257,70 @@ class Run:
         return n
 
     def execute(self) -> int:
-        monitor = start_monitor()
-        control = monitor.watcher.control
-        # The launcher and our evaluator are roguewatch too: signals and ptrace aimed at them
-        # are guard events, and a session process that tries is killed in the kernel.
-        for pid in (os.getpid(), monitor.evaluator.pid if monitor.evaluator else 0):
-            if pid:
-                try:
-                    control.request("guard", pid=pid)
-                except ControlError:
-                    pass
-        sub = zmq.Context.instance().socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.connect(monitor.alerts_endpoint)
-        sub.poll(1000)  # the welcome: our subscription is active
-        self._drain_alerts(sub, 0)
-        cg = cgroups.SessionCgroup.create(f"{self.name}-{self.session:x}"[:64])
-        ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        pol = {
-            "egress_allow": list(self.policy.egress_allow), "protect": list(self.policy.protect),
-            "mode": self.mode, "lists": self.policy.lists,
-        }  # fmt: skip
-
-        def register(pid: int) -> int:
-            try:
-                cg.add(pid)
-                control.request("register", pid=pid, session=self.session, name=self.name,
-                                cgroup=cg.path, mode=self.mode, policy=pol)  # fmt: skip
-                if self.mode == "enforce":
-                    control.request("attach_egress", session=self.session, cgroup=cg.path,
-                                    allow=list(self.policy.egress_allow))  # fmt: skip
-            except (ControlError, cgroups.CgroupError) as exc:
-                raise sessions.SessionError(f"cannot set up the session: {exc}") from None
-            return self.session
-
-        status = 0
+        monitor = launch_monitor()
+        # While the collector loads its probes and snapshots the baselines, and the evaluator
+        # loads the rules: everything of ours that does not need them. (A bad policy is found
+        # here too: the monitor just started is stopped, and no session ran.)
+        cg = sub = control = None
         try:
+            self.load_policy()
+            import zmq
+
+            from roguewatch import cgroups
+            from roguewatch.control import ControlError
+
+            self.session = new_session_id()
+            sub = zmq.Context.instance().socket(zmq.SUB)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.RECONNECT_IVL, 20)  # the evaluator may not have bound it yet
+            sub.connect(monitor.alerts_endpoint)
+            cg = cgroups.SessionCgroup.create(f"{self.name}-{self.session:x}"[:64])
+            ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+            pol = {
+                "egress_allow": list(self.policy.egress_allow),
+                "protect": list(self.policy.protect), "mode": self.mode,
+                "lists": self.policy.lists,
+            }  # fmt: skip
+            watcher = monitor.wait()
+            control = watcher.control
+            # The launcher and our evaluator are roguewatch too: signals and ptrace aimed at
+            # them are guard events, and a session process that tries is killed in the kernel.
+            for pid in (os.getpid(), monitor.evaluator.pid if monitor.evaluator else 0):
+                if pid:
+                    try:
+                        control.request("guard", pid=pid)
+                    except ControlError:
+                        pass
+            session_cg = cg
+
+            def register(pid: int) -> int:
+                try:
+                    session_cg.add(pid)
+                    # (waits for the collector's baseline snapshot: a change made before it
+                    # would become the baseline)
+                    control.request("register", pid=pid, session=self.session, name=self.name,
+                                    cgroup=session_cg.path, mode=self.mode,
+                                    policy=pol)  # fmt: skip
+                    if self.mode == "enforce":
+                        control.request("attach_egress", session=self.session,
+                                        cgroup=session_cg.path,
+                                        allow=list(self.policy.egress_allow))  # fmt: skip
+                except (ControlError, cgroups.CgroupError) as exc:
+                    raise sessions.SessionError(f"cannot set up the session: {exc}") from None
+                # Our alert subscription is live (the evaluator's welcome) before the agent
+                # runs: it was connected at the start, so this rarely waits.
+                sub.poll(int(WELCOME_TIMEOUT_S * 1000))
+                self._drain_alerts(sub, 0)
+                return self.session
+
+            status = 0
             pid, _ = sessions.spawn_in_session(
                 self.command, register, preexec=lambda: _child_setup(self.user)
             )
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda s, _f: os.kill(pid, s))
+            watcher.share_baselines()  # the agent runs: for the next run's start-up
             while True:
                 self._drain_alerts(sub, 100)
                 done, st = os.waitpid(pid, os.WNOHANG)
@@ -248,16 +330,19 @@ class Run:
                 self._reap()
             self._end(control, cg, sub, pid)
         finally:
-            try:
-                control.request("release", session=self.session)
-            except ControlError:
-                pass
+            if control is not None:
+                try:
+                    control.request("release", session=self.session)
+                except ControlError:
+                    pass
             self._reap()
-            try:
-                cg.remove()
-            except cgroups.CgroupError:
-                pass
-            sub.close(0)
+            if cg is not None:
+                try:
+                    cg.remove()
+                except cgroups.CgroupError:
+                    pass
+            if sub is not None:
+                sub.close(0)
             monitor.close()
             if self.alert_file is not None:
                 self.alert_file.close()
@@ -276,6 +361,8 @@ class Run:
 
     def _end(self, control, cg: cgroups.SessionCgroup, sub: zmq.Socket, root: int) -> None:
         """The root exited: name the survivors, let the rules act, then verify the end."""
+        from roguewatch.control import ControlError
+
         try:
             reply = control.request("session_end", session=self.session, root=root)
             self.summary.survivors_found = list(reply.get("survivors", []))
@@ -296,6 +383,8 @@ class Run:
 def main(args: argparse.Namespace) -> int:
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
+    from roguewatch import cgroups, landlock
+
     try:
         return Run(args).execute()
     except (RunError, sessions.SessionError, cgroups.CgroupError, landlock.LandlockError) as exc:

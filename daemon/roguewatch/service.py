@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 from roguewatch import __version__, bus, config, readiness, render
 from roguewatch.control import ControlClient, ControlError
-from roguewatch.selfdefense import die_with_parent, stopped
+from roguewatch.selfdefense import stopped
+from roguewatch.sessions import component_preexec
 
 log = logging.getLogger("roguewatchd")
 
@@ -42,7 +43,9 @@ class Component:
         if config_path:
             cmd += ["--config", config_path]
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(cmd, pass_fds=(w,), preexec_fn=die_with_parent)
+        # It dies with the service, and runs ahead of the agents it watches (nice -10 in a
+        # scheduling group of its own: roguewatch.priority).
+        self.proc = subprocess.Popen(cmd, pass_fds=(w,), preexec_fn=component_preexec)
         os.close(w)
         if not readiness.wait(r, self.proc, timeout):
             raise RuntimeError(f"the {self.name} did not become ready (see its messages above)")

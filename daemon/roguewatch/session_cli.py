@@ -3,6 +3,9 @@
 Owns listing live sessions and the verified shutdown: SIGTERM, a grace period, then
 `cgroup.kill` (or SIGKILL to every tracked task, again and again until none is left), and a
 count of the survivors found at the end, which must be zero.
+
+Sessions are asked of every collector that answers: roguewatchd's, and the private one of
+each `roguewatch run` (or `record`) started without a service (``sessions.PRIVATE_RUN``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import sys
 import time
 from collections import Counter
 
-from roguewatch import bus
+import zmq
+
+from roguewatch import bus, sessions
 from roguewatch.control import ControlClient, ControlError, running
 
 ALERTS_FILE = "/var/log/roguewatch/alerts.jsonl"
@@ -37,16 +42,60 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=cmd_thaw)
 
 
-def _client(endpoint: str) -> ControlClient | None:
+def _listening(endpoint: str) -> bool:
+    """Whether something accepts connections on an ipc:// socket (a stale one refuses at
+    once, where a ZeroMQ request would wait for its timeout)."""
+    import socket
+
+    path = bus.ipc_path(endpoint)
+    if path is None:
+        return True
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(0.5)
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _clients(endpoint: str) -> list[ControlClient] | None:
+    """Every collector that answers: the service's at ``endpoint``, then the private ones of
+    `roguewatch run` sessions. None (with a message) when not root or when none answers."""
     if os.geteuid() != 0:
         print("roguewatch: needs root (the control socket is root-only): use sudo",
               file=sys.stderr)  # fmt: skip
         return None
+    out = []
     client = running(endpoint)
-    if client is None:
-        print("roguewatch: roguewatchd is not running (no answer on the control socket)",
-              file=sys.stderr)  # fmt: skip
-    return client
+    if client is not None:
+        out.append(client)
+    for ep in sessions.private_control_endpoints():
+        if ep == endpoint or not _listening(ep):
+            continue
+        try:
+            c = ControlClient(ep, timeout_ms=2000)
+            c.request("ping")
+        except ControlError:
+            continue
+        out.append(c)
+    if not out:
+        print("roguewatch: roguewatchd is not running (no answer on the control socket) and "
+              "no `roguewatch run` session is live", file=sys.stderr)  # fmt: skip
+        return None
+    return out
+
+
+def _all_sessions(clients: list[ControlClient]) -> list[tuple[ControlClient, dict]]:
+    out = []
+    for c in clients:
+        try:
+            out += [(c, s) for s in c.request("sessions")["sessions"]]
+        except ControlError:
+            continue  # a `run` that ended meanwhile
+    return out
 
 
 def _alert_counts() -> Counter:
@@ -64,10 +113,10 @@ def _alert_counts() -> Counter:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    client = _client(args.control)
-    if client is None:
+    clients = _clients(args.control)
+    if clients is None:
         return 2
-    sessions = client.request("sessions")["sessions"]
+    sessions = [s for _, s in _all_sessions(clients)]
     counts = _alert_counts()
     for s in sessions:
         s["alerts"] = counts.get(s["session"], 0)
@@ -83,17 +132,27 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _find(client: ControlClient, key: str) -> dict | None:
-    for s in client.request("sessions")["sessions"]:
+def _find(clients: list[ControlClient], key: str) -> tuple[ControlClient, dict] | None:
+    for c, s in _all_sessions(clients):
         if key in (s["session"], s["name"]) or key.lower().lstrip("0x") == s["session"]:
-            return s
+            return c, s
     return None
 
 
+_gone: set[int] = set()  # clients whose collector stopped answering
+
+
 def _pids(client: ControlClient, sid: str) -> list[int]:
-    for s in client.request("sessions")["sessions"]:
-        if s["session"] == sid:
-            return s["pids"]
+    """The session's tracked pids; none once its collector is gone (a `run` whose agent
+    ended stops its own collector: what is left of the session is in its cgroup)."""
+    if id(client) in _gone:
+        return []
+    try:
+        for s in client.request("sessions")["sessions"]:
+            if s["session"] == sid:
+                return s["pids"]
+    except (ControlError, zmq.ZMQError):
+        _gone.add(id(client))  # (a REQ socket that timed out cannot be used again)
     return []
 
 
@@ -142,14 +201,15 @@ def kill_session(client: ControlClient, s: dict, grace: float) -> tuple[int, int
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    client = _client(args.control)
-    if client is None:
+    clients = _clients(args.control)
+    if clients is None:
         return 2
-    s = _find(client, args.session)
-    if s is None:
+    found = _find(clients, args.session)
+    if found is None:
         print(f"roguewatch: no live session {args.session!r} (see `roguewatch sessions`)",
               file=sys.stderr)  # fmt: skip
         return 2
+    client, s = found
     try:
         ended, survivors = kill_session(client, s, args.grace)
     except ControlError as exc:
@@ -161,10 +221,11 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 
 def cmd_thaw(args: argparse.Namespace) -> int:
-    client = _client(args.control)
-    if client is None:
+    clients = _clients(args.control)
+    if clients is None:
         return 2
-    s = _find(client, args.session)
+    found = _find(clients, args.session)
+    s = found[1] if found else None
     if s is None or not s["cgroup"]:
         print(f"roguewatch: no live session {args.session!r} with a cgroup", file=sys.stderr)
         return 2
