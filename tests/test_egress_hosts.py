@@ -180,3 +180,40 @@ def test_a_moved_host_name_is_followed_in_the_kernel(listeners: int) -> None:
             watcher.control.request("release", session=0x5EED)
         watcher.close()
         cg.remove()
+
+
+# -- the evaluator agrees with the kernel ---------------------------------------------------
+
+
+def test_the_evaluator_allows_what_a_host_entry_resolves_to_and_follows_it() -> None:
+    # Before, a HOST:PORT entry matched nothing in conditions: a connect the kernel allowed
+    # was alerted as unauthorized egress, and the rule's kill_process ended the agent.
+    from roguewatch import ruleset
+    from roguewatch.evaluator import Evaluator, ProcessTable
+
+    from tests.test_evaluator import S, ev, session_tree
+
+    answers = {"api.example": ["192.0.2.1"]}
+    out: list[dict] = []
+    e = Evaluator(ruleset.load_rules(), ProcessTable(), out.append)
+    e.hosts, clock, _ = refresher(answers, {})
+    e.handle({"type": "session", "kind": "start", "ts": 1, "session": S, "pid": 100,
+              "flags": [], "policy": {"egress_allow": ["api.example:443/tcp"]}})  # fmt: skip
+    session_tree(e)
+
+    def connect(addr: str) -> list[str]:
+        out.clear()
+        e.handle(ev("connect", 101, exec_id="101-3", pexec_id="100-1", ppid=100,
+                    exe="/usr/bin/curl", comm="curl", fd=3, family="inet", addr=addr,
+                    port=443, proto="tcp", ret=0))  # fmt: skip
+        e.flush_fs(everything=True)
+        return [a["rule"] for a in out if a["category"] == "egress"]
+
+    assert connect("192.0.2.1") == []
+    assert connect("192.0.2.99") == ["egress_unauthorized_destination"]
+    answers["api.example"] = ["192.0.2.2"]  # the name moved
+    clock.now += 31
+    e.hosts.refresh_due()
+    e.tick()
+    assert connect("192.0.2.2") == []
+    assert connect("192.0.2.1") == ["egress_unauthorized_destination"]

@@ -23,15 +23,17 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from roguewatch import alerts, bus, readiness, ruleset
 from roguewatch import events as ev_types
+from roguewatch import fields as F
 from roguewatch import policy as policy_mod
 from roguewatch.config import Config
 from roguewatch.enforcer import Enforcer, SessionInfo
 from roguewatch.fields import BaseProcessView, Policy, StaticPolicy
+from roguewatch.hostnames import HostRefresher
 from roguewatch.ruleset import Rule, RuleSet
 
 log = logging.getLogger("roguewatch.evaluator")
@@ -49,6 +51,8 @@ _PROC_TYPES = frozenset({"exec", "fork", "exit", "chdir", "task_rename"})
 # Event types that are not a process's doing: the evaluator handles them apart.
 _NOT_PROBE_TYPES = frozenset({"monitor", "session", "fs_change"})
 RECENT_PATHS_MAX = 16384
+# The key of the default policy (sessions without their own) in Evaluator.set_session_policy
+DEFAULT_POLICY = -1
 _NO_SESSION = object()  # ProcessTable.policy_session before any pick (and after set_policy)
 MAX_PROCS = 65536
 MAX_LINEAGE = 64
@@ -307,6 +311,9 @@ class Evaluator:
         self.actions: dict[str, int] = {}
         self._fs_held: deque[dict] = deque()
         self.fs_attributed = 0
+        self.hosts: HostRefresher | None = None  # made when a policy names a host
+        self._host_policies: dict[int, StaticPolicy] = {}  # as given, hosts unexpanded
+        self._host_changes = 0
         self.lost: dict[str, int] = {}
         self.latencies: list[float] = []
 
@@ -341,7 +348,7 @@ class Evaluator:
         if ev.get("kind") == "start":
             pol = ev.get("policy") or {}
             if pol:
-                self.table.set_policy(
+                self.set_session_policy(
                     sid,
                     StaticPolicy(
                         egress_allow=tuple(pol.get("egress_allow", ())),
@@ -359,8 +366,11 @@ class Evaluator:
                     ev.get("mode", "enforce"),
                 )
             return
-        # The session's root exited: every process still alive in it meets the rules as a
-        # `session_end` event (its own fields from the process table).
+        # The session's root exited: its host names need no more refreshing (its policy, as
+        # last expanded, stays for late events). Every process still alive in it meets the
+        # rules as a `session_end` event (its own fields from the process table).
+        if self.hosts is not None and self._host_policies.pop(sid, None) is not None:
+            self.hosts.untrack(sid)
         for pid in ev.get("survivors", ()):
             eid = self.table.by_pid.get(pid)
             rec = self.table.procs.get(eid, {}) if eid else {}
@@ -374,6 +384,43 @@ class Evaluator:
             self.table.use_policy_of(sid)
             for rule in self.rules.match(synth, self.table):
                 self._fire(rule, synth)
+
+    # -- host names in egress allowlists ------------------------------------------------------
+
+    def set_session_policy(self, sid: int, pol: StaticPolicy) -> None:
+        """A session's policy (DEFAULT_POLICY: the default one), its HOST:PORT entries
+        expanded to their current addresses and kept current on their TTL (as the collector
+        does for the kernel's egress maps), so that a connect the kernel allows is not taken
+        for unauthorized egress here."""
+        hosts = F.egress_hosts(pol.egress_allow)
+        if not hosts:
+            self._host_policies.pop(sid, None)
+            self._apply_policy(sid, pol)
+            return
+        if self.hosts is None:
+            self.hosts = HostRefresher(lambda _key: None)  # tick() looks at .changes
+        self.hosts.track(sid, hosts)
+        self._host_policies[sid] = pol
+        self._apply_policy(sid, self._expanded(pol))
+
+    def _apply_policy(self, sid: int, pol: Policy) -> None:
+        if sid == DEFAULT_POLICY:
+            self.table.default_policy = pol
+            self.table.policy_session = _NO_SESSION  # use_policy_of picks again
+        else:
+            self.table.set_policy(sid, pol)
+
+    def _expanded(self, pol: StaticPolicy) -> StaticPolicy:
+        assert self.hosts is not None
+        allow = F.expand_hosts(pol.egress_allow, self.hosts.addresses)
+        return replace(pol, egress_allow=allow)
+
+    def _refresh_host_policies(self) -> None:
+        if self.hosts is None or self.hosts.changes == self._host_changes:
+            return
+        self._host_changes = self.hosts.changes
+        for sid, pol in self._host_policies.items():
+            self._apply_policy(sid, self._expanded(pol))
 
     def flush_fs(self, now_ns: int | None = None, everything: bool = False) -> None:
         """Judge watcher events whose probe event had its chance to arrive (FS_HOLD_NS)."""
@@ -505,6 +552,7 @@ class Evaluator:
     def tick(self) -> None:
         """Once a second or so: close dedup windows (one alert with the count) and sweep."""
         now = self.clock()
+        self._refresh_host_policies()
         self.flush_fs(now)
         expired = [k for k, s in self._seen.items() if now - s.first_ns >= self.window_ns]
         for k in expired:
@@ -585,6 +633,8 @@ class EvaluatorProcess:
         self.evaluator = Evaluator(
             rules, table, self.sinks.send, cfg.dedup_window, enforcer=self.enforcer
         )
+        if isinstance(pol, StaticPolicy):
+            self.evaluator.set_session_policy(DEFAULT_POLICY, pol)  # its host names resolved
         # The collector may still be loading its probes (run starts both at once).
         self.sub = bus.Subscriber(cfg.events_endpoint, wait_s=60.0)
         self._reload = False

@@ -20,7 +20,7 @@ import posixpath
 import pwd
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
@@ -237,6 +237,28 @@ def parse_egress_spec(spec: str) -> EgressRule:
             ) from None
         return EgressRule(None, lo, hi, proto, host_part.lower())
     return EgressRule(net, lo, hi, proto)
+
+
+def egress_hosts(specs: Iterable[str]) -> list[str]:
+    """The host names of an allowlist (its HOST:PORT entries)."""
+    return sorted({r.host for r in map(parse_egress_spec, specs) if r.network is None})
+
+
+def expand_hosts(specs: tuple[str, ...], addresses: Callable[[str], list[str]]) -> tuple[str, ...]:
+    """The allowlist with each HOST:PORT entry followed by one entry per current address of
+    the host (same ports and protocol), so conditions allow what the kernel's egress maps
+    allow. A host entry itself matches nothing (``EgressRule.allows``)."""
+    out: list[str] = []
+    for spec in specs:
+        out.append(spec)
+        r = parse_egress_spec(spec)
+        if r.network is not None:
+            continue
+        proto = f"/{r.proto}" if r.proto else ""
+        for addr in addresses(r.host):
+            host = f"[{addr}]" if ":" in addr else addr
+            out.append(f"{host}:{r.port_lo}-{r.port_hi}{proto}")
+    return tuple(out)
 
 
 @lru_cache(maxsize=256)
