@@ -51,6 +51,8 @@ _PROC_TYPES = frozenset({"exec", "fork", "exit", "chdir", "task_rename"})
 # Event types that are not a process's doing: the evaluator handles them apart.
 _NOT_PROBE_TYPES = frozenset({"monitor", "session", "fs_change"})
 RECENT_PATHS_MAX = 16384
+# Events the evaluator's loop handles before it looks at anything else (EvaluatorProcess.run)
+BURST = 4096
 # The key of the default policy (sessions without their own) in Evaluator.set_session_policy
 DEFAULT_POLICY = -1
 _NO_SESSION = object()  # ProcessTable.policy_session before any pick (and after set_policy)
@@ -728,8 +730,14 @@ class EvaluatorProcess:
         ev = self.evaluator
         while not self._stopping:
             batch = self.sub.recv_batch(20 if ev._fs_held else 200)
-            if batch:
+            # Whatever else is queued goes first (up to BURST events): the housekeeping
+            # below runs once per burst, not per batch, when the collector sends many small
+            # ones (its wake-ups are frequent when it is busy).
+            handled = 0
+            while batch:
                 ev.handle_batch(batch)
+                handled += len(batch)
+                batch = self.sub.recv_batch(0) if handled < BURST else None
             ev.flush_fs()
             self.sinks.service()  # greets new alert subscribers (tail --follow)
             if gate is not None:

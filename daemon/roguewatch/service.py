@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from roguewatch import __version__, bus, config, readiness, render
@@ -36,8 +37,14 @@ class Component:
     next_start: float = 0.0
     events_at_death: int | None = None
 
-    def start(self, config_path: str | None, timeout: float = 60.0) -> float:
-        """Start it and wait for its ready byte; returns the seconds that took."""
+    def start(
+        self, config_path: str | None, timeout: float = 60.0,
+        on_spawn: Callable[[int], None] | None = None,
+    ) -> float:  # fmt: skip
+        """Start it and wait for its ready byte; returns the seconds that took.
+
+        ``on_spawn(pid)`` runs as soon as the process exists (the service guards the evaluator
+        there, so its very first writes are roguewatch's own)."""
         r, w = os.pipe()
         cmd = [sys.executable, "-m", self.module, "--ready-fd", str(w), *self.args]
         if config_path:
@@ -47,6 +54,8 @@ class Component:
         # scheduling group of its own: roguewatch.priority).
         self.proc = subprocess.Popen(cmd, pass_fds=(w,), preexec_fn=component_preexec)
         os.close(w)
+        if on_spawn is not None:
+            on_spawn(self.proc.pid)
         if not readiness.wait(r, self.proc, timeout):
             raise RuntimeError(f"the {self.name} did not become ready (see its messages above)")
         return time.monotonic() - t0
@@ -142,10 +151,10 @@ class Service:
         t0 = time.monotonic()
         took = self.collector.start(self.config_path)
         log.info("collector ready in %.2f s: probes attached", took)
-        took = self.evaluator.start(self.config_path)
+        self._guard(os.getpid())
+        took = self.evaluator.start(self.config_path, on_spawn=self._guard)
         log.info("evaluator ready in %.2f s: subscribed, rules loaded", took)
-        for pid in (os.getpid(), self.evaluator.proc.pid):  # type: ignore[union-attr]
-            self._guard(pid)
+        self._guard(self.evaluator.proc.pid)  # type: ignore[union-attr]  # its threads too
         log.info("roguewatchd ready in %.2f s", time.monotonic() - t0)
         self.notify("READY=1\nSTATUS=probes attached, evaluator subscribed")
 
@@ -168,9 +177,10 @@ class Service:
                 c.next_start = 0.0
                 c.restarts += 1
                 try:
-                    c.start(self.config_path)
+                    spawned = self._guard if c is self.evaluator else None
+                    c.start(self.config_path, on_spawn=spawned)
                     if c is self.evaluator and c.proc is not None:
-                        self._guard(c.proc.pid)
+                        self._guard(c.proc.pid)  # the threads it made since
                     self._announce_restart(c)
                 except RuntimeError as exc:
                     log.error("%s", exc)
