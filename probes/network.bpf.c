@@ -119,6 +119,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
         struct rw_dns_dest d = {};
         __builtin_memcpy(d.addr, r->h.addr, sizeof(d.addr));
         dns_socks.update(&k, &d);
+    } else if (r->h.a[1]) {
+        dns_socks.delete(&k); /* its own socket, reconnected elsewhere */
     } else if (rw_dns_sock(r->h.pid, args->fd, p)) {
         struct rw_dns_dest none = {}; /* reconnected elsewhere: a tombstone hides the */
         dns_socks.update(&k, &none);  /* entry of the ancestor this fd came from */
