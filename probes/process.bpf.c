@@ -104,7 +104,11 @@ static __always_inline int rw_stash_argv(const char *const *argv)
 #pragma unroll
     for (int i = 0; i < RW_ARGV_ARGS; i++) {
         const char *arg = 0;
-        if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) != 0 || !arg)
+        if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) != 0) {
+            a->truncated = 1; /* unreadable here: user space reads /proc/PID/cmdline */
+            goto done;
+        }
+        if (!arg)
             goto done;
         if (off >= RW_ARGV_MAX) {
             a->truncated = 1;
@@ -112,8 +116,13 @@ static __always_inline int rw_stash_argv(const char *const *argv)
         }
         long n = bpf_probe_read_user_str(a->buf + (off & (RW_ARGV_MAX - 1)), RW_ARGV_ARG_MAX,
                                          arg);
-        if (n <= 0)
+        if (n <= 0) {
+            /* A string in a page not present (file-backed memory a fresh fork has not
+             * touched: literals of the binary, a mapped file): no fault can be taken here.
+             * Say so, or an agent could hide its arguments there. */
+            a->truncated = 1;
             goto done;
+        }
         if (n == RW_ARGV_ARG_MAX)
             a->truncated = 1;
         off += n;

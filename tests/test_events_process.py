@@ -151,3 +151,31 @@ def test_an_untracked_process_produces_no_events(stream: Stream) -> None:
     os.waitpid(pid, 0)
     seen = stream.collect(lambda evs: False, timeout=1.0)
     assert [e for e in seen if e.get("pid") in (os.getpid(), pid)] == []
+
+
+def test_exec_arguments_the_kernel_cannot_read_are_taken_from_proc(stream: Stream) -> None:
+    # An argument in file-backed memory that the fresh child has not touched cannot be read
+    # by the probe (no page fault there): argv once stopped silently before it, hiding it.
+    s = stream.python(
+        """
+        import ctypes, os, tempfile
+        f = tempfile.NamedTemporaryFile()
+        f.write(b"3\\0")
+        f.flush()
+        pid = os.fork()
+        if pid == 0:
+            libc = ctypes.CDLL(None)
+            libc.mmap.restype = ctypes.c_void_p
+            libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                                  ctypes.c_int, ctypes.c_long]
+            page = libc.mmap(None, 4096, 1, 2, f.fileno(), 0)  # PROT_READ, MAP_PRIVATE
+            argv = (ctypes.c_char_p * 3)(b"/bin/sleep", ctypes.cast(page, ctypes.c_char_p), None)
+            libc.execv(b"/bin/sleep", argv)
+            os._exit(127)
+        os.waitpid(pid, 0)
+        """
+    )
+    child = s.one("fork", pid=s.pid)["child_pid"]
+    ev = s.one("exec", pid=child)
+    assert ev["argv"] == ["/bin/sleep", "3"], ev
+    assert "truncated" in ev["flags"]

@@ -195,7 +195,13 @@ class ProcessCache:
         self.exe[pid] = exe
         argv = ev["argv"]
         if "truncated" in ev["flags"] or not argv:
-            argv = proc_cmdline(pid) or argv
+            # The kernel could not copy it whole (too long, or in memory it could not read
+            # then): the process's own record, while it lives.
+            full = proc_cmdline(pid)
+            if full:
+                argv = full
+            elif "truncated" in ev["flags"]:
+                self._unresolved(ev)  # gone already: what we have may be incomplete
             ev["argv"] = argv
         ev["cmdline"] = " ".join(argv)
 

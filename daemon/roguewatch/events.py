@@ -57,7 +57,9 @@ COMMON_FIELDS: tuple[Field, ...] = (
         "list[str]",
         "markers: `guard` (aimed at roguewatch, from any process), `procfs` (found by a /proc "
         "scan, not seen starting), `adopted` (tracked by an adoption selector), `truncated` "
-        "(a string was cut at 4 KiB), `unresolved` (a relative path could not be made absolute), "
+        "(a string was cut at 4 KiB, or an exec's argv could not be read whole in the kernel: "
+        "argv then comes from /proc/PID/cmdline), `unresolved` (a relative path could not be "
+        "made absolute, or a truncated argv could not be completed: the process was gone), "
         "`denied` (refused in the kernel by the session's egress policy: nothing was sent), "
         "`killed` (SIGKILLed in the kernel: for attacking roguewatch, or for a fork that "
         "the full session map could not track), `untracked` (a fork whose child could not be "
