@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import msgpack
@@ -83,6 +84,8 @@ class Collector:
         # Watchers first: their baseline snapshot then overlaps the loading of the probes.
         self.fs_queue: deque[dict] = deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pending_reply: Future | None = None  # a restore being done (serve_control)
+        self._restorer: ThreadPoolExecutor | None = None
         self.watcher = None
         self.baselines = None
         self.snapshot_done = threading.Event()
@@ -239,10 +242,7 @@ class Collector:
 
     def _fs_event(self, ev: dict) -> None:
         self.fs_queue.append(ev)
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass  # a wake-up is already pending
+        self._wake()
 
     def _drain_fs(self) -> None:
         try:
@@ -432,18 +432,64 @@ class Collector:
         return now
 
     def serve_control(self) -> None:
+        """Answer control requests. A restore (file copies, fsyncs: milliseconds) runs in a
+        worker thread so the loop keeps draining the ring meanwhile; its answer is sent by
+        finish_control, and the REP socket takes no other request until then."""
         assert self.control is not None
-        while True:
+        while self._pending_reply is None:
             try:
                 raw = self.control.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
                 req = msgpack.unpackb(raw, raw=False)
+                if isinstance(req, dict) and req.get("op") == "restore":
+                    self._pending_reply = self._worker().submit(self._restore, req)
+                    self._pending_reply.add_done_callback(lambda _f: self._wake())
+                    return
                 reply = self._control(req)
             except Exception as exc:  # a bad request must never stop the collector
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             self.control.send(msgpack.packb(reply, use_bin_type=True))
+
+    def finish_control(self) -> None:
+        """Send the answer of a restore that has finished, then serve what queued up."""
+        f = self._pending_reply
+        if f is None or not f.done():
+            return
+        self._pending_reply = None
+        try:
+            reply = f.result()
+        except Exception as exc:  # as in serve_control: an answer, never a crash
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        assert self.control is not None
+        self.control.send(msgpack.packb(reply, use_bin_type=True))
+        self.serve_control()
+
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._restorer is None:
+            self._restorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore")
+        return self._restorer
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # a wake-up is already pending
+
+    def _restore(self, req: dict) -> dict:
+        if self.baselines is None:
+            return {"ok": True, "outcome": "not restored: the filesystem watchers are off"}
+        path = str(req["path"])
+        outcome = self.baselines.restore(path, req.get("who") or {})
+        if outcome.startswith("not baselined"):
+            # A new file in a watched directory: the directory's baseline removes it.
+            parent = os.path.dirname(path)
+            while parent not in ("/", "") and self.baselines.baseline(parent) is None:
+                parent = os.path.dirname(parent)
+            if parent not in ("/", ""):
+                outcome = self.baselines.restore(parent, req.get("who") or {})
+        return {"ok": True, "outcome": outcome}
 
     def _control(self, req: dict) -> dict:
         op = req.get("op")
@@ -457,19 +503,8 @@ class Collector:
             return self._session_end(req)
         if op == "unregister":
             return {"ok": self.probes.unregister(int(req["pid"]))}
-        if op == "restore":
-            if self.baselines is None:
-                return {"ok": True, "outcome": "not restored: the filesystem watchers are off"}
-            path = str(req["path"])
-            outcome = self.baselines.restore(path, req.get("who") or {})
-            if outcome.startswith("not baselined"):
-                # A new file in a watched directory: the directory's baseline removes it.
-                parent = os.path.dirname(path)
-                while parent not in ("/", "") and self.baselines.baseline(parent) is None:
-                    parent = os.path.dirname(parent)
-                if parent not in ("/", ""):
-                    outcome = self.baselines.restore(parent, req.get("who") or {})
-            return {"ok": True, "outcome": outcome}
+        if op == "restore":  # (served by serve_control in a worker thread)
+            return self._restore(req)
         if op == "announce":  # the service reporting on its components (restarts)
             self._publish_now({
                 "type": "monitor", "kind": str(req.get("kind", "monitor")), "ts": time.time_ns(),
@@ -638,8 +673,10 @@ class Collector:
                 self._stopping = True
             if self.pub.socket in socks:
                 self.pub.drain_subscriptions()
-            if self.control is not None and self.control in socks:
-                self.serve_control()
+            if self.control is not None:
+                self.finish_control()
+                if self.control in socks:
+                    self.serve_control()
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + 1.0
                 self.rate = self.events_total - self._rate_mark
@@ -651,6 +688,8 @@ class Collector:
 
     def close(self) -> None:
         self.hosts.close()
+        if self._restorer is not None:
+            self._restorer.shutdown(wait=True)  # a restore under way finishes
         if self.watcher is not None:
             self.watcher.stop()
         self._drop_private_state()
