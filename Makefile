@@ -39,6 +39,7 @@ bench: deps
 	$(PY) bench/evaluator_bench.py $(BENCH_ARGS)
 	$(PY) bench/enforcement_bench.py $(BENCH_ARGS)
 	$(PY) bench/restore_bench.py
+	$(PY) bench/idle_bench.py
 
 docs: deps
 	$(PY) -m roguewatch.events --markdown > docs/events.md
