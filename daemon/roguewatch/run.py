@@ -105,6 +105,7 @@ class Monitor:
                 err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
                 self.close()
                 raise RunError(f"the evaluator did not start: {err}")
+            sessions.forward_stderr(self.evaluator, "evaluator")
         return self.watcher
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -105,6 +106,27 @@ def private_control_endpoints() -> list[str]:
     return out
 
 
+def forward_stderr(proc: subprocess.Popen, name: str) -> None:
+    """From now on, copy what a component writes on its stderr pipe to ours, in a thread.
+
+    The pipe is read at start-up for the error of a component that did not start; after
+    that, a pipe nobody reads fills up (64 KiB), and the component's next log line would
+    block it for good: a monitor that an agent could stop by making it log."""
+    pipe = proc.stderr
+    if pipe is None:
+        return
+
+    def copy() -> None:
+        for line in iter(pipe.readline, b""):
+            try:
+                sys.stderr.write(f"roguewatch {name}: {line.decode(errors='replace')}")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass  # our stderr is gone: keep reading, so the component never blocks
+
+    threading.Thread(target=copy, daemon=True, name=f"{name}-stderr").start()
+
+
 @dataclass
 class PendingCollector:
     """A private collector that was started and has not said it is ready yet."""
@@ -125,6 +147,7 @@ class PendingCollector:
             err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
             self._cleanup()
             raise SessionError(f"the collector did not start: {err.strip() or 'timed out'}")
+        forward_stderr(self.proc, "collector")
         return Watcher(self.events, ControlClient(self.control), self.proc, self.tmpdir, self.state)
 
     def abandon(self) -> None:
