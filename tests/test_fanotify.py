@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from roguewatch.fanotify import Writer, WriterSensor
 from roguewatch.watchers import FsWatcher
 
 from tests.conftest import require_root
+from tests.test_watchers import Sink as WatcherSink
 
 PYTHON3 = "/usr/bin/python3"
 
@@ -37,32 +37,11 @@ def _sensor() -> WriterSensor:
     return s
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, ev: dict[str, Any]) -> None:
-        with self.cond:
-            self.events.append(ev)
-            self.cond.notify_all()
+class Sink(WatcherSink):
+    """The watchers' test sink, with more patience: fanotify adds a thread and /proc reads."""
 
     def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> dict:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for ev in self.events:
-                    if pred(ev):
-                        return ev
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no matching event; got {self.events[-10:]}")
-                self.cond.wait(left)
-
-    def fs(self, path: str, change: str) -> dict:
-        return self.wait(
-            lambda e: e["type"] == "fs_change" and e["path"] == path and e["change"] == change
-        )
+        return super().wait(pred, timeout)
 
 
 @pytest.fixture
