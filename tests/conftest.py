@@ -23,12 +23,18 @@ PYTHON = sys.executable
 SCRATCH = "/tmp/rwtest"
 
 
-def require_root() -> None:
-    if os.geteuid() != 0:
-        msg = "needs root to load BPF probes"
-        if IN_CI:
-            pytest.fail(f"{msg}, and CI=true: kernel tests must run in CI")
-        pytest.skip(msg)
+def require(ok: object, why: str) -> None:
+    """Skip when ``ok`` is false, except in CI (CI=true): there a test that did not run proves
+    nothing, so it fails and says why."""
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"{why}, and CI=true: this test must run in CI")
+    pytest.skip(why)
+
+
+def require_root(why: str = "needs root to load BPF probes") -> None:
+    require(os.geteuid() == 0, why)
 
 
 @pytest.fixture(scope="session")

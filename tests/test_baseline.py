@@ -12,6 +12,8 @@ import pytest
 from roguewatch import quarantine_cli
 from roguewatch.baseline import Baselines, UnsafePath, open_dir_nofollow
 
+from tests.conftest import require_root
+
 
 def _read(p) -> bytes:
     with open(p, "rb") as f:
@@ -223,8 +225,7 @@ def _cli(argv: list[str]) -> int:
 
 
 def test_quarantine_cli(tmp_path, b, capsys):
-    if os.geteuid() != 0:
-        pytest.skip("the quarantine command needs root")
+    require_root("the quarantine command needs root")
     state = str(tmp_path / "state")
     f = tmp_path / "environment"
     _write(f, b"PATH=/usr/bin\n")

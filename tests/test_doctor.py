@@ -19,6 +19,8 @@ import roguewatch.probes
 from roguewatch import doctor
 from roguewatch import kernelenv as ke
 
+from tests.conftest import require, require_root
+
 FAKE_PROBE = r"""
 #include "roguewatch.h"
 // TRACEPOINT_PROBE(commented, out_by_line)
@@ -37,18 +39,9 @@ TRACEPOINT_PROBE(sched, sched_process_fork) /* a duplicate */ { return 0; }
 """
 
 
-def _require_root() -> None:
-    """Skip when not root, but fail under CI: there a skipped host check would hide a gap."""
-    if os.geteuid() == 0:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail("this test needs root, and CI must run it as root")
-    pytest.skip("needs root")
-
-
 @pytest.fixture
 def root() -> None:
-    _require_root()
+    require_root("needs root")
 
 
 def _write_probes(directory: Path, files: dict[str, str]) -> Path:
@@ -196,8 +189,7 @@ print(json.dumps({
 
 def test_tracefs_and_bpffs_get_mounted_when_missing(root: None) -> None:
     unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("needs unshare(1) to test in a private mount namespace")
+    require(unshare, "needs unshare(1) to test in a private mount namespace")
     proc = subprocess.run(
         [unshare, "--mount", "--propagation", "private", sys.executable, "-c", _MOUNT_ON_DEMAND],
         capture_output=True,
@@ -381,8 +373,7 @@ def test_required_checks_pass_on_this_host(
 
 @pytest.mark.kernel
 def test_installed_probe_sources_pass(root: None, capsys: pytest.CaptureFixture[str]) -> None:
-    if not ke.probe_tracepoints():
-        pytest.skip("no *.bpf.c in roguewatch.probes yet")
+    assert ke.probe_tracepoints(), "no *.bpf.c in roguewatch.probes"
     assert doctor.main([]) == 0, capsys.readouterr().out
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, require_root
+from tests.conftest import require, require_root
 
 pytestmark = pytest.mark.kernel
 
@@ -58,11 +58,7 @@ def _no_service() -> None:
     from roguewatch.control import running
 
     client = running()
-    if client is not None:
-        msg = "a roguewatchd runs: these tests exercise run's embedded monitor"
-        if IN_CI:
-            pytest.fail(f"{msg}, and CI=true: stop it so they run")
-        pytest.skip(msg)
+    require(client is None, "a roguewatchd runs: these tests exercise run's embedded monitor")
 
 
 @pytest.fixture(autouse=True)

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_root
+from tests.conftest import require, require_root
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_unit_file_verifies_and_is_hardened(tmp_path: Path) -> None:
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed")
+    require(shutil.which("systemd-analyze"), "systemd-analyze is not installed (apt: systemd)")
     unit = tmp_path / "roguewatchd.service"
     text = (ROOT / "systemd/roguewatchd.service").read_text()
     unit.write_text(text.replace("/usr/bin/roguewatchd", "/bin/true"))

@@ -13,6 +13,8 @@ from roguewatch import ruleset
 from roguewatch.baseline import Baselines
 from roguewatch.watchers import FsWatcher, default_list_names, home_dirs, watch_paths
 
+from tests.conftest import require_root
+
 QUEUED = "/proc/sys/fs/inotify/max_queued_events"
 
 
@@ -279,8 +281,7 @@ def test_limits_are_read(tmp_path, watch):
 
 
 def test_queue_overflow_is_reported(tmp_path, watch):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to lower fs.inotify.max_queued_events")
+    require_root("needs root to lower fs.inotify.max_queued_events")
     d = tmp_path / "spool"
     d.mkdir()
     with open(QUEUED) as f:
