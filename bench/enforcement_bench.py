@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import contextlib
 import json
 import os
 import shutil
@@ -41,6 +40,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from benchlib import cleanup_cron, log
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -107,10 +108,6 @@ if bg is not None:
     bg.wait()
 print("RESULT " + json.dumps(out), flush=True)
 """
-
-
-def log(msg: str = "") -> None:
-    print(msg, flush=True)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -384,13 +381,6 @@ def run_startup(args: argparse.Namespace, results: dict) -> None:
         "agent_median_s": statistics.median(plain_agent),
         "bar_s": BAR_START_S, "met": med <= BAR_START_S,
     }  # fmt: skip
-
-
-def cleanup_cron() -> None:
-    for name in os.listdir("/etc/cron.d"):
-        if name.startswith("roguewatch-bench-"):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join("/etc/cron.d", name))
 
 
 def main() -> int:

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import msgpack
 import zmq
+from benchlib import cleanup_cron, log, proc_cpu
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -114,21 +115,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-
-
-def log(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
-def proc_cpu(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return 0.0
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def parse_ts(ts: str) -> int:
@@ -588,13 +574,6 @@ def run_latency(args: argparse.Namespace, results: dict, pipe: Pipeline, gen: st
         "gen_median_ms": statistics.median(gen_ms), "gen_p99_ms": pct(gen_ms, 99),
         "bar_ms": BAR_LATENCY_MS, "met": med <= BAR_LATENCY_MS,
     }  # fmt: skip
-
-
-def cleanup_cron() -> None:
-    for name in os.listdir("/etc/cron.d"):
-        if name.startswith("roguewatch-bench-"):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join("/etc/cron.d", name))
 
 
 def main() -> int:

@@ -32,13 +32,13 @@ from pathlib import Path
 
 import msgpack
 import zmq
+from benchlib import CLK_TCK, log, proc_cpu
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 OUT = BENCH / "out"
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
 LOADGEN = OUT / "loadgen"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SECTIONS = ("throughput", "overhead", "storm", "startup")
 
 # Targets from issue 2's "Performance" section.
@@ -53,22 +53,7 @@ BAR_RSS_MB = 200
 KILL_RECORD_BYTES = 152
 
 
-def log(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
 # -- /proc ------------------------------------------------------------------------------------
-
-
-def proc_cpu(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return 0.0
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def thread_cpu(pid: int) -> dict[str, float]:

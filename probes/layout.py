@@ -23,6 +23,7 @@ IDENT_OFF = VAR.size
 TYPE_OFF = 20  # offset of the u16 type
 HEADER = struct.Struct("<qqIHH4Q28sHHQQQIIII16s")
 assert VAR.size == 88 and IDENT.size == 56 and HEADER.size == 144
+_unpack_var = VAR.unpack_from
 # Indexes into the VAR tuple
 V_TS, V_RET, V_TID, V_TYPE, V_FLAGS, V_A0, V_A1, V_A2, V_A3, V_ADDR, V_LEN1, V_LEN2 = range(12)
 
@@ -340,10 +341,6 @@ def flag_names(fl: int) -> list[str]:
 FLAGS: tuple[tuple[str, ...], ...] = tuple(tuple(flag_names(i)) for i in range(256))
 
 
-def cstr(b: bytes) -> str:
-    return _cstr(b)
-
-
 def strings(buf, off: int, length: int, h: tuple) -> tuple[bytes, bytes]:
     """The record's two strings; raises RecordError when they run past the record."""
     len1, len2 = h[V_LEN1], h[V_LEN2]
@@ -355,32 +352,17 @@ def strings(buf, off: int, length: int, h: tuple) -> tuple[bytes, bytes]:
     return buf[start : start + len1], buf[start + len1 : start + len1 + len2]
 
 
-def decode(buf, off: int, length: int) -> tuple[dict, tuple, tuple]:
-    """One record → (event dict with its kernel fields, the VAR tuple, the IDENT tuple).
+def parse(buf, off: int, length: int) -> tuple[tuple, Builder, bytes, bytes]:
+    """One record → (its VAR tuple, its type's builder, its two strings), checked.
 
-    The collector's own hot path does the same in parts (roguewatch.collector); this whole
-    form serves tests and tools. Raises RecordError for a record that does not fit its layout.
-    """
+    Raises RecordError for a record that does not fit its layout (the collector counts and
+    drops it). The identity block (IDENT) is the caller's to read: it is cached."""
     if length < HEADER.size:
         raise RecordError(f"record of {length} bytes is shorter than its header")
-    h = VAR.unpack_from(buf, off)
+    h = _unpack_var(buf, off)
     build = BUILDERS.get(h[V_TYPE])
     if build is None:
         raise RecordError(f"unknown event type {h[V_TYPE]}")
-    s1, s2 = strings(buf, off, length, h)
-    i = IDENT.unpack_from(buf, off + IDENT_OFF)
-    ev = {
-        "type": TYPE_NAMES[h[V_TYPE]],
-        "ts": h[V_TS],
-        "session": i[0],
-        "pid": i[3],
-        "tid": h[V_TID],
-        "ppid": i[4],
-        "uid": i[5],
-        "gid": i[6],
-        "comm": i[7].split(b"\0", 1)[0].decode(errors="replace"),
-        "ret": h[V_RET],
-        "flags": list(FLAGS[h[V_FLAGS] & 0xFF]),
-    }
-    build(ev, h, s1, s2)
-    return ev, h, i
+    if h[V_LEN1] or h[V_LEN2]:
+        return h, build, *strings(buf, off, length, h)
+    return h, build, b"", b""

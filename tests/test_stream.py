@@ -63,11 +63,11 @@ def test_record_header_matches_the_c_struct(tmp_path: Path) -> None:
 
 def test_a_truncated_or_unknown_record_is_refused_not_misread() -> None:
     with pytest.raises(layout.RecordError):
-        layout.decode(b"\0" * 20, 0, 20)
+        layout.parse(b"\0" * 20, 0, 20)
     bogus = bytearray(layout.HEADER.size)
     bogus[layout.TYPE_OFF] = 200  # type number
     with pytest.raises(layout.RecordError, match="unknown event type"):
-        layout.decode(bytes(bogus), 0, len(bogus))
+        layout.parse(bytes(bogus), 0, len(bogus))
 
 
 def test_dns_names_are_read_from_queries() -> None:

@@ -29,6 +29,7 @@ from roguewatch import bus, kernel, readiness
 from roguewatch import policy as policy_mod
 from roguewatch.config import Config
 from roguewatch.enrich import ProcessCache, proc_cmdline, proc_ppid, proc_start_ns
+from roguewatch.fields import egress_hosts
 from roguewatch.hostnames import HostRefresher
 from roguewatch.probes import layout
 from roguewatch.probes.layout import TYPE_NAMES, RecordError
@@ -41,11 +42,9 @@ log = logging.getLogger("roguewatch.collector")
 _HSIZE = layout.HEADER.size
 _IDENT_OFF = layout.IDENT_OFF
 _IDENT = layout.IDENT
-_unpack_var = layout.VAR.unpack_from
-_BUILDERS = layout.BUILDERS
+_parse = layout.parse
 _FLAGS = layout.FLAGS
 _F_ADOPTED = layout.F_ADOPTED
-_NO_STRINGS = (b"", b"")
 _EXEC = layout.TYPE_NUMBERS["exec"]
 _EXIT = layout.TYPE_NUMBERS["exit"]
 _KILL = layout.TYPE_NUMBERS["kill"]
@@ -350,17 +349,11 @@ class Collector:
         cached on the 56 identity bytes of the header, and copied into each event. Per record
         only the changing fields are decoded. Nothing here reads /proc for a known process."""
         try:
-            if length < _HSIZE:
-                raise RecordError(f"record of {length} bytes is shorter than its header")
-            h = _unpack_var(buf, off)
-            t = h[3]
-            build = _BUILDERS.get(t)
-            if build is None:
-                raise RecordError(f"unknown event type {t}")
-            s1, s2 = layout.strings(buf, off, length, h) if h[10] or h[11] else _NO_STRINGS
+            h, build, s1, s2 = _parse(buf, off, length)
         except RecordError:
             self.lost_decode += 1
             return
+        t = h[3]
         ev = {"type": TYPE_NAMES[t], "ts": h[0] + self.cache.offset, "tid": h[2], "ret": h[1],
               "flags": _FLAGS[h[4] & 0xFF]}  # fmt: skip
         build(ev, h, s1, s2)
@@ -590,7 +583,7 @@ class Collector:
             return {"ok": False, "error": str(exc)}
         info = self.sessions.setdefault(session, {"root": 0, "cgroup": path, "fd": None})
         info.update(fd=fd, cgid=cgid, allow=allow)
-        self.hosts.track(cgid, kernel.egress_hosts(allow))  # kept current on their TTL
+        self.hosts.track(cgid, egress_hosts(allow))  # kept current on their TTL
         return {"ok": True}
 
     def _egress_hosts_changed(self, cgid: int) -> None:

@@ -143,19 +143,6 @@ class ProcessCache:
             ev["target"] = resolved if resolved > 0 else self._pidfd_target(pid, ev["target"])
             ev["target_tid"] = 0
 
-    def enrich(self, ev: dict, h: tuple, i: tuple) -> dict:
-        """A whole event from a decoded record (layout.decode): identity, state, paths.
-
-        For tools and tests; the collector's hot path calls the parts itself."""
-        ev["ts"] += self.offset
-        pid = i[3]
-        t = ev["type"]
-        if t == "exec":
-            self.on_exec(ev, pid)
-        ev.update(self.identity(i))
-        self.after(ev, pid)
-        return ev
-
     def after(self, ev: dict, pid: int) -> None:
         """State kept across events, and absolute paths."""
         if "_path" in ev:

@@ -521,14 +521,17 @@ class Probes:
             out.append(sum(struct.unpack(f"<{ncpu}Q", raw)) if raw else 0)
         return out
 
-    def pending_overflows(self) -> int:
-        raw = self._lookup("counters", struct.pack("<I", 1), 8)
+    def _counter(self, index: int) -> int:
+        """counters[index] (roguewatch.h says which is which)."""
+        raw = self._lookup("counters", struct.pack("<I", index), 8)
         return struct.unpack("<Q", raw)[0] if raw else 0
+
+    def pending_overflows(self) -> int:
+        return self._counter(1)
 
     def untracked_forks(self) -> int:
         """Children that escaped tracking because the session map was full."""
-        raw = self._lookup("counters", struct.pack("<I", 2), 8)
-        return struct.unpack("<Q", raw)[0] if raw else 0
+        return self._counter(2)
 
     # -- egress denial -----------------------------------------------------------------------
 
@@ -635,13 +638,6 @@ def _prog_attach(cmd: int, target_fd: int, prog_fd: int, attach_type: int) -> No
     if _libc.syscall(SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr)) < 0:
         what = "attaching" if cmd == BPF_PROG_ATTACH else "detaching"
         raise ProbeError(f"{what} an egress program: {os.strerror(ct.get_errno())}")
-
-
-def egress_hosts(allow: list[str]) -> list[str]:
-    """The host names of an allowlist (entries that are not addresses or networks)."""
-    from roguewatch.fields import parse_egress_spec
-
-    return sorted({r.host for r in map(parse_egress_spec, allow) if r.network is None})
 
 
 def egress_entries(

@@ -129,11 +129,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _as_roguewatch() -> None:
     """Ask a running collector to guard this process, so the files a release writes are
     roguewatch's own writes (not alerted) rather than an unknown writer's."""
-    from roguewatch.control import ControlClient, ControlError
+    from roguewatch.control import ControlError, running
 
-    try:
-        client = ControlClient(timeout_ms=2000)
-    except ControlError:
+    client = running()
+    if client is None:
         return  # no collector: nothing watches the files either
     try:
         client.request("guard", pid=os.getpid())
