@@ -217,3 +217,10 @@ def test_the_evaluator_allows_what_a_host_entry_resolves_to_and_follows_it() -> 
     e.tick()
     assert connect("192.0.2.2") == []
     assert connect("192.0.2.1") == ["egress_unauthorized_destination"]
+
+
+def test_a_name_that_does_not_resolve_is_named_in_a_warning(caplog) -> None:
+    r, _, _ = refresher({"nowhere.invalid": None}, {})
+    with caplog.at_level("WARNING", logger="roguewatch.hostnames"):
+        assert r.addresses("nowhere.invalid") == []
+    assert "nowhere.invalid does not resolve" in caplog.text

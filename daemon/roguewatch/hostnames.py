@@ -97,7 +97,11 @@ class HostRefresher:
             known = self._addrs.get(host)
         if known is not None:
             return known
-        found = self._resolve(host) or []
+        resolved = self._resolve(host)
+        if not resolved:
+            log.warning("egress allowlist: %s does not resolve: it allows nothing until it "
+                        "does (tried again on its TTL)", host)  # fmt: skip
+        found = resolved or []
         with self._lock:
             self._addrs.setdefault(host, found)
             self._due.setdefault(host, self._clock())  # the thread asks DNS for the TTL now
