@@ -82,3 +82,37 @@ def test_a_full_session_map_fails_closed_and_is_raised() -> None:
         assert watcher.control.request("stats")["untracked_forks"] >= 1
     finally:
         watcher.close()
+
+
+def test_a_steady_stream_is_published_in_batches_not_record_by_record() -> None:
+    """The ring's fd is readable whenever a record is there: a collector that re-polled it
+    after every drain would publish a handful of events per message at any rate, and pay
+    the bus (and its subscribers) per message. While records keep coming it drains once a
+    millisecond instead."""
+    require_root()
+    N = 10000
+    try:
+        watcher = sessions.start_private_collector(["--no-watch"])
+    except sessions.SessionError as exc:
+        pytest.fail(f"the collector could not load its probes: {exc}")
+    try:
+        sub = bus.Subscriber(watcher.events)
+        assert sub.wait_ready(5000)
+        before = watcher.control.request("stats")
+        # tens of thousands of tracked connects a second (to a closed loopback port)
+        flood = (
+            "import socket\nfor _ in range(N):\n    s = socket.socket()\n"
+            "    s.connect_ex(('127.0.0.1', 9))\n    s.close()"
+        ).replace("N", str(N))
+        pid, sid = sessions.spawn_in_session(
+            ["/usr/bin/python3", "-S", "-c", flood], sessions.register_with(watcher.control)
+        )
+        os.waitpid(pid, 0)
+        connects = sum(1 for ev in sub.events(timeout_ms=1500)
+                       if ev.get("session") == sid and ev["type"] == "connect")  # fmt: skip
+        after = watcher.control.request("stats")
+        assert connects == N, after
+        batches = after["batches"] - before["batches"]
+        assert connects / batches >= 20, f"{connects} events in {batches} messages"
+    finally:
+        watcher.close()
