@@ -120,7 +120,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
         __builtin_memcpy(d.addr, r->h.addr, sizeof(d.addr));
         dns_socks.update(&k, &d);
     } else if (r->h.a[1]) {
-        dns_socks.delete(&k); /* its own socket, reconnected elsewhere */
+        /* its own socket, reconnected elsewhere (looked up first: a delete takes the
+         * bucket's lock, and nearly every connect has nothing to delete) */
+        if (dns_socks.lookup(&k))
+            dns_socks.delete(&k);
     } else if (rw_dns_sock(r->h.pid, args->fd, p)) {
         struct rw_dns_dest none = {}; /* reconnected elsewhere: a tombstone hides the */
         dns_socks.update(&k, &none);  /* entry of the ancestor this fd came from */
@@ -263,8 +266,13 @@ TRACEPOINT_PROBE(syscalls, sys_exit_socket)
             /* A new socket on this fd: forget whatever the fd's previous socket was. */
             struct rw_sock_key k = {.tgid = bpf_get_current_pid_tgid() >> 32, .fd = args->ret};
             u32 t = (u32)*v & 0xf;
-            sock_types.update(&k, &t);
-            dns_socks.delete(&k);
+            /* Written only when it differs (an fd number is mostly reused for the same kind
+             * of socket): an LRU update and a delete take locks, lookups do not. */
+            u32 *old = sock_types.lookup(&k);
+            if (!old || *old != t)
+                sock_types.update(&k, &t);
+            if (dns_socks.lookup(&k))
+                dns_socks.delete(&k);
         }
         socket_args.delete(&tid);
     }
