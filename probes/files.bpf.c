@@ -8,7 +8,7 @@
  * truncate, ftruncate, utimensat, utimes, futimesat
  * chdir, fchdir                   so user space can follow the cwd and resolve relative paths
  * Each sys_enter_* copies the paths (user memory may change later) and stashes the record
- * (a one-path record in pending_path, half the size of the two-path one); the matching
+ * (a one-path record in pending_path, the task's own storage); the matching
  * sys_exit_* adds the result and emits it. Relative paths and dirfds are
  * resolved in user space: a0 carries the dirfd (or the fd, with RW_F_FDPATH).
  */

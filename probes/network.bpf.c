@@ -23,7 +23,8 @@ struct rw_dns_dest {
     u8 addr[28];
 };
 BPF_TABLE("lru_hash", struct rw_sock_key, struct rw_dns_dest, dns_socks, 4096);
-BPF_HASH(socket_args, u32, u64, 4096); /* tid -> type | family << 32, between enter and exit */
+/* type | family << 32 between enter and exit, in the task's storage (0: none) */
+BPF_TASK_STORAGE(socket_args, u64);
 
 #define RW_AF_UNIX 1
 #define RW_AF_INET 2
@@ -128,13 +129,13 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
         struct rw_dns_dest none = {}; /* reconnected elsewhere: a tombstone hides the */
         dns_socks.update(&k, &none);  /* entry of the ancestor this fd came from */
     }
-    rw_stash(r);
+    rw_stash_net(r);
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 {
-    return rw_finish_hdr(args->ret);
+    return rw_finish_net_hdr(args->ret);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
@@ -161,13 +162,13 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
         rw_dns_dest_of(r, tgid, args->fd, p);
     if (rw_is_dns(r))
         rw_copy_payload(r, args->buff, args->len);
-    rw_stash(r);
+    rw_stash_net(r);
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto)
 {
-    return rw_finish(args->ret);
+    return rw_finish_net(args->ret);
 }
 
 /* struct user_msghdr and struct iovec are user ABI, read from user memory. */
@@ -212,7 +213,7 @@ static __always_inline int rw_sendmsg(int fd, const void *umsg, u32 vlen)
         if (bpf_probe_read_user(&iov, sizeof(iov), m.iov) == 0 && iov.base)
             rw_copy_payload(r, iov.base, iov.len);
     }
-    rw_stash(r);
+    rw_stash_net(r);
     return 0;
 }
 
@@ -223,7 +224,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg)
 {
-    return rw_finish(args->ret);
+    return rw_finish_net(args->ret);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
@@ -234,19 +235,21 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg)
 {
-    return rw_finish(args->ret);
+    return rw_finish_net(args->ret);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_socket)
 {
-    if (!rw_current_proc())
+    struct rw_proc *p = rw_current_proc();
+    if (!p)
         return 0;
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    u64 v = (u32)args->type | ((u64)(u32)args->family << 32);
-    socket_args.update(&tid, &v);
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+    u64 *sa = socket_args.task_storage_get(task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (sa)
+        *sa = (u32)args->type | ((u64)(u32)args->family << 32); /* type is never 0 */
     int family = args->family, type = args->type & 0xf;
     if (family == RW_AF_PACKET || family == RW_AF_NETLINK || type == RW_SOCK_RAW) {
-        struct rw_rec *r = rw_begin(RW_SOCKET, rw_current_proc());
+        struct rw_rec *r = rw_begin(RW_SOCKET, p);
         if (!r)
             return 0;
         r->h.a[0] = family;
@@ -259,9 +262,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_socket)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_socket)
 {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    u64 *v = socket_args.lookup(&tid);
-    if (v) {
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+    u64 *v = socket_args.task_storage_get(task, 0, 0);
+    if (v && *v) {
         if (args->ret >= 0) {
             /* A new socket on this fd: forget whatever the fd's previous socket was. */
             struct rw_sock_key k = {.tgid = bpf_get_current_pid_tgid() >> 32, .fd = args->ret};
@@ -274,7 +277,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_socket)
             if (dns_socks.lookup(&k))
                 dns_socks.delete(&k);
         }
-        socket_args.delete(&tid);
+        *v = 0;
     }
     return rw_finish_hdr(args->ret);
 }

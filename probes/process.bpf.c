@@ -298,7 +298,6 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     guarded.delete(&tid); /* a pid that roguewatch had will be someone else's next */
     pending.delete(&tid);
     pending_hdr.delete(&tid);
-    pending_path.delete(&tid);
     clone_flags.delete(&tid);
     argv_stash.delete(&tid);
     if (!args->group_dead) {

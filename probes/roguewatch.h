@@ -116,9 +116,16 @@ struct rw_rec1 {
     struct rw_hdr h;
     char data[RW_PATH_MAX];
 };
-BPF_F_TABLE("hash", u32, struct rw_rec1, pending_path, 4096, BPF_F_NO_PREALLOC);
-/* The same for records with no string (kill, connect, socket...: most of a storm): only the
- * 144-byte header is copied, into a preallocated element, instead of 8 KiB. */
+/* Kept in the task's own storage (a pointer from the task, no hash, no lock, no allocation
+ * after a thread's first one, freed with the task): the exit marks it used (type 0) instead
+ * of deleting it. */
+BPF_TASK_STORAGE(pending_path, struct rw_rec1);
+/* The same for records with no string (kill, socket, rt_sigaction...: most of a storm): only
+ * the 144-byte header, in the task's storage. */
+BPF_TASK_STORAGE(pending_task, struct rw_hdr);
+/* Header-only records of connect, sendto, sendmsg and sendmmsg: in a hash by thread id, as
+ * the egress programs (cgroup sock_addr, which cannot reach task storage) mark a denial in
+ * the record of the syscall they run in. */
 BPF_HASH(pending_hdr, u32, struct rw_hdr, 4096);
 
 #define RW_SESSION_ADOPTED_BASE (1ULL << 62)
@@ -233,12 +240,36 @@ static __always_inline void rw_stash_big(struct rw_rec *r)
 /* A record whose only string is the first (len2 is 0): data beyond RW_PATH_MAX is unused. */
 static __always_inline void rw_stash_path(struct rw_rec *r)
 {
-    u32 tid = r->h.tid;
-    if (pending_path.update(&tid, (struct rw_rec1 *)r) != 0)
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+    struct rw_rec1 *s = pending_path.task_storage_get(t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!s) {
         rw_count_pending_overflow(r->h.type);
+        return;
+    }
+    s->h = r->h;
+    u32 n = r->h.len1;
+    if (n > RW_PATH_MAX)
+        n = RW_PATH_MAX;
+    bpf_probe_read_kernel(s->data, n, r->data); /* the path only, not all 4 KiB */
 }
 
 static __always_inline void rw_stash(struct rw_rec *r)
+{
+    if (r->h.len1 || r->h.len2) {
+        rw_stash_big(r);
+        return;
+    }
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+    struct rw_hdr *s = pending_task.task_storage_get(t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!s) {
+        rw_count_pending_overflow(r->h.type);
+        return;
+    }
+    *s = r->h;
+}
+
+/* The stash of connect and the sends (see pending_hdr). */
+static __always_inline void rw_stash_net(struct rw_rec *r)
 {
     if (r->h.len1 || r->h.len2) {
         rw_stash_big(r);
@@ -261,8 +292,21 @@ static __always_inline void rw_kill_current(struct rw_rec *r, struct rw_proc *p)
 }
 
 /* sys_exit_*: emit the stashed record with the syscall's result. Each exit looks only where
- * its enter can have stashed: an untracked task pays one hash lookup here. */
+ * its enter can have stashed: an untracked task (which has no task storage) pays one
+ * pointer test here, or one hash lookup for the network calls. */
 static __always_inline int rw_finish_hdr(long ret)
+{
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+    struct rw_hdr *h = pending_task.task_storage_get(t, 0, 0);
+    if (!h || !h->type)
+        return 0;
+    h->ret = ret;
+    rw_output(h, sizeof(*h), h->type);
+    h->type = 0; /* used */
+    return 0;
+}
+
+static __always_inline int rw_finish_net_hdr(long ret)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct rw_hdr *h = pending_hdr.lookup(&tid);
@@ -288,9 +332,9 @@ static __always_inline int rw_finish_big(long ret)
 
 static __always_inline int rw_finish_path(long ret)
 {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct rw_rec1 *r = pending_path.lookup(&tid);
-    if (!r)
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+    struct rw_rec1 *r = pending_path.task_storage_get(t, 0, 0);
+    if (!r || !r->h.type)
         return 0;
     r->h.ret = ret;
     u32 size = sizeof(struct rw_hdr) + (u32)r->h.len1;
@@ -299,16 +343,25 @@ static __always_inline int rw_finish_path(long ret)
     size &= 0x1fff;
     if (size <= sizeof(struct rw_rec1))
         rw_output(r, size, r->h.type);
-    pending_path.delete(&tid);
+    r->h.type = 0; /* used */
     return 0;
 }
 
 /* For syscalls whose record may or may not carry a string (sendto with a DNS query...). */
 static __always_inline int rw_finish(long ret)
 {
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+    struct rw_hdr *h = pending_task.task_storage_get(t, 0, 0);
+    if (h && h->type)
+        return rw_finish_hdr(ret);
+    return rw_finish_big(ret);
+}
+
+static __always_inline int rw_finish_net(long ret)
+{
     u32 tid = (u32)bpf_get_current_pid_tgid();
     if (pending_hdr.lookup(&tid))
-        return rw_finish_hdr(ret);
+        return rw_finish_net_hdr(ret);
     return rw_finish_big(ret);
 }
 

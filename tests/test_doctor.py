@@ -347,6 +347,7 @@ def test_required_checks_pass_on_this_host(
         "kernel headers",
         "tracepoints",
         "ring buffer",
+        "task storage",
         "cgroup v2",
         "cgroup.kill",
         "sock_addr",

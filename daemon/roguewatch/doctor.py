@@ -207,6 +207,18 @@ def _ringbuf() -> Check:
     return Check("ring buffer", ok, True, detail, "" if ok else fix)
 
 
+def _task_storage() -> Check:
+    """The probes keep a syscall's record between its enter and exit in task local storage."""
+    from roguewatch import kernel
+
+    try:
+        os.close(kernel.create_task_storage_map("rw_doctor_ts", 144, 1))  # BPF_F_NO_PREALLOC
+    except kernel.ProbeError as e:
+        fix = _unprivileged_fix() or "needs Linux 5.11+ with BTF (BPF task local storage)"
+        return Check("task storage", False, True, str(e), fix)
+    return Check("task storage", True, True, "BPF task local storage map created")
+
+
 def _cgroup2() -> tuple[Check, str | None]:
     cg2 = ke.cgroup2_mount()
     if cg2 is None:
@@ -352,6 +364,7 @@ def run_checks(source_dir: ProbeDir = None) -> list[Check]:
             Check("tracepoints", False, True, f"check crashed: {type(e).__name__}: {e}", "")
         )
     checks.append(_guard("ring buffer", True, _ringbuf))
+    checks.append(_guard("task storage", True, _task_storage))
     try:
         cg2_check, cg2 = _cgroup2()
     except Exception as e:

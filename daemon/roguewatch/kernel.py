@@ -59,6 +59,9 @@ BPF_PSEUDO_MAP_FD = 1
 BPF_LD_IMM64 = 0x18
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_TYPE_RINGBUF = 27
+BPF_MAP_TYPE_TASK_STORAGE = 29
+BPF_MAP_CREATE = 0
+BPF_BTF_LOAD = 18
 SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
 
 # Tracepoints whose absence means "not on this kernel"; the C guards them with these macros.
@@ -94,6 +97,60 @@ class _MapInfo(ct.Structure):
 
 class _InfoAttr(ct.Structure):
     _fields_ = [("bpf_fd", ct.c_uint32), ("info_len", ct.c_uint32), ("info", ct.c_uint64)]
+
+
+class _MapCreateAttr(ct.Structure):
+    _fields_ = [
+        ("map_type", ct.c_uint32), ("key_size", ct.c_uint32), ("value_size", ct.c_uint32),
+        ("max_entries", ct.c_uint32), ("map_flags", ct.c_uint32), ("inner_map_fd", ct.c_uint32),
+        ("numa_node", ct.c_uint32), ("map_name", ct.c_char * 16), ("map_ifindex", ct.c_uint32),
+        ("btf_fd", ct.c_uint32), ("btf_key_type_id", ct.c_uint32),
+        ("btf_value_type_id", ct.c_uint32),
+    ]  # fmt: skip
+
+
+class _BtfLoadAttr(ct.Structure):
+    _fields_ = [
+        ("btf", ct.c_uint64), ("btf_log_buf", ct.c_uint64), ("btf_size", ct.c_uint32),
+        ("btf_log_size", ct.c_uint32), ("btf_log_level", ct.c_uint32),
+    ]  # fmt: skip
+
+
+def storage_btf(value_size: int) -> bytes:
+    """The smallest BTF a task storage map accepts: type 1 `int` (its key), type 3 an array
+    of `value_size` chars (its value). The kernel asks for BTF to create such a map, and
+    our loader (which keeps no program BTF) describes the value as plain bytes."""
+    strings = b"\0int\0char\0"
+    types = struct.pack(
+        "<IIII" "IIII" "IIIIII",
+        1, 1 << 24, 4, (1 << 24) | 32,  # [1] int: KIND_INT, 4 bytes, signed, 32 bits
+        5, 1 << 24, 1, 8,  # [2] char: KIND_INT, 1 byte, 8 bits
+        0, 3 << 24, 0, 2, 1, value_size,  # [3] char[value_size]: KIND_ARRAY of [2], index [1]
+    )  # fmt: skip
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + types + strings
+
+
+def create_task_storage_map(name: str, value_size: int, flags: int) -> int:
+    """bpf(BPF_MAP_CREATE) for a task storage map, with the BTF it needs; its fd."""
+    blob = ct.create_string_buffer(storage_btf(value_size))
+    log = ct.create_string_buffer(4096)
+    battr = _BtfLoadAttr(ct.addressof(blob), ct.addressof(log), len(blob.raw) - 1, len(log), 1)
+    btf = _libc.syscall(SYS_BPF, BPF_BTF_LOAD, ct.byref(battr), ct.sizeof(battr))
+    if btf < 0:
+        err = ct.get_errno()
+        raise ProbeError(f"loading the BTF of map {name}: {os.strerror(err)}: "
+                         f"{log.value.decode(errors='replace').strip()[-200:]}")  # fmt: skip
+    try:
+        attr = _MapCreateAttr(BPF_MAP_TYPE_TASK_STORAGE, 4, value_size, 0, flags, 0, 0,
+                              name[:15].encode(), 0, btf, 1, 3)  # fmt: skip
+        fd = _libc.syscall(SYS_BPF, BPF_MAP_CREATE, ct.byref(attr), ct.sizeof(attr))
+        if fd < 0:
+            err = ct.get_errno()
+            raise ProbeError(f"creating map {name}: {os.strerror(err)}")
+        return fd
+    finally:
+        os.close(btf)  # the map holds its own reference
 
 
 def map_info(fd: int) -> _MapInfo:
@@ -368,6 +425,9 @@ class Probes:
         kernelenv.tracefs_dir()
         try:
             for m in image.maps:
+                if m.type == BPF_MAP_TYPE_TASK_STORAGE:
+                    self.map_fds[m.name] = create_task_storage_map(m.name, m.value_size, m.flags)
+                    continue
                 fd = self._lib.bcc_create_map(
                     m.type, m.name.encode(), m.key_size, m.value_size, m.max_entries, m.flags
                 )
