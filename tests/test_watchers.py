@@ -308,3 +308,153 @@ def test_queue_overflow_is_reported(tmp_path, watch):
     assert w.take_rescan() is True
     assert w.take_rescan() is False
     assert w.limits()["overflows"] >= 1
+
+
+def _overflows(sink: Sink) -> list[dict[str, Any]]:
+    with sink.cond:
+        return [e for e in sink.events if e["type"] == "monitor" and e["kind"] == "fs_overflow"]
+
+
+def _until(pred: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+def test_an_overflow_of_a_large_tree_does_not_feed_itself(tmp_path, watch):
+    """watchdog's own overflow handling removed every watch of a recursive tree and added them
+    again: one IN_IGNORED per removed watch, so a tree of more directories than the kernel's
+    queue overflowed it again, forever (hundreds of overflows a second, each one an alert).
+    One overflow must stay one overflow, and the watches must stay alive."""
+    require_root("needs root to lower fs.inotify.max_queued_events")
+    tree = tmp_path / "tree"
+    for i in range(20):
+        for j in range(10):
+            (tree / f"d{i}" / f"e{j}").mkdir(parents=True)  # 221 directories, a queue of 16
+    deep = tree / "d19" / "e9" / "deeper" / "deepest"
+    deep.mkdir(parents=True)
+    with open(QUEUED) as f:
+        saved = f.read().strip()
+    try:
+        with open(QUEUED, "w") as f:
+            f.write("16")
+        w, sink = watch([str(tree)])
+    finally:
+        with open(QUEUED, "w") as f:
+            f.write(saved)
+    assert w.limits()["watches"] >= 224
+    assert w._observer is not None
+    with w._observer._inotify_fd._lock:  # the reader waits: the kernel queue fills
+        for i in range(100):
+            with open(tree / f"flood-{i}", "w") as f:
+                f.write("x")
+    sink.wait(lambda e: e["type"] == "monitor" and e["kind"] == "fs_overflow", 3.0)
+    time.sleep(0.5)
+    before = w.limits()["overflows"]
+    time.sleep(2.0)
+    after = w.limits()["overflows"]
+    assert after - before <= 2, f"{after - before} more overflows in 2 s: a self-feeding loop"
+    assert after <= 3
+    assert len(_overflows(sink)) <= 2, [e["detail"] for e in _overflows(sink)[:5]]
+    assert w.limits()["watches"] >= 224  # every directory still watched
+    # The watches are alive: a change deep in the tree is still seen, and a directory made
+    # since is watched too.
+    f = str(deep / "evil.service")
+    _write(f, "[Service]\n")
+    sink.fs(f, "created")
+    newdir = tree / "d0" / "new"
+    newdir.mkdir()
+    sink.fs(str(newdir), "created")
+    g = str(newdir / "job")
+    _write(g)
+    sink.fs(g, "created")
+    assert w.take_rescan() is True
+
+
+def test_an_overflow_storm_is_reported_once_a_second_with_its_count(tmp_path, watch):
+    """The first overflow is reported at once; the next ones of the same second are counted and
+    reported together when the second is up, even when the storm has stopped by then."""
+    w, sink = watch([str(tmp_path)])
+    for _ in range(5):
+        w._kernel_overflow()
+    first = _overflows(sink)
+    assert len(first) == 1 and "rescan" in first[0]["detail"]
+    assert w.limits()["overflows"] == 5 and w.rescan_needed
+    sink.wait(lambda e: e.get("kind") == "fs_overflow" and e is not first[0], 2.0)
+    reports = _overflows(sink)
+    assert len(reports) == 2
+    assert "4 inotify queue overflows since the last report" in reports[1]["detail"]
+    assert "rescan" in reports[1]["detail"]
+    time.sleep(1.2)  # nothing more to say: no empty report
+    assert len(_overflows(sink)) == 2
+    # A second later, an overflow is again reported at once.
+    w._kernel_overflow()
+    assert len(_overflows(sink)) == 3
+    assert w.limits()["overflows"] == 6
+
+
+def test_a_pending_overflow_report_is_sent_on_stop(tmp_path):
+    sink = Sink()
+    w = FsWatcher([str(tmp_path)], sink)
+    w.start()
+    try:
+        w._kernel_overflow()
+        w._kernel_overflow()
+        w._kernel_overflow()
+    finally:
+        w.stop()
+    reports = _overflows(sink)
+    assert len(reports) == 2
+    assert "2 inotify queue overflows since the last report" in reports[1]["detail"]
+
+
+def test_after_an_overflow_replaced_and_new_directories_are_watched(tmp_path, watch):
+    """Directories made, replaced, renamed or removed while the kernel dropped their events:
+    after the overflow each directory of the tree has a watch, and the watches of those that
+    left the tree are gone."""
+    require_root("needs root to lower fs.inotify.max_queued_events")
+    tree = tmp_path / "tree"
+    for i in range(30):
+        (tree / f"d{i}" / "sub").mkdir(parents=True)
+    with open(QUEUED) as f:
+        saved = f.read().strip()
+    try:
+        with open(QUEUED, "w") as f:
+            f.write("16")
+        w, sink = watch([str(tree)])
+    finally:
+        with open(QUEUED, "w") as f:
+            f.write(saved)
+    assert w._observer is not None
+    base = w.limits()["watches"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with w._observer._inotify_fd._lock:  # the reader waits: the kernel queue fills
+        for i in range(100):
+            with open(tree / f"flood-{i}", "w") as f:
+                f.write("x")
+        os.rename(tree / "d0", outside / "d0")  # left the tree: its old name is replaced
+        (tree / "d0" / "sub").mkdir(parents=True)
+        os.rename(tree / "d1", tree / "d1-renamed")  # renamed inside the tree
+        (tree / "d2" / "sub").rmdir()  # removed
+        (tree / "made" / "during").mkdir(parents=True)  # made while events were lost
+    sink.wait(lambda e: e["type"] == "monitor" and e["kind"] == "fs_overflow", 3.0)
+    checks = [
+        tree / "d0" / "a",
+        tree / "d0" / "sub" / "b",
+        tree / "d1-renamed" / "sub" / "c",
+        tree / "made" / "during" / "d",
+        tree / "d2" / "e",
+    ]
+    for p in checks:
+        _write(str(p))
+        sink.fs(str(p), "created")
+    # old d0 and d0/sub moved out (2), d2/sub removed (1); d0, d0/sub, made, made/during new (4)
+    assert _until(lambda: w.limits()["watches"] == base + 1, 2.0), (base, w.limits())
+    _write(str(outside / "d0" / "x"))  # no longer watched: nothing reported
+    time.sleep(0.3)
+    assert str(outside / "d0" / "x") not in sink.paths()
+    assert 1 <= w.limits()["overflows"] <= 3

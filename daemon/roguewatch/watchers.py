@@ -59,8 +59,15 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.inotify import InotifyFullEmitter, InotifyObserver
-from watchdog.observers.inotify_c import InotifyEvent, InotifyFD
+from watchdog.observers.inotify import InotifyFullEmitter, InotifyObserver, InotifyWatchGroup
+from watchdog.observers.inotify_c import (
+    CallbackId,
+    InotifyEvent,
+    InotifyFD,
+    Mask,
+    WatchCallback,
+    WatchDescriptor,
+)
 
 from roguewatch.fanotify import Writer, WriterSensor
 
@@ -98,6 +105,8 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
 WAIT_BACKLOG = 64
 RESCAN_MAX_ENTRIES = 10_000
 RESCAN_MAX_DEPTH = 8
+# Kernel queue overflows after the first are reported together, at most once per this long.
+OVERFLOW_REPORT_S = 1.0
 PROC_INOTIFY = "/proc/sys/fs/inotify"
 
 
@@ -204,27 +213,149 @@ class _OverflowFD(InotifyFD):
         self._rw_on_overflow = on_overflow
 
     def handle_event(self, event: InotifyEvent) -> None:
-        if event.is_queue_overflow:
+        if not event.is_queue_overflow:
+            super().handle_event(event)
+            return
+        try:
+            # The watch groups first: once the overflow is reported (and a rescan against the
+            # baselines asked for), every directory of the trees has its watch again, so what
+            # changes later is seen by a watch, what changed before by the rescan.
+            super().handle_event(event)
+        finally:
             try:
                 self._rw_on_overflow()
             except Exception:  # never kill the reader thread
                 log.exception("fs overflow callback failed")
-        super().handle_event(event)
 
     def watch_count(self) -> int:
         return len(getattr(self, "_watch_for_wd", {}))
 
+    def rewatch(
+        self, path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId
+    ) -> WatchDescriptor:
+        """``add_callback`` for a path that may be watched already (by this callback, maybe
+        under another name): the watch of the inode now at ``path``, new or not (the kernel
+        queues no event for an existing one), without watchdog's warning for a callback
+        registered again."""
+        with self._lock:
+            watch = self._get_or_create_watch(path, mask)
+            watch.callbacks[id_] = callback
+            return watch.wd
+
+
+class _WatchGroup(InotifyWatchGroup):
+    """watchdog's watch group, with an overflow handling that keeps the live watches.
+
+    watchdog reconciles a recursive watch after IN_Q_OVERFLOW by removing every watch of the
+    tree and adding them again. Each removal queues an IN_IGNORED event: a tree of more
+    directories than ``fs.inotify.max_queued_events`` overflows the queue again, and again, for
+    ever (hundreds of overflows a second, the reader thread busy, the watches mostly gone).
+    Here an overflow adds the watch of every directory of the tree as it is now: the kernel
+    gives back the watch a directory already has (no event queued), a new one for a directory
+    made or replaced while events were lost. Then the watches of the directories no longer in
+    the tree are forgotten: removed (``inotify_rm_watch``) only once their directory is gone
+    from the tree, so the kernel has dropped them already, or they are elsewhere (one event
+    per directory that really went, never one per directory of the tree)."""
+
+    def _remove_watch_internally(self, wd: WatchDescriptor) -> None:
+        # watchdog's, but a watch or name forgotten by _reconcile is no KeyError (in the
+        # reader thread, that would end it).
+        path = self._active_callbacks_by_watch.pop(wd, None)
+        if path is not None and self._active_callbacks_by_path.get(path) == wd:
+            del self._active_callbacks_by_path[path]
+
+    def on_queue_overflow(self) -> None:
+        with self._lock:
+            if not self.is_active:
+                return
+            self._move_event_grouper.discard_pending_events()
+            if not self.is_recursive:
+                return
+            log.debug("inotify queue overflowed: checking the watches below %r", self.path)
+            try:
+                self._reconcile()
+            except OSError:
+                log.exception("unable to check the inotify watches below %r", self.path)
+
+    def _tree_dirs(self) -> list[bytes]:
+        """The directories of the tree now, the root first (none when it is no directory)."""
+        follow = self.follow_symlink
+        if not (os.path.isdir(self.path) if follow else stat.S_ISDIR(_lmode(self.path))):
+            return []
+        out, seen, stack = [self.path], {self.path}, [self.path]
+        while stack:
+            try:
+                with os.scandir(stack.pop()) as it:
+                    entries = list(it)
+            except OSError:
+                continue
+            for e in entries:
+                with contextlib.suppress(OSError):
+                    if e.is_dir(follow_symlinks=follow) and e.path not in seen:
+                        seen.add(e.path)
+                        out.append(e.path)
+                        stack.append(e.path)
+        return out
+
+    def _reconcile(self) -> None:
+        """Watches for what the tree is now, without removing a live watch (see the class)."""
+        by_path, by_watch = self._active_callbacks_by_path, self._active_callbacks_by_watch
+        fd = self._inotify_fd
+        now = self._tree_dirs()
+        for path in now:
+            try:
+                if isinstance(fd, _OverflowFD):
+                    wd = fd.rewatch(path, self.event_mask, self._callback, self._id)
+                else:
+                    wd = fd.add_callback(path, self.event_mask, self._callback, self._id)
+            except OSError:
+                if path == self.path:
+                    raise
+                continue  # gone meanwhile, or not readable: as watchdog does
+            old = by_watch.get(wd)
+            if old is not None and old != path and by_path.get(old) == wd:
+                del by_path[old]  # renamed while its event was lost
+            by_path[path] = wd
+            by_watch[wd] = path
+        # Forget the names no longer in the tree, and the watches no name leads to any more
+        # (their directory was removed, moved out, or replaced by another one).
+        here = set(now)
+        for path in [p for p in by_path if p not in here]:
+            del by_path[path]
+        gone = [wd for wd, p in by_watch.items() if by_path.get(p) != wd]
+        if gone:
+            self._remove_callbacks(gone)
+
+
+def _lmode(path: bytes) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except OSError:
+        return 0
+
+
+class _Emitter(InotifyFullEmitter):
+    """watchdog's full emitter (moves with no source), on a ``_WatchGroup``."""
+
+    def on_thread_start(self) -> None:
+        self._inotify = _WatchGroup(
+            self._inotify_fd,
+            os.fsencode(self.watch.path),
+            is_recursive=self.watch.is_recursive,
+            event_mask=self.get_event_mask_from_filter(),
+            follow_symlink=self.watch.follow_symlink,
+        )
+
 
 class _Observer(InotifyObserver):
-    """InotifyObserver with the overflow-reporting reader and full move events (a rename from
-    an unwatched place is a move with no source, not a creation)."""
+    """InotifyObserver with the overflow-reporting reader, full move events (a rename from
+    an unwatched place is a move with no source, not a creation) and watch groups that survive
+    a queue overflow (``_WatchGroup``)."""
 
     def __init__(self, on_overflow: Callable[[], None], timeout: float = 0.2) -> None:
         self._inotify_fd = _OverflowFD(on_overflow)
         self._inotify_fd.start()
-        BaseObserver.__init__(
-            self, InotifyFullEmitter, timeout=timeout, inotify_fd=self._inotify_fd
-        )
+        BaseObserver.__init__(self, _Emitter, timeout=timeout, inotify_fd=self._inotify_fd)
 
     def watch_count(self) -> int:
         return self._inotify_fd.watch_count()
@@ -273,7 +404,10 @@ class FsWatcher:
     - Queue overflow (the kernel's inotify queue, or more than ``queue_max`` events waiting in
       watchdog's queue) emits a ``monitor`` event of kind ``fs_overflow``, calls
       ``on_overflow()`` and sets ``rescan_needed``: the caller then rescans its baselines
-      (``take_rescan()`` reads and clears the flag).
+      (``take_rescan()`` reads and clears the flag). Kernel overflows are reported at most
+      once per ``OVERFLOW_REPORT_S``: the first at once, the next ones of that second together,
+      in one event that says how many, when the second is up (``counts["overflows"]`` counts
+      each one; each one sets the flag and calls ``on_overflow()``).
     - ``writers``: a started fanotify sensor that names the writer of each change (the
       watcher marks its directories and stops it with itself); ``own_writer(writer)`` says
       whether a writer is roguewatch itself (its changes are dropped). Without ``writers``
@@ -307,6 +441,9 @@ class FsWatcher:
         self._ignored_trees: dict[str, int] = {}
         self._rescan = threading.Event()
         self._in_backlog = False
+        self._ovf_reported = -OVERFLOW_REPORT_S  # monotonic time of the last overflow report
+        self._ovf_pending = 0  # kernel overflows since then, not reported yet
+        self._ovf_timer: threading.Timer | None = None
         self._limits: dict[str, int | None] = {}
         self.counts: dict[str, int] = {
             "events": 0,  # fs_change events emitted
@@ -356,6 +493,10 @@ class FsWatcher:
             self._anchors.clear()
             self._trees.clear()
             self._target_anchor.clear()
+            timer, self._ovf_timer = self._ovf_timer, None
+            if timer is not None:
+                timer.cancel()
+            self._report_overflows()  # what the cancelled timer would have said
         if obs is not None:
             obs.stop()
             obs.join(timeout=5)
@@ -744,15 +885,54 @@ class FsWatcher:
         )
 
     def _kernel_overflow(self) -> None:
-        # From watchdog's inotify reader thread.
+        # From watchdog's inotify reader thread. A storm of overflows (an agent writing many
+        # files in a watched tree, again and again) is one report a second, not one alert each.
         with self._lock:
             self.counts["overflows"] += 1
-            qmax = (self._limits or {}).get("max_queued_events")
-            self._overflow(f"inotify queue overflow (max_queued_events {qmax}): events lost")
+            now = time.monotonic()
+            if self._ovf_pending == 0 and now - self._ovf_reported >= OVERFLOW_REPORT_S:
+                self._ovf_reported = now
+                qmax = (self._limits or {}).get("max_queued_events")
+                self._overflow(f"inotify queue overflow (max_queued_events {qmax}): events lost")
+                return
+            self._ovf_pending += 1
+            self._rescan.set()
+            self._call_on_overflow()
+            if self._ovf_timer is None:
+                t = threading.Timer(
+                    max(0.0, self._ovf_reported + OVERFLOW_REPORT_S - now), self._overflow_timer
+                )
+                t.daemon = True
+                t.name = "fs-overflow-report"
+                self._ovf_timer = t
+                t.start()
+
+    def _overflow_timer(self) -> None:
+        with self._lock:
+            if self._ovf_timer is not threading.current_thread():
+                return  # cancelled by stop(), which reported
+            self._ovf_timer = None
+            self._report_overflows()
+
+    def _report_overflows(self) -> None:
+        """Report the kernel overflows not reported yet, in one event (with the lock held)."""
+        n, self._ovf_pending = self._ovf_pending, 0
+        if not n:
+            return
+        self._ovf_reported = time.monotonic()
+        qmax = (self._limits or {}).get("max_queued_events")
+        self._monitor(
+            "fs_overflow",
+            f"{n} inotify queue overflow{'s' if n > 1 else ''} since the last report "
+            f"(max_queued_events {qmax}): events lost; rescan against baselines needed",
+        )
 
     def _overflow(self, why: str) -> None:
         self._rescan.set()
         self._monitor("fs_overflow", f"{why}; rescan against baselines needed")
+        self._call_on_overflow()
+
+    def _call_on_overflow(self) -> None:
         if self.on_overflow is not None:
             try:
                 self.on_overflow()
