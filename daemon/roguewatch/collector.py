@@ -20,8 +20,10 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 import zmq
@@ -74,6 +76,83 @@ class Losses:
 
     def total(self) -> int:
         return sum(self.ring.values()) + self.pending + self.decode + self.bus + self.untracked
+
+
+# Rescans of the baselines (after an inotify overflow) start at most this often.
+RESCAN_MIN_INTERVAL_S = 1.0
+
+
+class _FsRescanner:
+    """The rescans of the baselines after an inotify overflow, on a daemon thread of their own
+    (not the restore worker: a restore is not held up behind a rescan; Baselines takes its lock
+    per entry). One rescan at a time, at most one start per RESCAN_MIN_INTERVAL_S: an agent
+    that floods a watched tree again and again gets one rescan a second, not a stalled loop.
+
+    ``kick()`` (from the loop, while the watcher's rescan flag is set) asks for a rescan; the
+    thread takes the flag as it starts one, so an overflow during a rescan sets it again and
+    exactly one more rescan follows. The changed paths are queued on ``out`` (the collector's
+    ``fs_queue``) as ``fs_change`` events, and ``wake()`` gets the loop to publish them."""
+
+    def __init__(
+        self,
+        watcher: Any,
+        baselines: Any,
+        skip: tuple[str, ...],
+        out: deque[dict],
+        wake: Callable[[], None],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.watcher, self.baselines, self.skip = watcher, baselines, skip
+        self.out, self.wake, self.stopping = out, wake, stopping
+        self.started = 0  # rescans started (for stats and tests)
+        self.running = False
+        self._last = -math.inf  # monotonic time of the last start
+        self._kick = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def kick(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="fs-rescan")
+            self._thread.start()
+        self._kick.set()
+
+    def _run(self) -> None:
+        while True:
+            self._kick.wait()
+            self._kick.clear()
+            wait = self._last + RESCAN_MIN_INTERVAL_S - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            if self.stopping():
+                return
+            if not self.watcher.take_rescan():
+                continue
+            self._last = time.monotonic()
+            self.started += 1
+            self.running = True
+            try:
+                self._rescan()
+            except Exception:  # the thread must outlive a failed rescan
+                log.exception("rescan of the baselines failed")
+            finally:
+                self.running = False
+            if self.watcher.rescan_needed:  # an overflow during the rescan: one more
+                self._kick.set()
+
+    def _rescan(self) -> None:
+        n = 0
+        for path in self.baselines.rescan():
+            if any(path == d or path.startswith(d.rstrip("/") + "/") for d in self.skip):
+                continue  # our own logs: always changed since the baseline
+            self.out.append({
+                "type": "fs_change", "ts": time.time_ns(), "session": 0, "pid": 0,
+                "tid": 0, "ppid": 0, "uid": 0, "gid": 0, "comm": "", "ret": 0,
+                "flags": [], "exec_id": "", "pexec_id": "", "exe": "", "path": path,
+                "source": "", "change": "rescan", "writer": "unknown",
+            })  # fmt: skip
+            n += 1
+        if n:
+            self.wake()
 
 
 class Collector:
@@ -252,18 +331,17 @@ class Collector:
         q = self.fs_queue
         while q:
             self.batch.append(q.popleft())
-        if self.watcher is not None and self.watcher.take_rescan() and self.baselines:
-            # After an overflow: whatever differs from the baseline is a change we missed.
-            skip = getattr(self, "_fs_rescan_skip", ())
-            for path in self.baselines.rescan():
-                if any(path == d or path.startswith(d.rstrip("/") + "/") for d in skip):
-                    continue  # our own logs: always changed since the baseline
-                self.batch.append({
-                    "type": "fs_change", "ts": time.time_ns(), "session": 0, "pid": 0,
-                    "tid": 0, "ppid": 0, "uid": 0, "gid": 0, "comm": "", "ret": 0,
-                    "flags": [], "exec_id": "", "pexec_id": "", "exe": "", "path": path,
-                    "source": "", "change": "rescan", "writer": "unknown",
-                })  # fmt: skip
+        if self.watcher is not None and self.watcher.rescan_needed and self.baselines:
+            # After an overflow: whatever differs from the baseline is a change we missed. The
+            # rescan (a second for ~1,300 files) is never run here, where the ring must be
+            # drained every millisecond: its thread queues what it finds and wakes us.
+            r = getattr(self, "_fs_rescanner", None)
+            if r is None:
+                r = self._fs_rescanner = _FsRescanner(
+                    self.watcher, self.baselines, getattr(self, "_fs_rescan_skip", ()),
+                    self.fs_queue, self._wake, lambda: getattr(self, "_stopping", False),
+                )  # fmt: skip
+            r.kick()
         self.flush()
 
     def _announce_adopted(self, ev: dict) -> None:
