@@ -925,6 +925,33 @@ def pct(on: float, off: float) -> float:
     return round((on / off - 1) * 100, 2) if off else 0.0
 
 
+def tracepoint_floor(iters: int, reps: int = 3) -> dict[str, float]:
+    """What a syscall tracepoint costs before any of our work: the getppid micro loop with
+    empty BPF programs on its sys_enter (and sys_exit) tracepoints, against none. Every
+    traced call of an untracked process pays this much however little our programs do."""
+    from bcc import BPF
+
+    def loop() -> float:
+        return loadgen("micro", "getppid", iters, 3)[0]["ns_per_call"]
+
+    sources = {
+        "enter_ns": "TRACEPOINT_PROBE(syscalls, sys_enter_getppid) { return 0; }",
+        "enter_exit_ns": "TRACEPOINT_PROBE(syscalls, sys_enter_getppid) { return 0; }\n"
+        "TRACEPOINT_PROBE(syscalls, sys_exit_getppid) { return 0; }",
+    }
+    added: dict[str, list[float]] = {k: [] for k in sources}
+    for _ in range(reps):
+        for key, text in sources.items():
+            off = loop()
+            b = BPF(text=text)
+            try:
+                on = loop()
+            finally:
+                b.cleanup()
+            added[key].append(on - off)
+    return {k: round(statistics.median(v), 1) for k, v in added.items()}
+
+
 def section_overhead(args: argparse.Namespace, work: Path, result: dict) -> None:
     reps = 3 if args.quick else 5
     iters = 100_000 if args.quick else 200_000
@@ -1002,6 +1029,11 @@ def section_overhead(args: argparse.Namespace, work: Path, result: dict) -> None
         }
         label = m + ("" if m != "openat" else "+close") + ("" if m != "getppid" else " (untraced)")
         log(f"{label:<14} {off:>12.1f} {on:>10.1f} {on - off:>9.1f}")
+    floor = tracepoint_floor(iters)
+    log(
+        f"floor: empty BPF programs on getppid's tracepoints add {floor['enter_ns']:.0f} ns "
+        f"(sys_enter only) and {floor['enter_exit_ns']:.0f} ns (sys_enter and sys_exit) per call"
+    )
     real = {}
     log(
         f"{'workload':<14} {'no probes s':>12} {'probes s':>10} {'added':>8} "
@@ -1082,6 +1114,7 @@ def section_overhead(args: argparse.Namespace, work: Path, result: dict) -> None
         "disturbance": disturbance(disturbed),
         "micro_iters": iters,
         "micro": micro,
+        "tracepoint_floor": floor,
         "realistic": real,
         "realistic_model": model,
         "untracked_storms": storms,
