@@ -5,8 +5,9 @@
  * sendto() and sendmsg() (io_uring's and TCP Fast Open's too) before any packet is built:
  * returning 0 makes the call fail with EPERM, so nothing leaves. The allowlist lives in two
  * LPM tries keyed by (cgroup id, address), whose values hold the allowed port ranges and
- * protocols. A denial marks the syscall's pending record (flag RW_F_DENIED) or, when there is
- * none (io_uring), writes a record of its own.
+ * protocols. A denial writes its record in egress_denied (roguewatch.h), for the refused
+ * syscall's sys_exit to claim (its record is then flagged RW_F_DENIED), or, with no
+ * sys_exit to claim it (io_uring), for the collector to publish.
  */
 
 #define RW_EGRESS_RANGES 8
@@ -59,17 +60,6 @@ static __always_inline int rw_egress_deny(struct bpf_sock_addr *ctx, u16 type, u
                                           u8 proto, const bool v6)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct rw_hdr *ph = pending_hdr.lookup(&tid);
-    if (ph) {
-        ph->flags |= RW_F_DENIED;
-        return 0;
-    }
-    struct rw_rec *pend = pending.lookup(&tid);
-    if (pend) {
-        pend->h.flags |= RW_F_DENIED;
-        return 0;
-    }
-    /* No syscall record to mark (io_uring, or a record the pending map could not hold). */
     struct rw_rec *r = rw_begin(type, rw_current_proc());
     if (!r)
         return 0;
@@ -92,7 +82,10 @@ static __always_inline int rw_egress_deny(struct bpf_sock_addr *ctx, u16 type, u
         __builtin_memcpy(r->h.addr + 16, &w2, 4);
         __builtin_memcpy(r->h.addr + 20, &w3, 4);
     }
-    rw_emit(r);
+    /* For the refused syscall's sys_exit to claim. With the map full, said now: the
+     * syscall's own record then comes too, unflagged (twice, never lost). */
+    if (egress_denied.update(&tid, &r->h) != 0)
+        rw_emit(r);
     return 0;
 }
 

@@ -129,13 +129,13 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
         struct rw_dns_dest none = {}; /* reconnected elsewhere: a tombstone hides the */
         dns_socks.update(&k, &none);  /* entry of the ancestor this fd came from */
     }
-    rw_stash_net(r);
+    rw_stash(r);
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 {
-    return rw_finish_net_hdr(args->ret);
+    return rw_finish_hdr(args->ret);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
@@ -162,13 +162,13 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
         rw_dns_dest_of(r, tgid, args->fd, p);
     if (rw_is_dns(r))
         rw_copy_payload(r, args->buff, args->len);
-    rw_stash_net(r);
+    rw_stash(r);
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto)
 {
-    return rw_finish_net(args->ret);
+    return rw_finish(args->ret);
 }
 
 /* struct user_msghdr and struct iovec are user ABI, read from user memory. */
@@ -213,7 +213,7 @@ static __always_inline int rw_sendmsg(int fd, const void *umsg, u32 vlen)
         if (bpf_probe_read_user(&iov, sizeof(iov), m.iov) == 0 && iov.base)
             rw_copy_payload(r, iov.base, iov.len);
     }
-    rw_stash_net(r);
+    rw_stash(r);
     return 0;
 }
 
@@ -224,7 +224,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg)
 {
-    return rw_finish_net(args->ret);
+    return rw_finish(args->ret);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
@@ -235,7 +235,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg)
 {
-    return rw_finish_net(args->ret);
+    return rw_finish(args->ret);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_socket)

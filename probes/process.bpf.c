@@ -297,7 +297,6 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     u32 tgid = id >> 32, tid = (u32)id;
     guarded.delete(&tid); /* a pid that roguewatch had will be someone else's next */
     pending.delete(&tid);
-    pending_hdr.delete(&tid);
     clone_flags.delete(&tid);
     argv_stash.delete(&tid);
     if (!args->group_dead) {

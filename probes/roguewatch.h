@@ -120,13 +120,14 @@ struct rw_rec1 {
  * after a thread's first one, freed with the task): the exit marks it used (type 0) instead
  * of deleting it. */
 BPF_TASK_STORAGE(pending_path, struct rw_rec1);
-/* The same for records with no string (kill, socket, rt_sigaction...: most of a storm): only
- * the 144-byte header, in the task's storage. */
+/* The same for records with no string (kill, connect, socket...: most of a storm): only the
+ * 144-byte header, in the task's storage. */
 BPF_TASK_STORAGE(pending_task, struct rw_hdr);
-/* Header-only records of connect, sendto, sendmsg and sendmmsg: in a hash by thread id, as
- * the egress programs (cgroup sock_addr, which cannot reach task storage) mark a denial in
- * the record of the syscall they run in. */
-BPF_HASH(pending_hdr, u32, struct rw_hdr, 4096);
+/* Egress refused by the cgroup sock_addr programs (egress.bpf.c), by thread id: the record
+ * each wrote. The connect or send that was refused claims it at its sys_exit (and is marked
+ * RW_F_DENIED); one that no sys_exit claims (io_uring's connects and sends run without one)
+ * is published by the collector once it is older than a few hundred milliseconds. */
+BPF_HASH(egress_denied, u32, struct rw_hdr, 1024);
 
 #define RW_SESSION_ADOPTED_BASE (1ULL << 62)
 
@@ -268,16 +269,20 @@ static __always_inline void rw_stash(struct rw_rec *r)
     *s = r->h;
 }
 
-/* The stash of connect and the sends (see pending_hdr). */
-static __always_inline void rw_stash_net(struct rw_rec *r)
+/* A connect or send that failed with EPERM: if the egress programs refused it, the denial
+ * they noted for this thread is this call's: claimed, it marks the record. */
+static __always_inline void rw_claim_denial(struct rw_hdr *h)
 {
-    if (r->h.len1 || r->h.len2) {
-        rw_stash_big(r);
+    if (h->ret != -1 || (h->type != RW_CONNECT && h->type != RW_SENDTO && h->type != RW_SENDMSG))
         return;
+    u32 tid = h->tid;
+    struct rw_hdr *d = egress_denied.lookup(&tid);
+    /* the same family and port (bytes 0-3 of both sockaddrs): not an io_uring denial of
+     * this thread's that waits for the collector */
+    if (d && *(u32 *)d->addr == *(u32 *)h->addr) {
+        h->flags |= RW_F_DENIED;
+        egress_denied.delete(&tid);
     }
-    u32 tid = r->h.tid;
-    if (pending_hdr.update(&tid, &r->h) != 0)
-        rw_count_pending_overflow(r->h.type);
 }
 
 /* A tracked task that attacks roguewatch (a signal, ptrace) dies before user space could
@@ -301,20 +306,9 @@ static __always_inline int rw_finish_hdr(long ret)
     if (!h || !h->type)
         return 0;
     h->ret = ret;
+    rw_claim_denial(h);
     rw_output(h, sizeof(*h), h->type);
     h->type = 0; /* used */
-    return 0;
-}
-
-static __always_inline int rw_finish_net_hdr(long ret)
-{
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct rw_hdr *h = pending_hdr.lookup(&tid);
-    if (!h)
-        return 0;
-    h->ret = ret;
-    rw_output(h, sizeof(*h), h->type);
-    pending_hdr.delete(&tid);
     return 0;
 }
 
@@ -325,6 +319,7 @@ static __always_inline int rw_finish_big(long ret)
     if (!r)
         return 0;
     r->h.ret = ret;
+    rw_claim_denial(&r->h);
     rw_emit(r);
     pending.delete(&tid);
     return 0;
@@ -354,14 +349,6 @@ static __always_inline int rw_finish(long ret)
     struct rw_hdr *h = pending_task.task_storage_get(t, 0, 0);
     if (h && h->type)
         return rw_finish_hdr(ret);
-    return rw_finish_big(ret);
-}
-
-static __always_inline int rw_finish_net(long ret)
-{
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    if (pending_hdr.lookup(&tid))
-        return rw_finish_net_hdr(ret);
     return rw_finish_big(ret);
 }
 

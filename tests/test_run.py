@@ -336,6 +336,32 @@ def test_egress_by_a_thread_is_denied_in_kernel(agent: Agent, listeners: Listene
     assert_clean_end(r)
 
 
+def test_egress_through_io_uring_is_denied_in_kernel_and_reported(
+    agent: Agent, listeners: Listeners, tmp_path: Path
+) -> None:
+    """io_uring runs the connect without a connect(2) syscall, so no sys_exit claims the
+    denial: the collector publishes the egress program's own record of it."""
+    prog = tmp_path / "uring_connect"
+    src = Path(__file__).with_name("uring_connect.c")
+    subprocess.run(["gcc", "-O2", "-o", str(prog), str(src)], check=True)
+    r = agent.run(
+        listeners.fmt(
+            f"""
+            import subprocess
+            out = subprocess.run([{str(prog)!r}, "127.0.0.9", "FORBIDDEN"],
+                                 capture_output=True, text=True)
+            say(res=int(out.stdout), err=out.stderr)
+            """
+        )
+    )
+    said = r.said()
+    assert said["res"] == -errno.EPERM, r.describe()
+    alert = assert_denied(r, "127.0.0.9", port=listeners.port("forbidden"), proto="tcp")
+    assert alert["event"]["type"] == "connect" and alert["comm"] == "uring_connect"
+    assert Listeners.accepted(listeners.forbidden) == 0
+    assert_clean_end(r)
+
+
 def test_egress_over_unconnected_udp_is_denied_in_kernel(
     agent: Agent, listeners: Listeners
 ) -> None:

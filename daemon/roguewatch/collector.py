@@ -59,6 +59,8 @@ _STATEFUL = frozenset(
 ADOPTED_PROCFS_BASE = (1 << 62) | (1 << 61)
 # While records keep coming, the loop looks at the ring at least this often (see run).
 BUSY_POLL_S = 0.001
+DENIAL_CLAIM_NS = 200_000_000  # every second: unclaimed denials older than this
+DENIAL_END_NS = 20_000_000  # at a session's end
 
 
 def new_session_id() -> int:
@@ -477,6 +479,14 @@ class Collector:
             if got < limit:
                 return n
 
+    def sweep_denials(self, older_than_ns: int = 0) -> None:
+        """Egress denials no syscall exit claimed (io_uring's): published as their own events
+        once older than DENIAL_CLAIM_NS (a refused syscall's exit claims its denial within
+        microseconds; one that took longer is published twice, never lost)."""
+        for raw in self.probes.unclaimed_denials(older_than_ns or DENIAL_CLAIM_NS, _HSIZE):
+            self._handle(raw, 0, len(raw))
+        self.flush()
+
     def losses(self) -> Losses:
         ring = {TYPE_NAMES[t]: c for t, c in enumerate(self.probes.lost_by_type()) if c and t}
         return Losses(ring, self.probes.pending_overflows(), self.lost_decode, self.pub.lost_events,
@@ -676,6 +686,7 @@ class Collector:
         """The root exited: name the survivors on the stream (kind `end`), drop egress."""
         session = int(req["session"])
         self.drain()  # the session's last events go out before its end
+        self.sweep_denials(DENIAL_END_NS)  # and its io_uring denials, not a second later
         survivors = sorted(p for p, s in self.probes.tracked().items() if s == session)
         self._publish_now({
             "type": "session", "kind": "end", "ts": time.time_ns(), "session": session,
@@ -771,6 +782,7 @@ class Collector:
                 self.rate = self.events_total - self._rate_mark
                 self._rate_mark = self.events_total
                 self.cache.refresh_clock()
+                self.sweep_denials()
                 self.report_losses()
         self.drain()
         self.report_losses()

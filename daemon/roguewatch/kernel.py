@@ -30,6 +30,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -510,6 +511,19 @@ class Probes:
         if self._lib.bpf_lookup_elem(self.map_fds[name], k, v) < 0:
             return None
         return v.raw
+
+    def unclaimed_denials(self, older_than_ns: int, header_size: int) -> list[bytes]:
+        """Records of egress denials that no syscall exit claimed (io_uring's connects and
+        sends have none) and that are older than ``older_than_ns``: taken out of the map."""
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        out = []
+        for key in self.keys("egress_denied", 4):
+            raw = self._lookup("egress_denied", key, header_size)
+            if raw is None or now - struct.unpack_from("<Q", raw)[0] < older_than_ns:
+                continue
+            if self._delete("egress_denied", key):  # not claimed meanwhile
+                out.append(raw)
+        return out
 
     def keys(self, name: str, key_size: int) -> list[bytes]:
         out: list[bytes] = []
