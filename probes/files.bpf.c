@@ -23,18 +23,26 @@ static __always_inline struct rw_rec *rw_file_begin(u16 type)
     return rw_begin(type, p);
 }
 
+/* A one-path record, begun in place in the task's pending_path (no rw_stash needed). */
+static __always_inline struct rw_rec *rw_file_begin_path(u16 type)
+{
+    struct rw_proc *p = rw_current_proc();
+    if (!p)
+        return 0;
+    return rw_begin_path(type, p);
+}
+
 static __always_inline int rw_open(int dfd, const char *path, u64 flags, u64 mode)
 {
     if (!(flags & RW_O_WRITE_MASK))
         return 0;
-    struct rw_rec *r = rw_file_begin(RW_OPEN);
+    struct rw_rec *r = rw_file_begin_path(RW_OPEN);
     if (!r)
         return 0;
     r->h.a[0] = (u32)dfd;
     r->h.a[1] = flags;
     r->h.a[2] = mode;
     rw_str1_user(r, path);
-    rw_stash_path(r);
     return 0;
 }
 
@@ -127,7 +135,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_symlinkat) { return rw_finish_big(args->ret)
 static __always_inline int rw_path_op(u16 type, int dfd, const char *path, u64 a1, u64 a2,
                                       u64 a3)
 {
-    struct rw_rec *r = rw_file_begin(type);
+    struct rw_rec *r = rw_file_begin_path(type);
     if (!r)
         return 0;
     r->h.a[0] = (u32)dfd;
@@ -135,20 +143,18 @@ static __always_inline int rw_path_op(u16 type, int dfd, const char *path, u64 a
     r->h.a[2] = a2;
     r->h.a[3] = a3;
     rw_str1_user(r, path);
-    rw_stash_path(r);
     return 0;
 }
 
 static __always_inline int rw_fd_op(u16 type, u32 fd, u64 a1, u64 a2)
 {
-    struct rw_rec *r = rw_file_begin(type);
+    struct rw_rec *r = rw_file_begin_path(type);
     if (!r)
         return 0;
     r->h.flags |= RW_F_FDPATH;
     r->h.a[0] = fd;
     r->h.a[1] = a1;
     r->h.a[2] = a2;
-    rw_stash_path(r);
     return 0;
 }
 

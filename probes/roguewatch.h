@@ -146,12 +146,8 @@ static __always_inline struct rw_proc *rw_current_proc(void)
 }
 
 /* A zeroed record in the per-CPU scratch, with the header of the current task filled. */
-static __always_inline struct rw_rec *rw_begin(u16 type, struct rw_proc *p)
+static __always_inline void rw_fill(struct rw_rec *r, u16 type, struct rw_proc *p)
 {
-    u32 zero = 0;
-    struct rw_rec *r = scratch.lookup(&zero);
-    if (!r)
-        return 0;
     u64 id = bpf_get_current_pid_tgid();
     u64 ug = bpf_get_current_uid_gid();
     __builtin_memset(&r->h, 0, sizeof(r->h));
@@ -170,6 +166,15 @@ static __always_inline struct rw_rec *rw_begin(u16 type, struct rw_proc *p)
             r->h.flags |= RW_F_ADOPTED;
     }
     bpf_get_current_comm(&r->h.comm, sizeof(r->h.comm));
+}
+
+static __always_inline struct rw_rec *rw_begin(u16 type, struct rw_proc *p)
+{
+    u32 zero = 0;
+    struct rw_rec *r = scratch.lookup(&zero);
+    if (!r)
+        return 0;
+    rw_fill(r, type, p);
     return r;
 }
 
@@ -238,20 +243,19 @@ static __always_inline void rw_stash_big(struct rw_rec *r)
         rw_count_pending_overflow(r->h.type);
 }
 
-/* A record whose only string is the first (len2 is 0): data beyond RW_PATH_MAX is unused. */
-static __always_inline void rw_stash_path(struct rw_rec *r)
+/* A record whose only string is the first (len2 is 0), begun where it waits for its
+ * sys_exit (the task's pending_path), so nothing is copied. Only rw_str1_user may write its
+ * string: the element ends after RW_PATH_MAX bytes of data. */
+static __always_inline struct rw_rec *rw_begin_path(u16 type, struct rw_proc *p)
 {
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
     struct rw_rec1 *s = pending_path.task_storage_get(t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
     if (!s) {
-        rw_count_pending_overflow(r->h.type);
-        return;
+        rw_count_pending_overflow(type);
+        return 0;
     }
-    s->h = r->h;
-    u32 n = r->h.len1;
-    if (n > RW_PATH_MAX)
-        n = RW_PATH_MAX;
-    bpf_probe_read_kernel(s->data, n, r->data); /* the path only, not all 4 KiB */
+    rw_fill((struct rw_rec *)s, type, p);
+    return (struct rw_rec *)s;
 }
 
 static __always_inline void rw_stash(struct rw_rec *r)
