@@ -60,7 +60,9 @@ COMMON_FIELDS: tuple[Field, ...] = (
         "(a string was cut at 4 KiB, or an exec's argv could not be read whole in the kernel: "
         "argv then comes from /proc/PID/cmdline), `unresolved` (a relative path could not be "
         "made absolute, or a truncated argv could not be completed: the process was gone), "
-        "`denied` (refused in the kernel by the session's egress policy: nothing was sent), "
+        "`denied` (refused in the kernel by the session's egress policy: nothing was sent; "
+        "a connect or send made through io_uring, which has no syscall of its own, arrives "
+        "as the egress program's record, with fd -1, up to a second later), "
         "`killed` (SIGKILLed in the kernel: for attacking roguewatch, or for a fork that "
         "the full session map could not track), `untracked` (a fork whose child could not be "
         "tracked: the session map was full)",
