@@ -458,3 +458,37 @@ def test_after_an_overflow_replaced_and_new_directories_are_watched(tmp_path, wa
     time.sleep(0.3)
     assert str(outside / "d0" / "x") not in sink.paths()
     assert 1 <= w.limits()["overflows"] <= 3
+
+
+def test_a_target_that_appeared_during_an_overflow_is_watched_after_the_recheck(tmp_path, watch):
+    """A watched directory that did not exist is armed when its parent says it was made. If
+    that IN_CREATE is among the events an overflow lost, nothing inside it would be seen:
+    the recheck (run with the rescan after every overflow) arms it and reports what it holds."""
+    require_root("needs root to lower fs.inotify.max_queued_events")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    target = spool / "autostart"
+    with open(QUEUED) as f:
+        saved = f.read().strip()
+    try:
+        with open(QUEUED, "w") as f:
+            f.write("16")
+        w, sink = watch([str(target)])
+    finally:
+        with open(QUEUED, "w") as f:
+            f.write(saved)
+    assert w._observer is not None
+    with w._observer._inotify_fd._lock:  # the reader waits: the kernel queue fills
+        for i in range(100):
+            _write(str(spool / f"flood-{i}"))
+        target.mkdir()  # its IN_CREATE is lost
+        _write(str(target / "early.desktop"))
+    sink.wait(lambda e: e["type"] == "monitor" and e["kind"] == "fs_overflow", 3.0)
+    time.sleep(0.3)
+    assert str(target) not in sink.paths(), "the overflow was meant to hide the mkdir"
+    w.recheck()  # what the collector's rescan thread does after an overflow
+    sink.fs(str(target), "created")
+    sink.fs(str(target / "early.desktop"), "created")
+    late = str(target / "late.desktop")
+    _write(late)
+    sink.fs(late, "created")

@@ -133,6 +133,7 @@ class _FsRescanner:
             self.started += 1
             self.running = True
             try:
+                self.watcher.recheck()  # targets that appeared while events were lost
                 self._rescan()
             except Exception:  # the thread must outlive a failed rescan
                 log.exception("rescan of the baselines failed")

@@ -550,6 +550,19 @@ class FsWatcher:
     def rescan_needed(self) -> bool:
         return self._rescan.is_set()
 
+    def recheck(self) -> None:
+        """After an overflow: look at every target again. One that appeared while events were
+        lost (its parent's IN_CREATE among them) gets its watches now, and is reported with
+        what is already inside it; until then nothing inside it would be seen. Not from
+        watchdog's threads (it takes the observer's lock): the caller's rescan thread."""
+        obs = self._observer
+        if obs is None:
+            return
+        with obs._lock, self._lock:  # the order watchdog's dispatch takes them in
+            for t in sorted(self._targets):
+                if not self._covered(t):
+                    self._arm(t, emit=True)
+
     def limits(self) -> dict[str, Any]:
         """inotify limits read at start, watches in use and the counters."""
         lim: dict[str, Any] = dict(self._limits or inotify_limits())
