@@ -116,3 +116,39 @@ def test_a_steady_stream_is_published_in_batches_not_record_by_record() -> None:
         assert connects / batches >= 20, f"{connects} events in {batches} messages"
     finally:
         watcher.close()
+
+
+def test_a_flood_of_bulk_events_leaves_room_for_signals_and_processes() -> None:
+    """An agent that floods the ring with opens must not crowd out what matters: once the
+    ring is half full the bulk types (opens, sockets...) are dropped and counted, and the
+    kill events between them all arrive."""
+    require_root()
+    try:
+        watcher = sessions.start_private_collector(["--ringbuf-pages", "2", "--no-watch"])
+    except sessions.SessionError as exc:
+        pytest.fail(f"the collector could not load its probes: {exc}")
+    try:
+        sub = bus.Subscriber(watcher.events)
+        assert sub.wait_ready(5000)
+        rounds = 100
+        flood = (
+            "import os\n"
+            f"for _ in range({rounds}):\n"
+            "    for _ in range(300):\n"
+            "        os.close(os.open('/dev/null', os.O_WRONLY))\n"
+            "    os.kill(os.getpid(), 0)\n"
+        )
+        pid, sid = sessions.spawn_in_session(
+            ["/usr/bin/python3", "-S", "-c", flood], sessions.register_with(watcher.control)
+        )
+        os.waitpid(pid, 0)
+        got = {"open": 0, "kill": 0}
+        for ev in sub.events(timeout_ms=2500):
+            if ev.get("session") == sid and ev["type"] in got:
+                got[ev["type"]] += 1
+        lost = watcher.control.request("stats")["lost_ring"]
+        assert lost.get("open", 0) > 0, "the flood did not fill an 8 KiB ring"
+        assert got["open"] + lost["open"] == rounds * 300, (got, lost)
+        assert got["kill"] == rounds and "kill" not in lost, (got, lost)
+    finally:
+        watcher.close()

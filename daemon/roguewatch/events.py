@@ -360,7 +360,14 @@ EVENT_TYPES: tuple[EventType, ...] = (
         "the monitor's own health: losses at any stage, probe failures (from the collector)",
         (
             Field("kind", "str", "`loss`, `probe_missing`, `adopted`, `started`"),
-            Field("lost_ring", "dict[str,int]", "records the kernel could not write, by type"),
+            Field(
+                "lost_ring",
+                "dict[str,int]",
+                "records the kernel could not write, by type; once the ring buffer is half "
+                "full the bulk types (connect, sendto, sendmsg, socket, bind, listen, open, "
+                "chmod, chown, truncate, utimes) are dropped here first, so that a flood of "
+                "them leaves room for the rest",
+            ),
             Field("lost_bus", "int", "events ZeroMQ could not send"),
             Field("lost_decode", "int", "malformed records dropped"),
             Field("lost_pending", "int", "syscall records dropped for a full pending map"),

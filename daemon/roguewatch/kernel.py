@@ -61,6 +61,8 @@ BPF_LD_IMM64 = 0x18
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_MAP_TYPE_TASK_STORAGE = 29
+# RW_EVENTS_FD in roguewatch.h: the ring buffer map, where bcc's C has no way to name it
+EVENTS_FD_PLACEHOLDER = 0x7EADBEE
 BPF_MAP_CREATE = 0
 BPF_BTF_LOAD = 18
 SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
@@ -334,6 +336,9 @@ def compile_image(opts: BuildOptions) -> ProbeImage:
             code, regs = insns[idx * 8], insns[idx * 8 + 1]
             if code == BPF_LD_IMM64 and (regs >> 4) == BPF_PSEUDO_MAP_FD:
                 fd = struct.unpack_from("<i", insns, idx * 8 + 4)[0]
+                if fd == EVENTS_FD_PLACEHOLDER:  # the ring, named by hand (roguewatch.h)
+                    relocs.append((idx, "events"))
+                    continue
                 if fd not in fd_names:
                     info = map_info(fd)
                     name = info.name.decode()
