@@ -208,25 +208,29 @@ static __always_inline u64 rw_wake_flags(void)
     return 0;
 }
 
-/* Room for what matters: once the ring is more than half full (the collector is behind), the
- * bulk event types, the ones a loop makes by the hundred thousand a second (opens and file
- * attribute changes, sockets and sends), are dropped and counted as lost, so that a flood of
- * them cannot crowd out the rest: processes, signals, ptrace, namespaces, modules, renames
- * and unlinks. (Watched paths are seen by the filesystem watchers either way; egress is
- * refused in the kernel either way.) */
-#define RW_BULK_TYPES ((1ULL << RW_CONNECT) | (1ULL << RW_SENDTO) | (1ULL << RW_SENDMSG) | \
-    (1ULL << RW_SOCKET) | (1ULL << RW_BIND) | (1ULL << RW_LISTEN) | (1ULL << RW_OPEN) | \
-    (1ULL << RW_CHMOD) | (1ULL << RW_CHOWN) | (1ULL << RW_TRUNCATE) | (1ULL << RW_UTIMES))
+/* Room for what matters. When the collector falls behind, the types a loop makes by the
+ * hundred thousand a second give way first, so that a flood of them cannot crowd out the
+ * rest: with the ring more than half full, opens and file attribute changes are dropped
+ * (counted as lost); more than three quarters full, sockets, connects and sends too. The
+ * last quarter is kept for processes, signals, ptrace, namespaces, modules, renames and
+ * unlinks. (Watched paths are seen by the filesystem watchers either way; egress outside
+ * the allowlist is refused in the kernel either way.) */
+#define RW_FILE_BULK ((1ULL << RW_OPEN) | (1ULL << RW_CHMOD) | (1ULL << RW_CHOWN) | \
+    (1ULL << RW_TRUNCATE) | (1ULL << RW_UTIMES))
+#define RW_NET_BULK ((1ULL << RW_CONNECT) | (1ULL << RW_SENDTO) | (1ULL << RW_SENDMSG) | \
+    (1ULL << RW_SOCKET) | (1ULL << RW_BIND) | (1ULL << RW_LISTEN))
 /* bcc has no method for bpf_ringbuf_query: the ring's map is named by this placeholder fd,
  * which the loader relocates to `events` (kernel.py, EVENTS_FD_PLACEHOLDER). */
 #define RW_EVENTS_FD 0x7eadbee
 
 static __always_inline bool rw_shed(u16 type)
 {
-    if (type >= 64 || !((1ULL << type) & RW_BULK_TYPES))
+    u64 bit = type < 64 ? 1ULL << type : 0;
+    if (!(bit & (RW_FILE_BULK | RW_NET_BULK)))
         return false;
     u64 used = bpf_ringbuf_query((void *)bpf_pseudo_fd(1, RW_EVENTS_FD), BPF_RB_AVAIL_DATA);
-    return used > (u64)RW_RINGBUF_PAGES * 4096 / 2;
+    u64 size = (u64)RW_RINGBUF_PAGES * 4096;
+    return used > ((bit & RW_FILE_BULK) ? size / 2 : size / 4 * 3);
 }
 
 /* One write into the ring buffer; a failed (or shed) write is counted per event type. */

@@ -363,10 +363,10 @@ EVENT_TYPES: tuple[EventType, ...] = (
             Field(
                 "lost_ring",
                 "dict[str,int]",
-                "records the kernel could not write, by type; once the ring buffer is half "
-                "full the bulk types (connect, sendto, sendmsg, socket, bind, listen, open, "
-                "chmod, chown, truncate, utimes) are dropped here first, so that a flood of "
-                "them leaves room for the rest",
+                "records the kernel could not write, by type; when the ring buffer fills, the "
+                "bulk types give way first, so that a flood of them leaves room for the rest: "
+                "open, chmod, chown, truncate and utimes from half full, connect, sendto, "
+                "sendmsg, socket, bind and listen from three quarters",
             ),
             Field("lost_bus", "int", "events ZeroMQ could not send"),
             Field("lost_decode", "int", "malformed records dropped"),
