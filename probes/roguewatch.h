@@ -223,9 +223,13 @@ static __always_inline u64 rw_wake_flags(void)
  * which the loader relocates to `events` (kernel.py, EVENTS_FD_PLACEHOLDER). */
 #define RW_EVENTS_FD 0x7eadbee
 
-static __always_inline bool rw_shed(u16 type)
+static __always_inline bool rw_shed(struct rw_hdr *h, u16 type)
 {
     u64 bit = type < 64 ? 1ULL << type : 0;
+    /* kill with signal 0 only asks whether a process exists: a loop of them is a flood like
+     * any other, and gives way with the files (a guard event never does) */
+    if (type == RW_KILL && h->a[2] == 0 && !(h->flags & RW_F_GUARD))
+        bit = RW_FILE_BULK;
     if (!(bit & (RW_FILE_BULK | RW_NET_BULK)))
         return false;
     u64 used = bpf_ringbuf_query((void *)bpf_pseudo_fd(1, RW_EVENTS_FD), BPF_RB_AVAIL_DATA);
@@ -236,7 +240,8 @@ static __always_inline bool rw_shed(u16 type)
 /* One write into the ring buffer; a failed (or shed) write is counted per event type. */
 static __always_inline void rw_output(void *rec, u32 size, u16 type)
 {
-    if (rw_shed(type) || events.ringbuf_output(rec, size, rw_wake_flags()) != 0)
+    if (rw_shed((struct rw_hdr *)rec, type) ||
+        events.ringbuf_output(rec, size, rw_wake_flags()) != 0)
         rw_count_lost(type);
 }
 

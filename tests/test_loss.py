@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 from roguewatch import bus, sessions
@@ -145,14 +146,14 @@ def test_a_flood_of_opens_leaves_room_for_connects_and_signals() -> None:
         rounds = 100
         got, lost = _flood_in_session(
             watcher,
-            "import os, socket\n"
+            "import os, signal, socket\n"
             f"for _ in range({rounds}):\n"
             "    for _ in range(300):\n"
             "        os.close(os.open('/dev/null', os.O_WRONLY))\n"
             "    s = socket.socket()\n"
             "    s.connect_ex(('127.0.0.1', 9))\n"
             "    s.close()\n"
-            "    os.kill(os.getpid(), 0)\n",
+            "    os.kill(os.getpid(), signal.SIGCONT)  # harmless, not a probe\n",
             ("open", "connect", "kill"),
         )
         assert lost.get("open", 0) > 0, "the flood did not fill an 8 KiB ring"
@@ -175,17 +176,52 @@ def test_a_flood_of_connects_leaves_room_for_signals() -> None:
         rounds = 100
         got, lost = _flood_in_session(
             watcher,
-            "import os, socket\n"
+            "import os, signal, socket\n"
             f"for _ in range({rounds}):\n"
             "    for _ in range(100):\n"
             "        s = socket.socket()\n"
             "        s.connect_ex(('127.0.0.1', 9))\n"
             "        s.close()\n"
-            "    os.kill(os.getpid(), 0)\n",
+            "    os.kill(os.getpid(), signal.SIGCONT)  # harmless, not a probe\n",
             ("connect", "kill"),
         )
         assert lost.get("connect", 0) > 0, "the flood did not fill an 8 KiB ring"
         assert got["connect"] + lost["connect"] == rounds * 100, (got, lost)
         assert got["kill"] == rounds and "kill" not in lost, (got, lost)
+    finally:
+        watcher.close()
+
+
+def test_a_flood_of_existence_probes_leaves_room_for_real_signals() -> None:
+    """kill(pid, 0) only asks whether a process exists; a loop of them gives way with the file
+    types, and the real signals between them all arrive."""
+    require_root()
+    try:
+        watcher = sessions.start_private_collector(["--ringbuf-pages", "2", "--no-watch"])
+    except sessions.SessionError as exc:
+        pytest.fail(f"the collector could not load its probes: {exc}")
+    try:
+        sub = bus.Subscriber(watcher.events)
+        assert sub.wait_ready(5000)
+        rounds, probes = 100, 2000
+        code = (
+            "import os, signal\n"
+            f"for _ in range({rounds}):\n"
+            f"    for _ in range({probes}):\n"
+            "        os.kill(os.getpid(), 0)\n"
+            "    os.kill(os.getpid(), signal.SIGCONT)\n"
+        )
+        pid, sid = sessions.spawn_in_session(
+            ["/usr/bin/python3", "-S", "-c", code], sessions.register_with(watcher.control)
+        )
+        os.waitpid(pid, 0)
+        by_signal = {0: 0, int(signal.SIGCONT): 0}
+        for ev in sub.events(timeout_ms=2500):
+            if ev.get("session") == sid and ev["type"] == "kill":
+                by_signal[ev["sig"]] += 1
+        lost = watcher.control.request("stats")["lost_ring"].get("kill", 0)
+        assert lost > 0, "the flood did not fill an 8 KiB ring"
+        assert by_signal[0] + lost == rounds * probes, (by_signal, lost)
+        assert by_signal[signal.SIGCONT] == rounds, (by_signal, lost)
     finally:
         watcher.close()
