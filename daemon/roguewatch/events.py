@@ -365,9 +365,9 @@ EVENT_TYPES: tuple[EventType, ...] = (
                 "dict[str,int]",
                 "records the kernel could not write, by type; when the ring buffer fills, the "
                 "bulk types give way first, so that a flood of them leaves room for the rest: "
-                "open, chmod, chown, truncate, utimes and kill with signal 0 from half full, "
-                "connect, sendto, "
-                "sendmsg, socket, bind and listen from three quarters",
+                "open, chmod, chown, truncate, utimes and kill with signal 0 from three "
+                "quarters full, connect, sendto, sendmsg, socket, bind and listen from seven "
+                "eighths",
             ),
             Field("lost_bus", "int", "events ZeroMQ could not send"),
             Field("lost_decode", "int", "malformed records dropped"),
