@@ -208,18 +208,25 @@ static __always_inline u64 rw_wake_flags(void)
     return 0;
 }
 
-/* Room for what matters. When the collector falls behind, the types a loop makes by the
- * hundred thousand a second give way first, so that a flood of them cannot crowd out the
- * rest: with the ring more than three quarters full, opens and file attribute changes are
- * dropped (counted as lost); more than seven eighths full, sockets, connects and sends too.
- * The last eighth (1 MiB: some 7,000 records) is kept for processes, signals, ptrace,
- * namespaces, modules, renames and unlinks. (Half the ring for the bulk types took a third
- * of the throughput benchmark's burst absorption away.) (Watched paths are seen by the filesystem watchers either way; egress outside
- * the allowlist is refused in the kernel either way.) */
+/* Room for what matters. When the collector falls behind, the types a loop can make by the
+ * hundred thousand a second give way first, so that a flood of them cannot crowd out what
+ * says most about an agent. Counted as lost like any loss:
+ *   from 3/4 full   opens and file attribute changes, kill with signal 0 (an existence probe)
+ *   from 7/8 full   sockets, connects, binds, listens and sends
+ *   from 15/16 full signals, signal handlers, sessions and process groups, prctl and renames
+ *                   of the task, chdir, renames, unlinks, links, symlinks, memfd_create
+ * The last sixteenth (512 KiB: some 3,600 records) is kept for forks, execs, exits, ptrace,
+ * namespaces, mounts, bpf() and module loads, and for every guard event. (Watched paths are
+ * seen by the filesystem watchers either way; egress outside the allowlist is refused in the
+ * kernel either way. Half the ring for the first tier took a third of the throughput
+ * benchmark's burst absorption away.) */
 #define RW_FILE_BULK ((1ULL << RW_OPEN) | (1ULL << RW_CHMOD) | (1ULL << RW_CHOWN) | \
     (1ULL << RW_TRUNCATE) | (1ULL << RW_UTIMES))
 #define RW_NET_BULK ((1ULL << RW_CONNECT) | (1ULL << RW_SENDTO) | (1ULL << RW_SENDMSG) | \
     (1ULL << RW_SOCKET) | (1ULL << RW_BIND) | (1ULL << RW_LISTEN))
+#define RW_VITAL ((1ULL << RW_FORK) | (1ULL << RW_EXEC) | (1ULL << RW_EXIT) | \
+    (1ULL << RW_PTRACE) | (1ULL << RW_UNSHARE) | (1ULL << RW_SETNS) | (1ULL << RW_MOUNT) | \
+    (1ULL << RW_BPF) | (1ULL << RW_MODULE_LOAD))
 /* bcc has no method for bpf_ringbuf_query: the ring's map is named by this placeholder fd,
  * which the loader relocates to `events` (kernel.py, EVENTS_FD_PLACEHOLDER). */
 #define RW_EVENTS_FD 0x7eadbee
@@ -227,15 +234,14 @@ static __always_inline u64 rw_wake_flags(void)
 static __always_inline bool rw_shed(struct rw_hdr *h, u16 type)
 {
     u64 bit = type < 64 ? 1ULL << type : 0;
-    /* kill with signal 0 only asks whether a process exists: a loop of them is a flood like
-     * any other, and gives way with the files (a guard event never does) */
-    if (type == RW_KILL && h->a[2] == 0 && !(h->flags & RW_F_GUARD))
-        bit = RW_FILE_BULK;
-    if (!(bit & (RW_FILE_BULK | RW_NET_BULK)))
+    if ((bit & RW_VITAL) || (h->flags & RW_F_GUARD))
         return false;
-    u64 used = bpf_ringbuf_query((void *)bpf_pseudo_fd(1, RW_EVENTS_FD), BPF_RB_AVAIL_DATA);
-    u64 size = (u64)RW_RINGBUF_PAGES * 4096;
-    return used > ((bit & RW_FILE_BULK) ? size / 4 * 3 : size / 8 * 7);
+    u64 size = (u64)RW_RINGBUF_PAGES * 4096, limit = size / 16 * 15;
+    if ((bit & RW_FILE_BULK) || (type == RW_KILL && h->a[2] == 0))
+        limit = size / 4 * 3;
+    else if (bit & RW_NET_BULK)
+        limit = size / 8 * 7;
+    return bpf_ringbuf_query((void *)bpf_pseudo_fd(1, RW_EVENTS_FD), BPF_RB_AVAIL_DATA) > limit;
 }
 
 /* One write into the ring buffer; a failed (or shed) write is counted per event type. */

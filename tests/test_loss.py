@@ -225,3 +225,42 @@ def test_a_flood_of_existence_probes_leaves_room_for_real_signals() -> None:
         assert by_signal[signal.SIGCONT] == rounds, (by_signal, lost)
     finally:
         watcher.close()
+
+
+def test_a_flood_of_signals_leaves_room_for_forks_and_exits() -> None:
+    """Any type but the vital ones gives way from fifteen sixteenths full: a loop of signals
+    cannot hide the processes an agent starts."""
+    require_root()
+    try:
+        watcher = sessions.start_private_collector(["--ringbuf-pages", "8", "--no-watch"])
+    except sessions.SessionError as exc:
+        pytest.fail(f"the collector could not load its probes: {exc}")
+    try:
+        sub = bus.Subscriber(watcher.events)
+        assert sub.wait_ready(5000)
+        rounds = 50
+        code = (
+            "import os, signal\n"
+            f"for _ in range({rounds}):\n"
+            "    for _ in range(3000):\n"
+            "        os.kill(os.getpid(), signal.SIGCONT)\n"
+            "    child = os.fork()\n"
+            "    if child == 0:\n"
+            "        os._exit(0)\n"
+            "    os.waitpid(child, 0)\n"
+        )
+        pid, sid = sessions.spawn_in_session(
+            ["/usr/bin/python3", "-S", "-c", code], sessions.register_with(watcher.control)
+        )
+        os.waitpid(pid, 0)
+        got = {"fork": 0, "exit": 0, "kill": 0}
+        for ev in sub.events(timeout_ms=2500):
+            if ev.get("session") == sid and ev["type"] in got:
+                got[ev["type"]] += 1
+        lost = watcher.control.request("stats")["lost_ring"]
+        assert lost.get("kill", 0) > 0, "the flood did not fill a 32 KiB ring"
+        assert got["kill"] + lost["kill"] == rounds * 3000, (got, lost)
+        assert got["fork"] == rounds and "fork" not in lost, (got, lost)
+        assert got["exit"] >= rounds and "exit" not in lost, (got, lost)  # the root's too
+    finally:
+        watcher.close()

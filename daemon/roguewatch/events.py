@@ -364,10 +364,12 @@ EVENT_TYPES: tuple[EventType, ...] = (
                 "lost_ring",
                 "dict[str,int]",
                 "records the kernel could not write, by type; when the ring buffer fills, the "
-                "bulk types give way first, so that a flood of them leaves room for the rest: "
-                "open, chmod, chown, truncate, utimes and kill with signal 0 from three "
-                "quarters full, connect, sendto, sendmsg, socket, bind and listen from seven "
-                "eighths",
+                "types a loop makes fastest give way first, so that a flood of them leaves "
+                "room for the rest: open, chmod, chown, truncate, utimes and kill with signal "
+                "0 from three quarters full; connect, sendto, sendmsg, socket, bind and "
+                "listen from seven eighths; every other type from fifteen sixteenths, except "
+                "fork, exec, exit, ptrace, unshare, setns, mount, bpf, module_load and guard "
+                "events, which only a full ring loses",
             ),
             Field("lost_bus", "int", "events ZeroMQ could not send"),
             Field("lost_decode", "int", "malformed records dropped"),
