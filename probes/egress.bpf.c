@@ -82,6 +82,12 @@ static __always_inline int rw_egress_deny(struct bpf_sock_addr *ctx, u16 type, u
         __builtin_memcpy(r->h.addr + 16, &w2, 4);
         __builtin_memcpy(r->h.addr + 20, &w3, 4);
     }
+    /* An entry this thread left before can no longer be claimed (a thread makes one
+     * syscall at a time): an io_uring denial the collector has not swept yet. Said now
+     * rather than overwritten. */
+    struct rw_hdr *old = egress_denied.lookup(&tid);
+    if (old)
+        rw_output(old, sizeof(*old), old->type);
     /* For the refused syscall's sys_exit to claim. With the map full, said now: the
      * syscall's own record then comes too, unflagged (twice, never lost). */
     if (egress_denied.update(&tid, &r->h) != 0)

@@ -318,9 +318,18 @@ static __always_inline void rw_claim_denial(struct rw_hdr *h)
         return;
     u32 tid = h->tid;
     struct rw_hdr *d = egress_denied.lookup(&tid);
-    /* the same family and port (bytes 0-3 of both sockaddrs): not an io_uring denial of
-     * this thread's that waits for the collector */
-    if (d && *(u32 *)d->addr == *(u32 *)h->addr) {
+    if (!d)
+        return;
+    /* The same destination (family and port, then the v4 or v6 address, where both
+     * sockaddrs keep it): not an io_uring denial of this thread's that waits for the
+     * collector. */
+    bool same = *(u32 *)d->addr == *(u32 *)h->addr;
+    if (same && *(u16 *)h->addr == 10) /* AF_INET6 */
+        same = *(u64 *)(d->addr + 8) == *(u64 *)(h->addr + 8) &&
+               *(u64 *)(d->addr + 16) == *(u64 *)(h->addr + 16);
+    else if (same)
+        same = *(u32 *)(d->addr + 4) == *(u32 *)(h->addr + 4);
+    if (same) {
         h->flags |= RW_F_DENIED;
         egress_denied.delete(&tid);
     }

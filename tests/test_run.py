@@ -362,6 +362,35 @@ def test_egress_through_io_uring_is_denied_in_kernel_and_reported(
     assert_clean_end(r)
 
 
+def test_an_io_uring_denial_then_a_connect_denial_are_both_reported(
+    agent: Agent, listeners: Listeners, tmp_path: Path
+) -> None:
+    """A thread's second denial comes before the collector sweeps its first (io_uring's,
+    which no syscall exit claims): the first is said then, not overwritten."""
+    prog = tmp_path / "uring_connect"
+    src = Path(__file__).with_name("uring_connect.c")
+    subprocess.run(["gcc", "-O2", "-o", str(prog), str(src)], check=True)
+    r = agent.run(
+        listeners.fmt(
+            f"""
+            import subprocess
+            out = subprocess.run([{str(prog)!r}, "127.0.0.9", "FORBIDDEN", "again"],
+                                 capture_output=True, text=True)
+            say(res=[int(x) for x in out.stdout.split()], err=out.stderr)
+            """
+        )
+    )
+    said = r.said()
+    assert said["res"] == [-errno.EPERM, -errno.EPERM], r.describe()
+    denied = [
+        a for a in r.rule(EGRESS_RULE)
+        if a["event"].get("addr") == "127.0.0.9" and "denied" in a["event"]["flags"]
+    ]  # fmt: skip
+    # one from the egress program (io_uring: no fd known), one flagged on connect(2)'s record
+    assert sorted(a["event"]["fd"] >= 0 for a in denied) == [False, True], denied
+    assert_clean_end(r)
+
+
 def test_egress_over_unconnected_udp_is_denied_in_kernel(
     agent: Agent, listeners: Listeners
 ) -> None:

@@ -1,6 +1,8 @@
-/* uring_connect ADDR PORT: one TCP connect through io_uring (no connect(2) syscall is made);
- * prints the completion's result (0, or -errno). */
+/* uring_connect ADDR PORT [again]: one TCP connect through io_uring (no connect(2) syscall
+ * is made); prints the completion's result (0, or -errno). With "again", then the same
+ * connect with connect(2) from the same thread, and its result (0, or -errno). */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <linux/io_uring.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -13,7 +15,7 @@
 
 int main(int argc, char **argv)
 {
-    if (argc != 3)
+    if (argc != 3 && argc != 4)
         return 2;
     struct io_uring_params p;
     memset(&p, 0, sizeof(p));
@@ -56,5 +58,9 @@ int main(int argc, char **argv)
     struct io_uring_cqe *cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
     struct io_uring_cqe *c = &cqes[*head & *(unsigned *)(cq + p.cq_off.ring_mask)];
     printf("%d\n", c->res);
+    if (argc == 4) {
+        int s2 = socket(AF_INET, SOCK_STREAM, 0);
+        printf("%d\n", connect(s2, (struct sockaddr *)&to, sizeof(to)) == 0 ? 0 : -errno);
+    }
     return 0;
 }
