@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -280,25 +281,38 @@ def test_limits_are_read(tmp_path, watch):
     assert lim["watches"] >= 2  # the directory and its parent (its own entry)
 
 
-def test_queue_overflow_is_reported(tmp_path, watch):
+def watch_small_queue(watch, paths: list[str], **kw: Any) -> tuple[FsWatcher, Sink]:
+    """A watcher whose inotify queue holds 16 events (the limit is taken when the inotify
+    instance is made, at start; the host's is put back at once)."""
     require_root("needs root to lower fs.inotify.max_queued_events")
-    d = tmp_path / "spool"
-    d.mkdir()
     with open(QUEUED) as f:
         saved = f.read().strip()
-    overflows: list[int] = []
     try:
         with open(QUEUED, "w") as f:
             f.write("16")
-        # The limit is taken when the inotify instance is made (at start).
-        w, sink = watch([str(d)], on_overflow=lambda: overflows.append(1))
+        w, sink = watch(paths, **kw)
     finally:
         with open(QUEUED, "w") as f:
             f.write(saved)
-    # Hold watchdog's inotify reader (it takes this lock before each read) while writing, so the
-    # kernel queue fills whatever the scheduler does.
+    assert w._observer is not None
+    return w, sink
+
+
+@contextlib.contextmanager
+def reader_paused(w: FsWatcher) -> Iterator[None]:
+    """Hold watchdog's inotify reader (it takes this lock before each read): whatever is
+    written meanwhile fills the kernel queue, whatever the scheduler does."""
     assert w._observer is not None
     with w._observer._inotify_fd._lock:
+        yield
+
+
+def test_queue_overflow_is_reported(tmp_path, watch):
+    d = tmp_path / "spool"
+    d.mkdir()
+    overflows: list[int] = []
+    w, sink = watch_small_queue(watch, [str(d)], on_overflow=lambda: overflows.append(1))
+    with reader_paused(w):
         for i in range(1000):
             with open(d / f"f{i}", "w") as f:
                 f.write("x")
@@ -329,25 +343,15 @@ def test_an_overflow_of_a_large_tree_does_not_feed_itself(tmp_path, watch):
     again: one IN_IGNORED per removed watch, so a tree of more directories than the kernel's
     queue overflowed it again, forever (hundreds of overflows a second, each one an alert).
     One overflow must stay one overflow, and the watches must stay alive."""
-    require_root("needs root to lower fs.inotify.max_queued_events")
     tree = tmp_path / "tree"
     for i in range(20):
         for j in range(10):
             (tree / f"d{i}" / f"e{j}").mkdir(parents=True)  # 221 directories, a queue of 16
     deep = tree / "d19" / "e9" / "deeper" / "deepest"
     deep.mkdir(parents=True)
-    with open(QUEUED) as f:
-        saved = f.read().strip()
-    try:
-        with open(QUEUED, "w") as f:
-            f.write("16")
-        w, sink = watch([str(tree)])
-    finally:
-        with open(QUEUED, "w") as f:
-            f.write(saved)
+    w, sink = watch_small_queue(watch, [str(tree)])
     assert w.limits()["watches"] >= 224
-    assert w._observer is not None
-    with w._observer._inotify_fd._lock:  # the reader waits: the kernel queue fills
+    with reader_paused(w):  # the kernel queue fills
         for i in range(100):
             with open(tree / f"flood-{i}", "w") as f:
                 f.write("x")
@@ -415,24 +419,14 @@ def test_after_an_overflow_replaced_and_new_directories_are_watched(tmp_path, wa
     """Directories made, replaced, renamed or removed while the kernel dropped their events:
     after the overflow each directory of the tree has a watch, and the watches of those that
     left the tree are gone."""
-    require_root("needs root to lower fs.inotify.max_queued_events")
     tree = tmp_path / "tree"
     for i in range(30):
         (tree / f"d{i}" / "sub").mkdir(parents=True)
-    with open(QUEUED) as f:
-        saved = f.read().strip()
-    try:
-        with open(QUEUED, "w") as f:
-            f.write("16")
-        w, sink = watch([str(tree)])
-    finally:
-        with open(QUEUED, "w") as f:
-            f.write(saved)
-    assert w._observer is not None
+    w, sink = watch_small_queue(watch, [str(tree)])
     base = w.limits()["watches"]
     outside = tmp_path / "outside"
     outside.mkdir()
-    with w._observer._inotify_fd._lock:  # the reader waits: the kernel queue fills
+    with reader_paused(w):  # the kernel queue fills
         for i in range(100):
             with open(tree / f"flood-{i}", "w") as f:
                 f.write("x")
@@ -464,21 +458,11 @@ def test_a_target_that_appeared_during_an_overflow_is_watched_after_the_recheck(
     """A watched directory that did not exist is armed when its parent says it was made. If
     that IN_CREATE is among the events an overflow lost, nothing inside it would be seen:
     the recheck (run with the rescan after every overflow) arms it and reports what it holds."""
-    require_root("needs root to lower fs.inotify.max_queued_events")
     spool = tmp_path / "spool"
     spool.mkdir()
     target = spool / "autostart"
-    with open(QUEUED) as f:
-        saved = f.read().strip()
-    try:
-        with open(QUEUED, "w") as f:
-            f.write("16")
-        w, sink = watch([str(target)])
-    finally:
-        with open(QUEUED, "w") as f:
-            f.write(saved)
-    assert w._observer is not None
-    with w._observer._inotify_fd._lock:  # the reader waits: the kernel queue fills
+    w, sink = watch_small_queue(watch, [str(target)])
+    with reader_paused(w):  # the kernel queue fills
         for i in range(100):
             _write(str(spool / f"flood-{i}"))
         target.mkdir()  # its IN_CREATE is lost
