@@ -336,19 +336,25 @@ def test_egress_by_a_thread_is_denied_in_kernel(agent: Agent, listeners: Listene
     assert_clean_end(r)
 
 
+@pytest.fixture(scope="module")
+def uring_connect(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/uring_connect.c built: a connect through io_uring (no connect(2) syscall)."""
+    prog = tmp_path_factory.mktemp("uring") / "uring_connect"
+    src = Path(__file__).with_name("uring_connect.c")
+    subprocess.run(["gcc", "-O2", "-o", str(prog), str(src)], check=True)
+    return prog
+
+
 def test_egress_through_io_uring_is_denied_in_kernel_and_reported(
-    agent: Agent, listeners: Listeners, tmp_path: Path
+    agent: Agent, listeners: Listeners, uring_connect: Path
 ) -> None:
     """io_uring runs the connect without a connect(2) syscall, so no sys_exit claims the
     denial: the collector publishes the egress program's own record of it."""
-    prog = tmp_path / "uring_connect"
-    src = Path(__file__).with_name("uring_connect.c")
-    subprocess.run(["gcc", "-O2", "-o", str(prog), str(src)], check=True)
     r = agent.run(
         listeners.fmt(
             f"""
             import subprocess
-            out = subprocess.run([{str(prog)!r}, "127.0.0.9", "FORBIDDEN"],
+            out = subprocess.run([{str(uring_connect)!r}, "127.0.0.9", "FORBIDDEN"],
                                  capture_output=True, text=True)
             say(res=int(out.stdout), err=out.stderr)
             """
@@ -363,18 +369,15 @@ def test_egress_through_io_uring_is_denied_in_kernel_and_reported(
 
 
 def test_an_io_uring_denial_then_a_connect_denial_are_both_reported(
-    agent: Agent, listeners: Listeners, tmp_path: Path
+    agent: Agent, listeners: Listeners, uring_connect: Path
 ) -> None:
     """A thread's second denial comes before the collector sweeps its first (io_uring's,
     which no syscall exit claims): the first is said then, not overwritten."""
-    prog = tmp_path / "uring_connect"
-    src = Path(__file__).with_name("uring_connect.c")
-    subprocess.run(["gcc", "-O2", "-o", str(prog), str(src)], check=True)
     r = agent.run(
         listeners.fmt(
             f"""
             import subprocess
-            out = subprocess.run([{str(prog)!r}, "127.0.0.9", "FORBIDDEN", "again"],
+            out = subprocess.run([{str(uring_connect)!r}, "127.0.0.9", "FORBIDDEN", "again"],
                                  capture_output=True, text=True)
             say(res=[int(x) for x in out.stdout.split()], err=out.stderr)
             """
