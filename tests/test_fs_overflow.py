@@ -98,6 +98,7 @@ def _bare_collector(tmp_path: Path, skip: tuple[str, ...]) -> tuple[Any, FsWatch
     c.published = []
     c._stopping = False
     c._fs_rescan_skip = skip
+    c._fs_rescanner = None
 
     def flush() -> None:
         c.published += c.batch

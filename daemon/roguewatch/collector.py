@@ -106,8 +106,6 @@ class _FsRescanner:
     ) -> None:
         self.watcher, self.baselines, self.skip = watcher, baselines, skip
         self.out, self.wake, self.stopping = out, wake, stopping
-        self.started = 0  # rescans started (for stats and tests)
-        self.running = False
         self._last = -math.inf  # monotonic time of the last start
         self._kick = threading.Event()
         self._thread: threading.Thread | None = None
@@ -130,29 +128,22 @@ class _FsRescanner:
             if not self.watcher.take_rescan():
                 continue
             self._last = time.monotonic()
-            self.started += 1
-            self.running = True
             try:
                 self.watcher.recheck()  # targets that appeared while events were lost
                 self._rescan()
             except Exception:  # the thread must outlive a failed rescan
                 log.exception("rescan of the baselines failed")
-            finally:
-                self.running = False
             if self.watcher.rescan_needed:  # an overflow during the rescan: one more
                 self._kick.set()
 
     def _rescan(self) -> None:
+        from roguewatch.watchers import fs_change  # (watchdog is imported only when watching)
+
         n = 0
         for path in self.baselines.rescan():
             if any(path == d or path.startswith(d.rstrip("/") + "/") for d in self.skip):
                 continue  # our own logs: always changed since the baseline
-            self.out.append({
-                "type": "fs_change", "ts": time.time_ns(), "session": 0, "pid": 0,
-                "tid": 0, "ppid": 0, "uid": 0, "gid": 0, "comm": "", "ret": 0,
-                "flags": [], "exec_id": "", "pexec_id": "", "exe": "", "path": path,
-                "source": "", "change": "rescan", "writer": "unknown",
-            })  # fmt: skip
+            self.out.append(fs_change(path, "rescan"))
             n += 1
         if n:
             self.wake()
@@ -170,6 +161,8 @@ class Collector:
         self._restorer: ThreadPoolExecutor | None = None
         self.watcher = None
         self.baselines = None
+        self._fs_rescan_skip: tuple[str, ...] = ()  # set by start_watchers
+        self._fs_rescanner: _FsRescanner | None = None  # made at the first overflow
         self.snapshot_done = threading.Event()
         if cfg.watch_files:
             self.start_watchers()
@@ -338,13 +331,12 @@ class Collector:
             # After an overflow: whatever differs from the baseline is a change we missed. The
             # rescan (a second for ~1,300 files) is never run here, where the ring must be
             # drained every millisecond: its thread queues what it finds and wakes us.
-            r = getattr(self, "_fs_rescanner", None)
-            if r is None:
-                r = self._fs_rescanner = _FsRescanner(
-                    self.watcher, self.baselines, getattr(self, "_fs_rescan_skip", ()),
-                    self.fs_queue, self._wake, lambda: getattr(self, "_stopping", False),
+            if self._fs_rescanner is None:
+                self._fs_rescanner = _FsRescanner(
+                    self.watcher, self.baselines, self._fs_rescan_skip, self.fs_queue,
+                    self._wake, lambda: self._stopping,
                 )  # fmt: skip
-            r.kick()
+            self._fs_rescanner.kick()
         self.flush()
 
     def _announce_adopted(self, ev: dict) -> None:

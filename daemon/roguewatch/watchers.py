@@ -394,6 +394,16 @@ def _decode(p: str | bytes) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def fs_change(path: str, change: str, source: str = "", ts: int | None = None) -> dict[str, Any]:
+    """An ``fs_change`` event with no writer known (the watcher names one when it can)."""
+    return {
+        "type": "fs_change", "ts": time.time_ns() if ts is None else ts, "session": 0,
+        "pid": 0, "tid": 0, "ppid": 0, "uid": 0, "gid": 0, "comm": "", "ret": 0, "flags": [],
+        "exec_id": "", "pexec_id": "", "exe": "", "path": path, "source": source,
+        "change": change, "writer": "unknown",
+    }  # fmt: skip
+
+
 class FsWatcher:
     """Watches ``paths`` and calls ``on_event(event_dict)`` for every change, from watchdog's
     dispatcher thread (the caller queues the event; it must not block).
@@ -851,26 +861,7 @@ class FsWatcher:
         self.counts["events"] += 1
         if rescan:
             self.counts["rescan_events"] += 1
-        ev = {
-            "type": "fs_change",
-            "ts": now,
-            "session": 0,
-            "pid": 0,
-            "tid": 0,
-            "ppid": 0,
-            "uid": 0,
-            "gid": 0,
-            "comm": "",
-            "ret": 0,
-            "flags": [],
-            "exec_id": "",
-            "pexec_id": "",
-            "exe": "",
-            "path": path,
-            "source": source,
-            "change": change,
-            "writer": "unknown",
-        }
+        ev = fs_change(path, change, source, now)
         if isinstance(writer, Writer) and writer.pid > 0:
             self.counts["named"] += 1
             ev.update(pid=writer.pid, tid=writer.pid, ppid=writer.ppid, comm=writer.comm,
