@@ -348,18 +348,28 @@ static __always_inline void rw_kill_current(struct rw_rec *r, struct rw_proc *p)
 
 /* sys_exit_*: emit the stashed record with the syscall's result. Each exit looks only where
  * its enter can have stashed: an untracked task (which has no task storage) pays one
- * pointer test here, or one hash lookup for the network calls. */
-static __always_inline int rw_finish_hdr(long ret)
+ * pointer test here. */
+static __always_inline struct rw_hdr *rw_pending_hdr(void)
 {
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
     struct rw_hdr *h = pending_task.task_storage_get(t, 0, 0);
-    if (!h || !h->type)
-        return 0;
+    return h && h->type ? h : 0;
+}
+
+/* The header-only record with its result, then marked used. */
+static __always_inline int rw_emit_pending_hdr(struct rw_hdr *h, long ret)
+{
     h->ret = ret;
     rw_claim_denial(h);
     rw_output(h, sizeof(*h), h->type);
     h->type = 0; /* used */
     return 0;
+}
+
+static __always_inline int rw_finish_hdr(long ret)
+{
+    struct rw_hdr *h = rw_pending_hdr();
+    return h ? rw_emit_pending_hdr(h, ret) : 0;
 }
 
 static __always_inline int rw_finish_big(long ret)
@@ -395,11 +405,8 @@ static __always_inline int rw_finish_path(long ret)
 /* For syscalls whose record may or may not carry a string (sendto with a DNS query...). */
 static __always_inline int rw_finish(long ret)
 {
-    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
-    struct rw_hdr *h = pending_task.task_storage_get(t, 0, 0);
-    if (h && h->type)
-        return rw_finish_hdr(ret);
-    return rw_finish_big(ret);
+    struct rw_hdr *h = rw_pending_hdr();
+    return h ? rw_emit_pending_hdr(h, ret) : rw_finish_big(ret);
 }
 
 /* Strings: the first at data[0], the second right after it. */
