@@ -429,3 +429,13 @@ def test_text_format() -> None:
     ]
     assert not doctor.all_required_pass(checks)
     assert doctor.all_required_pass(checks[:2] + checks[3:])
+
+
+def test_a_task_storage_map_the_kernel_refuses_is_named_with_what_it_needs() -> None:
+    require_root()
+    from roguewatch import kernel
+
+    with pytest.raises(kernel.ProbeError) as exc:
+        kernel.create_task_storage_map("rw_bad_size", 0, 1)  # a zero-sized value: refused
+    msg = str(exc.value)
+    assert "task storage map rw_bad_size" in msg and "roguewatch doctor" in msg, msg

@@ -150,7 +150,11 @@ def create_task_storage_map(name: str, value_size: int, flags: int) -> int:
         fd = _libc.syscall(SYS_BPF, BPF_MAP_CREATE, ct.byref(attr), ct.sizeof(attr))
         if fd < 0:
             err = ct.get_errno()
-            raise ProbeError(f"creating map {name}: {os.strerror(err)}")
+            raise ProbeError(
+                f"creating task storage map {name}: {os.strerror(err)} (the probes keep each "
+                "syscall's record in BPF task local storage: Linux 5.11+ with BTF; see "
+                "`roguewatch doctor`)"
+            )
         return fd
     finally:
         os.close(btf)  # the map holds its own reference
