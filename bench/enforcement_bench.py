@@ -116,7 +116,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def daemon_running() -> bool:
-    from roguewatch.control import running
+    from roguewatch.stream.control import running
 
     client = running()
     if client is None:

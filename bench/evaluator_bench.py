@@ -161,7 +161,7 @@ cd /; rm -rf "$W"
 
 
 def make_recording(path: str) -> list[dict]:
-    from roguewatch import recording
+    from roguewatch.stream import recording
 
     with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as f:
         f.write(WORKLOAD)
@@ -194,14 +194,14 @@ def shifted(events: list[dict], k: int, span: int, new_paths: bool = False) -> l
 
 
 def run_alone(args: argparse.Namespace, results: dict) -> None:
-    from roguewatch import policy as policy_mod
-    from roguewatch import ruleset
-    from roguewatch.config import Config
-    from roguewatch.evaluator import Evaluator, ProcessTable, load_ruleset
+    from roguewatch.detect import ruleset
+    from roguewatch.detect.evaluator import Evaluator, ProcessTable, load_ruleset
+    from roguewatch.policy import policy as policy_mod
+    from roguewatch.policy.config import Config
 
     log("== a. evaluator alone (one core, handle_batch, events from a recording)")
     if args.recording:
-        from roguewatch import recording
+        from roguewatch.stream import recording
 
         events = list(recording.read(args.recording)[1])
         src = args.recording
@@ -374,10 +374,10 @@ class Pipeline:
     """A private collector and an evaluator process, as `roguewatch run` starts them."""
 
     def __init__(self, tmp: str) -> None:
-        from roguewatch import sessions
+        from roguewatch.runtime import launcher
 
         self.tmp = tmp
-        self.watcher = sessions.start_private_collector()
+        self.watcher = launcher.start_private_collector()
         self.alerts = f"ipc://{tmp}/alerts.sock"
         self.status = os.path.join(tmp, "status.json")
         cfg = os.path.join(tmp, "evaluator.yaml")
@@ -385,7 +385,8 @@ class Pipeline:
             f.write("rules_dirs: []\n")
         r, w = os.pipe()
         self.evaluator = subprocess.Popen(
-            [PY, "-m", "roguewatch.evaluator", "--config", cfg, "--events", self.watcher.events,
+            [PY, "-m", "roguewatch.detect.evaluator", "--config", cfg,
+             "--events", self.watcher.events,
              "--alerts", self.alerts, "--alerts-file", f"{tmp}/alerts.jsonl", "--no-journal",
              "--quiet", "--no-enforce", "--status-file", self.status, "--ready-fd", str(w)],
             pass_fds=(w,), stderr=subprocess.PIPE,

@@ -21,7 +21,8 @@ import sys
 import tempfile
 import time
 
-from roguewatch import fanotify, sessions
+from roguewatch.runtime import launcher
+from roguewatch.sensors import fanotify
 
 
 def main() -> int:
@@ -36,11 +37,11 @@ def main() -> int:
         return 2
     if args.no_fanotify:
         os.environ[fanotify.ENV_SWITCH] = "off"  # the collector inherits it
-    watcher = sessions.start_private_collector()
+    watcher = launcher.start_private_collector()
     tmp = tempfile.mkdtemp(prefix="rw-restore-bench-")
     r, w = os.pipe()
     ev = subprocess.Popen(
-        [sys.executable, "-m", "roguewatch.evaluator", "--events", watcher.events,
+        [sys.executable, "-m", "roguewatch.detect.evaluator", "--events", watcher.events,
          "--control", watcher.control.endpoint, "--alerts", f"ipc://{tmp}/alerts.sock",
          "--alerts-file", f"{tmp}/alerts.jsonl", "--no-journal", "--quiet",
          "--ready-fd", str(w)],

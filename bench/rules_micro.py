@@ -13,8 +13,8 @@ import argparse
 import random
 import time
 
-from roguewatch import fields as F
-from roguewatch import ruleset as R
+from roguewatch.detect import fields as F
+from roguewatch.detect import ruleset as R
 
 ANCESTORS = [{"pid": 4200, "comm": "bash", "exe": "/usr/bin/bash", "cmdline": "bash -c x"}]
 

@@ -249,7 +249,10 @@ def collector_flags() -> set[str]:
     """The options this version of the collector takes (it grows while the bench lives)."""
     if not _FLAGS:
         out = subprocess.run(
-            [PY, "-m", "roguewatch.collector", "--help"], capture_output=True, text=True, cwd=ROOT
+            [PY, "-m", "roguewatch.stream.collector", "--help"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
         ).stdout
         _FLAGS.update(w.strip("[],") for w in out.split() if w.startswith(("--", "[--")))
         _FLAGS.add("--help")
@@ -269,7 +272,7 @@ class Collector:
         self.dir = workdir / name
         self.events = f"ipc://{self.dir}/ev.sock"
         self.control_ep = f"ipc://{self.dir}/ctl.sock"
-        cmd = [PY, "-m", "roguewatch.collector", "--events", self.events]
+        cmd = [PY, "-m", "roguewatch.stream.collector", "--events", self.events]
         cmd += ["--control", self.control_ep, "--no-adopt"]
         flags = collector_flags()
         if "--state-dir" in flags:
@@ -518,10 +521,10 @@ def collector_breakdown(n: int = 1024, reps: int = 30) -> dict:
     subscriber's side.
     """
     try:
-        from roguewatch import bus
-        from roguewatch.collector import Collector as RealCollector
-        from roguewatch.enrich import ProcessCache
         from roguewatch.probes.layout import HEADER, TYPE_NUMBERS
+        from roguewatch.stream import bus
+        from roguewatch.stream.collector import Collector as RealCollector
+        from roguewatch.stream.enrich import ProcessCache
 
         pid = os.getpid()
         rec = HEADER.pack(

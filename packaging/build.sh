@@ -76,7 +76,7 @@ ln -s roguewatch "$stage/usr/share/bash-completion/completions/roguewatchd"
 sed -E 's/^#([a-z_]+:)/\1/' "$here/roguewatchd.yaml.example" > "$work/example.yaml"
 "$vpy" - "$work/example.yaml" <<'EOF' || die "packaging/roguewatchd.yaml.example is out of date"
 import dataclasses, sys, yaml
-from roguewatch import config
+from roguewatch.policy import config
 keys = set(yaml.safe_load(open(sys.argv[1])))
 known = {f.name for f in dataclasses.fields(config.Config)}
 if keys != known:

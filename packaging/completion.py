@@ -3,10 +3,10 @@
 
     python3 packaging/completion.py > /usr/share/bash-completion/completions/roguewatch
 
-Walks the same parsers as packaging/manpage.py (``roguewatch.cli.build_parser()`` and the
-parser ``roguewatch.service.main()`` builds) and writes one bash script whose tables hold, per
-command path (``""``, ``run``, ``rules list``...), its sub-commands, its options, what each
-option's argument is (a file, a directory, one of its choices, or free text) and what its
+Walks the same parsers as packaging/manpage.py (``roguewatch.cli.main.build_parser()`` and the
+parser ``roguewatch.runtime.service.main()`` builds) and writes one bash script whose tables
+hold, per command path (``""``, ``run``, ``rules list``...), its sub-commands, its options, what
+each option's argument is (a file, a directory, one of its choices, or free text) and what its
 positional arguments are. After ``--`` of ``run``/``record`` it completes a command line. The
 small shell function at the end reads the tables; nothing in it knows roguewatch's commands.
 The same file serves roguewatchd (the package links completions/roguewatchd to it).

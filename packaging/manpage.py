@@ -4,7 +4,7 @@
     python3 packaging/manpage.py roguewatch  > roguewatch.1
     python3 packaging/manpage.py roguewatchd > roguewatchd.8
 
-roguewatch(1) walks ``roguewatch.cli.build_parser()``: every sub-command (and the sub-commands
+roguewatch(1) walks ``roguewatch.cli.main.build_parser()``: every sub-command (and the sub-commands
 of ``rules``), its usage, positional arguments and options with their help text. roguewatchd
 builds its parser inside ``main()``; it is caught by letting ``main()`` run up to
 ``parse_args`` and stopping it there, so the page shows the parser the daemon really uses.
@@ -31,14 +31,14 @@ class _Caught(Exception):
 
 
 def roguewatch_parser() -> argparse.ArgumentParser:
-    from roguewatch import cli
+    from roguewatch.cli import main as cli
 
     return cli.build_parser()
 
 
 def roguewatchd_parser() -> argparse.ArgumentParser:
     """The parser roguewatch.service.main() builds, caught at its parse_args()."""
-    from roguewatch import service
+    from roguewatch.runtime import service
 
     original = argparse.ArgumentParser.parse_args
 
@@ -52,7 +52,7 @@ def roguewatchd_parser() -> argparse.ArgumentParser:
         return caught.parser
     finally:
         argparse.ArgumentParser.parse_args = original  # type: ignore[method-assign]
-    raise RuntimeError("roguewatch.service.main() did not parse arguments")
+    raise RuntimeError("roguewatch.runtime.service.main() did not parse arguments")
 
 
 def subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:

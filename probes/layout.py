@@ -2,7 +2,7 @@
 
 Owns the bytes-to-fields step only: one fixed header (``HEADER``), then up to two strings.
 Each event type has a small function that turns the header's generic slots (``a[0..3]``, the
-sockaddr bytes, the strings) into the named fields of ``roguewatch.events``. Paths come out
+sockaddr bytes, the strings) into the named fields of ``roguewatch.stream.events``. Paths come out
 as the process gave them, with their dirfd; making them absolute is the collector's job.
 Change a layout here and in roguewatch.h together.
 """

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from roguewatch import bus, sessions
+from roguewatch.runtime import launcher
+from roguewatch.stream import bus
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PYTHON = sys.executable
@@ -38,13 +39,13 @@ def require_root(why: str = "needs root to load BPF probes") -> None:
 
 
 @pytest.fixture(scope="session")
-def collector() -> Iterator[sessions.Watcher]:
+def collector() -> Iterator[launcher.Watcher]:
     """One private collector (probes loaded into the kernel) for the whole test run."""
     require_root()
     os.makedirs(SCRATCH, exist_ok=True)
     try:
-        watcher = sessions.start_private_collector()
-    except sessions.SessionError as exc:
+        watcher = launcher.start_private_collector()
+    except launcher.SessionError as exc:
         pytest.fail(f"the collector could not load its probes: {exc}")
     yield watcher
     watcher.close()
@@ -75,7 +76,7 @@ class Session:
 class Stream:
     """A subscriber on the test collector's event stream."""
 
-    def __init__(self, watcher: sessions.Watcher) -> None:
+    def __init__(self, watcher: launcher.Watcher) -> None:
         self.watcher = watcher
         self.sub = bus.Subscriber(watcher.events)
         assert self.sub.wait_ready(5000), "no welcome from the event stream"
@@ -100,7 +101,7 @@ class Stream:
 
     def run(self, argv: list[str], timeout: float = 20.0, wait: bool = True) -> Session:
         """Run argv as a new session; return its events once its root has exited."""
-        pid, sid = sessions.spawn_in_session(argv, sessions.register_with(self.watcher.control))
+        pid, sid = launcher.spawn_in_session(argv, launcher.register_with(self.watcher.control))
         status = 0
         if wait:
             _, status = os.waitpid(pid, 0)
@@ -110,7 +111,7 @@ class Stream:
 
         evs = self.collect(root_exited, timeout)
         mine = [e for e in evs if e.get("session") == sid]
-        return Session(sid, pid, sessions.exit_status(status), mine)
+        return Session(sid, pid, launcher.exit_status(status), mine)
 
     def python(self, code: str, **kw: object) -> Session:
         """Run a Python snippet as a session (Debian's python3: no site import cost)."""
@@ -124,7 +125,7 @@ class Stream:
 
 
 @pytest.fixture
-def stream(collector: sessions.Watcher) -> Iterator[Stream]:
+def stream(collector: launcher.Watcher) -> Iterator[Stream]:
     s = Stream(collector)
     yield s
     s.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
-from roguewatch import sessions
+from roguewatch.runtime import launcher
 
 from tests.conftest import Stream
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.kernel
 
 
 class EvaluatorUnderTest:
-    def __init__(self, watcher: sessions.Watcher, tmp: Path) -> None:
+    def __init__(self, watcher: launcher.Watcher, tmp: Path) -> None:
         self.tmp = tmp
         self.rules_dir = tmp / "rules.d"
         self.rules_dir.mkdir()
@@ -33,7 +33,7 @@ class EvaluatorUnderTest:
         policy.write_text("mode: enforce\negress:\n  allow: [127.0.0.1/32]\n")
         r, w = os.pipe()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "roguewatch.evaluator", "--events", watcher.events,
+            [sys.executable, "-m", "roguewatch.detect.evaluator", "--events", watcher.events,
              "--control", watcher.control.endpoint,
              "--alerts", self.endpoint, "--alerts-file", str(self.alerts_file),
              "--rules", str(self.rules_dir), "--policy", str(policy), "--no-journal",
@@ -64,7 +64,7 @@ class EvaluatorUnderTest:
 
 
 @pytest.fixture
-def evaluator(collector: sessions.Watcher, tmp_path: Path) -> Iterator[EvaluatorUnderTest]:
+def evaluator(collector: launcher.Watcher, tmp_path: Path) -> Iterator[EvaluatorUnderTest]:
     e = EvaluatorUnderTest(collector, tmp_path)
     yield e
     e.close()

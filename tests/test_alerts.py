@@ -11,7 +11,7 @@ import time
 import msgpack
 import pytest
 import zmq
-from roguewatch import alerts
+from roguewatch.outputs import alerts
 
 NS = 1_000_000_000
 
@@ -239,7 +239,7 @@ def test_journal_unavailable_is_a_quiet_no_op(tmp_path, caplog) -> None:
     j = alerts.Journal(socket_path=str(tmp_path / "no-journal-socket"))
     assert j.available is False
     assert "does not exist" in j.reason
-    with caplog.at_level("INFO", logger="roguewatch.alerts"):
+    with caplog.at_level("INFO", logger="roguewatch.outputs.alerts"):
         assert j.send(make_alert(1)) is False
         assert j.send(make_alert(2)) is False
     assert len([r for r in caplog.records if "journald" in r.getMessage()]) == 1  # reported once

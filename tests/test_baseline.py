@@ -9,8 +9,8 @@ import os
 import stat
 
 import pytest
-from roguewatch import quarantine_cli
-from roguewatch.baseline import Baselines, UnsafePath, open_dir_nofollow
+from roguewatch.cli import quarantine as quarantine_cli
+from roguewatch.respond.baseline import Baselines, UnsafePath, open_dir_nofollow
 
 from tests.conftest import require_root
 

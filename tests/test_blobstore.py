@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from roguewatch.blobstore import BlobError, BlobStore, HashCache, is_sha
+from roguewatch.respond.blobstore import BlobError, BlobStore, HashCache, is_sha
 
 
 def sha(b: bytes) -> str:

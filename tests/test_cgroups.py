@@ -10,8 +10,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from roguewatch import cgroups
-from roguewatch.cgroups import CgroupError, SessionCgroup
+from roguewatch.respond import cgroups
+from roguewatch.respond.cgroups import CgroupError, SessionCgroup
 
 from tests.conftest import require_root
 
@@ -66,7 +66,7 @@ def _wait_in(cg: SessionCgroup, pid: int, timeout: float = 2.0) -> None:
 
 def test_root_is_under_the_v2_mount() -> None:
     require_root()
-    from roguewatch import kernelenv
+    from roguewatch.host import kernelenv
 
     r = cgroups.root()
     assert r == os.path.join(kernelenv.cgroup2_mount() or "", "roguewatch")

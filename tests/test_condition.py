@@ -5,8 +5,8 @@ from __future__ import annotations
 import builtins
 
 import pytest
-from roguewatch import condition as C
-from roguewatch import fields as F
+from roguewatch.detect import condition as C
+from roguewatch.detect import fields as F
 
 CTX = F.StaticProcessView(
     policy=F.StaticPolicy(egress_allow=("10.0.0.0/8:443/tcp",), protect=("/srv/eval",)),

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import roguewatch.probes
-from roguewatch import doctor
-from roguewatch import kernelenv as ke
+from roguewatch.host import doctor
+from roguewatch.host import kernelenv as ke
 
 from tests.conftest import require, require_root
 
@@ -168,7 +168,7 @@ def test_tracefs_and_bpffs_are_mounted_on_demand(root: None) -> None:
 # Runs in a private mount namespace (unshare), so unmounting there leaves the host untouched.
 _MOUNT_ON_DEMAND = """
 import ctypes, json
-from roguewatch import doctor, kernelenv as ke
+from roguewatch.host import doctor, kernelenv as ke
 libc = ctypes.CDLL(None, use_errno=True)
 for fstype in ("tracefs", "bpf"):
     for mp in reversed(ke.mount_points(fstype)):
@@ -396,7 +396,7 @@ def test_json_output_parses(
 @pytest.mark.kernel
 def test_python_dash_m_works(root: None, bogus_probes: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "roguewatch.doctor", "--json", "--probes", str(bogus_probes)],
+        [sys.executable, "-m", "roguewatch.host.doctor", "--json", "--probes", str(bogus_probes)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -433,9 +433,9 @@ def test_text_format() -> None:
 
 def test_a_task_storage_map_the_kernel_refuses_is_named_with_what_it_needs() -> None:
     require_root()
-    from roguewatch import kernel
+    from roguewatch.sensors import bpf
 
-    with pytest.raises(kernel.ProbeError) as exc:
-        kernel.create_task_storage_map("rw_bad_size", 0, 1)  # a zero-sized value: refused
+    with pytest.raises(bpf.ProbeError) as exc:
+        bpf.create_task_storage_map("rw_bad_size", 0, 1)  # a zero-sized value: refused
     msg = str(exc.value)
     assert "task storage map rw_bad_size" in msg and "roguewatch doctor" in msg, msg

@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from roguewatch import cgroups, sessions
-from roguewatch.cgroups import SessionCgroup
-from roguewatch.hostnames import MIN_TTL_S, HostRefresher
+from roguewatch.policy.hostnames import MIN_TTL_S, HostRefresher
+from roguewatch.respond import cgroups
+from roguewatch.respond.cgroups import SessionCgroup
+from roguewatch.runtime import launcher
 
 from tests.conftest import require_root
 
@@ -155,7 +156,7 @@ def listeners() -> Iterator[int]:
 def test_a_moved_host_name_is_followed_in_the_kernel(listeners: int) -> None:
     require_root()
     port = listeners
-    watcher = sessions.start_private_collector(["--no-watch", "--egress-refresh", "1"])
+    watcher = launcher.start_private_collector(["--no-watch", "--egress-refresh", "1"])
     cg = SessionCgroup.create(f"test-hosts-{secrets.token_hex(4)}")
     try:
         with hosts_entry() as point_to:
@@ -188,8 +189,8 @@ def test_a_moved_host_name_is_followed_in_the_kernel(listeners: int) -> None:
 def test_the_evaluator_allows_what_a_host_entry_resolves_to_and_follows_it() -> None:
     # Before, a HOST:PORT entry matched nothing in conditions: a connect the kernel allowed
     # was alerted as unauthorized egress, and the rule's kill_process ended the agent.
-    from roguewatch import ruleset
-    from roguewatch.evaluator import Evaluator, ProcessTable
+    from roguewatch.detect import ruleset
+    from roguewatch.detect.evaluator import Evaluator, ProcessTable
 
     from tests.test_evaluator import S, ev, session_tree
 
@@ -221,6 +222,6 @@ def test_the_evaluator_allows_what_a_host_entry_resolves_to_and_follows_it() -> 
 
 def test_a_name_that_does_not_resolve_is_named_in_a_warning(caplog) -> None:
     r, _, _ = refresher({"nowhere.invalid": None}, {})
-    with caplog.at_level("WARNING", logger="roguewatch.hostnames"):
+    with caplog.at_level("WARNING", logger="roguewatch.policy.hostnames"):
         assert r.addresses("nowhere.invalid") == []
     assert "nowhere.invalid does not resolve" in caplog.text

@@ -10,8 +10,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from roguewatch import enforcer
-from roguewatch.enforcer import Enforcer, SessionInfo, send_kill, started_ns
+from roguewatch.respond import enforcer
+from roguewatch.respond.enforcer import Enforcer, SessionInfo, send_kill, started_ns
 
 SID = 0x5E55
 

@@ -4,12 +4,12 @@ running every rule's condition gives, whatever the events, policies or malformed
 from __future__ import annotations
 
 import pytest
-from roguewatch import condition as C
-from roguewatch import fields as F
-from roguewatch import prefilter
-from roguewatch import ruleset as R
-from roguewatch.evaluator import Evaluator, ProcessTable
-from roguewatch.fields import StaticPolicy
+from roguewatch.detect import condition as C
+from roguewatch.detect import fields as F
+from roguewatch.detect import prefilter
+from roguewatch.detect import ruleset as R
+from roguewatch.detect.evaluator import Evaluator, ProcessTable
+from roguewatch.detect.fields import StaticPolicy
 
 PROTECTED = F.StaticProcessView(policy=StaticPolicy(protect=("/srv/data",)))
 OPEN_VIEW = F.StaticProcessView(policy=StaticPolicy())
@@ -218,7 +218,7 @@ PATHS = [
 
 @pytest.mark.parametrize("field", ["fd.name", "evt.arg.source", "fd.homepath"])
 def test_the_path_index_answers_as_each_pmatch_would(field) -> None:
-    from roguewatch.pathindex import PathIndex
+    from roguewatch.detect.pathindex import PathIndex
 
     trees = [tree(f"{field} pmatch {lists}") for lists in PREFIX_LISTS]
     index = PathIndex(c for t in trees for c in C.comparisons(t))

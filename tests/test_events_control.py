@@ -9,7 +9,8 @@ import subprocess
 import time
 
 import pytest
-from roguewatch import kernel, sessions
+from roguewatch.runtime import launcher
+from roguewatch.sensors import bpf
 
 from tests.conftest import SCRATCH, Stream
 
@@ -186,10 +187,10 @@ def test_pidfd_send_signal_target_is_resolved_to_the_pid(stream: Stream) -> None
 
 
 def test_pidfd_send_signal_target_survives_a_lagging_collector(
-    stream: Stream, collector: sessions.Watcher
+    stream: Stream, collector: launcher.Watcher
 ) -> None:
     cpid = collector.proc.pid
-    register = sessions.register_with(collector.control)
+    register = launcher.register_with(collector.control)
 
     def register_then_pause(pid: int) -> int:
         sid = register(pid)
@@ -208,7 +209,7 @@ os.close(fd)
 os.waitpid(pid, 0)
 """
     try:
-        pid, sid = sessions.spawn_in_session([SYSTEM_PYTHON, "-S", "-c", code], register_then_pause)
+        pid, sid = launcher.spawn_in_session([SYSTEM_PYTHON, "-S", "-c", code], register_then_pause)
         _, status = os.waitpid(pid, 0)
     finally:
         os.kill(cpid, signal.SIGCONT)
@@ -309,7 +310,7 @@ os.waitpid(pid, 0)
 
 
 def test_signal_to_the_collector_from_an_untracked_process_is_a_guard_event(
-    stream: Stream, collector: sessions.Watcher
+    stream: Stream, collector: launcher.Watcher
 ) -> None:
     cpid = collector.proc.pid
     # An untracked sender's ppid is read from /proc when the record is decoded: it stays
@@ -328,7 +329,7 @@ def test_signal_to_the_collector_from_an_untracked_process_is_a_guard_event(
 
 
 def test_guard_signal_event_ret_is_the_result_of_the_kill(
-    stream: Stream, collector: sessions.Watcher
+    stream: Stream, collector: launcher.Watcher
 ) -> None:
     cpid = collector.proc.pid
     sender = untracked(f"import os; os.kill({cpid}, {SIGWINCH}); print(os.getpid())")
@@ -337,7 +338,7 @@ def test_guard_signal_event_ret_is_the_result_of_the_kill(
 
 
 def test_ptrace_of_the_collector_from_an_untracked_process_is_a_guard_event(
-    stream: Stream, collector: sessions.Watcher
+    stream: Stream, collector: launcher.Watcher
 ) -> None:
     cpid = collector.proc.pid
     sender = untracked(
@@ -353,7 +354,7 @@ def test_ptrace_of_the_collector_from_an_untracked_process_is_a_guard_event(
 
 
 def test_a_session_process_signalling_the_collector_is_killed_in_the_kernel(
-    stream: Stream, collector: sessions.Watcher
+    stream: Stream, collector: launcher.Watcher
 ) -> None:
     cpid = collector.proc.pid
     s = stream.python(f"import os, time\nos.kill({cpid}, {SIGWINCH})\ntime.sleep(5)")
@@ -450,7 +451,7 @@ def test_finit_module_attempt(stream: Stream) -> None:
     if not os.path.exists(f"{TRACING}/sys_enter_finit_module"):
         # This kernel cannot load modules (CONFIG_MODULES unset): there is nothing to trace,
         # and the probe image must have been built without those programs, saying so.
-        _, missing = kernel.optional_macros()
+        _, missing = bpf.optional_macros()
         assert "syscalls:sys_enter_finit_module" in missing, missing
         return
     s = stream.python(
@@ -467,7 +468,7 @@ print(libc.syscall(313, fd, b"opt=1", 0))  # finit_module
     assert ev["ret"] < 0
 
 
-def test_collector_survived_the_guard_tests(collector: sessions.Watcher) -> None:
+def test_collector_survived_the_guard_tests(collector: launcher.Watcher) -> None:
     time.sleep(0.1)
     assert collector.proc.poll() is None
 

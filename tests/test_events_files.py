@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from roguewatch import sessions
+from roguewatch.runtime import launcher
 
 from tests.conftest import SCRATCH, Stream
 
@@ -133,7 +133,7 @@ def test_an_fd_change_by_a_process_already_gone_is_flagged_unresolved(stream: St
     # /proc/PID/fd, the event must say so rather than guess. Pause the collector to force it.
     collector = stream.watcher.proc
     assert collector is not None
-    register = sessions.register_with(stream.watcher.control)
+    register = launcher.register_with(stream.watcher.control)
 
     def register_then_pause(pid: int) -> int:
         sid = register(pid)
@@ -143,7 +143,7 @@ def test_an_fd_change_by_a_process_already_gone_is_flagged_unresolved(stream: St
     code = "import os\nfd = os.open('/tmp/rwtest/f/gone', os.O_WRONLY | os.O_CREAT)\n"
     code += "os.fchmod(fd, 0o600)"
     try:
-        pid, _ = sessions.spawn_in_session(
+        pid, _ = launcher.spawn_in_session(
             ["/usr/bin/python3", "-S", "-c", code], register_then_pause
         )
         os.waitpid(pid, 0)

@@ -17,9 +17,12 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
-from roguewatch import bus, doctor, fanotify, sessions
-from roguewatch.fanotify import Writer, WriterSensor
-from roguewatch.watchers import FsWatcher
+from roguewatch.host import doctor
+from roguewatch.runtime import launcher
+from roguewatch.sensors import fanotify
+from roguewatch.sensors.fanotify import Writer, WriterSensor
+from roguewatch.sensors.watchers import FsWatcher
+from roguewatch.stream import bus
 
 from tests.conftest import require_root
 from tests.test_watchers import Sink as WatcherSink
@@ -249,7 +252,7 @@ def test_doctor_reports_fanotify_and_its_fallback(monkeypatch: pytest.MonkeyPatc
 # The collector: untracked writers named, roguewatch's own alert log
 
 
-def _baseline_ready(watcher: sessions.Watcher) -> None:
+def _baseline_ready(watcher: launcher.Watcher) -> None:
     deadline = time.monotonic() + 30
     while not watcher.control.request("stats")["baseline_ready"]:
         assert time.monotonic() < deadline, "the baseline snapshot did not finish"
@@ -259,14 +262,14 @@ def _baseline_ready(watcher: sessions.Watcher) -> None:
 class Evaluator:
     """The real evaluator on a private collector, writing its alert file where we say."""
 
-    def __init__(self, watcher: sessions.Watcher, tmp: Path, alerts_file: Path) -> None:
+    def __init__(self, watcher: launcher.Watcher, tmp: Path, alerts_file: Path) -> None:
         (tmp / "rules.d").mkdir(exist_ok=True)
         policy = tmp / "policy.yaml"
         policy.write_text("mode: enforce\negress:\n  allow: [127.0.0.1/32]\n")
         endpoint = f"ipc://{tmp}/alerts.sock"
         r, w = os.pipe()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "roguewatch.evaluator", "--events", watcher.events,
+            [sys.executable, "-m", "roguewatch.detect.evaluator", "--events", watcher.events,
              "--control", watcher.control.endpoint, "--alerts", endpoint,
              "--alerts-file", str(alerts_file), "--rules", str(tmp / "rules.d"),
              "--policy", str(policy), "--no-journal", "--quiet", "--ready-fd", str(w)],
@@ -302,7 +305,7 @@ class Evaluator:
 
 
 @pytest.mark.kernel
-def test_an_untracked_writer_is_named_by_pid(collector: sessions.Watcher, tmp_path: Path) -> None:
+def test_an_untracked_writer_is_named_by_pid(collector: launcher.Watcher, tmp_path: Path) -> None:
     e = Evaluator(collector, tmp_path, tmp_path / "alerts.jsonl")
     path = f"/etc/cron.d/rwtest-fanotify-{os.getpid()}"
     _baseline_ready(collector)
@@ -350,7 +353,7 @@ def test_an_agent_truncating_the_alert_log_is_alerted_but_our_own_appends_are_no
     alerts_file.write_text("")  # exists before roguewatch starts: its open creates nothing
     cfg = tmp_path / "roguewatchd.yaml"
     cfg.write_text(f"alerts_file: {alerts_file}\n")
-    watcher = sessions.start_private_collector(["--config", str(cfg)])
+    watcher = launcher.start_private_collector(["--config", str(cfg)])
     e = None
     try:
         sub = bus.Subscriber(watcher.events)
@@ -399,7 +402,7 @@ def test_without_fanotify_the_writer_is_unknown(
 ) -> None:
     require_root()
     monkeypatch.setenv(fanotify.ENV_SWITCH, "off")  # the collector inherits it
-    watcher = sessions.start_private_collector()
+    watcher = launcher.start_private_collector()
     monkeypatch.delenv(fanotify.ENV_SWITCH)
     path = f"/etc/cron.d/rwtest-nofanotify-{os.getpid()}"
     e = None

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from roguewatch import bus, collector, sessions
-from roguewatch.baseline import Baselines
-from roguewatch.watchers import FsWatcher
+from roguewatch.respond.baseline import Baselines
+from roguewatch.runtime import launcher
+from roguewatch.sensors.watchers import FsWatcher
+from roguewatch.stream import bus, collector
 
 from tests.conftest import require_root
 
@@ -34,7 +35,7 @@ def test_an_inotify_overflow_is_raised_and_the_rescan_finds_the_change(tmp_path:
     old = Path(QUEUED).read_text()
     Path(QUEUED).write_text("16")  # the limit is taken when the watcher's inotify is made
     try:
-        watcher = sessions.start_private_collector(["--config", str(cfg)])
+        watcher = launcher.start_private_collector(["--config", str(cfg)])
     finally:
         Path(QUEUED).write_text(old)
     flood = [str(spool / f"flood-{i}") for i in range(200)]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from roguewatch.sessions import PRIVATE_STATE
+from roguewatch.runtime.launcher import PRIVATE_STATE
 
 from tests.conftest import Stream, require_root
 from tests.test_alert_stream import EvaluatorUnderTest

@@ -15,8 +15,8 @@ import traceback
 from collections.abc import Callable
 
 import pytest
-from roguewatch import landlock
-from roguewatch.landlock import LandlockError
+from roguewatch.respond import landlock
+from roguewatch.respond.landlock import LandlockError
 
 from tests.conftest import require_root
 

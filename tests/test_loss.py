@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from roguewatch import bus, sessions
+from roguewatch.runtime import launcher
+from roguewatch.stream import bus
 
 from tests.conftest import require_root
 
@@ -18,12 +19,12 @@ pytestmark = pytest.mark.kernel
 
 
 @contextlib.contextmanager
-def private_collector(*args: str) -> Iterator[sessions.Watcher]:
+def private_collector(*args: str) -> Iterator[launcher.Watcher]:
     """A collector of the test's own. Probes that do not load fail the test (never a skip)."""
     require_root()
     try:
-        watcher = sessions.start_private_collector(list(args))
-    except sessions.SessionError as exc:
+        watcher = launcher.start_private_collector(list(args))
+    except launcher.SessionError as exc:
         pytest.fail(f"the collector could not load its probes: {exc}")
     try:
         yield watcher
@@ -52,12 +53,12 @@ class Run:
         return found[-1] if found else None
 
 
-def run_python(watcher: sessions.Watcher, code: str, quiet_ms: int = 2500) -> Run:
+def run_python(watcher: launcher.Watcher, code: str, quiet_ms: int = 2500) -> Run:
     """Run `code` as a new session of `watcher`; what the stream carried meanwhile."""
     sub = bus.Subscriber(watcher.events)
     assert sub.wait_ready(5000)
-    pid, sid = sessions.spawn_in_session(
-        ["/usr/bin/python3", "-S", "-c", code], sessions.register_with(watcher.control)
+    pid, sid = launcher.spawn_in_session(
+        ["/usr/bin/python3", "-S", "-c", code], launcher.register_with(watcher.control)
     )
     _, status = os.waitpid(pid, 0)
     return Run(pid, sid, status, list(sub.events(timeout_ms=quiet_ms)))

@@ -1,4 +1,4 @@
-"""roguewatch.priority: a component runs ahead of what it watches, in a group of its own."""
+"""roguewatch.runtime.priority: a component runs ahead of what it watches, in a group of its own."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from roguewatch import priority
+from roguewatch.runtime import priority
 
 from tests.conftest import require_root
 
@@ -37,7 +37,7 @@ def test_a_component_gets_its_own_session_and_autogroup_at_monitor_nice() -> Non
 def test_without_privilege_it_runs_at_normal_priority_and_does_not_fail() -> None:
     require_root()
     code = ("import os\nos.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
-            "from roguewatch import priority\npriority.raise_self()\n"
+            "from roguewatch.runtime import priority\npriority.raise_self()\n"
             "print(os.getpriority(os.PRIO_PROCESS, 0), os.getsid(0) == os.getpid())")  # fmt: skip
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr

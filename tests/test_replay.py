@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from roguewatch import recording, replay, rules_cli
+from roguewatch.cli import replay
+from roguewatch.cli import rules as rules_cli
+from roguewatch.stream import recording
 
 T0 = 1_700_000_000_000_000_000
 SEC = 1_000_000_000

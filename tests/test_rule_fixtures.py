@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from roguewatch import fields as F
-from roguewatch import ruleset as R
+from roguewatch.detect import fields as F
+from roguewatch.detect import ruleset as R
 
 RULES = R.load_rules()
 FIXTURE_FILES = R.default_fixture_files()

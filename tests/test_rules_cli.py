@@ -8,8 +8,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from roguewatch import rules_cli
-from roguewatch import ruleset as R
+from roguewatch.cli import rules as rules_cli
+from roguewatch.detect import ruleset as R
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from roguewatch import fields as F
-from roguewatch import ruleset as R
+from roguewatch.detect import fields as F
+from roguewatch.detect import ruleset as R
 
 CTX = F.StaticProcessView(
     default_ancestors=[{"pid": 1, "comm": "bash", "exe": "/usr/bin/bash", "cmdline": "bash"}]

@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from roguewatch.runtime.components import COMPONENT_MODULES
 
 from tests.conftest import require, require_root
 
 pytestmark = pytest.mark.kernel
 
-RUN = [sys.executable, "-m", "roguewatch.cli", "run"]
+RUN = [sys.executable, "-m", "roguewatch.cli.main", "run"]
 AGENT_PYTHON = "/usr/bin/python3"
 ALLOW_LOCAL = "mode: enforce\negress:\n  allow: [127.0.0.1/32]\n"
 OBSERVE_LOCAL = "mode: observe\negress:\n  allow: [127.0.0.1/32]\n"
@@ -55,7 +56,7 @@ def attempt(fn):
 
 
 def _no_service() -> None:
-    from roguewatch.control import running
+    from roguewatch.stream.control import running
 
     client = running()
     require(client is None, "a roguewatchd runs: these tests exercise run's embedded monitor")
@@ -610,7 +611,7 @@ def test_a_pair_restarting_each_other_leaves_no_survivor(agent: Agent) -> None:
     assert agent.leftovers() == []
 
 
-CLI = [sys.executable, "-m", "roguewatch.cli"]
+CLI = [sys.executable, "-m", "roguewatch.cli.main"]
 
 
 def test_roguewatch_kill_ends_a_session_with_a_daemon_and_a_restarting_pair(agent: Agent) -> None:
@@ -713,7 +714,7 @@ def collector():
             ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if b"roguewatch.collector" in cmd and ppid == os.getppid():
+        if b"roguewatch.stream.collector" in cmd and ppid == os.getppid():
             return int(d)
 c = collector()
 say(collector=c)
@@ -757,7 +758,7 @@ def test_an_agent_attacking_the_monitor_is_killed_and_the_monitor_keeps_running(
     seen: dict[int, set[str]] = {}
 
     def watch(proc: subprocess.Popen) -> None:
-        for c in _children(proc.pid, "roguewatch.collector"):
+        for c in _children(proc.pid, COMPONENT_MODULES["collector"]):
             state = _state(c)
             if state is not None:
                 seen.setdefault(c, set()).add(state)
@@ -806,7 +807,7 @@ def test_an_agent_signalling_another_monitor_process_is_killed(agent: Agent, tar
                     stat = open(f"/proc/{{d}}/stat").read()
                 except OSError:
                     continue
-                if (b"roguewatch.evaluator" in cmd
+                if (b"roguewatch.detect.evaluator" in cmd
                         and int(stat.rsplit(")", 1)[1].split()[1]) == os.getppid()):
                     return int(d)
         t = {find}
@@ -827,9 +828,9 @@ def test_an_agent_signalling_another_monitor_process_is_killed(agent: Agent, tar
 @pytest.mark.parametrize(
     "target",
     [
-        "roguewatch.collector",
-        "roguewatch.evaluator",
-        "roguewatch.cli",
+        "roguewatch.stream.collector",
+        "roguewatch.detect.evaluator",
+        "roguewatch.cli.main",
     ],
     ids=["collector", "evaluator", "launcher"],
 )
@@ -837,7 +838,7 @@ def test_an_agent_signalling_a_thread_of_the_monitor_is_killed(agent: Agent, tar
     r = agent.run(
         f"""
         def find():
-            if {target!r} == "roguewatch.cli":
+            if {target!r} == "roguewatch.cli.main":
                 return os.getppid()
             for d in os.listdir("/proc"):
                 if not d.isdigit():
@@ -876,7 +877,8 @@ def test_an_agent_signalling_a_thread_of_the_monitor_is_killed(agent: Agent, tar
 def test_the_launchers_light_copies_agree_with_the_originals() -> None:
     """run avoids importing the bus and the collector before it starts the collector: its own
     spellings of the service's control socket and of a session id must agree with theirs."""
-    from roguewatch import bus, collector, run
+    from roguewatch.runtime import run
+    from roguewatch.stream import bus, collector
 
     assert f"ipc://{run.SERVICE_CONTROL_SOCKET}" == bus.CONTROL_ENDPOINT
     ours = [run.new_session_id() for _ in range(1000)]
@@ -887,23 +889,25 @@ def test_the_launchers_light_copies_agree_with_the_originals() -> None:
 
 
 def test_run_starts_without_importing_the_other_sub_commands() -> None:
-    code = ("import sys\nfrom roguewatch import cli\n"
+    code = ("import sys\nfrom roguewatch.cli import main as cli\n"
             "cli.build_parser(only='run').parse_args(['run', '--', 'true'])\n"
             "print(sorted(m for m in sys.modules if m.startswith('roguewatch.')))")  # fmt: skip
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     loaded = p.stdout
     assert p.returncode == 0, p.stderr
-    for heavy in ("ruleset", "condition", "replay", "rules_cli", "collector", "evaluator",
-                  "kernel", "baseline"):  # fmt: skip
+    assert "'roguewatch.runtime.run'" in loaded, loaded  # (the names below are current)
+    for heavy in ("detect.ruleset", "detect.condition", "cli.replay", "cli.rules",
+                  "stream.collector", "detect.evaluator", "sensors.bpf",
+                  "respond.baseline"):  # fmt: skip
         assert f"'roguewatch.{heavy}'" not in loaded, loaded
 
 
 def test_stale_private_run_directories_are_swept_and_live_ones_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from roguewatch import sessions
+    from roguewatch.runtime import launcher
 
-    monkeypatch.setattr(sessions, "PRIVATE_RUN", str(tmp_path))
+    monkeypatch.setattr(launcher, "PRIVATE_RUN", str(tmp_path))
     old = time.time() - 3600
     stale, live, young, mine = (tmp_path / f"roguewatch-{n}" for n in ("a", "b", "c", "d"))
     for d in (stale, live, young, mine):
@@ -915,10 +919,10 @@ def test_stale_private_run_directories_are_swept_and_live_ones_kept(
     for d in (stale, live, mine):
         os.utime(d, (old, old))
     try:
-        assert sorted(sessions.private_control_endpoints()) == [
+        assert sorted(launcher.private_control_endpoints()) == [
             f"ipc://{stale}/control.sock", f"ipc://{live}/control.sock"
         ]  # fmt: skip
-        sessions._sweep_stale_run_dirs(keep=str(mine))
+        launcher._sweep_stale_run_dirs(keep=str(mine))
         assert sorted(os.listdir(tmp_path)) == ["roguewatch-b", "roguewatch-c", "roguewatch-d"]
     finally:
         listener.close()
@@ -930,8 +934,8 @@ def test_the_monitor_runs_ahead_of_the_agent(agent: Agent) -> None:
     found: dict[str, int] = {}
 
     def watch(proc: subprocess.Popen) -> None:
-        for name in ("collector", "evaluator"):
-            for c in _children(proc.pid, f"roguewatch.{name}"):
+        for name, module in COMPONENT_MODULES.items():
+            for c in _children(proc.pid, module):
                 found[name] = c
                 found[f"{name}_nice"] = os.getpriority(os.PRIO_PROCESS, c)
                 found[f"{name}_sid"] = os.getsid(c)

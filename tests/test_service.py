@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from roguewatch.runtime.components import COMPONENT_MODULES
 
 from tests.conftest import require, require_root
 
@@ -39,7 +40,7 @@ def test_a_bad_config_key_is_named_and_the_service_does_not_start(tmp_path: Path
     require_root()
     cfg = tmp_path / "c.yaml"
     cfg.write_text("ringbuf_pages: 2048\nadopt_user: [agent]\n")
-    p = subprocess.run([sys.executable, "-m", "roguewatch.service", "--config", str(cfg)],
+    p = subprocess.run([sys.executable, "-m", "roguewatch.runtime.service", "--config", str(cfg)],
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert p.returncode == 2
     assert "unknown key 'adopt_user'" in p.stderr and "Traceback" not in p.stderr
@@ -63,7 +64,8 @@ class Daemon:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "roguewatch.service", "--config", str(self.cfg), "--quiet"],
+            [sys.executable, "-m", "roguewatch.runtime.service", "--config", str(self.cfg),
+             "--quiet"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -79,7 +81,7 @@ class Daemon:
 
     def status(self) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "roguewatch.cli", "status", "--config", str(self.cfg)],
+            [sys.executable, "-m", "roguewatch.cli.main", "status", "--config", str(self.cfg)],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
 
@@ -96,8 +98,8 @@ class Daemon:
             except (OSError, ValueError):
                 continue
             if ppid == self.proc.pid:
-                for name in ("collector", "evaluator"):
-                    if f"roguewatch.{name}" in cmd:
+                for name, module in COMPONENT_MODULES.items():
+                    if module in cmd:
                         out[name] = int(pid)
         return out
 
@@ -184,7 +186,7 @@ def test_an_agent_adopted_by_a_policies_d_selector_is_watched(
 def test_every_configuration_key_is_documented_with_its_default() -> None:
     from dataclasses import fields
 
-    from roguewatch.config import Config
+    from roguewatch.policy.config import Config
 
     example = (ROOT / "packaging/roguewatchd.yaml.example").read_text()
     defaults = Config()
@@ -202,8 +204,8 @@ def test_prometheus_metrics_are_served_on_loopback(tmp_path: Path) -> None:
     import socket
     import urllib.request
 
-    from roguewatch import evaluator as ev_mod
-    from roguewatch.metrics import Metrics
+    from roguewatch.detect import evaluator as ev_mod
+    from roguewatch.outputs.metrics import Metrics
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from roguewatch import sessions
+from roguewatch.runtime import components
 
 
 def test_a_component_that_logs_a_lot_after_start_is_never_blocked(capfd) -> None:
@@ -19,7 +19,7 @@ def test_a_component_that_logs_a_lot_after_start_is_never_blocked(capfd) -> None
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    sessions.forward_stderr(proc, "component")
+    components.forward_stderr(proc, "component")
     assert proc.wait(timeout=30) == 0  # it could exit: its stderr was drained
     assert proc.stdout is not None and proc.stdout.read() == b"done\n"
     assert "roguewatch component: " + "x" * 63 in capfd.readouterr().err

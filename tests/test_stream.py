@@ -11,8 +11,9 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
-from roguewatch import bus, config, events, recording
+from roguewatch.policy import config
 from roguewatch.probes import layout
+from roguewatch.stream import bus, events, recording
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,7 +165,7 @@ def test_record_writes_the_session_and_exits_with_the_commands_status(
 ) -> None:
     out = tmp_path / "run.rwrec"
     proc = subprocess.run(
-        [sys.executable, "-m", "roguewatch.cli", "record", "--output", str(out), "--",
+        [sys.executable, "-m", "roguewatch.cli.main", "record", "--output", str(out), "--",
          "/bin/sh", "-c", "echo hi > /tmp/rwtest/recorded; exit 3"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -175,7 +176,7 @@ def test_record_writes_the_session_and_exits_with_the_commands_status(
     assert {e["session"] for e in evs} == {header["session"]}
     assert any(e["type"] == "open" and e["path"] == "/tmp/rwtest/recorded" for e in evs)
     shown = subprocess.run(
-        [sys.executable, "-m", "roguewatch.cli", "events", "--from", str(out), "--json"],
+        [sys.executable, "-m", "roguewatch.cli.main", "events", "--from", str(out), "--json"],
         capture_output=True, text=True, check=True,
     ).stdout.splitlines()  # fmt: skip
     assert len(shown) == len(evs)
@@ -183,7 +184,7 @@ def test_record_writes_the_session_and_exits_with_the_commands_status(
 
 def test_record_of_a_missing_command_is_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "roguewatch.cli", "events", "--from", str(tmp_path / "nope")],
+        [sys.executable, "-m", "roguewatch.cli.main", "events", "--from", str(tmp_path / "nope")],
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 2

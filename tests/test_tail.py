@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from roguewatch import alerts, tail
+from roguewatch.cli import tail
+from roguewatch.outputs import alerts
 
 NS = 1_000_000_000
 MIN = 60 * NS
@@ -355,7 +356,7 @@ def test_ctrl_c_exits_130_quietly(tmp_path: Path) -> None:
     code = textwrap.dedent(
         f"""
         import sys
-        from roguewatch import tail
+        from roguewatch.cli import tail
         args = tail.build_parser().parse_args(
             ["--follow", "--file", {str(path)!r}, "--endpoint", "ipc://{tmp_path}/none.sock"]
         )

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from roguewatch import ruleset
-from roguewatch.baseline import Baselines
-from roguewatch.watchers import FsWatcher, default_list_names, home_dirs, watch_paths
+from roguewatch.detect import ruleset
+from roguewatch.respond.baseline import Baselines
+from roguewatch.sensors.watchers import FsWatcher, default_list_names, home_dirs, watch_paths
 
 from tests.conftest import require_root
 

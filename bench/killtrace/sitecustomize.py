@@ -45,7 +45,8 @@ if os.environ.get("RW_TRACE"):
         return out
 
     try:
-        from roguewatch import bus, enforcer
+        from roguewatch.respond import enforcer
+        from roguewatch.stream import bus
 
         _publish = bus.Publisher.publish
 

@@ -1,0 +1,236 @@
+"""`roguewatch sessions`, `kill SESSION` and `thaw SESSION`: the operator's view of sessions.
+
+Owns listing live sessions and the verified shutdown: SIGTERM, a grace period, then
+`cgroup.kill` (or SIGKILL to every tracked task, again and again until none is left), and a
+count of the survivors found at the end, which must be zero.
+
+Sessions are asked of every collector that answers: roguewatchd's, and the private one of
+each `roguewatch run` (or `record`) started without a service (``launcher.PRIVATE_RUN``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections import Counter
+
+import zmq
+
+from roguewatch.runtime import launcher
+from roguewatch.stream import bus
+from roguewatch.stream.control import ControlClient, ControlError, running
+
+ALERTS_FILE = "/var/log/roguewatch/alerts.jsonl"
+
+
+def add_arguments(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sessions", help="list live agent sessions")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--control", default=bus.CONTROL_ENDPOINT, help=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_sessions)
+    p = sub.add_parser("kill", help="end a session: SIGTERM, grace, then kill all; verified")
+    p.add_argument("session", help="session id (hex) or name")
+    p.add_argument("--grace", type=float, default=5.0, metavar="SECONDS")
+    p.add_argument("--control", default=bus.CONTROL_ENDPOINT, help=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_kill)
+    p = sub.add_parser("thaw", help="thaw a frozen session")
+    p.add_argument("session", help="session id (hex) or name")
+    p.add_argument("--control", default=bus.CONTROL_ENDPOINT, help=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_thaw)
+
+
+def _listening(endpoint: str) -> bool:
+    """Whether something accepts connections on an ipc:// socket (a stale one refuses at
+    once, where a ZeroMQ request would wait for its timeout)."""
+    import socket
+
+    path = bus.ipc_path(endpoint)
+    if path is None:
+        return True
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(0.5)
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _clients(endpoint: str) -> list[ControlClient] | None:
+    """Every collector that answers: the service's at ``endpoint``, then the private ones of
+    `roguewatch run` sessions. None (with a message) when not root or when none answers."""
+    if os.geteuid() != 0:
+        print("roguewatch: needs root (the control socket is root-only): use sudo",
+              file=sys.stderr)  # fmt: skip
+        return None
+    out = []
+    client = running(endpoint)
+    if client is not None:
+        out.append(client)
+    for ep in launcher.private_control_endpoints():
+        if ep == endpoint or not _listening(ep):
+            continue
+        try:
+            c = ControlClient(ep, timeout_ms=2000)
+            c.request("ping")
+        except ControlError:
+            continue
+        out.append(c)
+    if not out:
+        print("roguewatch: roguewatchd is not running (no answer on the control socket) and "
+              "no `roguewatch run` session is live", file=sys.stderr)  # fmt: skip
+        return None
+    return out
+
+
+def _all_sessions(clients: list[ControlClient]) -> list[tuple[ControlClient, dict]]:
+    out = []
+    for c in clients:
+        try:
+            out += [(c, s) for s in c.request("sessions")["sessions"]]
+        except ControlError:
+            continue  # a `run` that ended meanwhile
+    return out
+
+
+def _alert_counts() -> Counter:
+    counts: Counter = Counter()
+    try:
+        with open(ALERTS_FILE) as f:
+            for line in f:
+                try:
+                    counts[json.loads(line).get("session", "")] += 1
+                except ValueError:
+                    continue
+    except OSError:
+        pass
+    return counts
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    clients = _clients(args.control)
+    if clients is None:
+        return 2
+    sessions = [s for _, s in _all_sessions(clients)]
+    counts = _alert_counts()
+    for s in sessions:
+        s["alerts"] = counts.get(s["session"], 0)
+    if args.json:
+        for s in sessions:
+            print(json.dumps(s))
+        return 0
+    print(f"{'SESSION':<17} {'NAME':<16} {'ROOT':>7} {'PROCS':>5} {'ALERTS':>6} {'MODE':<8} CGROUP")
+    for s in sessions:
+        cg = s["cgroup"] or "-"
+        print(f"{s['session']:<17} {(s['name'] or '-')[:16]:<16} {s['root']:>7} "
+              f"{len(s['pids']):>5} {s['alerts']:>6} {s['mode']:<8} {cg}")  # fmt: skip
+    return 0
+
+
+def _find(clients: list[ControlClient], key: str) -> tuple[ControlClient, dict] | None:
+    for c, s in _all_sessions(clients):
+        if key in (s["session"], s["name"]) or key.lower().lstrip("0x") == s["session"]:
+            return c, s
+    return None
+
+
+_gone: set[int] = set()  # clients whose collector stopped answering
+
+
+def _pids(client: ControlClient, sid: str) -> list[int]:
+    """The session's tracked pids; none once its collector is gone (a `run` whose agent
+    ended stops its own collector: what is left of the session is in its cgroup)."""
+    if id(client) in _gone:
+        return []
+    try:
+        for s in client.request("sessions")["sessions"]:
+            if s["session"] == sid:
+                return s["pids"]
+    except (ControlError, zmq.ZMQError):
+        _gone.add(id(client))  # (a REQ socket that timed out cannot be used again)
+    return []
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        if pid > 1 and pid != os.getpid():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def _cgroup_pids(cgroup: str) -> list[int]:
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs")) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def kill_session(client: ControlClient, s: dict, grace: float) -> tuple[int, int]:
+    """(processes ended, survivors). SIGTERM, grace, then cgroup.kill or SIGKILL rounds."""
+    sid, cgroup = s["session"], s["cgroup"]
+    first = set(_pids(client, sid)) | set(_cgroup_pids(cgroup) if cgroup else [])
+    if cgroup:
+        try:  # a frozen session cannot handle SIGTERM: thaw it first
+            with open(os.path.join(cgroup, "cgroup.freeze"), "w") as f:
+                f.write("0")
+        except OSError:
+            pass
+    _signal_all(sorted(first), signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and (_pids(client, sid) or _cgroup_pids(cgroup)):
+        time.sleep(0.05)
+    if cgroup and _cgroup_pids(cgroup):
+        with open(os.path.join(cgroup, "cgroup.kill"), "w") as f:
+            f.write("1")
+    for _ in range(100):  # without a cgroup: again and again, forks included
+        left = _pids(client, sid) + (_cgroup_pids(cgroup) if cgroup else [])
+        if not left:
+            break
+        _signal_all(left, signal.SIGKILL)
+        time.sleep(0.02)
+    survivors = _pids(client, sid) + (_cgroup_pids(cgroup) if cgroup else [])
+    return len(first), len(set(survivors))
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    clients = _clients(args.control)
+    if clients is None:
+        return 2
+    found = _find(clients, args.session)
+    if found is None:
+        print(f"roguewatch: no live session {args.session!r} (see `roguewatch sessions`)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    client, s = found
+    try:
+        ended, survivors = kill_session(client, s, args.grace)
+    except ControlError as exc:
+        print(f"roguewatch: {exc}", file=sys.stderr)
+        return 2
+    print(f"session {s['session']} ({s['name'] or 'unnamed'}): {ended} processes ended, "
+          f"{survivors} survivors")  # fmt: skip
+    return 0 if survivors == 0 else 1
+
+
+def cmd_thaw(args: argparse.Namespace) -> int:
+    clients = _clients(args.control)
+    if clients is None:
+        return 2
+    found = _find(clients, args.session)
+    s = found[1] if found else None
+    if s is None or not s["cgroup"]:
+        print(f"roguewatch: no live session {args.session!r} with a cgroup", file=sys.stderr)
+        return 2
+    with open(os.path.join(s["cgroup"], "cgroup.freeze"), "w") as f:
+        f.write("0")
+    print(f"session {s['session']} thawed")
+    return 0

@@ -1,0 +1,133 @@
+"""roguewatchd's configuration: the embedded defaults, and a YAML file that overrides them.
+
+Owns the keys, their defaults and their validation. A bad file is an error that names the file
+and the key; nothing here is read again on the hot path.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from dataclasses import dataclass, field, fields
+
+import yaml
+
+from roguewatch.stream import bus
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class Config:
+    events_endpoint: str = bus.EVENTS_ENDPOINT
+    control_endpoint: str = bus.CONTROL_ENDPOINT
+    # Ring buffer size in 4 KiB pages (a power of two): 2048 = 8 MiB.
+    ringbuf_pages: int = 2048
+    # Most events per bus message; a batch is also sent whenever the ring buffer is drained.
+    batch_max: int = 1024
+    cache_dir: str = "/var/cache/roguewatch"
+    # Adoption selectors: processes of these users or uids, or whose comm is listed, are
+    # tracked from their exec on (and found by a /proc scan at start).
+    adopt_users: list[str] = field(default_factory=lambda: ["agent"])
+    adopt_uids: list[int] = field(default_factory=list)
+    adopt_comms: list[str] = field(default_factory=list)
+    # Print every event on stdout (the foreground mode of `make run`).
+    print_events: bool = False
+    # The alert stream.
+    alerts_endpoint: str = "ipc:///run/roguewatch/alerts.sock"
+    alerts_file: str = "/var/log/roguewatch/alerts.jsonl"
+    alerts_file_max_bytes: int = 10 * 1024 * 1024
+    alerts_file_keep: int = 5
+    journald: bool = True
+    # Print alerts on stdout (the foreground mode of `make run`).
+    print_alerts: bool = True
+    # Rules: the packaged packs, then these directories (missing ones are skipped).
+    rules_dirs: list[str] = field(default_factory=lambda: ["/etc/roguewatch/rules.d"])
+    # Patterns (name, glob, tag:T1053, category:egress) to disable, then enable.
+    rules_disable: list[str] = field(default_factory=list)
+    rules_enable: list[str] = field(default_factory=list)
+    # The policy applied to every session (egress allowlist, protected paths), or none.
+    policy_file: str = ""
+    # Identical alerts within this many seconds become one with a count.
+    dedup_window: int = 10
+    # Carry out rules' actions (kill, freeze); false: record them in alerts only.
+    enforce: bool = True
+    # Policies with adoption selectors (`adopt: {users, uids, comms}` + a policy), one per file.
+    policies_dir: str = "/etc/roguewatch/policies.d"
+    # Prometheus metrics on 127.0.0.1:PORT (0: off).
+    metrics_port: int = 0
+    # Host names in egress allowlists are re-resolved on their DNS TTL; this often when DNS
+    # gives none (a name from /etc/hosts).
+    egress_refresh_s: float = 60.0
+    # Filesystem watchers on persistence and oversight paths, with baselines and restore.
+    watch_files: bool = True
+    watch_extra: list[str] = field(default_factory=list)
+    state_dir: str = "/var/lib/roguewatch"
+    baseline_max_copy_bytes: int = 1024 * 1024
+    # Where the service writes its live counters for `roguewatch status`.
+    status_file: str = "/run/roguewatch/status.json"
+
+    def adopted_uids(self) -> list[int]:
+        """uids of adopt_uids plus those of adopt_users that exist on this host."""
+        return sorted(set(self.adopt_uids) | set(uids_of(self.adopt_users)))
+
+
+def uids_of(users: list[str]) -> list[int]:
+    """The uids of these user names; a user that does not exist (yet) adopts nothing."""
+    uids = []
+    for user in users:
+        try:
+            uids.append(pwd.getpwnam(user).pw_uid)
+        except KeyError:
+            pass
+    return uids
+
+
+_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+DEFAULT_PATH = "/etc/roguewatch/roguewatchd.yaml"
+
+
+def load(path: str | None) -> Config:
+    """The embedded defaults, overridden by ``path`` (or by /etc/roguewatch/roguewatchd.yaml
+    when it exists and no path is given)."""
+    cfg = Config()
+    if path is None:
+        if not os.path.exists(DEFAULT_PATH):
+            return cfg
+        path = DEFAULT_PATH
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    for key, value in data.items():
+        if key not in _TYPES:
+            raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(_TYPES)})")
+        default = getattr(cfg, key)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # seconds written as a whole number
+        ok = (
+            isinstance(value, list)
+            and all(isinstance(v, type(default[0]) if default else (str, int)) for v in value)
+            if isinstance(default, list)
+            else isinstance(value, type(default))
+            and not (isinstance(value, bool) and not isinstance(default, bool))
+        )
+        if not ok:
+            raise ConfigError(f"{path}: key {key!r}: expected {_TYPES[key]}, got {value!r}")
+        setattr(cfg, key, value)
+    if cfg.egress_refresh_s < 1:
+        raise ConfigError(f"{path}: key 'egress_refresh_s': expected at least 1 (seconds)")
+    if cfg.ringbuf_pages <= 0 or cfg.ringbuf_pages & (cfg.ringbuf_pages - 1):
+        raise ConfigError(f"{path}: key 'ringbuf_pages': expected a power of two")
+    return cfg

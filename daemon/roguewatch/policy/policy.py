@@ -1,0 +1,138 @@
+"""Policies: what one agent may do (mode, egress allowlist, protected paths, lists).
+
+Owns reading and validating a policy file. A bad entry is an error that names the file, the
+entry and what was expected; a policy that loads is complete and checked. Until per-session
+policies arrive with `roguewatch run`, the daemon applies one policy to every session.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import yaml
+
+from roguewatch.detect.fields import StaticPolicy, parse_egress_spec
+from roguewatch.policy.config import uids_of
+
+
+class PolicyError(Exception):
+    pass
+
+
+_KEYS = {"mode", "egress", "protect", "lists", "writable", "name"}
+
+
+def from_dict(data: object, where: str) -> StaticPolicy:
+    if data is None:
+        return StaticPolicy()
+    if not isinstance(data, dict):
+        raise PolicyError(f"{where}: expected a mapping with mode, egress, protect")
+    unknown = set(data) - _KEYS
+    if unknown:
+        raise PolicyError(f"{where}: unknown key {sorted(unknown)[0]!r} "
+                          f"(known: {', '.join(sorted(_KEYS))})")  # fmt: skip
+    mode = data.get("mode", "enforce")
+    if mode not in ("enforce", "observe"):
+        raise PolicyError(f"{where}: mode: expected 'enforce' or 'observe', got {mode!r}")
+    egress = data.get("egress") or {}
+    if not isinstance(egress, dict) or set(egress) - {"allow"}:
+        raise PolicyError(f"{where}: egress: expected a mapping with an 'allow' list")
+    allow = egress.get("allow") or []
+    if not isinstance(allow, list):
+        raise PolicyError(f"{where}: egress.allow: expected a list of destinations")
+    for i, spec in enumerate(allow):
+        if not isinstance(spec, str):
+            raise PolicyError(f"{where}: egress.allow[{i}]: expected a string, got {spec!r}")
+        try:
+            rule = parse_egress_spec(spec)
+        except ValueError as exc:
+            raise PolicyError(f"{where}: egress.allow[{i}]: {exc}") from None
+        if rule.host and ":" not in spec:
+            raise PolicyError(f"{where}: egress.allow[{i}]: {spec!r}: expected a CIDR or "
+                              "HOST:PORT (a host name needs its port)")  # fmt: skip
+    protect = data.get("protect") or []
+    if not isinstance(protect, list):
+        raise PolicyError(f"{where}: protect: expected a list of absolute paths")
+    for i, p in enumerate(protect):
+        if not isinstance(p, str) or not p.startswith("/"):
+            raise PolicyError(f"{where}: protect[{i}]: expected an absolute path, got {p!r}")
+    lists = data.get("lists") or {}
+    if not isinstance(lists, dict) or not all(isinstance(v, list) for v in lists.values()):
+        raise PolicyError(f"{where}: lists: expected a mapping of names to lists")
+    return StaticPolicy(
+        egress_allow=tuple(allow),
+        protect=tuple(os.path.normpath(p) for p in protect),
+        mode=mode,
+        lists={k: [str(x) for x in v] for k, v in lists.items()},
+    )
+
+
+def load(path: str) -> StaticPolicy:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        raise PolicyError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    return from_dict(data, path)
+
+
+def default() -> StaticPolicy:
+    """The policy without a policy file: loopback only, nothing protected, enforce."""
+    return StaticPolicy(egress_allow=("127.0.0.0/8", "::1/128"))
+
+
+@dataclass
+class Adoption:
+    """Agents the daemon adopts (by user, uid or comm) and the policy their sessions get."""
+
+    users: list[str]
+    uids: list[int]
+    comms: list[str]
+    policy: StaticPolicy
+    source: str
+
+    def all_uids(self) -> list[int]:
+        return [*self.uids, *uids_of(self.users)]
+
+    def matches(self, uid: int, comm: str) -> bool:
+        return uid in self.all_uids() or comm[:15] in {c[:15] for c in self.comms}
+
+
+def load_adoptions(directory: str) -> list[Adoption]:
+    """Every `*.yaml` in policies.d: an `adopt:` block (users, uids, comms) + a policy."""
+    out: list[Adoption] = []
+    if not os.path.isdir(directory):
+        return out
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith((".yaml", ".yml")):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise PolicyError(f"{path}: cannot read: {exc}") from None
+        if not isinstance(data, dict):
+            raise PolicyError(f"{path}: expected a mapping with adopt and policy keys")
+        adopt = data.pop("adopt", None) or {}
+        if not isinstance(adopt, dict) or set(adopt) - {"users", "uids", "comms"}:
+            raise PolicyError(f"{path}: adopt: expected a mapping of users, uids, comms")
+        users, uids, comms = (adopt.get(k) or [] for k in ("users", "uids", "comms"))
+        if (
+            not all(isinstance(u, str) for u in users)
+            or not all(isinstance(u, int) for u in uids)
+            or not all(isinstance(c, str) for c in comms)
+        ):
+            raise PolicyError(f"{path}: adopt: users and comms are names, uids are numbers")
+        out.append(Adoption(list(users), list(uids), list(comms), from_dict(data, path), path))
+    return out
+
+
+def as_dict(p: StaticPolicy) -> dict:
+    return {"egress_allow": list(p.egress_allow), "protect": list(p.protect), "mode": p.mode,
+            "lists": dict(p.lists)}  # fmt: skip

@@ -1,0 +1,394 @@
+"""`roguewatch run`: one agent, watched and stopped, with or without a running service.
+
+Owns the launch of an agent session and its verified end. Before the agent's first
+instruction: a cgroup v2 leaf of its own, its pid in the kernel's session map, the policy's
+egress programs on that cgroup (enforce mode), a Landlock domain that keeps it from
+signalling or ptracing anything outside it, and only then the exec (as ``--user`` when
+given). The launcher is child subreaper, so double-forked descendants stay its children. At
+the end: survivors are named (rule `persistence_process_survives_session`), killed in
+enforce mode, and the summary says how many were left: zero.
+
+Uses the running roguewatchd when its control socket answers; otherwise it starts a
+collector and an evaluator of its own for the session's lifetime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from roguewatch.runtime import components, launcher, readiness
+
+if TYPE_CHECKING:
+    import zmq
+
+    from roguewatch.respond import cgroups
+
+# Start-up time is a bar (issue 4: start-up to the agent's exec <= 1.5 s), and its longest
+# part is the private collector's own start: run starts it first and imports the rest of
+# what it needs (ZeroMQ, msgpack, the policy parser, cgroups, Landlock) while it loads.
+
+PR_SET_CHILD_SUBREAPER = 36
+# bus.CONTROL_ENDPOINT's socket, spelled here so that finding no roguewatchd costs no import
+# (tests/test_run.py checks that the two agree).
+SERVICE_CONTROL_SOCKET = "/run/roguewatch/control.sock"
+# How long the launcher waits for its alert subscription to be live before the agent's exec.
+WELCOME_TIMEOUT_S = 1.0
+
+
+def new_session_id() -> int:
+    """A random session id, as ``collector.new_session_id`` draws them (61 bits: below the
+    ranges of adopted sessions); not imported from there, the collector module is not light
+    (tests/test_run.py checks that the two agree)."""
+    import secrets
+
+    return secrets.randbits(61) or 1
+
+
+class RunError(Exception):
+    """The launcher's own failure (exit 2), with what to do."""
+
+
+def add_arguments(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run CMD as a watched agent session (enforce by default)")
+    p.add_argument("--policy", metavar="FILE", help="egress allowlist, protected paths, mode")
+    p.add_argument("--observe", action="store_true", help="alert only: never kill or block")
+    p.add_argument("--alerts", metavar="FILE", help="also append the session's alerts here")
+    p.add_argument("--json", action="store_true", help="alerts as JSON lines on stderr")
+    p.add_argument("--name", help="the session's name (default: the command's name)")
+    p.add_argument("--user", help="run the agent as this user (after set-up as root)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    p.set_defaults(fn=main)
+
+
+@dataclass
+class Monitor:
+    """The collector and evaluator this session uses (the service's, or our own).
+
+    Our own are started by ``launch_monitor`` and not waited for: ``wait`` says when both
+    are ready (the collector's probes attached, the evaluator subscribed)."""
+
+    alerts_endpoint: str
+    watcher: launcher.Watcher | None = None
+    pending: launcher.PendingCollector | None = None
+    evaluator: subprocess.Popen | None = None
+    evaluator_ready: int | None = None
+
+    def wait(self) -> launcher.Watcher:
+        if self.watcher is None:
+            assert self.pending is not None
+            try:
+                self.watcher = self.pending.wait()
+            except launcher.SessionError:
+                self.close()
+                raise
+            self.pending = None
+        if self.evaluator_ready is not None:
+            r, self.evaluator_ready = self.evaluator_ready, None
+            assert self.evaluator is not None
+            if not readiness.wait(r, self.evaluator):
+                proc = self.evaluator
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+                self.close()
+                raise RunError(f"the evaluator did not start: {err}")
+            components.forward_stderr(self.evaluator, "evaluator")
+        return self.watcher
+
+    def close(self) -> None:
+        if self.evaluator is not None and self.evaluator.poll() is None:
+            self.evaluator.terminate()
+        if self.evaluator_ready is not None:
+            os.close(self.evaluator_ready)
+            self.evaluator_ready = None
+        if self.pending is not None:
+            self.pending.abandon()
+            self.pending = None
+        if self.watcher is not None:
+            self.watcher.close()
+
+
+def launch_monitor() -> Monitor:
+    """The running roguewatchd's collector and evaluator, or our own, started (not waited
+    for): a collector, and an evaluator that subscribes to it as soon as its socket exists."""
+    if os.path.exists(SERVICE_CONTROL_SOCKET):
+        from roguewatch.outputs import alerts
+        from roguewatch.stream import bus
+        from roguewatch.stream.control import running
+
+        client = running()
+        if client is not None:
+            return Monitor(alerts.ALERTS_ENDPOINT, launcher.Watcher(bus.EVENTS_ENDPOINT, client))
+    pending = launcher.launch_private_collector()
+    # Everything of this run in the collector's root-only directory (removed at the end):
+    # its sockets, the evaluator's alert socket and alert file.
+    endpoint = f"ipc://{pending.tmpdir}/alerts.sock"
+    r, w = os.pipe()
+    try:
+        evaluator = subprocess.Popen(
+            [sys.executable, "-m", components.EVALUATOR, "--events", pending.events,
+             "--control", pending.control, "--alerts", endpoint,
+             "--alerts-file", f"{pending.tmpdir}/alerts.jsonl", "--no-journal", "--quiet",
+             "--ready-fd", str(w)],
+            pass_fds=(w,), stderr=subprocess.PIPE, preexec_fn=components.component_preexec,
+        )  # fmt: skip
+    except BaseException:
+        os.close(r)
+        pending.abandon()
+        raise
+    finally:
+        os.close(w)
+    return Monitor(endpoint, pending=pending, evaluator=evaluator, evaluator_ready=r)
+
+
+@dataclass
+class Summary:
+    alerts: list[dict] = field(default_factory=list)
+    survivors_found: list[int] = field(default_factory=list)
+    survivors_left: int = 0
+    swept: int = 0
+
+    def text(self, mode: str, status: int) -> str:
+        by_cat = Counter(a["category"] for a in self.alerts)
+        actions = Counter(a["action"] for a in self.alerts if a["action"] != "alert")
+        killed = sum(a.get("killed", 0) for a in self.alerts) + self.swept
+        cats = ", ".join(f"{n} {c}" for c, n in sorted(by_cat.items())) or "none"
+        acts = ", ".join(f"{n} {a}" for a, n in sorted(actions.items())) or "none"
+        return (
+            f"roguewatch: session ended ({mode} mode, exit status {status}). "
+            f"Alerts: {len(self.alerts)} ({cats}). Actions: {acts}. "
+            f"Processes killed: {killed}. Still alive when the agent's root exited: "
+            f"{len(self.survivors_found)}; survivors now: {self.survivors_left}."
+        )
+
+
+def _child_setup(user: pwd.struct_passwd | None) -> None:
+    """In the forked child, before exec: Landlock, then drop to the agent's user.
+
+    (The launcher already moved it into the session's cgroup, before it was tracked: its
+    own move is not the agent leaving a cgroup.)"""
+    from roguewatch.respond import landlock
+
+    landlock.restrict_self(scope_signals=True, scope_abstract_unix=True)
+    if user is not None:
+        os.initgroups(user.pw_name, user.pw_gid)
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+        os.environ.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from roguewatch.respond import landlock
+
+        self.args = args
+        self.command: list[str] = args.command
+        if os.geteuid() != 0:
+            raise RunError("run needs root (it loads BPF probes and creates cgroups): use sudo")
+        if not self.command:
+            raise RunError("no command given: roguewatch run [OPTIONS] -- CMD [ARG...]")
+        if args.policy and not os.path.isfile(args.policy):
+            raise RunError(f"bad policy: {args.policy}: no such file")
+        self.policy = None  # parsed while the collector starts (load_policy)
+        self.mode = "observe" if args.observe else "enforce"
+        self.user = None
+        if args.user:
+            try:
+                self.user = pwd.getpwnam(args.user)
+            except KeyError:
+                raise RunError(f"no user named {args.user!r} on this host") from None
+        if shutil.which(self.command[0]) is None and not os.path.exists(self.command[0]):
+            raise RunError(f"command not found: {self.command[0]}")
+        if landlock.abi() < 6:
+            raise RunError("this kernel's Landlock cannot scope signals (ABI 6 needed): "
+                           "see `roguewatch doctor`")  # fmt: skip
+        self.name = args.name or os.path.basename(self.command[0])
+        self.session = 0  # drawn once the collector is on its way (its module is not light)
+        self.summary = Summary()
+        self.alert_file = open(args.alerts, "a") if args.alerts else None  # noqa: SIM115
+
+    def load_policy(self) -> None:
+        from roguewatch.policy import policy as policy_mod
+
+        try:
+            self.policy = (
+                policy_mod.load(self.args.policy) if self.args.policy else policy_mod.default()
+            )
+        except policy_mod.PolicyError as exc:
+            raise RunError(f"bad policy: {exc}") from None
+        if self.policy.mode == "observe":
+            self.mode = "observe"
+
+    def _print(self, alert: dict) -> None:
+        from roguewatch.outputs import alerts
+
+        self.summary.alerts.append(alert)
+        line = json.dumps(alert, separators=(",", ":"))
+        if self.alert_file is not None:
+            self.alert_file.write(line + "\n")
+            self.alert_file.flush()
+        print(line if self.args.json else alerts.human(alert, sys.stderr.isatty()),
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    def _drain_alerts(self, sub: zmq.Socket, timeout_ms: int) -> int:
+        import msgpack
+
+        n = 0
+        while sub.poll(timeout_ms):
+            timeout_ms = 0
+            try:
+                alert = msgpack.unpackb(sub.recv(), raw=False)
+            except Exception:
+                continue
+            if alert and alert.get("session") == f"{self.session:x}":
+                self._print(alert)
+                n += 1
+        return n
+
+    def execute(self) -> int:
+        monitor = launch_monitor()
+        # While the collector loads its probes and snapshots the baselines, and the evaluator
+        # loads the rules: everything of ours that does not need them. (A bad policy is found
+        # here too: the monitor just started is stopped, and no session ran.)
+        cg = sub = control = None
+        try:
+            self.load_policy()
+            import zmq
+
+            from roguewatch.respond import cgroups
+            from roguewatch.stream.control import ControlError
+
+            self.session = new_session_id()
+            sub = zmq.Context.instance().socket(zmq.SUB)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.RECONNECT_IVL, 20)  # the evaluator may not have bound it yet
+            sub.connect(monitor.alerts_endpoint)
+            cg = cgroups.SessionCgroup.create(f"{self.name}-{self.session:x}"[:64])
+            ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+            pol = {
+                "egress_allow": list(self.policy.egress_allow),
+                "protect": list(self.policy.protect), "mode": self.mode,
+                "lists": self.policy.lists,
+            }  # fmt: skip
+            watcher = monitor.wait()
+            control = watcher.control
+            # The launcher and our evaluator are roguewatch too: signals and ptrace aimed at
+            # them are guard events, and a session process that tries is killed in the kernel.
+            for pid in (os.getpid(), monitor.evaluator.pid if monitor.evaluator else 0):
+                if pid:
+                    try:
+                        control.request("guard", pid=pid)
+                    except ControlError:
+                        pass
+            session_cg = cg
+
+            def register(pid: int) -> int:
+                try:
+                    session_cg.add(pid)
+                    # (waits for the collector's baseline snapshot: a change made before it
+                    # would become the baseline)
+                    control.request("register", pid=pid, session=self.session, name=self.name,
+                                    cgroup=session_cg.path, mode=self.mode,
+                                    policy=pol)  # fmt: skip
+                    if self.mode == "enforce":
+                        control.request("attach_egress", session=self.session,
+                                        cgroup=session_cg.path,
+                                        allow=list(self.policy.egress_allow))  # fmt: skip
+                except (ControlError, cgroups.CgroupError) as exc:
+                    raise launcher.SessionError(f"cannot set up the session: {exc}") from None
+                # Our alert subscription is live (the evaluator's welcome) before the agent
+                # runs: it was connected at the start, so this rarely waits.
+                sub.poll(int(WELCOME_TIMEOUT_S * 1000))
+                self._drain_alerts(sub, 0)
+                return self.session
+
+            status = 0
+            pid, _ = launcher.spawn_in_session(
+                self.command, register, preexec=lambda: _child_setup(self.user)
+            )
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda s, _f: os.kill(pid, s))
+            watcher.share_baselines()  # the agent runs: for the next run's start-up
+            while True:
+                self._drain_alerts(sub, 100)
+                done, st = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = launcher.exit_status(st)
+                    break
+                self._reap()
+            self._end(control, cg, sub, pid)
+        finally:
+            if control is not None:
+                try:
+                    control.request("release", session=self.session)
+                except ControlError:
+                    pass
+            self._reap()
+            if cg is not None:
+                try:
+                    cg.remove()
+                except cgroups.CgroupError:
+                    pass
+            if sub is not None:
+                sub.close(0)
+            monitor.close()
+            if self.alert_file is not None:
+                self.alert_file.close()
+        print(self.summary.text(self.mode, status), file=sys.stderr, flush=True)
+        return status
+
+    def _reap(self) -> None:
+        """As subreaper we inherit the agent's orphans: collect their exit statuses."""
+        while True:
+            try:
+                done, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not done:
+                return
+
+    def _end(self, control, cg: cgroups.SessionCgroup, sub: zmq.Socket, root: int) -> None:
+        """The root exited: name the survivors, let the rules act, then verify the end."""
+        from roguewatch.stream.control import ControlError
+
+        try:
+            reply = control.request("session_end", session=self.session, root=root)
+            self.summary.survivors_found = list(reply.get("survivors", []))
+        except ControlError:
+            self.summary.survivors_found = cg.pids()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # the alerts (and kills) for the survivors
+            if not self._drain_alerts(sub, 300) and (not cg.populated() or self.mode != "enforce"):
+                break
+        if self.mode == "enforce" and cg.populated():
+            # Belt and braces: whatever the rules did, nothing of the session outlives it.
+            self.summary.swept = cg.kill()
+            cg.wait_empty(2.0)
+        self._reap()
+        self.summary.survivors_left = len(cg.pids())
+
+
+def main(args: argparse.Namespace) -> int:
+    if getattr(args, "command", None) and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    from roguewatch.respond import cgroups, landlock
+
+    try:
+        return Run(args).execute()
+    except (RunError, launcher.SessionError, cgroups.CgroupError, landlock.LandlockError) as exc:
+        print(f"roguewatch run: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,806 @@
+"""Loading roguewatch's BPF probes into the kernel, and the maps user space shares with them.
+
+Owns: compiling ``probes/*.bpf.c`` with bcc into a *probe image* (bytecode of every tracepoint
+program plus the definitions of the maps it uses), caching that image on disk, and loading an
+image: creating the maps, patching their fds into the bytecode, loading and attaching the
+programs. Also owns the typed operations on the shared maps (sessions, adoption selectors,
+the guard set, loss counters).
+
+Why an image: bcc compiles with clang at every start (about 4 s for these probes, 130 MB of
+LLVM in the process). The image is compiled once per (sources, options, kernel, bcc) in a
+subprocess and loaded in a fraction of a second, so start-up stays short and the collector
+never compiles (libbcc, which it uses for map and program syscalls, still maps LLVM's
+shared libraries: about 54 MB of its resident memory). bcc's own program loading is not
+used at run time.
+
+It must not decode records (``roguewatch.probes.layout``) or poll the ring buffer
+(``roguewatch.sensors.ringbuf``).
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import hashlib
+import importlib.resources
+import ipaddress
+import os
+import platform
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import msgpack
+
+from roguewatch.host import kernelenv
+
+PROBE_FILES = ("process", "network", "files", "signals", "system", "egress")
+HEADER = "roguewatch.h"
+CACHE_DIR = "/var/cache/roguewatch"
+DEFAULT_RINGBUF_PAGES = 2048  # 8 MiB
+
+BPF_PROG_TYPE_TRACEPOINT = 5
+BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
+BPF_PROG_LOAD, BPF_PROG_ATTACH, BPF_PROG_DETACH = 5, 8, 9
+BPF_F_ALLOW_MULTI = 2
+# The egress programs (probes/egress.bpf.c) and the cgroup hook each one is for.
+SOCK_ADDR_PROGS = {
+    "rw_egress_connect4": 10,  # BPF_CGROUP_INET4_CONNECT
+    "rw_egress_connect6": 11,  # BPF_CGROUP_INET6_CONNECT
+    "rw_egress_sendmsg4": 14,  # BPF_CGROUP_UDP4_SENDMSG
+    "rw_egress_sendmsg6": 15,  # BPF_CGROUP_UDP6_SENDMSG
+}
+EGRESS_RANGES = 8
+BPF_PSEUDO_MAP_FD = 1
+BPF_LD_IMM64 = 0x18
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_TYPE_RINGBUF = 27
+BPF_MAP_TYPE_TASK_STORAGE = 29
+# RW_EVENTS_FD in roguewatch.h: the ring buffer map, where bcc's C has no way to name it
+EVENTS_FD_PLACEHOLDER = 0x7EADBEE
+BPF_MAP_CREATE = 0
+BPF_BTF_LOAD = 18
+SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
+
+# Tracepoints whose absence means "not on this kernel"; the C guards them with these macros.
+OPTIONAL_GROUPS: dict[str, tuple[tuple[str, str], ...]] = {
+    "RW_HAVE_MODULE_TRACEPOINTS": (
+        ("syscalls", "sys_enter_init_module"),
+        ("syscalls", "sys_enter_finit_module"),
+    ),
+    "RW_HAVE_FCHMODAT2": (("syscalls", "sys_enter_fchmodat2"),),
+}
+
+
+class ProbeError(Exception):
+    """Probes that cannot be built or loaded, with what to do about it."""
+
+
+_libc = ct.CDLL(None, use_errno=True)
+_libc.syscall.restype = ct.c_long
+
+
+class _MapInfo(ct.Structure):
+    _fields_ = [
+        ("type", ct.c_uint32),
+        ("id", ct.c_uint32),
+        ("key_size", ct.c_uint32),
+        ("value_size", ct.c_uint32),
+        ("max_entries", ct.c_uint32),
+        ("map_flags", ct.c_uint32),
+        ("name", ct.c_char * 16),
+        ("rest", ct.c_uint8 * 64),
+    ]
+
+
+class _InfoAttr(ct.Structure):
+    _fields_ = [("bpf_fd", ct.c_uint32), ("info_len", ct.c_uint32), ("info", ct.c_uint64)]
+
+
+class _MapCreateAttr(ct.Structure):
+    _fields_ = [
+        ("map_type", ct.c_uint32), ("key_size", ct.c_uint32), ("value_size", ct.c_uint32),
+        ("max_entries", ct.c_uint32), ("map_flags", ct.c_uint32), ("inner_map_fd", ct.c_uint32),
+        ("numa_node", ct.c_uint32), ("map_name", ct.c_char * 16), ("map_ifindex", ct.c_uint32),
+        ("btf_fd", ct.c_uint32), ("btf_key_type_id", ct.c_uint32),
+        ("btf_value_type_id", ct.c_uint32),
+    ]  # fmt: skip
+
+
+class _BtfLoadAttr(ct.Structure):
+    _fields_ = [
+        ("btf", ct.c_uint64), ("btf_log_buf", ct.c_uint64), ("btf_size", ct.c_uint32),
+        ("btf_log_size", ct.c_uint32), ("btf_log_level", ct.c_uint32),
+    ]  # fmt: skip
+
+
+def storage_btf(value_size: int) -> bytes:
+    """The smallest BTF a task storage map accepts: type 1 `int` (its key), type 3 an array
+    of `value_size` chars (its value). The kernel asks for BTF to create such a map, and
+    our loader (which keeps no program BTF) describes the value as plain bytes."""
+    strings = b"\0int\0char\0"
+    types = struct.pack(
+        "<IIII" "IIII" "IIIIII",
+        1, 1 << 24, 4, (1 << 24) | 32,  # [1] int: KIND_INT, 4 bytes, signed, 32 bits
+        5, 1 << 24, 1, 8,  # [2] char: KIND_INT, 1 byte, 8 bits
+        0, 3 << 24, 0, 2, 1, value_size,  # [3] char[value_size]: KIND_ARRAY of [2], index [1]
+    )  # fmt: skip
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + types + strings
+
+
+def create_task_storage_map(name: str, value_size: int, flags: int) -> int:
+    """bpf(BPF_MAP_CREATE) for a task storage map, with the BTF it needs; its fd."""
+    blob = ct.create_string_buffer(storage_btf(value_size))
+    log = ct.create_string_buffer(4096)
+    battr = _BtfLoadAttr(ct.addressof(blob), ct.addressof(log), len(blob.raw) - 1, len(log), 1)
+    btf = _libc.syscall(SYS_BPF, BPF_BTF_LOAD, ct.byref(battr), ct.sizeof(battr))
+    if btf < 0:
+        err = ct.get_errno()
+        raise ProbeError(f"loading the BTF of map {name}: {os.strerror(err)}: "
+                         f"{log.value.decode(errors='replace').strip()[-200:]}")  # fmt: skip
+    try:
+        attr = _MapCreateAttr(BPF_MAP_TYPE_TASK_STORAGE, 4, value_size, 0, flags, 0, 0,
+                              name[:15].encode(), 0, btf, 1, 3)  # fmt: skip
+        fd = _libc.syscall(SYS_BPF, BPF_MAP_CREATE, ct.byref(attr), ct.sizeof(attr))
+        if fd < 0:
+            err = ct.get_errno()
+            raise ProbeError(
+                f"creating task storage map {name}: {os.strerror(err)} (the probes keep each "
+                "syscall's record in BPF task local storage: Linux 5.11+ with BTF; see "
+                "`roguewatch doctor`)"
+            )
+        return fd
+    finally:
+        os.close(btf)  # the map holds its own reference
+
+
+def map_info(fd: int) -> _MapInfo:
+    info = _MapInfo()
+    attr = _InfoAttr(fd, ct.sizeof(info), ct.addressof(info))
+    if _libc.syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, ct.byref(attr), ct.sizeof(attr)) < 0:
+        err = ct.get_errno()
+        raise ProbeError(f"bpf(OBJ_GET_INFO_BY_FD, {fd}): {os.strerror(err)}")
+    return info
+
+
+def _libbcc() -> ct.CDLL:
+    try:
+        lib = ct.CDLL("libbcc.so.0", use_errno=True)
+    except OSError as exc:
+        raise ProbeError(f"libbcc not found ({exc}): apt-get install python3-bpfcc") from None
+    lib.bcc_create_map.restype = ct.c_int
+    lib.bcc_create_map.argtypes = [ct.c_int, ct.c_char_p, ct.c_int, ct.c_int, ct.c_int, ct.c_int]
+    lib.bcc_prog_load.restype = ct.c_int
+    lib.bcc_prog_load.argtypes = [
+        ct.c_int, ct.c_char_p, ct.c_void_p, ct.c_int, ct.c_char_p,
+        ct.c_uint, ct.c_int, ct.c_char_p, ct.c_uint,
+    ]  # fmt: skip
+    lib.bpf_attach_tracepoint.restype = ct.c_int
+    lib.bpf_attach_tracepoint.argtypes = [ct.c_int, ct.c_char_p, ct.c_char_p]
+    lib.bpf_update_elem.restype = ct.c_int
+    lib.bpf_update_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_ulonglong]
+    lib.bpf_lookup_elem.restype = ct.c_int
+    lib.bpf_lookup_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    lib.bpf_delete_elem.restype = ct.c_int
+    lib.bpf_delete_elem.argtypes = [ct.c_int, ct.c_void_p]
+    lib.bpf_get_next_key.restype = ct.c_int
+    lib.bpf_get_next_key.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    return lib
+
+
+# ---------------------------------------------------------------------------------------------
+# The probe image
+
+
+@dataclass
+class MapDef:
+    name: str
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+
+
+@dataclass
+class ProgDef:
+    category: str
+    event: str
+    insns: bytes
+    relocs: list[tuple[int, str]]  # (instruction index, map name) of each map fd load
+
+
+@dataclass
+class ProbeImage:
+    key: str
+    maps: list[MapDef]
+    progs: list[ProgDef]
+    missing: list[str] = field(default_factory=list)  # optional tracepoints not on this kernel
+
+    def dumps(self) -> bytes:
+        return msgpack.packb(
+            {
+                "key": self.key,
+                "maps": [vars(m) for m in self.maps],
+                "progs": [
+                    {"category": p.category, "event": p.event, "insns": p.insns, "relocs": p.relocs}
+                    for p in self.progs
+                ],
+                "missing": self.missing,
+            },
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def loads(cls, data: bytes) -> ProbeImage:
+        d = msgpack.unpackb(data, raw=False)
+        return cls(
+            key=d["key"],
+            maps=[MapDef(**m) for m in d["maps"]],
+            progs=[
+                ProgDef(p["category"], p["event"], p["insns"], [tuple(r) for r in p["relocs"]])
+                for p in d["progs"]
+            ],
+            missing=list(d["missing"]),
+        )
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
+    max_procs: int = 65536  # tracked processes (the session map), all sessions together
+
+    def cflags(self, have: list[str]) -> list[str]:
+        flags = [f"-DRW_RINGBUF_PAGES={self.ringbuf_pages}", "-Wno-macro-redefined"]
+        if self.max_procs != 65536:
+            flags.append(f"-DRW_MAX_PROCS={self.max_procs}")
+        flags += [f"-D{m}=1" for m in have]
+        return flags
+
+
+def probe_source() -> str:
+    base = importlib.resources.files("roguewatch.probes")
+    text = base.joinpath(HEADER).read_text()
+    for name in PROBE_FILES:
+        text += f"\n/* ---- {name}.bpf.c ---- */\n" + base.joinpath(f"{name}.bpf.c").read_text()
+    return text
+
+
+def optional_macros() -> tuple[list[str], list[str]]:
+    """(macros for optional tracepoint groups present here, tracepoints missing here)."""
+    have, missing = [], []
+    for macro, tps in OPTIONAL_GROUPS.items():
+        absent = [f"{c}:{n}" for c, n in tps if not kernelenv.tracepoint_exists(c, n)]
+        if absent:
+            missing += absent
+        else:
+            have.append(macro)
+    return have, missing
+
+
+def image_key(opts: BuildOptions) -> str:
+    try:
+        import bcc
+
+        bcc_version = getattr(bcc, "__version__", "?")
+    except ImportError:
+        bcc_version = "none"
+    have, _ = optional_macros()
+    h = hashlib.sha256()
+    for part in (probe_source(), repr(opts.cflags(have)), platform.release(), bcc_version):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+def compile_image(opts: BuildOptions) -> ProbeImage:
+    """Compile the probes with bcc (clang) without loading them, and extract the image."""
+    try:
+        from bcc import BPF
+    except ImportError:
+        raise ProbeError(
+            "bcc is not importable: apt-get install python3-bpfcc, and run from a venv made "
+            "with /usr/bin/python3 -m venv --system-site-packages (or `make deps`)"
+        ) from None
+
+    class _CompileOnly(BPF):
+        def _trace_autoload(self) -> None:  # compile, do not load or attach
+            pass
+
+    kernelenv.tracefs_dir()
+    have, missing = optional_macros()
+    try:
+        b = _CompileOnly(text=probe_source(), cflags=opts.cflags(have))
+    except Exception as exc:
+        raise ProbeError(f"compiling the probes failed: {exc}") from None
+    lib = _libbcc()
+    del lib
+    from bcc.libbcc import lib as bcclib
+
+    maps: dict[str, MapDef] = {}
+    fd_names: dict[int, str] = {}
+    progs: list[ProgDef] = []
+    for i in range(bcclib.bpf_num_functions(b.module)):
+        fname = bcclib.bpf_function_name(b.module, i).decode()
+        if fname.startswith("tracepoint__"):
+            _, category, event = fname.split("__", 2)
+        elif fname in SOCK_ADDR_PROGS:
+            category, event = "cgroup", fname
+        else:
+            continue
+        insns = bytes(b.dump_func(fname))
+        relocs: list[tuple[int, str]] = []
+        for idx in range(len(insns) // 8):
+            code, regs = insns[idx * 8], insns[idx * 8 + 1]
+            if code == BPF_LD_IMM64 and (regs >> 4) == BPF_PSEUDO_MAP_FD:
+                fd = struct.unpack_from("<i", insns, idx * 8 + 4)[0]
+                if fd == EVENTS_FD_PLACEHOLDER:  # the ring, named by hand (roguewatch.h)
+                    relocs.append((idx, "events"))
+                    continue
+                if fd not in fd_names:
+                    info = map_info(fd)
+                    name = info.name.decode()
+                    if name in maps:
+                        raise ProbeError(f"two maps named {name!r} (15-byte kernel names)")
+                    maps[name] = MapDef(
+                        name, info.type, info.key_size, info.value_size,
+                        info.max_entries, info.map_flags,
+                    )  # fmt: skip
+                    fd_names[fd] = name
+                relocs.append((idx, fd_names[fd]))
+        progs.append(ProgDef(category, event, insns, relocs))
+    # Maps no program references (none today) would be missing: name them all explicitly.
+    for name in ("events", "sessions", "adopt_uids", "adopt_comms", "guarded", "lost", "counters"):
+        if name not in maps:
+            fd = b.get_table(name).map_fd
+            info = map_info(fd)
+            maps[name] = MapDef(
+                name, info.type, info.key_size, info.value_size, info.max_entries, info.map_flags
+            )
+    b.cleanup()
+    return ProbeImage(image_key(opts), list(maps.values()), progs, missing)
+
+
+def cached_image(opts: BuildOptions, cache_dir: str = CACHE_DIR) -> ProbeImage:
+    """The image for these options: from the cache, or compiled in a subprocess and cached."""
+    key = image_key(opts)
+    path = os.path.join(cache_dir, f"probes-{key}.img")
+    try:
+        with open(path, "rb") as f:
+            img = ProbeImage.loads(f.read())
+        if img.key == key:
+            return img
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+    # Compile in a child so clang's memory never stays in a long-running process.
+    proc = subprocess.run(
+        [sys.executable, "-m", "roguewatch.sensors.bpf", "--build", path,
+         "--ringbuf-pages", str(opts.ringbuf_pages), "--max-procs", str(opts.max_procs)],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise ProbeError(proc.stderr.strip().splitlines()[-1] if proc.stderr else "compile failed")
+    with open(path, "rb") as f:
+        img = ProbeImage.loads(f.read())
+    if img.key != key:  # the build was given other options than these: never use it
+        os.unlink(path)
+        raise ProbeError(f"the probe image built for {opts} does not match its options")
+    return img
+
+
+def _write_image(path: str, opts: BuildOptions) -> None:
+    img = compile_image(opts)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".probes-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(img.dumps())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaded probes
+
+# struct rw_proc in roguewatch.h: session, start_ns, pstart_ns, ppid, flags
+_PROC = struct.Struct("<QQQII")
+RW_F_ADOPTED = 1 << 1
+RW_P_OBSERVE = 1 << 8
+
+
+@dataclass
+class Attached:
+    category: str
+    event: str
+    prog_fd: int
+    link_fd: int
+
+
+class Probes:
+    """The probes, loaded and attached; the shared maps by name. Close to detach."""
+
+    def __init__(self, image: ProbeImage) -> None:
+        self._lib = _libbcc()
+        self.image = image
+        self.map_fds: dict[str, int] = {}
+        self.attached: list[Attached] = []
+        self.failed: list[tuple[str, str]] = []
+        self.sock_progs: dict[str, int] = {}
+        kernelenv.tracefs_dir()
+        try:
+            for m in image.maps:
+                if m.type == BPF_MAP_TYPE_TASK_STORAGE:
+                    self.map_fds[m.name] = create_task_storage_map(m.name, m.value_size, m.flags)
+                    continue
+                fd = self._lib.bcc_create_map(
+                    m.type, m.name.encode(), m.key_size, m.value_size, m.max_entries, m.flags
+                )
+                if fd < 0:
+                    err = ct.get_errno()
+                    raise ProbeError(f"creating map {m.name}: {os.strerror(err)}")
+                self.map_fds[m.name] = fd
+            # Two at a time: the kernel verifies each program in the loading thread, and
+            # ctypes lets go of the GIL, so both cores verify (0.24 s -> about 0.15 s here).
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                outcomes = list(pool.map(self._load_quietly, image.progs))
+            errors = [o for o in outcomes if isinstance(o, BaseException)]
+            for o in outcomes:
+                if isinstance(o, Attached):
+                    self.attached.append(o)
+                elif isinstance(o, tuple) and len(o) == 2 and isinstance(o[1], str):
+                    self.failed.append(o)
+            if errors:
+                raise errors[0]
+        except BaseException:
+            self.close()
+            raise
+        if not self.attached:
+            raise ProbeError(f"no probe could be attached: {self.failed[:3]}")
+
+    def _load_quietly(self, p: ProgDef) -> Attached | tuple[str, str] | BaseException | None:
+        try:
+            return self._load(p)
+        except BaseException as exc:  # handed to the loading thread, which raises it
+            return exc
+
+    def _load(self, p: ProgDef) -> Attached | tuple[str, str] | None:
+        """Load (and attach) one program: its attachment, or (tracepoint, why) when the
+        tracepoint cannot be attached here; None for a cgroup program (attached later)."""
+        insns = bytearray(p.insns)
+        for idx, name in p.relocs:
+            struct.pack_into("<i", insns, idx * 8 + 4, self.map_fds[name])
+        if p.category == "cgroup":  # loaded now, attached per session cgroup later
+            self.sock_progs[p.event] = _prog_load_sock_addr(
+                p.event, bytes(insns), SOCK_ADDR_PROGS[p.event]
+            )
+            return None
+        buf = (ct.c_char * len(insns)).from_buffer(insns)
+        log = ct.create_string_buffer(65536)
+        name = f"rw_{p.event}"[:15].encode()
+        fd = self._lib.bcc_prog_load(
+            BPF_PROG_TYPE_TRACEPOINT, name, buf, len(insns), b"GPL", 0, 0, log, len(log)
+        )
+        if fd < 0:
+            err = ct.get_errno()
+            # Retry with the verifier's log, which is what a person needs to read.
+            self._lib.bcc_prog_load(
+                BPF_PROG_TYPE_TRACEPOINT, name, buf, len(insns), b"GPL", 0, 1, log, len(log)
+            )
+            tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
+            raise ProbeError(f"loading {p.category}:{p.event}: {os.strerror(err)}: {tail}")
+        link = self._lib.bpf_attach_tracepoint(fd, p.category.encode(), p.event.encode())
+        if link < 0:
+            err = ct.get_errno()
+            os.close(fd)
+            return (f"{p.category}:{p.event}", os.strerror(err or errno.ENOENT))
+        return Attached(p.category, p.event, fd, link)
+
+    # -- maps ------------------------------------------------------------------------------
+
+    def fd(self, name: str) -> int:
+        return self.map_fds[name]
+
+    def _update(self, name: str, key: bytes, value: bytes) -> None:
+        k, v = ct.create_string_buffer(key, len(key)), ct.create_string_buffer(value, len(value))
+        if self._lib.bpf_update_elem(self.map_fds[name], k, v, 0) < 0:
+            raise ProbeError(f"updating {name}: {os.strerror(ct.get_errno())}")
+
+    def _delete(self, name: str, key: bytes) -> bool:
+        k = ct.create_string_buffer(key, len(key))
+        return self._lib.bpf_delete_elem(self.map_fds[name], k) == 0
+
+    def _lookup(self, name: str, key: bytes, size: int) -> bytes | None:
+        k, v = ct.create_string_buffer(key, len(key)), ct.create_string_buffer(size)
+        if self._lib.bpf_lookup_elem(self.map_fds[name], k, v) < 0:
+            return None
+        return v.raw
+
+    def unclaimed_denials(self, older_than_ns: int, header_size: int) -> list[bytes]:
+        """Records of egress denials that no syscall exit claimed (io_uring's connects and
+        sends have none) and that are older than ``older_than_ns``: taken out of the map."""
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        out = []
+        for key in self.keys("egress_denied", 4):
+            raw = self._lookup("egress_denied", key, header_size)
+            if raw is None or now - struct.unpack_from("<Q", raw)[0] < older_than_ns:
+                continue
+            if self._delete("egress_denied", key):  # not claimed meanwhile
+                out.append(raw)
+        return out
+
+    def keys(self, name: str, key_size: int) -> list[bytes]:
+        out: list[bytes] = []
+        cur = ct.create_string_buffer(key_size)
+        nxt = ct.create_string_buffer(key_size)
+        prev = None
+        while self._lib.bpf_get_next_key(self.map_fds[name], prev, nxt) == 0:
+            out.append(nxt.raw)
+            ct.memmove(cur, nxt, key_size)
+            prev = cur
+        return out
+
+    def register(
+        self, pid: int, session: int, start_ns: int, pstart_ns: int = 0, ppid: int = 0,
+        adopted: bool = False, observe: bool = False,
+    ) -> None:  # fmt: skip
+        """Put a process in a session: it and everything it starts from now on is tracked.
+
+        ``observe``: the kernel never kills in this session (guard events still fire)."""
+        flags = (RW_F_ADOPTED if adopted else 0) | (RW_P_OBSERVE if observe else 0)
+        self._update(
+            "sessions",
+            struct.pack("<I", pid),
+            _PROC.pack(session, start_ns, pstart_ns, ppid, flags),
+        )
+
+    def unregister(self, pid: int) -> bool:
+        return self._delete("sessions", struct.pack("<I", pid))
+
+    def session_of(self, pid: int) -> int | None:
+        raw = self._lookup("sessions", struct.pack("<I", pid), _PROC.size)
+        return _PROC.unpack(raw)[0] if raw else None
+
+    def tracked(self) -> dict[int, int]:
+        """pid -> session of every process the kernel tracks."""
+        out = {}
+        for k in self.keys("sessions", 4):
+            pid = struct.unpack("<I", k)[0]
+            s = self.session_of(pid)
+            if s is not None:
+                out[pid] = s
+        return out
+
+    def adopt_uid(self, uid: int) -> None:
+        self._update("adopt_uids", struct.pack("<I", uid), b"\1")
+
+    def adopt_comm(self, comm: str) -> None:
+        self._update("adopt_comms", comm.encode()[:15].ljust(16, b"\0"), b"\1")
+
+    def guard(self, pid: int) -> None:
+        """Signals and ptrace aimed at this task become guard events, from any process."""
+        self._update("guarded", struct.pack("<I", pid), b"\1")
+
+    def is_guarded(self, pid: int) -> bool:
+        """Whether this task is one of roguewatch's own (the guarded map)."""
+        return self._lookup("guarded", struct.pack("<I", pid), 1) is not None
+
+    def unguard(self, pid: int) -> None:
+        self._delete("guarded", struct.pack("<I", pid))
+
+    def lost_by_type(self) -> list[int]:
+        """Records the kernel could not write, per event type number (summed over CPUs)."""
+        m = next(m for m in self.image.maps if m.name == "lost")
+        # Per-CPU values are 8-byte aligned slots, one per possible CPU.
+        ncpu = _possible_cpus()
+        out = []
+        for t in range(m.max_entries):
+            raw = self._lookup("lost", struct.pack("<I", t), 8 * ncpu)
+            out.append(sum(struct.unpack(f"<{ncpu}Q", raw)) if raw else 0)
+        return out
+
+    def _counter(self, index: int) -> int:
+        """counters[index] (roguewatch.h says which is which)."""
+        raw = self._lookup("counters", struct.pack("<I", index), 8)
+        return struct.unpack("<Q", raw)[0] if raw else 0
+
+    def pending_overflows(self) -> int:
+        return self._counter(1)
+
+    def untracked_forks(self) -> int:
+        """Children that escaped tracking because the session map was full."""
+        return self._counter(2)
+
+    # -- egress denial -----------------------------------------------------------------------
+
+    def attach_egress(
+        self, cgroup_fd: int, cgid: int, session: int, allow: list[str],
+        addresses: Callable[[str], list[str]] | None = None,
+    ) -> None:  # fmt: skip
+        """Refuse, in the kernel, every connect/sendmsg from this cgroup outside ``allow``."""
+        if len(self.sock_progs) != len(SOCK_ADDR_PROGS):
+            raise ProbeError("the egress programs are not loaded (rebuild the probe image)")
+        self.update_egress(cgid, allow, addresses)
+        self._update("egress_cgroups", struct.pack("<Q", cgid), struct.pack("<Q", session))
+        for name, attach_type in SOCK_ADDR_PROGS.items():
+            _prog_attach(BPF_PROG_ATTACH, cgroup_fd, self.sock_progs[name], attach_type)
+
+    def update_egress(
+        self, cgid: int, allow: list[str], addresses: Callable[[str], list[str]] | None = None
+    ) -> None:
+        """Write a cgroup's allowlist entries: the new ones first, then drop the stale ones,
+        so a destination allowed before and after is never refused in between."""
+        new = egress_entries(cgid, allow, addresses)
+        for key, value in new:
+            self._update("egress_allow4" if len(key) == 16 else "egress_allow6", key, value)
+        keep = {k for k, _ in new}
+        for mapname, klen in (("egress_allow4", 16), ("egress_allow6", 28)):
+            for k in self.keys(mapname, klen):
+                if struct.unpack_from("<Q", k, 4)[0] == cgid and k not in keep:
+                    self._delete(mapname, k)
+
+    def detach_egress(self, cgroup_fd: int, cgid: int) -> None:
+        for name, attach_type in SOCK_ADDR_PROGS.items():
+            try:
+                _prog_attach(BPF_PROG_DETACH, cgroup_fd, self.sock_progs[name], attach_type)
+            except ProbeError:
+                pass  # the cgroup is gone: detached with it
+        self._delete("egress_cgroups", struct.pack("<Q", cgid))
+        for mapname, klen in (("egress_allow4", 16), ("egress_allow6", 28)):
+            for k in self.keys(mapname, klen):
+                if struct.unpack_from("<Q", k, 4)[0] == cgid:
+                    self._delete(mapname, k)
+
+    def ringbuf_size(self) -> int:
+        return next(m.max_entries for m in self.image.maps if m.name == "events")
+
+    def close(self) -> None:
+        # Each tracepoint detach waits for an RCU grace period (~70 ms here): one after the
+        # other, 115 of them take 8 s. Closed from many threads, they share grace periods.
+        links = [a.link_fd for a in self.attached]
+        if links:
+            with ThreadPoolExecutor(max_workers=min(64, len(links))) as pool:
+                list(pool.map(_close_quietly, links))
+        for a in self.attached:
+            _close_quietly(a.prog_fd)
+        self.attached = []
+        for fd in self.sock_progs.values():
+            _close_quietly(fd)
+        self.sock_progs = {}
+        for fd in self.map_fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.map_fds = {}
+
+    def __enter__(self) -> Probes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _ProgLoadAttr(ct.Structure):
+    _fields_ = [
+        ("prog_type", ct.c_uint32), ("insn_cnt", ct.c_uint32), ("insns", ct.c_uint64),
+        ("license", ct.c_uint64), ("log_level", ct.c_uint32), ("log_size", ct.c_uint32),
+        ("log_buf", ct.c_uint64), ("kern_version", ct.c_uint32), ("prog_flags", ct.c_uint32),
+        ("prog_name", ct.c_char * 16), ("prog_ifindex", ct.c_uint32),
+        ("expected_attach_type", ct.c_uint32),
+    ]  # fmt: skip
+
+
+def _prog_load_sock_addr(name: str, insns: bytes, attach_type: int) -> int:
+    """bpf(BPF_PROG_LOAD) for a cgroup sock_addr program: it needs its expected attach type
+    at load time, which libbcc's bcc_prog_load cannot pass."""
+    code = ct.create_string_buffer(insns, len(insns))
+    lic = ct.create_string_buffer(b"GPL")
+    log = ct.create_string_buffer(65536)
+    attr = _ProgLoadAttr(
+        BPF_PROG_TYPE_CGROUP_SOCK_ADDR, len(insns) // 8, ct.addressof(code), ct.addressof(lic),
+        0, 0, 0, 0, 0, name[:15].encode(), 0, attach_type,
+    )  # fmt: skip
+    fd = _libc.syscall(SYS_BPF, BPF_PROG_LOAD, ct.byref(attr), ct.sizeof(attr))
+    if fd < 0:
+        err = ct.get_errno()
+        attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ct.addressof(log)
+        _libc.syscall(SYS_BPF, BPF_PROG_LOAD, ct.byref(attr), ct.sizeof(attr))
+        tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
+        raise ProbeError(f"loading {name}: {os.strerror(err)}: {tail}")
+    return fd
+
+
+def _prog_attach(cmd: int, target_fd: int, prog_fd: int, attach_type: int) -> None:
+    attr = (ct.c_uint32 * 5)(target_fd, prog_fd, attach_type, BPF_F_ALLOW_MULTI, 0)
+    if _libc.syscall(SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr)) < 0:
+        what = "attaching" if cmd == BPF_PROG_ATTACH else "detaching"
+        raise ProbeError(f"{what} an egress program: {os.strerror(ct.get_errno())}")
+
+
+def egress_entries(
+    cgid: int, allow: list[str], addresses: Callable[[str], list[str]] | None = None
+) -> list[tuple[bytes, bytes]]:
+    """LPM trie entries (key, value) for a cgroup's allowlist.
+
+    A lookup finds only the longest matching prefix, so each entry also carries the port
+    ranges of every shorter entry that contains it. Host names are resolved by
+    ``addresses(host)`` (the collector's HostRefresher), or now by the system's resolver.
+    """
+    from roguewatch.detect.fields import parse_egress_spec
+    from roguewatch.policy.hostnames import system_addresses
+
+    resolve = addresses or (lambda h: system_addresses(h) or [])
+
+    nets: list[tuple[object, int, int, int]] = []
+    for spec in allow:
+        r = parse_egress_spec(spec)
+        proto = {"tcp": 6, "udp": 17}.get(r.proto, 0)
+        if r.network is not None:
+            nets.append((r.network, r.port_lo, r.port_hi, proto))
+            continue
+        # Unresolvable now: allows nothing (the evaluator still alerts).
+        for addr in resolve(r.host):
+            nets.append((ipaddress.ip_network(addr), r.port_lo, r.port_hi, proto))
+    out = []
+    seen: set[object] = set()
+    for net, *_ in nets:
+        if net in seen:
+            continue
+        seen.add(net)
+        ranges = [(lo, hi, pr) for n2, lo, hi, pr in nets
+                  if n2.version == net.version and net.subnet_of(n2)][:EGRESS_RANGES]  # fmt: skip
+        lo_hi = [r[0] for r in ranges] + [0] * (EGRESS_RANGES - len(ranges))
+        hi = [r[1] for r in ranges] + [0] * (EGRESS_RANGES - len(ranges))
+        pr = [r[2] for r in ranges] + [0] * (EGRESS_RANGES - len(ranges))
+        value = struct.pack(f"<{EGRESS_RANGES}H{EGRESS_RANGES}H{EGRESS_RANGES}BI",
+                            *lo_hi, *hi, *pr, len(ranges))  # fmt: skip
+        key = struct.pack("<IQ", 64 + net.prefixlen, cgid) + net.network_address.packed
+        out.append((key, value))
+    return out
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _possible_cpus() -> int:
+    with open("/sys/devices/system/cpu/possible") as f:
+        spec = f.read().strip()
+    n = 0
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        n += (int(hi) if hi else int(lo)) - int(lo) + 1
+    return n
+
+
+def load(opts: BuildOptions | None = None, cache_dir: str = CACHE_DIR) -> Probes:
+    return Probes(cached_image(opts or BuildOptions(), cache_dir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="build the probe image (used by the loader)")
+    ap.add_argument("--build", metavar="PATH", required=True)
+    ap.add_argument("--ringbuf-pages", type=int, default=DEFAULT_RINGBUF_PAGES)
+    ap.add_argument("--max-procs", type=int, default=BuildOptions.max_procs)
+    args = ap.parse_args(argv)
+    try:
+        _write_image(args.build, BuildOptions(args.ringbuf_pages, args.max_procs))
+    except ProbeError as exc:
+        print(f"roguewatch: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,228 @@
+"""The ZeroMQ event bus: endpoints, the batch wire format, publisher and subscriber.
+
+Owns how events cross process boundaries. A message is one ZeroMQ frame holding a msgpack
+array of event maps (a *batch*): batching amortises the per-message cost of ZeroMQ and msgpack
+over many events. Batches are encoded and decoded with ormsgpack (the same msgpack format, two
+to three times faster than the msgpack package on this hot path: about 1 µs to encode and 3 µs
+to decode an 18-field event here). The publisher never blocks: it is an XPUB socket with
+``XPUB_NODROP`` so a full subscriber queue surfaces as ``EAGAIN`` and every event that could
+not be sent is counted (a plain PUB socket would drop silently). The subscriber counts and
+drops malformed messages.
+
+Endpoints are local IPC sockets in a root-only directory unless configured otherwise.
+It must not know what events mean: that is ``roguewatch.stream.events``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import ormsgpack
+import zmq
+
+RUN_DIR = "/run/roguewatch"
+EVENTS_ENDPOINT = f"ipc://{RUN_DIR}/events.sock"
+CONTROL_ENDPOINT = f"ipc://{RUN_DIR}/control.sock"
+
+# Per subscriber, in messages (batches): enough for a few seconds of a burst.
+SEND_HWM = 4096
+
+
+class BusError(Exception):
+    """An endpoint that cannot be used, with what to do about it."""
+
+
+def ipc_path(endpoint: str) -> str | None:
+    return endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else None
+
+
+def prepare_endpoint(endpoint: str) -> None:
+    """Make the directory of an ipc:// endpoint root-only (0700) before binding in it.
+
+    A socket file inherits nothing from us but its directory's permissions decide who may
+    connect: an agent that could connect to the control socket could reconfigure the monitor.
+    """
+    path = ipc_path(endpoint)
+    if path is None:
+        return
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.stat(directory)
+    if os.geteuid() == 0 and st.st_uid != 0:
+        raise BusError(f"{directory} is owned by uid {st.st_uid}, not root: refusing to bind there")
+    if st.st_mode & stat.S_ISVTX:  # /tmp, /dev/shm: never ours to close to others
+        raise BusError(
+            f"{directory} is a shared directory: give the socket a directory of its own "
+            f"(e.g. ipc://{directory.rstrip('/')}/roguewatch/NAME.sock)"
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(directory, 0o700)
+    if os.path.exists(path):
+        os.unlink(path)  # a stale socket from a previous run
+
+
+_OPTS = ormsgpack.OPT_NON_STR_KEYS
+
+
+def _encodable(o: object) -> object:
+    """The same value with every string made valid UTF-8.
+
+    Paths and names come from the kernel as bytes and are decoded with ``surrogateescape``
+    so no byte is lost; msgpack strings must be UTF-8, so the bytes that are not become
+    ``\\xNN`` escapes here (an agent's file named with invalid UTF-8 must not stop the
+    stream)."""
+    if isinstance(o, str):
+        try:
+            o.encode()
+            return o
+        except UnicodeEncodeError:
+            return o.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(o, dict):
+        return {_encodable(k): _encodable(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_encodable(v) for v in o]
+    return o
+
+
+def pack_batch(events: list[dict]) -> bytes:
+    try:
+        return ormsgpack.packb(events, option=_OPTS)
+    except TypeError:  # a string that is not valid UTF-8 (the rare case): escape it
+        return ormsgpack.packb(_encodable(events), option=_OPTS)
+
+
+def unpack_batch(frame: bytes) -> list[dict]:
+    """Decode one message; raises ValueError for anything that is not a list of maps."""
+    try:
+        batch = ormsgpack.unpackb(frame, option=_OPTS)
+    except Exception as exc:  # a malformed message, whatever the decoder calls it
+        raise ValueError(f"not msgpack: {exc}") from None
+    if not isinstance(batch, list) or not all(isinstance(e, dict) for e in batch):
+        raise ValueError("not a list of event maps")
+    return batch
+
+
+@dataclass
+class Publisher:
+    """Publishes event batches without ever blocking; counts what it could not send."""
+
+    endpoint: str
+    context: zmq.Context | None = None
+    sent_events: int = 0
+    lost_events: int = 0
+    sent_batches: int = 0
+    _sock: zmq.Socket = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ctx = self.context or zmq.Context.instance()
+        prepare_endpoint(self.endpoint)
+        self._sock = ctx.socket(zmq.XPUB)
+        self._sock.setsockopt(zmq.XPUB_NODROP, 1)
+        self._sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self._sock.setsockopt(zmq.RCVHWM, 64)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        # An empty batch greets each new subscriber, so it can tell when its subscription is
+        # active (ZeroMQ's slow-joiner problem) instead of sleeping and hoping.
+        self._sock.setsockopt(zmq.XPUB_WELCOME_MSG, pack_batch([]))
+        try:
+            self._sock.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            raise BusError(f"cannot bind {self.endpoint}: {exc}") from None
+        path = ipc_path(self.endpoint)
+        if path:
+            os.chmod(path, 0o600)
+
+    @property
+    def socket(self) -> zmq.Socket:
+        return self._sock
+
+    def publish(self, events: list[dict]) -> bool:
+        if not events:
+            return True
+        n = len(events)
+        try:
+            self._sock.send(pack_batch(events), zmq.NOBLOCK)
+        except zmq.Again:
+            self.lost_events += n
+            return False
+        self.sent_events += n
+        self.sent_batches += 1
+        return True
+
+    def drain_subscriptions(self) -> int:
+        """Read (and discard) subscription frames so they never pile up."""
+        n = 0
+        while True:
+            try:
+                self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return n
+            n += 1
+
+    def close(self) -> None:
+        self._sock.close(0)
+        path = ipc_path(self.endpoint)
+        if path and os.path.exists(path):
+            os.unlink(path)
+
+
+@dataclass
+class Subscriber:
+    """Receives event batches; malformed messages are counted in ``malformed`` and dropped."""
+
+    endpoint: str
+    context: zmq.Context | None = None
+    malformed: int = 0
+    wait_s: float = 0.0
+    _sock: zmq.Socket = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ctx = self.context or zmq.Context.instance()
+        self._sock = ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.RCVHWM, 0)  # the subscriber itself never drops
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
+        path = ipc_path(self.endpoint)
+        deadline = time.monotonic() + self.wait_s
+        while path is not None and not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)  # a publisher that is still starting (run starts both at once)
+        if path is not None and not os.path.exists(path):
+            raise BusError(
+                f"no event stream at {self.endpoint}: is roguewatchd running? "
+                "(start it with `sudo roguewatchd`, or use `roguewatch record`)"
+            )
+        self._sock.connect(self.endpoint)
+
+    @property
+    def socket(self) -> zmq.Socket:
+        return self._sock
+
+    def wait_ready(self, timeout_ms: int = 5000) -> bool:
+        """Wait for the publisher's welcome: from then on no event is missed."""
+        return self.recv_batch(timeout_ms) is not None
+
+    def recv_batch(self, timeout_ms: int | None = None) -> list[dict] | None:
+        """One batch, or None when nothing arrived within the timeout."""
+        if timeout_ms is not None and not self._sock.poll(timeout_ms):
+            return None
+        frame = self._sock.recv()
+        try:
+            return unpack_batch(frame)
+        except ValueError:
+            self.malformed += 1
+            return []
+
+    def events(self, timeout_ms: int | None = None) -> Iterator[dict]:
+        """Events one by one until a timeout passes with nothing received."""
+        while True:
+            batch = self.recv_batch(timeout_ms)
+            if batch is None:
+                return
+            yield from batch
+
+    def close(self) -> None:
+        self._sock.close(0)

@@ -1,0 +1,873 @@
+"""The collector: kernel records in, batches of events out on the ZeroMQ stream.
+
+Owns the loop that polls the ring buffer, decodes and enriches records, publishes them in
+batches without ever blocking, counts every loss (kernel, pending map, decoding, bus) and
+publishes the counts as `monitor` events at least once a second while they grow. It also
+serves the control socket that puts processes into sessions, applies the adoption selectors
+(in the kernel, and by a /proc scan at start), and guards roguewatch's own tasks.
+
+It must not judge events: rules are the evaluator's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import shutil
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import zmq
+
+from roguewatch.detect.fields import egress_hosts
+from roguewatch.policy import policy as policy_mod
+from roguewatch.policy.config import Config
+from roguewatch.policy.hostnames import HostRefresher
+from roguewatch.probes import layout
+from roguewatch.probes.layout import TYPE_NAMES, RecordError
+from roguewatch.respond.selfdefense import ShutdownGate
+from roguewatch.runtime import readiness
+from roguewatch.sensors import bpf
+from roguewatch.sensors.ringbuf import RingBuffer
+from roguewatch.stream import bus
+from roguewatch.stream.enrich import ProcessCache, proc_cmdline, proc_ppid, proc_start_ns
+
+log = logging.getLogger("roguewatch.stream.collector")
+
+# The hot path's constants (see Collector._handle).
+_HSIZE = layout.HEADER.size
+_IDENT_OFF = layout.IDENT_OFF
+_IDENT = layout.IDENT
+_parse = layout.parse
+_FLAGS = layout.FLAGS
+_F_ADOPTED = layout.F_ADOPTED
+_EXEC = layout.TYPE_NUMBERS["exec"]
+_EXIT = layout.TYPE_NUMBERS["exit"]
+_KILL = layout.TYPE_NUMBERS["kill"]
+_PIDFD = "pidfd_send_signal"  # the one kind of kill whose target needs state
+_STATEFUL = frozenset(
+    layout.TYPE_NUMBERS[n] for n in ProcessCache.HOOKS if n != "kill"
+)  # types whose events read or change the per-process state
+
+ADOPTED_PROCFS_BASE = (1 << 62) | (1 << 61)
+# While records keep coming, the loop looks at the ring at least this often (see run).
+BUSY_POLL_S = 0.001
+DENIAL_CLAIM_NS = 200_000_000  # every second: unclaimed denials older than this
+DENIAL_END_NS = 20_000_000  # at a session's end
+
+
+def new_session_id() -> int:
+    """A random id for a session started by `run` or `record` (below the adopted ranges)."""
+    return secrets.randbits(61) or 1
+
+
+@dataclass
+class Losses:
+    ring: dict[str, int]
+    pending: int
+    decode: int
+    bus: int
+    untracked: int = 0  # not events: children that escaped tracking (a full session map)
+
+    def total(self) -> int:
+        return sum(self.ring.values()) + self.pending + self.decode + self.bus + self.untracked
+
+
+# Rescans of the baselines (after an inotify overflow) start at most this often.
+RESCAN_MIN_INTERVAL_S = 1.0
+
+
+class _FsRescanner:
+    """The rescans of the baselines after an inotify overflow, on a daemon thread of their own
+    (not the restore worker: a restore is not held up behind a rescan; Baselines takes its lock
+    per entry). One rescan at a time, at most one start per RESCAN_MIN_INTERVAL_S: an agent
+    that floods a watched tree again and again gets one rescan a second, not a stalled loop.
+
+    ``kick()`` (from the loop, while the watcher's rescan flag is set) asks for a rescan; the
+    thread takes the flag as it starts one, so an overflow during a rescan sets it again and
+    exactly one more rescan follows. The changed paths are queued on ``out`` (the collector's
+    ``fs_queue``) as ``fs_change`` events, and ``wake()`` gets the loop to publish them."""
+
+    def __init__(
+        self,
+        watcher: Any,
+        baselines: Any,
+        skip: tuple[str, ...],
+        out: deque[dict],
+        wake: Callable[[], None],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.watcher, self.baselines, self.skip = watcher, baselines, skip
+        self.out, self.wake, self.stopping = out, wake, stopping
+        self._last = -math.inf  # monotonic time of the last start
+        self._kick = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def kick(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="fs-rescan")
+            self._thread.start()
+        self._kick.set()
+
+    def _run(self) -> None:
+        while True:
+            self._kick.wait()
+            self._kick.clear()
+            wait = self._last + RESCAN_MIN_INTERVAL_S - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            if self.stopping():
+                return
+            if not self.watcher.take_rescan():
+                continue
+            self._last = time.monotonic()
+            try:
+                self.watcher.recheck()  # targets that appeared while events were lost
+                self._rescan()
+            except Exception:  # the thread must outlive a failed rescan
+                log.exception("rescan of the baselines failed")
+            if self.watcher.rescan_needed:  # an overflow during the rescan: one more
+                self._kick.set()
+
+    def _rescan(self) -> None:
+        from roguewatch.sensors.watchers import (
+            fs_change,  # (watchdog is imported only when watching)
+        )
+
+        n = 0
+        for path in self.baselines.rescan():
+            if any(path == d or path.startswith(d.rstrip("/") + "/") for d in self.skip):
+                continue  # our own logs: always changed since the baseline
+            self.out.append(fs_change(path, "rescan"))
+            n += 1
+        if n:
+            self.wake()
+
+
+class Collector:
+    def __init__(
+        self, cfg: Config, probes: bpf.Probes | None = None, max_procs: int = 65536
+    ) -> None:
+        self.cfg = cfg
+        # Watchers first: their baseline snapshot then overlaps the loading of the probes.
+        self.fs_queue: deque[dict] = deque()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pending_reply: Future | None = None  # a restore being done (serve_control)
+        self._restorer: ThreadPoolExecutor | None = None
+        self.watcher = None
+        self.baselines = None
+        self._fs_rescan_skip: tuple[str, ...] = ()  # set by start_watchers
+        self._fs_rescanner: _FsRescanner | None = None  # made at the first overflow
+        self.snapshot_done = threading.Event()
+        if cfg.watch_files:
+            self.start_watchers()
+        self.probes = probes or bpf.load(
+            bpf.BuildOptions(ringbuf_pages=cfg.ringbuf_pages, max_procs=max_procs),
+            cfg.cache_dir,
+        )
+        self.ring = RingBuffer(self.probes.fd("events"), self.probes.ringbuf_size())
+        self.ctx = zmq.Context.instance()
+        self.pub = bus.Publisher(cfg.events_endpoint, self.ctx)
+        self.control: zmq.Socket | None = None
+        if cfg.control_endpoint:
+            bus.prepare_endpoint(cfg.control_endpoint)
+            self.control = self.ctx.socket(zmq.REP)
+            self.control.setsockopt(zmq.LINGER, 0)
+            self.control.bind(cfg.control_endpoint)
+            path = bus.ipc_path(cfg.control_endpoint)
+            if path:
+                os.chmod(path, 0o600)
+        self.cache = ProcessCache()
+        self.batch: list[dict] = []
+        self._idents: dict[bytes, dict] = {}  # identity bytes of a header → identity fields
+        self.events_total = 0
+        self.lost_decode = 0
+        self._reported = Losses({}, 0, 0, 0)
+        self._next_adopt = 0
+        self._stopping = False
+        self.rate = 0
+        self._rate_mark = 0
+        self.sessions: dict[int, dict] = {}
+        # Host names in egress allowlists, re-resolved on their TTL (a thread of its own).
+        self.hosts = HostRefresher(self._egress_hosts_changed, cfg.egress_refresh_s)
+        self.adoptions: list[policy_mod.Adoption] = []
+        self.started = time.time()
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.guard_self()
+        self.adoptions = policy_mod.load_adoptions(self.cfg.policies_dir)
+        for uid in self.cfg.adopted_uids():
+            self.probes.adopt_uid(uid)
+        for comm in self.cfg.adopt_comms:
+            self.probes.adopt_comm(comm)
+        for a in self.adoptions:
+            for uid in a.all_uids():
+                self.probes.adopt_uid(uid)
+            for comm in a.comms:
+                self.probes.adopt_comm(comm)
+        self.scan_procfs()
+
+    def start_watchers(self, extra: list[str] | None = None) -> None:
+        """The second sensor: watch persistence and oversight paths, baseline them.
+
+        Filesystem watcher events arrive from watchdog's thread: queued, and a byte on the
+        wake pipe gets the loop to publish (and so restore) a change at once."""
+        from roguewatch.detect import ruleset
+        from roguewatch.respond import baseline
+        from roguewatch.sensors import watchers
+
+        lists = ruleset.lists_only(d for d in self.cfg.rules_dirs if os.path.isdir(d))
+        paths = watchers.watch_paths(lists, [*self.cfg.watch_extra, *(extra or [])])
+        # Not our own state (baselines, quarantine: thousands of files that we write): the
+        # probes still see an agent that touches it.
+        own = tuple(d.rstrip("/") for d in (self.cfg.state_dir, "/var/lib/roguewatch"))
+        paths = [p for p in paths if not any(p == d or p.startswith(d + "/") for d in own)]
+        # The writer's pid, from fanotify where the kernel gives it (doctor says which).
+        from roguewatch.sensors import fanotify
+
+        writers: fanotify.WriterSensor | None = None
+        try:
+            sensor = fanotify.WriterSensor()
+            sensor.start()
+            writers = sensor
+        except fanotify.Unavailable as exc:
+            log.warning("fanotify unavailable (%s): changes seen only by the filesystem "
+                        "watchers have writer unknown; the alert log directory is not watched",
+                        exc.strerror or exc)  # fmt: skip
+        me = os.getpid()
+
+        def own_writer(w: fanotify.Writer) -> bool:
+            """roguewatch itself: this process, or a guarded one (the service, the evaluator,
+            `run`'s launcher: each is guarded as it starts)."""
+            if w.pid == me:
+                return True
+            probes = getattr(self, "probes", None)  # loaded after the watchers start
+            if probes is None:
+                return False
+            try:
+                return probes.is_guarded(w.pid)
+            except (KeyError, OSError, AttributeError):
+                return False
+
+        alerts_dir = os.path.dirname(self.cfg.alerts_file) if self.cfg.alerts_file else ""
+        if writers is not None and alerts_dir:
+            paths.append(self.cfg.alerts_file)  # watched, our own appends dropped by pid
+            # Made here, before it is watched, when missing: the evaluator's first open would
+            # otherwise create it before roguewatchd has guarded it (a change by "someone").
+            if os.path.isdir(alerts_dir) and not os.path.lexists(self.cfg.alerts_file):
+                try:
+                    os.close(os.open(self.cfg.alerts_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                     | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640))  # fmt: skip
+                except OSError:
+                    pass
+        self.watcher = watchers.FsWatcher(
+            paths, self._fs_event, writers=writers, own_writer=own_writer
+        )
+        self.baselines = baseline.Baselines(
+            self.cfg.state_dir, self.cfg.baseline_max_copy_bytes,
+            ignore=self.watcher.ignore, settle=self.watcher.settle,
+        )  # fmt: skip
+        # Our own writes are never changes. With writer pids, whatever a roguewatch process
+        # writes is dropped by pid. Without them, the evaluator's files are ignored whole: the
+        # alert file's directory (it appends to it) and its status file (rewritten every
+        # second, in /run/roguewatch). Its alert socket always: the evaluator binds it before
+        # roguewatchd has guarded it.
+        ours = [bus.ipc_path(getattr(self.cfg, "alerts_endpoint", "")) or ""]
+        if writers is None:
+            if alerts_dir:
+                self.watcher.ignore(alerts_dir, watchers.FOREVER_NS, subtree=True)
+            status = getattr(self.cfg, "status_file", "")
+            ours += [status, f"{status}.tmp" if status else ""]
+        for p in ours:
+            if p:
+                self.watcher.ignore(p, watchers.FOREVER_NS)
+        # A rescan (after an overflow) cannot tell our appends from anyone's: not there.
+        self._fs_rescan_skip = (alerts_dir,) if alerts_dir else ()
+        self.watcher.start()
+        # The snapshot (a second or two for ~1,300 files) runs beside the loop: start-up is
+        # not held up; a restore asked for meanwhile waits for it (Baselines has a lock).
+        import threading
+
+        def snapshot() -> None:
+            try:
+                self.baselines.snapshot(paths)
+            finally:
+                self.snapshot_done.set()
+
+        threading.Thread(target=snapshot, daemon=True, name="baseline-snapshot").start()
+        self.watch_paths = paths
+
+    def _drop_private_state(self) -> None:
+        """A private collector's baselines go with it; its quarantine (if any) stays."""
+        from roguewatch.runtime.launcher import PRIVATE_STATE
+
+        state = os.path.realpath(self.cfg.state_dir)
+        if not state.startswith(PRIVATE_STATE + "/"):
+            return
+        quarantine = os.path.join(state, "quarantine")
+        if os.path.isdir(quarantine) and os.listdir(quarantine):
+            shutil.rmtree(os.path.join(state, "baseline"), ignore_errors=True)
+        else:
+            shutil.rmtree(state, ignore_errors=True)
+
+    def _fs_event(self, ev: dict) -> None:
+        self.fs_queue.append(ev)
+        self._wake()
+
+    def _drain_fs(self) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        q = self.fs_queue
+        while q:
+            self.batch.append(q.popleft())
+        if self.watcher is not None and self.watcher.rescan_needed and self.baselines:
+            # After an overflow: whatever differs from the baseline is a change we missed. The
+            # rescan (a second for ~1,300 files) is never run here, where the ring must be
+            # drained every millisecond: its thread queues what it finds and wakes us.
+            if self._fs_rescanner is None:
+                self._fs_rescanner = _FsRescanner(
+                    self.watcher, self.baselines, self._fs_rescan_skip, self.fs_queue,
+                    self._wake, lambda: self._stopping,
+                )  # fmt: skip
+            self._fs_rescanner.kick()
+        self.flush()
+
+    def _announce_adopted(self, ev: dict) -> None:
+        """First sight of a session the kernel adopted: say which policy it runs under."""
+        sid = ev["session"]
+        pol = policy_mod.default()
+        for a in self.adoptions:
+            if a.matches(ev["uid"], ev["comm"]):
+                pol = a.policy
+                break
+        self.sessions[sid] = {"root": ev["pid"], "cgroup": "", "fd": None, "name": "adopted",
+                              "mode": pol.mode, "started": time.time()}  # fmt: skip
+        self.batch.append({
+            "type": "session", "kind": "start", "ts": time.time_ns(), "session": sid,
+            "pid": ev["pid"], "flags": ["adopted"], "name": "adopted", "root": ev["pid"],
+            "cgroup": "", "mode": pol.mode, "policy": policy_mod.as_dict(pol),
+        })  # fmt: skip
+
+    def guard_self(self) -> None:
+        """Every task of this process (ZeroMQ's threads too) is guarded, and our parent."""
+        for tid in os.listdir("/proc/self/task"):
+            self.probes.guard(int(tid))
+        self.probes.guard(os.getpid())
+
+    def scan_procfs(self) -> int:
+        """Register running processes that match the selectors (their events say `procfs`)."""
+        uids = set(self.cfg.adopted_uids())
+        comms = {c[:15] for c in self.cfg.adopt_comms}
+        for a in self.adoptions:
+            uids |= set(a.all_uids())
+            comms |= {c[:15] for c in a.comms}
+        if not uids and not comms:
+            return 0
+        tracked = self.probes.tracked()
+        found = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            if pid in tracked or pid == os.getpid():
+                continue
+            try:
+                st = os.stat(f"/proc/{pid}")
+                with open(f"/proc/{pid}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                continue
+            if st.st_uid in uids or comm in comms:
+                found.append((pid, st.st_uid, comm))
+        for pid, uid, comm in found:
+            start = proc_start_ns(pid)
+            if start is None:
+                continue
+            session = ADOPTED_PROCFS_BASE | self._next_adopt
+            self._next_adopt += 1
+            ppid = proc_ppid(pid)
+            pstart = proc_start_ns(ppid) or 0
+            self.probes.register(pid, session, start, pstart, ppid, adopted=True)
+            argv = proc_cmdline(pid) or []
+            exe = os.path.realpath(f"/proc/{pid}/exe") if os.path.exists(f"/proc/{pid}/exe") else ""
+            cwd = os.path.realpath(f"/proc/{pid}/cwd") if os.path.exists(f"/proc/{pid}/cwd") else ""
+            self.cache.exe[pid] = exe
+            if cwd:
+                self.cache.cwd[pid] = cwd
+            ev = {
+                "type": "exec", "ts": time.time_ns(), "session": session, "pid": pid,
+                "tid": pid, "ppid": ppid, "uid": uid, "gid": 0, "comm": comm, "ret": 0,
+                "flags": ["procfs", "adopted"], "exec_id": f"{pid}-{start}",
+                "pexec_id": f"{ppid}-{pstart}" if ppid else "", "exe": exe,
+                "filename": exe, "argv": argv, "cmdline": " ".join(argv), "cwd": cwd,
+            }  # fmt: skip
+            self._announce_adopted(ev)
+            self.batch.append(ev)
+        self.flush()
+        return len(found)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _handle(self, buf, off: int, length: int) -> None:
+        """One record → one event appended to the batch (the hot path).
+
+        The identity fields of an event (session, pid, ppid, uid, gid, comm, exec ids, exe)
+        are the same in every record of a process image: they are computed once per image,
+        cached on the 56 identity bytes of the header, and copied into each event. Per record
+        only the changing fields are decoded. Nothing here reads /proc for a known process."""
+        try:
+            h, build, s1, s2 = _parse(buf, off, length)
+        except RecordError:
+            self.lost_decode += 1
+            return
+        t = h[3]
+        ev = {"type": TYPE_NAMES[t], "ts": h[0] + self.cache.offset, "tid": h[2], "ret": h[1],
+              "flags": _FLAGS[h[4] & 0xFF]}  # fmt: skip
+        build(ev, h, s1, s2)
+        key = buf[off + _IDENT_OFF : off + _HSIZE]
+        if t == _EXEC:  # a new image: its exe and cwd are read now, then its identity
+            i = _IDENT.unpack(key)
+            self.cache.on_exec(ev, i[3])
+            ident = self._identity(key, i)
+        else:
+            ident = self._idents.get(key) or self._identity(key, _IDENT.unpack(key))
+            if t in _STATEFUL or "_path" in ev or (t == _KILL and ev["call"] == _PIDFD):
+                self.cache.after(ev, ident["pid"])
+                if t == _EXIT:
+                    self._idents.pop(key, None)
+        ev.update(ident)
+        if h[4] & _F_ADOPTED and ev["session"] not in self.sessions:
+            self._announce_adopted(ev)
+        self.batch.append(ev)
+
+    def _identity(self, key: bytes, i: tuple) -> dict:
+        d = self.cache.identity(i)
+        if i[1]:  # records of untracked senders (guard events, start 0) are not cached
+            if len(self._idents) >= 65536:
+                self._idents.clear()
+            self._idents[key] = d
+        return d
+
+    def flush(self) -> None:
+        if self.batch:
+            self.events_total += len(self.batch)
+            self.pub.publish(self.batch)
+            self.batch = []
+
+    def drain(self) -> int:
+        """Read everything the kernel has written, publishing in batches of batch_max."""
+        n = 0
+        limit = self.cfg.batch_max
+        while True:
+            got = self.ring.drain(self._handle, limit)
+            n += got
+            self.flush()
+            if got < limit:
+                return n
+
+    def sweep_denials(self, older_than_ns: int = 0) -> None:
+        """Egress denials no syscall exit claimed (io_uring's): published as their own events
+        once older than DENIAL_CLAIM_NS (a refused syscall's exit claims its denial within
+        microseconds; one that took longer is published twice, never lost)."""
+        for raw in self.probes.unclaimed_denials(older_than_ns or DENIAL_CLAIM_NS, _HSIZE):
+            self._handle(raw, 0, len(raw))
+        self.flush()
+
+    def losses(self) -> Losses:
+        ring = {TYPE_NAMES[t]: c for t, c in enumerate(self.probes.lost_by_type()) if c and t}
+        return Losses(ring, self.probes.pending_overflows(), self.lost_decode, self.pub.lost_events,
+                      self.probes.untracked_forks())  # fmt: skip
+
+    def report_losses(self) -> Losses | None:
+        """A `monitor` event when any loss counter grew since the last report."""
+        now = self.losses()
+        if now.total() == self._reported.total():
+            return None
+        self.pub.publish([{
+            "type": "monitor", "kind": "loss", "ts": time.time_ns(), "session": 0,
+            "pid": os.getpid(), "flags": [],
+            "lost_ring": now.ring, "lost_pending": now.pending, "lost_decode": now.decode,
+            "lost_bus": now.bus, "untracked_forks": now.untracked,
+            "detail": (
+                f"events lost: {sum(now.ring.values())} in the kernel ring buffer, "
+                f"{now.pending} for a full pending map, {now.decode} malformed, "
+                f"{now.bus} not sent on the bus (totals since start)"
+                + (f"; {now.untracked} forked children could not be tracked (the session map "
+                   "is full: their parents were killed in enforce mode)" if now.untracked else "")
+            ),
+        }])  # fmt: skip
+        self._reported = now
+        return now
+
+    def serve_control(self) -> None:
+        """Answer control requests. A restore (file copies, fsyncs: milliseconds) runs in a
+        worker thread so the loop keeps draining the ring meanwhile; its answer is sent by
+        finish_control, and the REP socket takes no other request until then."""
+        assert self.control is not None
+        while self._pending_reply is None:
+            try:
+                raw = self.control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                req = msgpack.unpackb(raw, raw=False)
+                if isinstance(req, dict) and req.get("op") == "restore":
+                    self._pending_reply = self._worker().submit(self._restore, req)
+                    self._pending_reply.add_done_callback(lambda _f: self._wake())
+                    return
+                reply = self._control(req)
+            except Exception as exc:  # a bad request must never stop the collector
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            self.control.send(msgpack.packb(reply, use_bin_type=True))
+
+    def finish_control(self) -> None:
+        """Send the answer of a restore that has finished, then serve what queued up."""
+        f = self._pending_reply
+        if f is None or not f.done():
+            return
+        self._pending_reply = None
+        try:
+            reply = f.result()
+        except Exception as exc:  # as in serve_control: an answer, never a crash
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        assert self.control is not None
+        self.control.send(msgpack.packb(reply, use_bin_type=True))
+        self.serve_control()
+
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._restorer is None:
+            self._restorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore")
+        return self._restorer
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # a wake-up is already pending
+
+    def _restore(self, req: dict) -> dict:
+        if self.baselines is None:
+            return {"ok": True, "outcome": "not restored: the filesystem watchers are off"}
+        path = str(req["path"])
+        outcome = self.baselines.restore(path, req.get("who") or {})
+        if outcome.startswith("not baselined"):
+            # A new file in a watched directory: the directory's baseline removes it.
+            parent = os.path.dirname(path)
+            while parent not in ("/", "") and self.baselines.baseline(parent) is None:
+                parent = os.path.dirname(parent)
+            if parent not in ("/", ""):
+                outcome = self.baselines.restore(parent, req.get("who") or {})
+        return {"ok": True, "outcome": outcome}
+
+    def _control(self, req: dict) -> dict:
+        op = req.get("op")
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        if op == "register":
+            return self._register(req)
+        if op == "attach_egress":
+            return self._attach_egress(req)
+        if op == "session_end":
+            return self._session_end(req)
+        if op == "unregister":
+            return {"ok": self.probes.unregister(int(req["pid"]))}
+        if op == "restore":  # (served by serve_control in a worker thread)
+            return self._restore(req)
+        if op == "announce":  # the service reporting on its components (restarts)
+            self._publish_now({
+                "type": "monitor", "kind": str(req.get("kind", "monitor")), "ts": time.time_ns(),
+                "session": 0, "pid": os.getpid(), "flags": [],
+                "detail": str(req.get("detail", "")), "missed": int(req.get("missed", 0)),
+            })  # fmt: skip
+            return {"ok": True}
+        if op == "sessions":
+            return {"ok": True, "sessions": self.session_list()}
+        if op == "release":
+            for pid, s in self.probes.tracked().items():
+                if s == int(req["session"]):
+                    self.probes.unregister(pid)
+            self.release(int(req["session"]))
+            return {"ok": True}
+        if op == "guard":  # the process and every thread it has now
+            pid = int(req["pid"])
+            self.probes.guard(pid)
+            try:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    self.probes.guard(int(tid))
+            except OSError:
+                pass
+            return {"ok": True}
+        if op == "stats":
+            loss = self.losses()
+            return {
+                "ok": True, "events": self.events_total, "batches": self.pub.sent_batches,
+                "uptime": time.time() - self.started,
+                "lost_ring": loss.ring, "lost_pending": loss.pending, "lost_decode": loss.decode,
+                "untracked_forks": loss.untracked,
+                "lost_bus": loss.bus, "probes": len(self.probes.attached), "rate": self.rate,
+                "probes_failed": [f for f, _ in self.probes.failed],
+                "baseline_ready": self.watcher is None or self.snapshot_done.is_set(),
+                "watcher": self.watcher.limits() if self.watcher is not None else None,
+                "tracked": len(self.probes.tracked()),
+                "egress_hosts": {"refreshes": self.hosts.refreshes, "changes": self.hosts.changes},
+            }  # fmt: skip
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def _register(self, req: dict) -> dict:
+        """Put a process in a session; announce the session on the stream (kind `start`).
+
+        A session starts only once the baselines exist: a change it makes before then would
+        become the baseline (at start-up only; the snapshot takes a second or two)."""
+        if self.watcher is not None:
+            self.snapshot_done.wait(30)
+        pid = int(req["pid"])
+        start = proc_start_ns(pid)
+        if start is None:
+            return {"ok": False, "error": f"no process {pid}"}
+        ppid = proc_ppid(pid)
+        session = int(req.get("session") or new_session_id())
+        mode = req.get("mode", "enforce")
+        self.cache.remember(pid)
+        self.probes.register(
+            pid, session, start, proc_start_ns(ppid) or 0, ppid, observe=mode == "observe"
+        )
+        protect = list((req.get("policy") or {}).get("protect", []))
+        if protect and self.watcher is not None and self.baselines is not None:
+            self.watcher.add_paths(protect)  # the session's protected files: both sensors
+            self.baselines.snapshot(protect)
+        self.sessions[session] = {
+            "root": pid, "cgroup": req.get("cgroup", ""), "fd": None,
+            "name": req.get("name", ""), "mode": mode, "started": time.time(),
+        }  # fmt: skip
+        self._publish_now({
+            "type": "session", "kind": "start", "ts": time.time_ns(), "session": session,
+            "pid": pid, "flags": [], "name": req.get("name", ""), "root": pid,
+            "cgroup": req.get("cgroup", ""), "mode": mode, "policy": req.get("policy") or {},
+        })  # fmt: skip
+        return {"ok": True, "session": session}
+
+    def _attach_egress(self, req: dict) -> dict:
+        """Refuse in the kernel, for this cgroup, every destination outside the allowlist."""
+        session, path = int(req["session"]), str(req["cgroup"])
+        allow = [str(a) for a in req["allow"]]
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        cgid = os.fstat(fd).st_ino
+        try:
+            self.probes.attach_egress(fd, cgid, session, allow, self.hosts.addresses)
+        except (bpf.ProbeError, ValueError) as exc:
+            os.close(fd)
+            return {"ok": False, "error": str(exc)}
+        info = self.sessions.setdefault(session, {"root": 0, "cgroup": path, "fd": None})
+        info.update(fd=fd, cgid=cgid, allow=allow)
+        self.hosts.track(cgid, egress_hosts(allow))  # kept current on their TTL
+        return {"ok": True}
+
+    def _egress_hosts_changed(self, cgid: int) -> None:
+        """A host name of this cgroup's allowlist resolves elsewhere now (refresher thread)."""
+        for info in list(self.sessions.values()):
+            if info.get("cgid") == cgid and info.get("fd") is not None:
+                self.probes.update_egress(cgid, info["allow"], self.hosts.addresses)
+
+    def _session_end(self, req: dict) -> dict:
+        """The root exited: name the survivors on the stream (kind `end`), drop egress."""
+        session = int(req["session"])
+        self.drain()  # the session's last events go out before its end
+        self.sweep_denials(DENIAL_END_NS)  # and its io_uring denials, not a second later
+        survivors = sorted(p for p, s in self.probes.tracked().items() if s == session)
+        self._publish_now({
+            "type": "session", "kind": "end", "ts": time.time_ns(), "session": session,
+            "pid": int(req.get("root", 0)), "flags": [], "survivors": survivors,
+        })  # fmt: skip
+        return {"ok": True, "survivors": survivors}
+
+    def session_list(self) -> list[dict]:
+        """Live sessions: those registered here and those the kernel adopted by selector."""
+        pids: dict[int, list[int]] = {}
+        for pid, s in self.probes.tracked().items():
+            pids.setdefault(s, []).append(pid)
+        out = []
+        for sid in sorted(set(pids) | set(self.sessions)):
+            info = self.sessions.get(sid, {})
+            out.append({
+                "session": f"{sid:x}", "name": info.get("name", ""),
+                "root": info.get("root", min(pids.get(sid, [0]))),
+                "cgroup": info.get("cgroup", ""), "mode": info.get("mode", "enforce"),
+                "pids": sorted(pids.get(sid, [])), "started": info.get("started", 0),
+                "adopted": sid not in self.sessions,
+            })  # fmt: skip
+        return out
+
+    def release(self, session: int) -> None:
+        info = self.sessions.pop(session, None)
+        if info and info.get("cgid"):
+            self.hosts.untrack(info["cgid"])
+        if info and info.get("fd") is not None:
+            self.probes.detach_egress(info["fd"], os.fstat(info["fd"]).st_ino)
+            os.close(info["fd"])
+
+    def _publish_now(self, ev: dict) -> None:
+        self.flush()
+        self.batch.append(ev)
+        self.flush()
+
+    def stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def run(self, ready: callable | None = None, gate: ShutdownGate | None = None) -> None:
+        # Two pollers: `idle` waits for the ring too; `busy` does not. The ring's fd is
+        # readable whenever a record is there, so a collector that re-polled it after each
+        # drain would loop as fast as records arrive, a handful of events per batch (a
+        # tracked connect storm: 8.6 events per batch, 10 us of collector CPU per event).
+        # While records keep coming it drains once per BUSY_POLL_S instead, answering its
+        # other sockets meanwhile: batches grow with the rate, and a record waits at most
+        # that long (the kernel's wake-ups are rationed the same way: RW_WAKE_NS).
+        busy_poller = zmq.Poller()
+        busy_poller.register(self.pub.socket, zmq.POLLIN)
+        if self.control is not None:
+            busy_poller.register(self.control, zmq.POLLIN)
+        busy_poller.register(self._wake_r, zmq.POLLIN)
+        idle_poller = zmq.Poller()
+        idle_poller.register(self.ring.fd, zmq.POLLIN)
+        for s, _ in busy_poller.sockets:
+            idle_poller.register(s, zmq.POLLIN)
+        if ready:
+            ready()
+        next_tick = time.monotonic() + 1.0
+        busy = False
+        drained_at = 0.0
+        while not self._stopping:
+            now = time.monotonic()
+            timeout = max(0.0, next_tick - now)
+            if busy:
+                timeout = min(timeout, max(0.0, drained_at + BUSY_POLL_S - now))
+            try:
+                # in whole milliseconds (ZeroMQ's unit), rounded up: a wait rounded down to 0
+                # would spin until the millisecond is over
+                socks = dict((busy_poller if busy else idle_poller).poll(math.ceil(timeout * 1000)))
+            except zmq.ZMQError as exc:
+                if exc.errno == 4:  # EINTR: a signal; the flag decides
+                    continue
+                raise
+            if busy and time.monotonic() < drained_at + BUSY_POLL_S:
+                pass  # woken early by another socket: the ring waits for its millisecond
+            else:
+                drained_at = time.monotonic()
+                busy = self.drain() > 0
+            if self.fs_queue or self._wake_r in socks:
+                self._drain_fs()
+            if gate is not None and gate.poll():
+                self._stopping = True
+            if self.pub.socket in socks:
+                self.pub.drain_subscriptions()
+            if self.control is not None:
+                self.finish_control()
+                if self.control in socks:
+                    self.serve_control()
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + 1.0
+                self.rate = self.events_total - self._rate_mark
+                self._rate_mark = self.events_total
+                self.cache.refresh_clock()
+                self.sweep_denials()
+                self.report_losses()
+        self.drain()
+        self.report_losses()
+
+    def close(self) -> None:
+        self.hosts.close()
+        if self._restorer is not None:
+            self._restorer.shutdown(wait=True)  # a restore under way finishes
+        if self.watcher is not None:
+            self.watcher.stop()
+        self._drop_private_state()
+        self.ring.close()
+        self.pub.close()
+        if self.control is not None:
+            self.control.close(0)
+            path = bus.ipc_path(self.cfg.control_endpoint)
+            if path and os.path.exists(path):
+                os.unlink(path)
+        self.probes.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m roguewatch.collector`: the collector as a process of its own."""
+    import argparse
+
+    from roguewatch.policy import config as config_mod
+
+    ap = argparse.ArgumentParser(description="roguewatch collector")
+    ap.add_argument("--config")
+    ap.add_argument("--events", help="event stream endpoint")
+    ap.add_argument("--control", help="control endpoint")
+    ap.add_argument("--ringbuf-pages", type=int)
+    ap.add_argument("--max-procs", type=int, help=argparse.SUPPRESS)  # tests: a small map
+    ap.add_argument("--no-adopt", action="store_true", help="ignore adoption selectors")
+    ap.add_argument("--state-dir", help="baselines and quarantine (default from the config)")
+    ap.add_argument("--no-watch", action="store_true", help="no filesystem watchers")
+    ap.add_argument(
+        "--egress-refresh",
+        type=float,
+        metavar="S",
+        help="re-resolve allowlisted host names DNS gives no TTL for every S s",
+    )
+    ap.add_argument("--ready-fd", type=int, help="write one byte here once probes are attached")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        print(f"roguewatch collector: {exc}", file=sys.stderr)
+        return 2
+    if args.events:
+        cfg.events_endpoint = args.events
+    if args.control:
+        cfg.control_endpoint = args.control
+    if args.ringbuf_pages:
+        cfg.ringbuf_pages = args.ringbuf_pages
+    if args.no_adopt:
+        cfg.adopt_users, cfg.adopt_uids, cfg.adopt_comms = [], [], []
+        cfg.policies_dir = ""
+    if args.state_dir:
+        cfg.state_dir = args.state_dir
+    if args.no_watch:
+        cfg.watch_files = False
+    if args.egress_refresh:
+        cfg.egress_refresh_s = args.egress_refresh
+    try:
+        col = Collector(cfg, max_procs=args.max_procs or 65536)
+    except (bpf.ProbeError, bus.BusError) as exc:
+        print(f"roguewatch collector: {exc}", file=sys.stderr)
+        return 1
+    # SIGTERM from a watched process is dropped (its sender dies in the kernel); from anyone
+    # else it stops the collector, at the next loop turn (at most one second).
+    gate = ShutdownGate(lambda pid: col.probes.session_of(pid) is not None)
+    try:
+        col.setup()
+    except policy_mod.PolicyError as exc:
+        print(f"roguewatch collector: {exc}", file=sys.stderr)
+        col.close()
+        return 2
+
+    try:
+        col.run(lambda: readiness.notify(args.ready_fd), gate)
+    finally:
+        col.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
