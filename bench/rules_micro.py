@@ -15,6 +15,7 @@ import time
 
 from roguewatch.detect import fields as F
 from roguewatch.detect import ruleset as R
+from roguewatch.policy.policy import StaticPolicy
 
 ANCESTORS = [{"pid": 4200, "comm": "bash", "exe": "/usr/bin/bash", "cmdline": "bash -c x"}]
 
@@ -94,7 +95,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     rules = R.load_rules()
-    ctx = View(F.StaticPolicy(egress_allow=("10.20.0.0/16:443/tcp",)))
+    ctx = View(StaticPolicy(egress_allow=("10.20.0.0/16:443/tcp",)))
     evs = synthetic_events(args.events)
     best, alerts = 0.0, 0
     for _ in range(args.rounds):

@@ -249,7 +249,7 @@ def collector_flags() -> set[str]:
     """The options this version of the collector takes (it grows while the bench lives)."""
     if not _FLAGS:
         out = subprocess.run(
-            [PY, "-m", "roguewatch.stream.collector", "--help"],
+            [PY, "-m", "roguewatch.runtime.collectord", "--help"],
             capture_output=True,
             text=True,
             cwd=ROOT,
@@ -272,7 +272,7 @@ class Collector:
         self.dir = workdir / name
         self.events = f"ipc://{self.dir}/ev.sock"
         self.control_ep = f"ipc://{self.dir}/ctl.sock"
-        cmd = [PY, "-m", "roguewatch.stream.collector", "--events", self.events]
+        cmd = [PY, "-m", "roguewatch.runtime.collectord", "--events", self.events]
         cmd += ["--control", self.control_ep, "--no-adopt"]
         flags = collector_flags()
         if "--state-dir" in flags:

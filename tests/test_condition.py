@@ -7,9 +7,10 @@ import builtins
 import pytest
 from roguewatch.detect import condition as C
 from roguewatch.detect import fields as F
+from roguewatch.policy.policy import StaticPolicy
 
 CTX = F.StaticProcessView(
-    policy=F.StaticPolicy(egress_allow=("10.0.0.0/8:443/tcp",), protect=("/srv/eval",)),
+    policy=StaticPolicy(egress_allow=("10.0.0.0/8:443/tcp",), protect=("/srv/eval",)),
     default_ancestors=[
         {"pid": 10, "comm": "bash", "exe": "/usr/bin/bash", "cmdline": "bash -c x"},
         {"pid": 1, "comm": "systemd", "exe": "/usr/lib/systemd/systemd", "cmdline": "init"},

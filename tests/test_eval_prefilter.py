@@ -9,7 +9,7 @@ from roguewatch.detect import fields as F
 from roguewatch.detect import prefilter
 from roguewatch.detect import ruleset as R
 from roguewatch.detect.evaluator import Evaluator, ProcessTable
-from roguewatch.detect.fields import StaticPolicy
+from roguewatch.policy.policy import StaticPolicy
 
 PROTECTED = F.StaticProcessView(policy=StaticPolicy(protect=("/srv/data",)))
 OPEN_VIEW = F.StaticProcessView(policy=StaticPolicy())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from roguewatch.detect import ruleset
 from roguewatch.detect.evaluator import Evaluator, ProcessTable, rfc3339
-from roguewatch.detect.fields import StaticPolicy
+from roguewatch.policy.policy import StaticPolicy
 
 CONTRACT = {"ts", "rule", "message", "category", "severity", "session", "pid", "ppid", "uid",
             "comm", "exe", "cmdline", "lineage", "event", "action", "outcome", "count"}  # fmt: skip

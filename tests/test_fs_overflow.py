@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from roguewatch.respond.baseline import Baselines
 from roguewatch.runtime import launcher
+from roguewatch.runtime.fileguard import FileGuard
 from roguewatch.sensors.watchers import FsWatcher
 from roguewatch.stream import bus, collector
 
@@ -98,7 +99,6 @@ def _bare_collector(tmp_path: Path, skip: tuple[str, ...]) -> tuple[Any, FsWatch
     c.batch = []
     c.published = []
     c._stopping = False
-    c._fs_rescan_skip = skip
     c._fs_rescanner = None
 
     def flush() -> None:
@@ -106,11 +106,14 @@ def _bare_collector(tmp_path: Path, skip: tuple[str, ...]) -> tuple[Any, FsWatch
         c.batch = []
 
     c.flush = flush
-    c.watcher = FsWatcher([str(watched)], c._fs_event)
-    c.baselines = SlowBaselines(str(tmp_path / "state"))
-    c.baselines.snapshot([str(watched)])
-    c.watcher.start()
-    return c, c.watcher, watched
+    files = FileGuard.__new__(FileGuard)  # its watcher and baselines, without fanotify
+    files.watcher = FsWatcher([str(watched)], c.fs_event)
+    files.baselines = SlowBaselines(str(tmp_path / "state"))
+    files.baselines.snapshot([str(watched)])
+    files._rescan_skip = skip
+    c.files = files
+    files.watcher.start()
+    return c, files.watcher, watched
 
 
 def test_the_rescan_after_an_overflow_runs_beside_the_loop(tmp_path: Path) -> None:
@@ -125,7 +128,7 @@ def test_the_rescan_after_an_overflow_runs_beside_the_loop(tmp_path: Path) -> No
         t0 = time.monotonic()
         c._drain_fs()
         assert time.monotonic() - t0 < 0.2, "_drain_fs waited for the rescan"
-        assert _until(lambda: c.baselines.starts, 1.0)
+        assert _until(lambda: c.files.baselines.starts, 1.0)
         # During the rescan: overflows, and the loop keeps draining (events still published).
         w._kernel_overflow()
         w._kernel_overflow()
@@ -141,13 +144,13 @@ def test_the_rescan_after_an_overflow_runs_beside_the_loop(tmp_path: Path) -> No
             return [e for e in c.published if e.get("change") == "rescan"]
 
         assert _until(lambda: len(rescans()) >= 2, 5.0), c.published
-        assert _until(lambda: len(c.baselines.starts) == 2, 3.0)
+        assert _until(lambda: len(c.files.baselines.starts) == 2, 3.0)
         time.sleep(2.5)
         c._drain_fs()
-        starts = c.baselines.starts
+        starts = c.files.baselines.starts
         assert len(starts) == 2, "three overflows, two of them during a rescan: two rescans"
         assert starts[1] - starts[0] >= 1.0
-        assert c.baselines.threads == {"fs-rescan"}
+        assert c.files.baselines.threads == {"fs-rescan"}
         ev = rescans()[0]
         assert ev == {
             "type": "fs_change", "ts": ev["ts"], "session": 0, "pid": 0, "tid": 0, "ppid": 0,

@@ -714,7 +714,7 @@ def collector():
             ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if b"roguewatch.stream.collector" in cmd and ppid == os.getppid():
+        if b"roguewatch.runtime.collectord" in cmd and ppid == os.getppid():
             return int(d)
 c = collector()
 say(collector=c)
@@ -828,7 +828,7 @@ def test_an_agent_signalling_another_monitor_process_is_killed(agent: Agent, tar
 @pytest.mark.parametrize(
     "target",
     [
-        "roguewatch.stream.collector",
+        "roguewatch.runtime.collectord",
         "roguewatch.detect.evaluator",
         "roguewatch.cli.main",
     ],

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from roguewatch.cli import rules as rules_cli
 from roguewatch.detect import ruleset as R
 from roguewatch.detect.evaluator import Evaluator, ProcessTable
-from roguewatch.detect.fields import StaticPolicy
 from roguewatch.outputs import alerts, render
 from roguewatch.policy import policy as policy_mod
+from roguewatch.policy.policy import StaticPolicy
 from roguewatch.stream import recording
 
 TICK_NS = 1_000_000_000

@@ -19,11 +19,11 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+from roguewatch.core.paths import RULES_DIR as LOCAL_RULES_DIR
 from roguewatch.detect import fields as F
 from roguewatch.detect import ruleset as R
 
 # The local rule directory read when no directory is named (tests point it elsewhere).
-LOCAL_RULES_DIR = "/etc/roguewatch/rules.d"
 
 
 def _err(msg: str, code: int) -> int:

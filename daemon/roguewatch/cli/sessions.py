@@ -20,11 +20,10 @@ from collections import Counter
 
 import zmq
 
+from roguewatch.core.paths import ALERTS_FILE
 from roguewatch.runtime import launcher
 from roguewatch.stream import bus
 from roguewatch.stream.control import ControlClient, ControlError, running
-
-ALERTS_FILE = "/var/log/roguewatch/alerts.jsonl"
 
 
 def add_arguments(sub: argparse._SubParsersAction) -> None:

@@ -21,6 +21,7 @@ It must not know about rule files (``roguewatch.detect.ruleset``) or how fields 
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import lark
 import re2
 
 from roguewatch.detect import fields as F
+from roguewatch.policy.egress import parse_ip
 
 Matcher = Callable[[dict, Any], bool]
 
@@ -502,7 +504,7 @@ def _type_values(node: Cmp, lists: Mapping[str, Sequence[str]], where: str | Non
     if node.op == "cidr":
         for it, v in zip(node.items, values, strict=False):
             try:
-                F.ipaddress.ip_network(v, strict=False)
+                ipaddress.ip_network(v, strict=False)
             except ValueError:
                 raise ConditionError(
                     f"expected a CIDR (10.0.0.0/8, ::1/128), got {v!r}", *it.pos, where
@@ -838,13 +840,13 @@ def _glob_predicate(patterns: tuple[str, ...]) -> Callable[[str], bool]:
 
 
 def _cidr_predicate(cidrs: tuple[str, ...]) -> Callable[[str], bool]:
-    nets = tuple(F.ipaddress.ip_network(c, strict=False) for c in cidrs)
+    nets = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
     memo: dict[str, bool] = {}
 
     def cidr(v: str) -> bool:
         r = memo.get(v)
         if r is None:
-            ip = F.parse_ip(v)
+            ip = parse_ip(v)
             r = ip is not None and any(ip.version == n.version and ip in n for n in nets)
             if len(memo) > 8192:
                 memo.clear()

@@ -26,14 +26,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-from roguewatch.detect import fields as F
 from roguewatch.detect import ruleset
-from roguewatch.detect.fields import BaseProcessView, Policy, StaticPolicy
+from roguewatch.detect.fields import BaseProcessView, Policy
 from roguewatch.detect.ruleset import Rule, RuleSet
 from roguewatch.outputs import alerts
+from roguewatch.policy import egress
 from roguewatch.policy import policy as policy_mod
 from roguewatch.policy.config import Config
 from roguewatch.policy.hostnames import HostRefresher
+from roguewatch.policy.policy import StaticPolicy
 from roguewatch.respond.enforcer import Enforcer, SessionInfo
 from roguewatch.runtime import readiness
 from roguewatch.stream import bus
@@ -397,7 +398,7 @@ class Evaluator:
         expanded to their current addresses and kept current on their TTL (as the collector
         does for the kernel's egress maps), so that a connect the kernel allows is not taken
         for unauthorized egress here."""
-        hosts = F.egress_hosts(pol.egress_allow)
+        hosts = egress.egress_hosts(pol.egress_allow)
         if not hosts:
             self._host_policies.pop(sid, None)
             self._apply_policy(sid, pol)
@@ -417,7 +418,7 @@ class Evaluator:
 
     def _expanded(self, pol: StaticPolicy) -> StaticPolicy:
         assert self.hosts is not None
-        allow = F.expand_hosts(pol.egress_allow, self.hosts.addresses)
+        allow = egress.expand_hosts(pol.egress_allow, self.hosts.addresses)
         return replace(pol, egress_allow=allow)
 
     def _refresh_host_policies(self) -> None:

@@ -28,6 +28,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from roguewatch.detect import condition as C
 from roguewatch.detect import fields as F
 from roguewatch.detect.prefilter import TypeFilter
+from roguewatch.policy.policy import StaticPolicy
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 CATEGORIES = ("egress", "persistence", "shutdown_evasion", "oversight_tampering", "monitor")
@@ -1014,7 +1015,7 @@ class FixtureResult:
 
 def _view(spec: Mapping[str, Any]) -> F.StaticProcessView:
     pol = spec.get("policy") or {}
-    policy = F.StaticPolicy(
+    policy = StaticPolicy(
         egress_allow=tuple(pol.get("egress_allow", ())),
         protect=tuple(pol.get("protect", ())),
         mode=pol.get("mode", "enforce"),

@@ -36,12 +36,11 @@ from typing import Any, Protocol, TextIO
 import msgpack
 import zmq
 
+from roguewatch.core.paths import ALERTS_ENDPOINT, ALERTS_FILE
 from roguewatch.stream import bus
 
 log = logging.getLogger("roguewatch.outputs.alerts")
 
-ALERTS_ENDPOINT = f"ipc://{bus.RUN_DIR}/alerts.sock"
-ALERTS_FILE = "/var/log/roguewatch/alerts.jsonl"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")

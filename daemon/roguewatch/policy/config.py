@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 
 import yaml
 
-from roguewatch.stream import bus
+from roguewatch.core import paths
 
 
 class ConfigError(Exception):
@@ -21,13 +21,13 @@ class ConfigError(Exception):
 
 @dataclass
 class Config:
-    events_endpoint: str = bus.EVENTS_ENDPOINT
-    control_endpoint: str = bus.CONTROL_ENDPOINT
+    events_endpoint: str = paths.EVENTS_ENDPOINT
+    control_endpoint: str = paths.CONTROL_ENDPOINT
     # Ring buffer size in 4 KiB pages (a power of two): 2048 = 8 MiB.
     ringbuf_pages: int = 2048
     # Most events per bus message; a batch is also sent whenever the ring buffer is drained.
     batch_max: int = 1024
-    cache_dir: str = "/var/cache/roguewatch"
+    cache_dir: str = paths.CACHE_DIR
     # Adoption selectors: processes of these users or uids, or whose comm is listed, are
     # tracked from their exec on (and found by a /proc scan at start).
     adopt_users: list[str] = field(default_factory=lambda: ["agent"])
@@ -36,15 +36,15 @@ class Config:
     # Print every event on stdout (the foreground mode of `make run`).
     print_events: bool = False
     # The alert stream.
-    alerts_endpoint: str = "ipc:///run/roguewatch/alerts.sock"
-    alerts_file: str = "/var/log/roguewatch/alerts.jsonl"
+    alerts_endpoint: str = paths.ALERTS_ENDPOINT
+    alerts_file: str = paths.ALERTS_FILE
     alerts_file_max_bytes: int = 10 * 1024 * 1024
     alerts_file_keep: int = 5
     journald: bool = True
     # Print alerts on stdout (the foreground mode of `make run`).
     print_alerts: bool = True
     # Rules: the packaged packs, then these directories (missing ones are skipped).
-    rules_dirs: list[str] = field(default_factory=lambda: ["/etc/roguewatch/rules.d"])
+    rules_dirs: list[str] = field(default_factory=lambda: [paths.RULES_DIR])
     # Patterns (name, glob, tag:T1053, category:egress) to disable, then enable.
     rules_disable: list[str] = field(default_factory=list)
     rules_enable: list[str] = field(default_factory=list)
@@ -55,7 +55,7 @@ class Config:
     # Carry out rules' actions (kill, freeze); false: record them in alerts only.
     enforce: bool = True
     # Policies with adoption selectors (`adopt: {users, uids, comms}` + a policy), one per file.
-    policies_dir: str = "/etc/roguewatch/policies.d"
+    policies_dir: str = paths.POLICIES_DIR
     # Prometheus metrics on 127.0.0.1:PORT (0: off).
     metrics_port: int = 0
     # Host names in egress allowlists are re-resolved on their DNS TTL; this often when DNS
@@ -64,10 +64,10 @@ class Config:
     # Filesystem watchers on persistence and oversight paths, with baselines and restore.
     watch_files: bool = True
     watch_extra: list[str] = field(default_factory=list)
-    state_dir: str = "/var/lib/roguewatch"
+    state_dir: str = paths.STATE_DIR
     baseline_max_copy_bytes: int = 1024 * 1024
     # Where the service writes its live counters for `roguewatch status`.
-    status_file: str = "/run/roguewatch/status.json"
+    status_file: str = paths.STATUS_FILE
 
     def adopted_uids(self) -> list[int]:
         """uids of adopt_uids plus those of adopt_users that exist on this host."""
@@ -88,7 +88,7 @@ def uids_of(users: list[str]) -> list[int]:
 _TYPES = {f.name: f.type for f in fields(Config)}
 
 
-DEFAULT_PATH = "/etc/roguewatch/roguewatchd.yaml"
+DEFAULT_PATH = paths.CONFIG_FILE
 
 
 def load(path: str | None) -> Config:

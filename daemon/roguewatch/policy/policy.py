@@ -8,12 +8,22 @@ policies arrive with `roguewatch run`, the daemon applies one policy to every se
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import yaml
 
-from roguewatch.detect.fields import StaticPolicy, parse_egress_spec
 from roguewatch.policy.config import uids_of
+from roguewatch.policy.egress import parse_egress_spec
+
+
+@dataclass
+class StaticPolicy:
+    """A plain policy (from a policy file, a fixture or the daemon's config)."""
+
+    egress_allow: tuple[str, ...] = ()
+    protect: tuple[str, ...] = ()
+    mode: str = "enforce"
+    lists: dict[str, list[str]] = field(default_factory=dict)
 
 
 class PolicyError(Exception):

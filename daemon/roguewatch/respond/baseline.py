@@ -40,7 +40,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-STATE_DIR = "/var/lib/roguewatch"
+from roguewatch.core.paths import STATE_DIR
+
 MAX_COPY_BYTES = 1 << 20
 IGNORE_WINDOW_NS = 2_000_000_000  # watchdog holds unpaired renames 0.5 s before reporting them
 MAX_ENTRIES = 20_000

@@ -32,7 +32,8 @@ import re
 import secrets
 import stat
 
-STATE_DIR = "/var/lib/roguewatch"
+from roguewatch.core.paths import STATE_DIR
+
 STORE_DIR = os.path.join(STATE_DIR, "blobs")
 HASH_CACHE = os.path.join(STATE_DIR, "hashcache.json")
 MAX_STORE_BYTES = 256 << 20  # least recently used blobs beyond this are pruned

@@ -16,7 +16,7 @@ from roguewatch.respond.selfdefense import die_with_parent
 from roguewatch.runtime import priority
 
 # `python -m MODULE` for each component.
-COLLECTOR = "roguewatch.stream.collector"
+COLLECTOR = "roguewatch.runtime.collectord"
 EVALUATOR = "roguewatch.detect.evaluator"
 COMPONENT_MODULES = {"collector": COLLECTOR, "evaluator": EVALUATOR}
 

@@ -23,16 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from roguewatch.core.paths import PRIVATE_RUN, PRIVATE_STATE
 from roguewatch.runtime import readiness
 from roguewatch.runtime.components import COLLECTOR, component_preexec, forward_stderr
 
 if TYPE_CHECKING:  # ZeroMQ is imported only once a collector is being started (start-up time)
     from roguewatch.stream.control import ControlClient
-
-PRIVATE_STATE = "/var/lib/roguewatch/private"
-# The sockets of private collectors (run, record): root-only, one directory per collector, so
-# `roguewatch sessions` and `roguewatch kill` find sessions that no roguewatchd runs.
-PRIVATE_RUN = "/run/roguewatch-private"
 
 
 class SessionError(Exception):

@@ -28,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from roguewatch.core import paths
 from roguewatch.runtime import components, launcher, readiness
 
 if TYPE_CHECKING:
@@ -40,9 +41,7 @@ if TYPE_CHECKING:
 # what it needs (ZeroMQ, msgpack, the policy parser, cgroups, Landlock) while it loads.
 
 PR_SET_CHILD_SUBREAPER = 36
-# bus.CONTROL_ENDPOINT's socket, spelled here so that finding no roguewatchd costs no import
-# (tests/test_run.py checks that the two agree).
-SERVICE_CONTROL_SOCKET = "/run/roguewatch/control.sock"
+SERVICE_CONTROL_SOCKET = paths.CONTROL_ENDPOINT.removeprefix("ipc://")
 # How long the launcher waits for its alert subscription to be live before the agent's exec.
 WELCOME_TIMEOUT_S = 1.0
 

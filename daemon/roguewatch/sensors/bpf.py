@@ -23,7 +23,6 @@ import ctypes as ct
 import errno
 import hashlib
 import importlib.resources
-import ipaddress
 import os
 import platform
 import struct
@@ -37,11 +36,13 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from roguewatch.core.paths import CACHE_DIR
 from roguewatch.host import kernelenv
+from roguewatch.policy import egress
+from roguewatch.policy.hostnames import system_addresses
 
 PROBE_FILES = ("process", "network", "files", "signals", "system", "egress")
 HEADER = "roguewatch.h"
-CACHE_DIR = "/var/cache/roguewatch"
 DEFAULT_RINGBUF_PAGES = 2048  # 8 MiB
 
 BPF_PROG_TYPE_TRACEPOINT = 5
@@ -730,23 +731,10 @@ def egress_entries(
 
     A lookup finds only the longest matching prefix, so each entry also carries the port
     ranges of every shorter entry that contains it. Host names are resolved by
-    ``addresses(host)`` (the collector's HostRefresher), or now by the system's resolver.
+    ``addresses(host)`` (the collector's HostRefresher), or now by the system's resolver; one
+    that does not resolve allows nothing (the evaluator still alerts).
     """
-    from roguewatch.detect.fields import parse_egress_spec
-    from roguewatch.policy.hostnames import system_addresses
-
-    resolve = addresses or (lambda h: system_addresses(h) or [])
-
-    nets: list[tuple[object, int, int, int]] = []
-    for spec in allow:
-        r = parse_egress_spec(spec)
-        proto = {"tcp": 6, "udp": 17}.get(r.proto, 0)
-        if r.network is not None:
-            nets.append((r.network, r.port_lo, r.port_hi, proto))
-            continue
-        # Unresolvable now: allows nothing (the evaluator still alerts).
-        for addr in resolve(r.host):
-            nets.append((ipaddress.ip_network(addr), r.port_lo, r.port_hi, proto))
+    nets = egress.networks(allow, addresses or (lambda h: system_addresses(h) or []))
     out = []
     seen: set[object] = set()
     for net, *_ in nets:

@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 import ormsgpack
 import zmq
 
-RUN_DIR = "/run/roguewatch"
-EVENTS_ENDPOINT = f"ipc://{RUN_DIR}/events.sock"
-CONTROL_ENDPOINT = f"ipc://{RUN_DIR}/control.sock"
+from roguewatch.core.paths import CONTROL_ENDPOINT, EVENTS_ENDPOINT, RUN_DIR  # noqa: F401
 
 # Per subscriber, in messages (batches): enough for a few seconds of a burst.
 SEND_HWM = 4096

@@ -3,8 +3,10 @@
 Owns the loop that polls the ring buffer, decodes and enriches records, publishes them in
 batches without ever blocking, counts every loss (kernel, pending map, decoding, bus) and
 publishes the counts as `monitor` events at least once a second while they grow. It also
-serves the control socket that puts processes into sessions, applies the adoption selectors
-(in the kernel, and by a /proc scan at start), and guards roguewatch's own tasks.
+answers the control socket's operations that put processes into sessions, applies the
+adoption selectors (in the kernel, and by a /proc scan at start), and guards roguewatch's own
+tasks. The filesystem sensor (watchers, baselines, restore) is given to it as a
+:class:`FileSensor`; ``roguewatch.runtime.collectord`` builds both and runs them.
 
 It must not judge events: rules are the evaluator's.
 """
@@ -15,33 +17,28 @@ import logging
 import math
 import os
 import secrets
-import shutil
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
-import msgpack
 import zmq
 
-from roguewatch.detect.fields import egress_hosts
 from roguewatch.policy import policy as policy_mod
 from roguewatch.policy.config import Config
+from roguewatch.policy.egress import egress_hosts
 from roguewatch.policy.hostnames import HostRefresher
 from roguewatch.probes import layout
 from roguewatch.probes.layout import TYPE_NAMES, RecordError
-from roguewatch.respond.selfdefense import ShutdownGate
-from roguewatch.runtime import readiness
 from roguewatch.sensors import bpf
 from roguewatch.sensors.ringbuf import RingBuffer
 from roguewatch.stream import bus
+from roguewatch.stream.control import ControlServer, Peer
 from roguewatch.stream.enrich import ProcessCache, proc_cmdline, proc_ppid, proc_start_ns
 
-log = logging.getLogger("roguewatch.stream.collector")
+log = logging.getLogger("roguewatch.collector")
 
 # The hot path's constants (see Collector._handle).
 _HSIZE = layout.HEADER.size
@@ -82,6 +79,39 @@ class Losses:
         return sum(self.ring.values()) + self.pending + self.decode + self.bus + self.untracked
 
 
+class Gate(Protocol):
+    """The shutdown gate of the collector's process: signals to obey, read by the loop."""
+
+    def poll(self) -> list[int]: ...
+
+
+class FileSensor(Protocol):
+    """What the collector needs of the filesystem sensor (``runtime.fileguard.FileGuard``).
+
+    Changes arrive on the callback the sensor was made with; ``rescan_needed`` is set after
+    an inotify overflow, and ``take_rescan()`` clears it once a rescan starts; ``rescan()``
+    gives the ``fs_change`` events of whatever differs from the baselines."""
+
+    snapshot_done: threading.Event
+
+    @property
+    def rescan_needed(self) -> bool: ...
+
+    def take_rescan(self) -> bool: ...
+
+    def recheck(self) -> None: ...
+
+    def rescan(self) -> list[dict]: ...
+
+    def protect(self, paths: list[str]) -> None: ...
+
+    def restore(self, path: str, who: dict) -> str: ...
+
+    def limits(self) -> dict: ...
+
+    def close(self) -> None: ...
+
+
 # Rescans of the baselines (after an inotify overflow) start at most this often.
 RESCAN_MIN_INTERVAL_S = 1.0
 
@@ -92,21 +122,19 @@ class _FsRescanner:
     per entry). One rescan at a time, at most one start per RESCAN_MIN_INTERVAL_S: an agent
     that floods a watched tree again and again gets one rescan a second, not a stalled loop.
 
-    ``kick()`` (from the loop, while the watcher's rescan flag is set) asks for a rescan; the
+    ``kick()`` (from the loop, while the sensor's rescan flag is set) asks for a rescan; the
     thread takes the flag as it starts one, so an overflow during a rescan sets it again and
-    exactly one more rescan follows. The changed paths are queued on ``out`` (the collector's
+    exactly one more rescan follows. The changes are queued on ``out`` (the collector's
     ``fs_queue``) as ``fs_change`` events, and ``wake()`` gets the loop to publish them."""
 
     def __init__(
         self,
-        watcher: Any,
-        baselines: Any,
-        skip: tuple[str, ...],
+        files: FileSensor,
         out: deque[dict],
         wake: Callable[[], None],
         stopping: Callable[[], bool],
     ) -> None:
-        self.watcher, self.baselines, self.skip = watcher, baselines, skip
+        self.files = files
         self.out, self.wake, self.stopping = out, wake, stopping
         self._last = -math.inf  # monotonic time of the last start
         self._kick = threading.Event()
@@ -127,49 +155,39 @@ class _FsRescanner:
                 time.sleep(wait)
             if self.stopping():
                 return
-            if not self.watcher.take_rescan():
+            if not self.files.take_rescan():
                 continue
             self._last = time.monotonic()
             try:
-                self.watcher.recheck()  # targets that appeared while events were lost
-                self._rescan()
+                self.files.recheck()  # targets that appeared while events were lost
+                found = self.files.rescan()
             except Exception:  # the thread must outlive a failed rescan
                 log.exception("rescan of the baselines failed")
-            if self.watcher.rescan_needed:  # an overflow during the rescan: one more
+                found = []
+            if found:
+                self.out.extend(found)
+                self.wake()
+            if self.files.rescan_needed:  # an overflow during the rescan: one more
                 self._kick.set()
-
-    def _rescan(self) -> None:
-        from roguewatch.sensors.watchers import (
-            fs_change,  # (watchdog is imported only when watching)
-        )
-
-        n = 0
-        for path in self.baselines.rescan():
-            if any(path == d or path.startswith(d.rstrip("/") + "/") for d in self.skip):
-                continue  # our own logs: always changed since the baseline
-            self.out.append(fs_change(path, "rescan"))
-            n += 1
-        if n:
-            self.wake()
 
 
 class Collector:
     def __init__(
-        self, cfg: Config, probes: bpf.Probes | None = None, max_procs: int = 65536
+        self,
+        cfg: Config,
+        probes: bpf.Probes | None = None,
+        max_procs: int = 65536,
+        files: FileSensor | None = None,
+        fs_queue: deque[dict] | None = None,
     ) -> None:
+        """``files``: the filesystem sensor, started before the probes load (its baseline
+        snapshot then overlaps that), putting its changes on ``fs_queue`` and calling
+        ``wake()``."""
         self.cfg = cfg
-        # Watchers first: their baseline snapshot then overlaps the loading of the probes.
-        self.fs_queue: deque[dict] = deque()
+        self.fs_queue: deque[dict] = fs_queue if fs_queue is not None else deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._pending_reply: Future | None = None  # a restore being done (serve_control)
-        self._restorer: ThreadPoolExecutor | None = None
-        self.watcher = None
-        self.baselines = None
-        self._fs_rescan_skip: tuple[str, ...] = ()  # set by start_watchers
+        self.files = files
         self._fs_rescanner: _FsRescanner | None = None  # made at the first overflow
-        self.snapshot_done = threading.Event()
-        if cfg.watch_files:
-            self.start_watchers()
         self.probes = probes or bpf.load(
             bpf.BuildOptions(ringbuf_pages=cfg.ringbuf_pages, max_procs=max_procs),
             cfg.cache_dir,
@@ -177,15 +195,10 @@ class Collector:
         self.ring = RingBuffer(self.probes.fd("events"), self.probes.ringbuf_size())
         self.ctx = zmq.Context.instance()
         self.pub = bus.Publisher(cfg.events_endpoint, self.ctx)
-        self.control: zmq.Socket | None = None
+        self.control: ControlServer | None = None
         if cfg.control_endpoint:
-            bus.prepare_endpoint(cfg.control_endpoint)
-            self.control = self.ctx.socket(zmq.REP)
-            self.control.setsockopt(zmq.LINGER, 0)
-            self.control.bind(cfg.control_endpoint)
-            path = bus.ipc_path(cfg.control_endpoint)
-            if path:
-                os.chmod(path, 0o600)
+            self.control = ControlServer(cfg.control_endpoint, self.wake)
+            self._register_operations(self.control)
         self.cache = ProcessCache()
         self.batch: list[dict] = []
         self._idents: dict[bytes, dict] = {}  # identity bytes of a header → identity fields
@@ -218,112 +231,10 @@ class Collector:
                 self.probes.adopt_comm(comm)
         self.scan_procfs()
 
-    def start_watchers(self, extra: list[str] | None = None) -> None:
-        """The second sensor: watch persistence and oversight paths, baseline them.
-
-        Filesystem watcher events arrive from watchdog's thread: queued, and a byte on the
-        wake pipe gets the loop to publish (and so restore) a change at once."""
-        from roguewatch.detect import ruleset
-        from roguewatch.respond import baseline
-        from roguewatch.sensors import watchers
-
-        lists = ruleset.lists_only(d for d in self.cfg.rules_dirs if os.path.isdir(d))
-        paths = watchers.watch_paths(lists, [*self.cfg.watch_extra, *(extra or [])])
-        # Not our own state (baselines, quarantine: thousands of files that we write): the
-        # probes still see an agent that touches it.
-        own = tuple(d.rstrip("/") for d in (self.cfg.state_dir, "/var/lib/roguewatch"))
-        paths = [p for p in paths if not any(p == d or p.startswith(d + "/") for d in own)]
-        # The writer's pid, from fanotify where the kernel gives it (doctor says which).
-        from roguewatch.sensors import fanotify
-
-        writers: fanotify.WriterSensor | None = None
-        try:
-            sensor = fanotify.WriterSensor()
-            sensor.start()
-            writers = sensor
-        except fanotify.Unavailable as exc:
-            log.warning("fanotify unavailable (%s): changes seen only by the filesystem "
-                        "watchers have writer unknown; the alert log directory is not watched",
-                        exc.strerror or exc)  # fmt: skip
-        me = os.getpid()
-
-        def own_writer(w: fanotify.Writer) -> bool:
-            """roguewatch itself: this process, or a guarded one (the service, the evaluator,
-            `run`'s launcher: each is guarded as it starts)."""
-            if w.pid == me:
-                return True
-            probes = getattr(self, "probes", None)  # loaded after the watchers start
-            if probes is None:
-                return False
-            try:
-                return probes.is_guarded(w.pid)
-            except (KeyError, OSError, AttributeError):
-                return False
-
-        alerts_dir = os.path.dirname(self.cfg.alerts_file) if self.cfg.alerts_file else ""
-        if writers is not None and alerts_dir:
-            paths.append(self.cfg.alerts_file)  # watched, our own appends dropped by pid
-            # Made here, before it is watched, when missing: the evaluator's first open would
-            # otherwise create it before roguewatchd has guarded it (a change by "someone").
-            if os.path.isdir(alerts_dir) and not os.path.lexists(self.cfg.alerts_file):
-                try:
-                    os.close(os.open(self.cfg.alerts_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                                     | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640))  # fmt: skip
-                except OSError:
-                    pass
-        self.watcher = watchers.FsWatcher(
-            paths, self._fs_event, writers=writers, own_writer=own_writer
-        )
-        self.baselines = baseline.Baselines(
-            self.cfg.state_dir, self.cfg.baseline_max_copy_bytes,
-            ignore=self.watcher.ignore, settle=self.watcher.settle,
-        )  # fmt: skip
-        # Our own writes are never changes. With writer pids, whatever a roguewatch process
-        # writes is dropped by pid. Without them, the evaluator's files are ignored whole: the
-        # alert file's directory (it appends to it) and its status file (rewritten every
-        # second, in /run/roguewatch). Its alert socket always: the evaluator binds it before
-        # roguewatchd has guarded it.
-        ours = [bus.ipc_path(getattr(self.cfg, "alerts_endpoint", "")) or ""]
-        if writers is None:
-            if alerts_dir:
-                self.watcher.ignore(alerts_dir, watchers.FOREVER_NS, subtree=True)
-            status = getattr(self.cfg, "status_file", "")
-            ours += [status, f"{status}.tmp" if status else ""]
-        for p in ours:
-            if p:
-                self.watcher.ignore(p, watchers.FOREVER_NS)
-        # A rescan (after an overflow) cannot tell our appends from anyone's: not there.
-        self._fs_rescan_skip = (alerts_dir,) if alerts_dir else ()
-        self.watcher.start()
-        # The snapshot (a second or two for ~1,300 files) runs beside the loop: start-up is
-        # not held up; a restore asked for meanwhile waits for it (Baselines has a lock).
-        import threading
-
-        def snapshot() -> None:
-            try:
-                self.baselines.snapshot(paths)
-            finally:
-                self.snapshot_done.set()
-
-        threading.Thread(target=snapshot, daemon=True, name="baseline-snapshot").start()
-        self.watch_paths = paths
-
-    def _drop_private_state(self) -> None:
-        """A private collector's baselines go with it; its quarantine (if any) stays."""
-        from roguewatch.runtime.launcher import PRIVATE_STATE
-
-        state = os.path.realpath(self.cfg.state_dir)
-        if not state.startswith(PRIVATE_STATE + "/"):
-            return
-        quarantine = os.path.join(state, "quarantine")
-        if os.path.isdir(quarantine) and os.listdir(quarantine):
-            shutil.rmtree(os.path.join(state, "baseline"), ignore_errors=True)
-        else:
-            shutil.rmtree(state, ignore_errors=True)
-
-    def _fs_event(self, ev: dict) -> None:
+    def fs_event(self, ev: dict) -> None:
+        """A change from the filesystem sensor (its thread): queued, and the loop woken."""
         self.fs_queue.append(ev)
-        self._wake()
+        self.wake()
 
     def _drain_fs(self) -> None:
         try:
@@ -333,15 +244,14 @@ class Collector:
         q = self.fs_queue
         while q:
             self.batch.append(q.popleft())
-        if self.watcher is not None and self.watcher.rescan_needed and self.baselines:
+        if self.files is not None and self.files.rescan_needed:
             # After an overflow: whatever differs from the baseline is a change we missed. The
             # rescan (a second for ~1,300 files) is never run here, where the ring must be
             # drained every millisecond: its thread queues what it finds and wakes us.
             if self._fs_rescanner is None:
                 self._fs_rescanner = _FsRescanner(
-                    self.watcher, self.baselines, self._fs_rescan_skip, self.fs_queue,
-                    self._wake, lambda: self._stopping,
-                )  # fmt: skip
+                    self.files, self.fs_queue, self.wake, lambda: self._stopping
+                )
             self._fs_rescanner.kick()
         self.flush()
 
@@ -512,127 +422,87 @@ class Collector:
         self._reported = now
         return now
 
-    def serve_control(self) -> None:
-        """Answer control requests. A restore (file copies, fsyncs: milliseconds) runs in a
-        worker thread so the loop keeps draining the ring meanwhile; its answer is sent by
-        finish_control, and the REP socket takes no other request until then."""
-        assert self.control is not None
-        while self._pending_reply is None:
-            try:
-                raw = self.control.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                req = msgpack.unpackb(raw, raw=False)
-                if isinstance(req, dict) and req.get("op") == "restore":
-                    self._pending_reply = self._worker().submit(self._restore, req)
-                    self._pending_reply.add_done_callback(lambda _f: self._wake())
-                    return
-                reply = self._control(req)
-            except Exception as exc:  # a bad request must never stop the collector
-                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            self.control.send(msgpack.packb(reply, use_bin_type=True))
-
-    def finish_control(self) -> None:
-        """Send the answer of a restore that has finished, then serve what queued up."""
-        f = self._pending_reply
-        if f is None or not f.done():
-            return
-        self._pending_reply = None
-        try:
-            reply = f.result()
-        except Exception as exc:  # as in serve_control: an answer, never a crash
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        assert self.control is not None
-        self.control.send(msgpack.packb(reply, use_bin_type=True))
-        self.serve_control()
-
-    def _worker(self) -> ThreadPoolExecutor:
-        if self._restorer is None:
-            self._restorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore")
-        return self._restorer
-
-    def _wake(self) -> None:
+    def wake(self) -> None:
         try:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
             pass  # a wake-up is already pending
 
-    def _restore(self, req: dict) -> dict:
-        if self.baselines is None:
+    # -- the control socket's operations -----------------------------------------------------
+
+    def _register_operations(self, server: ControlServer) -> None:
+        ops: dict[str, Callable[[dict, Peer | None], dict]] = {
+            "ping": lambda req, peer: {"ok": True, "pid": os.getpid()},
+            "register": self._register,
+            "attach_egress": self._attach_egress,
+            "session_end": self._session_end,
+            "unregister": lambda req, peer: {"ok": self.probes.unregister(int(req["pid"]))},
+            "announce": self._announce,
+            "sessions": lambda req, peer: {"ok": True, "sessions": self.session_list()},
+            "release": self._release,
+            "guard": self._guard,
+            "stats": lambda req, peer: {"ok": True, **self.stats()},
+        }
+        for op, handler in ops.items():
+            server.register(op, handler)
+        server.register("restore", self._restore, threaded=True)
+
+    def _restore(self, req: dict, peer: Peer | None = None) -> dict:
+        if self.files is None:
             return {"ok": True, "outcome": "not restored: the filesystem watchers are off"}
-        path = str(req["path"])
-        outcome = self.baselines.restore(path, req.get("who") or {})
-        if outcome.startswith("not baselined"):
-            # A new file in a watched directory: the directory's baseline removes it.
-            parent = os.path.dirname(path)
-            while parent not in ("/", "") and self.baselines.baseline(parent) is None:
-                parent = os.path.dirname(parent)
-            if parent not in ("/", ""):
-                outcome = self.baselines.restore(parent, req.get("who") or {})
-        return {"ok": True, "outcome": outcome}
+        return {"ok": True, "outcome": self.files.restore(str(req["path"]), req.get("who") or {})}
 
-    def _control(self, req: dict) -> dict:
-        op = req.get("op")
-        if op == "ping":
-            return {"ok": True, "pid": os.getpid()}
-        if op == "register":
-            return self._register(req)
-        if op == "attach_egress":
-            return self._attach_egress(req)
-        if op == "session_end":
-            return self._session_end(req)
-        if op == "unregister":
-            return {"ok": self.probes.unregister(int(req["pid"]))}
-        if op == "restore":  # (served by serve_control in a worker thread)
-            return self._restore(req)
-        if op == "announce":  # the service reporting on its components (restarts)
-            self._publish_now({
-                "type": "monitor", "kind": str(req.get("kind", "monitor")), "ts": time.time_ns(),
-                "session": 0, "pid": os.getpid(), "flags": [],
-                "detail": str(req.get("detail", "")), "missed": int(req.get("missed", 0)),
-            })  # fmt: skip
-            return {"ok": True}
-        if op == "sessions":
-            return {"ok": True, "sessions": self.session_list()}
-        if op == "release":
-            for pid, s in self.probes.tracked().items():
-                if s == int(req["session"]):
-                    self.probes.unregister(pid)
-            self.release(int(req["session"]))
-            return {"ok": True}
-        if op == "guard":  # the process and every thread it has now
-            pid = int(req["pid"])
-            self.probes.guard(pid)
-            try:
-                for tid in os.listdir(f"/proc/{pid}/task"):
-                    self.probes.guard(int(tid))
-            except OSError:
-                pass
-            return {"ok": True}
-        if op == "stats":
-            loss = self.losses()
-            return {
-                "ok": True, "events": self.events_total, "batches": self.pub.sent_batches,
-                "uptime": time.time() - self.started,
-                "lost_ring": loss.ring, "lost_pending": loss.pending, "lost_decode": loss.decode,
-                "untracked_forks": loss.untracked,
-                "lost_bus": loss.bus, "probes": len(self.probes.attached), "rate": self.rate,
-                "probes_failed": [f for f, _ in self.probes.failed],
-                "baseline_ready": self.watcher is None or self.snapshot_done.is_set(),
-                "watcher": self.watcher.limits() if self.watcher is not None else None,
-                "tracked": len(self.probes.tracked()),
-                "egress_hosts": {"refreshes": self.hosts.refreshes, "changes": self.hosts.changes},
-            }  # fmt: skip
-        return {"ok": False, "error": f"unknown op {op!r}"}
+    def _announce(self, req: dict, peer: Peer | None = None) -> dict:
+        """The service reporting on its components (restarts), as a `monitor` event."""
+        self._publish_now({
+            "type": "monitor", "kind": str(req.get("kind", "monitor")), "ts": time.time_ns(),
+            "session": 0, "pid": os.getpid(), "flags": [],
+            "detail": str(req.get("detail", "")), "missed": int(req.get("missed", 0)),
+        })  # fmt: skip
+        return {"ok": True}
 
-    def _register(self, req: dict) -> dict:
+    def _release(self, req: dict, peer: Peer | None = None) -> dict:
+        session = int(req["session"])
+        for pid, s in self.probes.tracked().items():
+            if s == session:
+                self.probes.unregister(pid)
+        self.release(session)
+        return {"ok": True}
+
+    def _guard(self, req: dict, peer: Peer | None = None) -> dict:
+        """Guard a process and every thread it has now."""
+        pid = int(req["pid"])
+        self.probes.guard(pid)
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                self.probes.guard(int(tid))
+        except OSError:
+            pass
+        return {"ok": True}
+
+    def stats(self) -> dict:
+        loss = self.losses()
+        files = self.files
+        return {
+            "events": self.events_total, "batches": self.pub.sent_batches,
+            "uptime": time.time() - self.started,
+            "lost_ring": loss.ring, "lost_pending": loss.pending, "lost_decode": loss.decode,
+            "untracked_forks": loss.untracked,
+            "lost_bus": loss.bus, "probes": len(self.probes.attached), "rate": self.rate,
+            "probes_failed": [f for f, _ in self.probes.failed],
+            "baseline_ready": files is None or files.snapshot_done.is_set(),
+            "watcher": files.limits() if files is not None else None,
+            "tracked": len(self.probes.tracked()),
+            "egress_hosts": {"refreshes": self.hosts.refreshes, "changes": self.hosts.changes},
+        }  # fmt: skip
+
+    def _register(self, req: dict, peer: Peer | None = None) -> dict:
         """Put a process in a session; announce the session on the stream (kind `start`).
 
         A session starts only once the baselines exist: a change it makes before then would
         become the baseline (at start-up only; the snapshot takes a second or two)."""
-        if self.watcher is not None:
-            self.snapshot_done.wait(30)
+        if self.files is not None:
+            self.files.snapshot_done.wait(30)
         pid = int(req["pid"])
         start = proc_start_ns(pid)
         if start is None:
@@ -645,9 +515,8 @@ class Collector:
             pid, session, start, proc_start_ns(ppid) or 0, ppid, observe=mode == "observe"
         )
         protect = list((req.get("policy") or {}).get("protect", []))
-        if protect and self.watcher is not None and self.baselines is not None:
-            self.watcher.add_paths(protect)  # the session's protected files: both sensors
-            self.baselines.snapshot(protect)
+        if protect and self.files is not None:
+            self.files.protect(protect)  # the session's protected files: both sensors
         self.sessions[session] = {
             "root": pid, "cgroup": req.get("cgroup", ""), "fd": None,
             "name": req.get("name", ""), "mode": mode, "started": time.time(),
@@ -659,7 +528,7 @@ class Collector:
         })  # fmt: skip
         return {"ok": True, "session": session}
 
-    def _attach_egress(self, req: dict) -> dict:
+    def _attach_egress(self, req: dict, peer: Peer | None = None) -> dict:
         """Refuse in the kernel, for this cgroup, every destination outside the allowlist."""
         session, path = int(req["session"]), str(req["cgroup"])
         allow = [str(a) for a in req["allow"]]
@@ -681,7 +550,7 @@ class Collector:
             if info.get("cgid") == cgid and info.get("fd") is not None:
                 self.probes.update_egress(cgid, info["allow"], self.hosts.addresses)
 
-    def _session_end(self, req: dict) -> dict:
+    def _session_end(self, req: dict, peer: Peer | None = None) -> dict:
         """The root exited: name the survivors on the stream (kind `end`), drop egress."""
         session = int(req["session"])
         self.drain()  # the session's last events go out before its end
@@ -726,7 +595,7 @@ class Collector:
     def stop(self, *_: object) -> None:
         self._stopping = True
 
-    def run(self, ready: callable | None = None, gate: ShutdownGate | None = None) -> None:
+    def run(self, ready: Callable[[], None] | None = None, gate: Gate | None = None) -> None:
         # Two pollers: `idle` waits for the ring too; `busy` does not. The ring's fd is
         # readable whenever a record is there, so a collector that re-polled it after each
         # drain would loop as fast as records arrive, a handful of events per batch (a
@@ -737,7 +606,7 @@ class Collector:
         busy_poller = zmq.Poller()
         busy_poller.register(self.pub.socket, zmq.POLLIN)
         if self.control is not None:
-            busy_poller.register(self.control, zmq.POLLIN)
+            busy_poller.register(self.control.socket, zmq.POLLIN)
         busy_poller.register(self._wake_r, zmq.POLLIN)
         idle_poller = zmq.Poller()
         idle_poller.register(self.ring.fd, zmq.POLLIN)
@@ -773,9 +642,9 @@ class Collector:
             if self.pub.socket in socks:
                 self.pub.drain_subscriptions()
             if self.control is not None:
-                self.finish_control()
-                if self.control in socks:
-                    self.serve_control()
+                self.control.finish()
+                if self.control.socket in socks:
+                    self.control.serve()
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + 1.0
                 self.rate = self.events_total - self._rate_mark
@@ -788,86 +657,10 @@ class Collector:
 
     def close(self) -> None:
         self.hosts.close()
-        if self._restorer is not None:
-            self._restorer.shutdown(wait=True)  # a restore under way finishes
-        if self.watcher is not None:
-            self.watcher.stop()
-        self._drop_private_state()
+        if self.control is not None:
+            self.control.close()  # a restore under way finishes first
+        if self.files is not None:
+            self.files.close()
         self.ring.close()
         self.pub.close()
-        if self.control is not None:
-            self.control.close(0)
-            path = bus.ipc_path(self.cfg.control_endpoint)
-            if path and os.path.exists(path):
-                os.unlink(path)
         self.probes.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m roguewatch.collector`: the collector as a process of its own."""
-    import argparse
-
-    from roguewatch.policy import config as config_mod
-
-    ap = argparse.ArgumentParser(description="roguewatch collector")
-    ap.add_argument("--config")
-    ap.add_argument("--events", help="event stream endpoint")
-    ap.add_argument("--control", help="control endpoint")
-    ap.add_argument("--ringbuf-pages", type=int)
-    ap.add_argument("--max-procs", type=int, help=argparse.SUPPRESS)  # tests: a small map
-    ap.add_argument("--no-adopt", action="store_true", help="ignore adoption selectors")
-    ap.add_argument("--state-dir", help="baselines and quarantine (default from the config)")
-    ap.add_argument("--no-watch", action="store_true", help="no filesystem watchers")
-    ap.add_argument(
-        "--egress-refresh",
-        type=float,
-        metavar="S",
-        help="re-resolve allowlisted host names DNS gives no TTL for every S s",
-    )
-    ap.add_argument("--ready-fd", type=int, help="write one byte here once probes are attached")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    try:
-        cfg = config_mod.load(args.config)
-    except config_mod.ConfigError as exc:
-        print(f"roguewatch collector: {exc}", file=sys.stderr)
-        return 2
-    if args.events:
-        cfg.events_endpoint = args.events
-    if args.control:
-        cfg.control_endpoint = args.control
-    if args.ringbuf_pages:
-        cfg.ringbuf_pages = args.ringbuf_pages
-    if args.no_adopt:
-        cfg.adopt_users, cfg.adopt_uids, cfg.adopt_comms = [], [], []
-        cfg.policies_dir = ""
-    if args.state_dir:
-        cfg.state_dir = args.state_dir
-    if args.no_watch:
-        cfg.watch_files = False
-    if args.egress_refresh:
-        cfg.egress_refresh_s = args.egress_refresh
-    try:
-        col = Collector(cfg, max_procs=args.max_procs or 65536)
-    except (bpf.ProbeError, bus.BusError) as exc:
-        print(f"roguewatch collector: {exc}", file=sys.stderr)
-        return 1
-    # SIGTERM from a watched process is dropped (its sender dies in the kernel); from anyone
-    # else it stops the collector, at the next loop turn (at most one second).
-    gate = ShutdownGate(lambda pid: col.probes.session_of(pid) is not None)
-    try:
-        col.setup()
-    except policy_mod.PolicyError as exc:
-        print(f"roguewatch collector: {exc}", file=sys.stderr)
-        col.close()
-        return 2
-
-    try:
-        col.run(lambda: readiness.notify(args.ready_fd), gate)
-    finally:
-        col.close()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,12 +1,20 @@
-"""The client side of the collector's control socket (root-only IPC, msgpack requests).
+"""The collector's control socket: the client that asks, and the server that answers.
 
-Owns finding a running collector and asking it things: put a process in a session, guard a
-pid, read its counters. The server side is ``Collector.serve_control``.
+Owns the wire (one msgpack map per ZeroMQ REQ/REP message, ``{"op": NAME, ...}`` in and
+``{"ok": bool, ...}`` out), finding a running collector, and the server's table of
+operations: each operation is a handler, whether it runs in a worker thread (a restore copies
+and fsyncs files: the collector's loop must keep draining the ring meanwhile), and the peer
+(``Peer``: pid, uid, gid from the kernel, through ZeroMQ's ``Peer-Address``) it is asked by.
+
+It must not know what the operations do: the collector registers them.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import msgpack
 import zmq
@@ -31,12 +39,21 @@ class ControlClient:
         self._sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
         self._sock.connect(endpoint)
 
+    def set_timeout(self, timeout_ms: int) -> None:
+        self.timeout_ms = timeout_ms
+        self._sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+        self._sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
+
     def request(self, op: str, **kw: object) -> dict:
         try:
             self._sock.send(msgpack.packb({"op": op, **kw}, use_bin_type=True))
             reply = msgpack.unpackb(self._sock.recv(), raw=False)
         except zmq.Again:
             raise ControlError(f"{self.endpoint}: no answer within {self.timeout_ms} ms") from None
+        except zmq.ZMQError as exc:  # a socket left in a bad state by an earlier timeout
+            raise ControlError(f"{self.endpoint}: {exc}") from None
+        if not isinstance(reply, dict):
+            raise ControlError(f"{op}: a malformed answer")
         if not reply.get("ok"):
             raise ControlError(f"{op}: {reply.get('error', 'refused')}")
         return reply
@@ -52,6 +69,115 @@ def running(endpoint: str = bus.CONTROL_ENDPOINT) -> ControlClient | None:
         client.request("ping")
     except ControlError:
         return None
-    client.timeout_ms = 30000  # a register waits for the start-up baseline snapshot
-    client._sock.setsockopt(zmq.RCVTIMEO, client.timeout_ms)
+    client.set_timeout(30000)  # a register waits for the start-up baseline snapshot
     return client
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who sent a request, as the kernel saw it when they connected (SO_PEERCRED)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @classmethod
+    def of(cls, frame: zmq.Frame) -> Peer | None:
+        """From ZeroMQ's ``Peer-Address`` of an ipc message (``host:uid:gid:pid``)."""
+        try:
+            _, uid, gid, pid = str(frame.get("Peer-Address")).rsplit(":", 3)
+            return cls(int(pid), int(uid), int(gid))
+        except (ValueError, zmq.ZMQError):
+            return None
+
+
+Handler = Callable[[dict, "Peer | None"], dict]
+
+
+@dataclass(frozen=True)
+class Operation:
+    handler: Handler
+    threaded: bool = False  # runs in the worker thread (slow: file copies, fsyncs)
+
+
+class ControlServer:
+    """A REP socket and its operations, served from its owner's loop without blocking it.
+
+    ``serve()`` answers what is queued; a threaded operation is handed to the worker and its
+    answer sent by ``finish()`` once done (the REP socket takes no other request meanwhile).
+    ``wake`` is called when a threaded operation finishes, so the owner's loop comes round.
+    """
+
+    def __init__(self, endpoint: str, wake: Callable[[], None] = lambda: None) -> None:
+        bus.prepare_endpoint(endpoint)
+        self.endpoint = endpoint
+        self.socket = zmq.Context.instance().socket(zmq.REP)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(endpoint)
+        path = bus.ipc_path(endpoint)
+        if path:
+            os.chmod(path, 0o600)
+        self.ops: dict[str, Operation] = {}
+        self._wake = wake
+        self._pending: Future | None = None
+        self._worker: ThreadPoolExecutor | None = None
+
+    def register(self, op: str, handler: Handler, *, threaded: bool = False) -> None:
+        self.ops[op] = Operation(handler, threaded)
+
+    def _answer(self, req: object, peer: Peer | None) -> dict | Future:
+        if not isinstance(req, dict):
+            return {"ok": False, "error": "a request is a map with an 'op'"}
+        op = self.ops.get(str(req.get("op")))
+        if op is None:
+            return {"ok": False, "error": f"unknown op {req.get('op')!r}"}
+        if op.threaded:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control")
+            fut = self._worker.submit(op.handler, req, peer)
+            fut.add_done_callback(lambda _f: self._wake())
+            return fut
+        return op.handler(req, peer)
+
+    def serve(self) -> None:
+        while self._pending is None:
+            try:
+                frame = self.socket.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                reply = self._answer(msgpack.unpackb(frame.bytes, raw=False), Peer.of(frame))
+            except Exception as exc:  # a bad request must never stop the owner
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            if isinstance(reply, Future):
+                self._pending = reply
+                return
+            self._send(reply)
+
+    def finish(self) -> None:
+        """Send the answer of a threaded operation that has finished, then serve the rest."""
+        f = self._pending
+        if f is None or not f.done():
+            return
+        self._pending = None
+        try:
+            reply = f.result()
+        except Exception as exc:  # as in serve: an answer, never a crash
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        self._send(reply)
+        self.serve()
+
+    def _send(self, reply: dict) -> None:
+        self.socket.send(msgpack.packb(reply, use_bin_type=True))
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)  # an operation under way finishes
+        self.socket.close(0)
+        path = bus.ipc_path(self.endpoint)
+        if path and os.path.exists(path):
+            os.unlink(path)

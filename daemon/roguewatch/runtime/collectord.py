@@ -1,0 +1,140 @@
+"""The collector as a process of its own (`python -m roguewatch.runtime.collectord`).
+
+Owns putting the collector together and running it: the configuration and its command-line
+overrides, the filesystem sensor (started first, so its baseline snapshot overlaps the
+loading of the probes), the collector, its shutdown gate, the readiness byte, and, for a
+private collector (`run`, `record`), dropping its baselines when it ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from collections import deque
+
+from roguewatch.core.paths import PRIVATE_STATE
+from roguewatch.detect import ruleset
+from roguewatch.policy import config as config_mod
+from roguewatch.policy import policy as policy_mod
+from roguewatch.respond.selfdefense import ShutdownGate
+from roguewatch.runtime import readiness
+from roguewatch.runtime.fileguard import FileGuard
+from roguewatch.sensors import bpf, watchers
+from roguewatch.stream import bus
+from roguewatch.stream.collector import Collector
+
+
+def watch_paths(cfg: config_mod.Config, extra: list[str] | None = None) -> list[str]:
+    """The persistence and oversight paths the rule packs name, with every home expanded."""
+    lists = ruleset.lists_only(d for d in cfg.rules_dirs if os.path.isdir(d))
+    return watchers.watch_paths(lists, [*cfg.watch_extra, *(extra or [])])
+
+
+def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
+    """A collector with its filesystem sensor (when ``cfg.watch_files``), started."""
+    queue: deque[dict] = deque()
+    col: Collector | None = None
+
+    def on_change(ev: dict) -> None:  # watchdog's thread
+        queue.append(ev)
+        if col is not None:
+            col.wake()
+
+    def is_own(pid: int) -> bool:
+        try:
+            return col is not None and col.probes.is_guarded(pid)
+        except (KeyError, OSError):
+            return False
+
+    files = None
+    if cfg.watch_files:
+        files = FileGuard(cfg, watch_paths(cfg), on_change, is_own)
+        files.start()
+    try:
+        col = Collector(cfg, max_procs=max_procs, files=files, fs_queue=queue)
+    except BaseException:
+        if files is not None:
+            files.close()
+        raise
+    return col
+
+
+def drop_private_state(state_dir: str) -> None:
+    """A private collector's baselines go with it; its quarantine (if any) stays."""
+    state = os.path.realpath(state_dir)
+    if not state.startswith(PRIVATE_STATE + "/"):
+        return
+    quarantine = os.path.join(state, "quarantine")
+    if os.path.isdir(quarantine) and os.listdir(quarantine):
+        shutil.rmtree(os.path.join(state, "baseline"), ignore_errors=True)
+    else:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="roguewatch collector")
+    ap.add_argument("--config")
+    ap.add_argument("--events", help="event stream endpoint")
+    ap.add_argument("--control", help="control endpoint")
+    ap.add_argument("--ringbuf-pages", type=int)
+    ap.add_argument("--max-procs", type=int, help=argparse.SUPPRESS)  # tests: a small map
+    ap.add_argument("--no-adopt", action="store_true", help="ignore adoption selectors")
+    ap.add_argument("--state-dir", help="baselines and quarantine (default from the config)")
+    ap.add_argument("--no-watch", action="store_true", help="no filesystem watchers")
+    ap.add_argument(
+        "--egress-refresh",
+        type=float,
+        metavar="S",
+        help="re-resolve allowlisted host names DNS gives no TTL for every S s",
+    )
+    ap.add_argument("--ready-fd", type=int, help="write one byte here once probes are attached")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        print(f"roguewatch collector: {exc}", file=sys.stderr)
+        return 2
+    if args.events:
+        cfg.events_endpoint = args.events
+    if args.control:
+        cfg.control_endpoint = args.control
+    if args.ringbuf_pages:
+        cfg.ringbuf_pages = args.ringbuf_pages
+    if args.no_adopt:
+        cfg.adopt_users, cfg.adopt_uids, cfg.adopt_comms = [], [], []
+        cfg.policies_dir = ""
+    if args.state_dir:
+        cfg.state_dir = args.state_dir
+    if args.no_watch:
+        cfg.watch_files = False
+    if args.egress_refresh:
+        cfg.egress_refresh_s = args.egress_refresh
+    try:
+        col = build(cfg, max_procs=args.max_procs or 65536)
+    except (bpf.ProbeError, bus.BusError) as exc:
+        print(f"roguewatch collector: {exc}", file=sys.stderr)
+        return 1
+    # SIGTERM from a watched process is dropped (its sender dies in the kernel); from anyone
+    # else it stops the collector, at the next loop turn (at most one second).
+    gate = ShutdownGate(lambda pid: col.probes.session_of(pid) is not None)
+    try:
+        col.setup()
+    except policy_mod.PolicyError as exc:
+        print(f"roguewatch collector: {exc}", file=sys.stderr)
+        col.close()
+        drop_private_state(cfg.state_dir)
+        return 2
+    try:
+        col.run(lambda: readiness.notify(args.ready_fd), gate)
+    finally:
+        col.close()
+        drop_private_state(cfg.state_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
