@@ -195,9 +195,11 @@ def shifted(events: list[dict], k: int, span: int, new_paths: bool = False) -> l
 
 def run_alone(args: argparse.Namespace, results: dict) -> None:
     from roguewatch.detect import ruleset
-    from roguewatch.detect.evaluator import Evaluator, ProcessTable, load_ruleset
+    from roguewatch.detect.evaluator import Evaluator
+    from roguewatch.detect.proctable import ProcessTable
     from roguewatch.policy import policy as policy_mod
     from roguewatch.policy.config import Config
+    from roguewatch.runtime.evaluatord import load_ruleset
 
     log("== a. evaluator alone (one core, handle_batch, events from a recording)")
     if args.recording:
@@ -385,7 +387,7 @@ class Pipeline:
             f.write("rules_dirs: []\n")
         r, w = os.pipe()
         self.evaluator = subprocess.Popen(
-            [PY, "-m", "roguewatch.detect.evaluator", "--config", cfg,
+            [PY, "-m", "roguewatch.runtime.evaluatord", "--config", cfg,
              "--events", self.watcher.events,
              "--alerts", self.alerts, "--alerts-file", f"{tmp}/alerts.jsonl", "--no-journal",
              "--quiet", "--no-enforce", "--status-file", self.status, "--ready-fd", str(w)],

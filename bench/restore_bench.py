@@ -41,7 +41,7 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="rw-restore-bench-")
     r, w = os.pipe()
     ev = subprocess.Popen(
-        [sys.executable, "-m", "roguewatch.detect.evaluator", "--events", watcher.events,
+        [sys.executable, "-m", "roguewatch.runtime.evaluatord", "--events", watcher.events,
          "--control", watcher.control.endpoint, "--alerts", f"ipc://{tmp}/alerts.sock",
          "--alerts-file", f"{tmp}/alerts.jsonl", "--no-journal", "--quiet",
          "--ready-fd", str(w)],

@@ -33,7 +33,7 @@ class EvaluatorUnderTest:
         policy.write_text("mode: enforce\negress:\n  allow: [127.0.0.1/32]\n")
         r, w = os.pipe()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "roguewatch.detect.evaluator", "--events", watcher.events,
+            [sys.executable, "-m", "roguewatch.runtime.evaluatord", "--events", watcher.events,
              "--control", watcher.control.endpoint,
              "--alerts", self.endpoint, "--alerts-file", str(self.alerts_file),
              "--rules", str(self.rules_dir), "--policy", str(policy), "--no-journal",

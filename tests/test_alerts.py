@@ -11,6 +11,8 @@ import time
 import msgpack
 import pytest
 import zmq
+from roguewatch.core import timefmt
+from roguewatch.core.contracts import AlertIds
 from roguewatch.outputs import alerts
 
 NS = 1_000_000_000
@@ -19,7 +21,7 @@ NS = 1_000_000_000
 def make_alert(seq: int = 1, **over: object) -> dict:
     alert = {
         "id": f"18a2b3c4d5e6f708-{seq}",
-        "ts": alerts.rfc3339(time.time_ns()),
+        "ts": timefmt.rfc3339(time.time_ns()),
         "rule": "egress_outside_allowlist",
         "message": "curl connected to 203.0.113.9:443, outside the session's allowlist",
         "category": "egress",
@@ -48,34 +50,34 @@ def make_alert(seq: int = 1, **over: object) -> dict:
 
 def test_rfc3339_has_microseconds_and_utc() -> None:
     ts = 1_795_473_001 * NS + 123_456_789
-    assert alerts.rfc3339(ts) == "2026-11-23T22:30:01.123456Z"
-    assert alerts.rfc3339(0) == "1970-01-01T00:00:00.000000Z"
-    assert alerts.parse_rfc3339("2026-11-23T22:30:01.123456Z") == ts - 789
+    assert timefmt.rfc3339(ts) == "2026-11-23T22:30:01.123456Z"
+    assert timefmt.rfc3339(0) == "1970-01-01T00:00:00.000000Z"
+    assert timefmt.parse_rfc3339("2026-11-23T22:30:01.123456Z") == ts - 789
 
 
 def test_parse_rfc3339_offsets_and_precision() -> None:
-    base = alerts.parse_rfc3339("2026-11-23T22:30:01Z")
-    assert alerts.parse_rfc3339("2026-11-23T23:30:01+01:00") == base
-    assert alerts.parse_rfc3339("2026-11-23T22:30:01.000000001Z") == base + 1
-    assert alerts.parse_rfc3339("2026-11-23 22:30:01.5z") == base + NS // 2
+    base = timefmt.parse_rfc3339("2026-11-23T22:30:01Z")
+    assert timefmt.parse_rfc3339("2026-11-23T23:30:01+01:00") == base
+    assert timefmt.parse_rfc3339("2026-11-23T22:30:01.000000001Z") == base + 1
+    assert timefmt.parse_rfc3339("2026-11-23 22:30:01.5z") == base + NS // 2
 
 
 def test_parse_since_durations_and_times() -> None:
     now = 1_000_000 * NS
-    assert alerts.parse_since("30s", now) == now - 30 * NS
-    assert alerts.parse_since("10m", now) == now - 600 * NS
-    assert alerts.parse_since("2h", now) == now - 7200 * NS
-    assert alerts.parse_since("1d", now) == now - 86400 * NS
-    assert alerts.parse_since("1h30m", now) == now - 5400 * NS
-    assert alerts.parse_since("2026-11-23T22:30:01Z") == 1_795_473_001 * NS
+    assert timefmt.parse_since("30s", now) == now - 30 * NS
+    assert timefmt.parse_since("10m", now) == now - 600 * NS
+    assert timefmt.parse_since("2h", now) == now - 7200 * NS
+    assert timefmt.parse_since("1d", now) == now - 86400 * NS
+    assert timefmt.parse_since("1h30m", now) == now - 5400 * NS
+    assert timefmt.parse_since("2026-11-23T22:30:01Z") == 1_795_473_001 * NS
     before = time.time_ns()
-    assert before - 60 * NS <= alerts.parse_since("1m") <= time.time_ns() - 60 * NS
+    assert before - 60 * NS <= timefmt.parse_since("1m") <= time.time_ns() - 60 * NS
 
 
 @pytest.mark.parametrize("bad", ["", "yesterday", "10x", "-5m", "2026-13-45T00:00:00Z"])
 def test_parse_since_rejects_with_a_helpful_message(bad: str) -> None:
     with pytest.raises(ValueError, match=r"RFC 3339 time .* duration"):
-        alerts.parse_since(bad)
+        timefmt.parse_since(bad)
 
 
 def test_severity_rank_orders_severities() -> None:
@@ -85,7 +87,7 @@ def test_severity_rank_orders_severities() -> None:
 
 
 def test_alert_ids_are_unique_and_carry_the_start_time() -> None:
-    ids = alerts.AlertIds(start_ns=0x18A2)
+    ids = AlertIds(start_ns=0x18A2)
     assert [ids.next(), ids.next()] == ["18a2-1", "18a2-2"]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import roguewatch.probes
-from roguewatch.host import doctor
+from roguewatch.cli import doctor
 from roguewatch.host import kernelenv as ke
 
 from tests.conftest import require, require_root
@@ -168,7 +168,8 @@ def test_tracefs_and_bpffs_are_mounted_on_demand(root: None) -> None:
 # Runs in a private mount namespace (unshare), so unmounting there leaves the host untouched.
 _MOUNT_ON_DEMAND = """
 import ctypes, json
-from roguewatch.host import doctor, kernelenv as ke
+from roguewatch.cli import doctor
+from roguewatch.host import kernelenv as ke
 libc = ctypes.CDLL(None, use_errno=True)
 for fstype in ("tracefs", "bpf"):
     for mp in reversed(ke.mount_points(fstype)):
@@ -396,7 +397,7 @@ def test_json_output_parses(
 @pytest.mark.kernel
 def test_python_dash_m_works(root: None, bogus_probes: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "roguewatch.host.doctor", "--json", "--probes", str(bogus_probes)],
+        [sys.executable, "-m", "roguewatch.cli.doctor", "--json", "--probes", str(bogus_probes)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -190,7 +190,8 @@ def test_the_evaluator_allows_what_a_host_entry_resolves_to_and_follows_it() -> 
     # Before, a HOST:PORT entry matched nothing in conditions: a connect the kernel allowed
     # was alerted as unauthorized egress, and the rule's kill_process ended the agent.
     from roguewatch.detect import ruleset
-    from roguewatch.detect.evaluator import Evaluator, ProcessTable
+    from roguewatch.detect.evaluator import Evaluator
+    from roguewatch.detect.proctable import ProcessTable
 
     from tests.test_evaluator import S, ev, session_tree
 

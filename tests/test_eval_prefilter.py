@@ -8,7 +8,8 @@ from roguewatch.detect import condition as C
 from roguewatch.detect import fields as F
 from roguewatch.detect import prefilter
 from roguewatch.detect import ruleset as R
-from roguewatch.detect.evaluator import Evaluator, ProcessTable
+from roguewatch.detect.evaluator import Evaluator
+from roguewatch.detect.proctable import ProcessTable
 from roguewatch.policy.policy import StaticPolicy
 
 PROTECTED = F.StaticProcessView(policy=StaticPolicy(protect=("/srv/data",)))

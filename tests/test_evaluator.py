@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from roguewatch.core.timefmt import rfc3339
 from roguewatch.detect import ruleset
-from roguewatch.detect.evaluator import Evaluator, ProcessTable, rfc3339
+from roguewatch.detect.evaluator import Evaluator
+from roguewatch.detect.proctable import ProcessTable
 from roguewatch.policy.policy import StaticPolicy
 
 CONTRACT = {"ts", "rule", "message", "category", "severity", "session", "pid", "ppid", "uid",

@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
-from roguewatch.host import doctor
+from roguewatch.cli import doctor
 from roguewatch.runtime import launcher
 from roguewatch.sensors import fanotify
 from roguewatch.sensors.fanotify import Writer, WriterSensor
@@ -269,7 +269,7 @@ class Evaluator:
         endpoint = f"ipc://{tmp}/alerts.sock"
         r, w = os.pipe()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "roguewatch.detect.evaluator", "--events", watcher.events,
+            [sys.executable, "-m", "roguewatch.runtime.evaluatord", "--events", watcher.events,
              "--control", watcher.control.endpoint, "--alerts", endpoint,
              "--alerts-file", str(alerts_file), "--rules", str(tmp / "rules.d"),
              "--policy", str(policy), "--no-journal", "--quiet", "--ready-fd", str(w)],

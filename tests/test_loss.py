@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +34,30 @@ def private_collector(*args: str) -> Iterator[launcher.Watcher]:
         watcher.close()
 
 
+@contextlib.contextmanager
+def _pulsed(pid: int) -> Iterator[None]:
+    """While the block runs, process ``pid`` is stopped 5 ms in every 10 (0: not at all)."""
+    done = threading.Event()
+
+    def pulse() -> None:
+        while not done.is_set():
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.005)
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=pulse, daemon=True)
+    if pid:
+        thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        if pid:
+            thread.join()
+            os.kill(pid, signal.SIGCONT)
+
+
 @dataclass
 class Run:
     pid: int
@@ -53,14 +79,21 @@ class Run:
         return found[-1] if found else None
 
 
-def run_python(watcher: launcher.Watcher, code: str, quiet_ms: int = 2500) -> Run:
-    """Run `code` as a new session of `watcher`; what the stream carried meanwhile."""
+def run_python(
+    watcher: launcher.Watcher, code: str, quiet_ms: int = 2500, flood: bool = False
+) -> Run:
+    """Run `code` as a new session of `watcher`; what the stream carried meanwhile.
+
+    ``flood``: the collector is paused for 5 ms in every 10 while the agent runs, so that a
+    flood fills the ring however busy the machine is (on a loaded host the agent may be
+    slower than the collector, and the ring never fills)."""
     sub = bus.Subscriber(watcher.events)
     assert sub.wait_ready(5000)
     pid, sid = launcher.spawn_in_session(
         ["/usr/bin/python3", "-S", "-c", code], launcher.register_with(watcher.control)
     )
-    _, status = os.waitpid(pid, 0)
+    with _pulsed(watcher.proc.pid if flood and watcher.proc else 0):
+        _, status = os.waitpid(pid, 0)
     return Run(pid, sid, status, list(sub.events(timeout_ms=quiet_ms)))
 
 
@@ -130,7 +163,8 @@ def test_a_flood_of_opens_leaves_room_for_connects_and_signals() -> None:
     with private_collector("--ringbuf-pages", "4", "--no-watch") as watcher:
         run = run_python(
             watcher,
-            "import os, signal, socket\n"
+            flood=True,
+            code="import os, signal, socket\n"
             f"for _ in range({rounds}):\n"
             "    for _ in range(300):\n"
             "        os.close(os.open('/dev/null', os.O_WRONLY))\n"
@@ -154,7 +188,8 @@ def test_a_flood_of_connects_leaves_room_for_signals() -> None:
     with private_collector("--ringbuf-pages", "4", "--no-watch") as watcher:
         run = run_python(
             watcher,
-            "import os, signal, socket\n"
+            flood=True,
+            code="import os, signal, socket\n"
             f"for _ in range({rounds}):\n"
             "    for _ in range(100):\n"
             "        s = socket.socket()\n"
@@ -182,7 +217,7 @@ def test_a_flood_of_existence_probes_leaves_room_for_real_signals() -> None:
             "    os.kill(os.getpid(), signal.SIGCONT)\n"
         )
         by_signal = {0: 0, int(signal.SIGCONT): 0}
-        for ev in run_python(watcher, code).of("kill"):
+        for ev in run_python(watcher, code, flood=True).of("kill"):
             by_signal[ev["sig"]] += 1
         lost = watcher.control.request("stats")["lost_ring"].get("kill", 0)
         assert lost > 0, "the flood did not fill a 16 KiB ring"
@@ -205,7 +240,7 @@ def test_a_flood_of_signals_leaves_room_for_forks_and_exits() -> None:
             "        os._exit(0)\n"
             "    os.waitpid(child, 0)\n"
         )
-        got = run_python(watcher, code).count("fork", "exit", "kill")
+        got = run_python(watcher, code, flood=True).count("fork", "exit", "kill")
         lost = watcher.control.request("stats")["lost_ring"]
         assert lost.get("kill", 0) > 0, "the flood did not fill a 32 KiB ring"
         assert got["kill"] + lost["kill"] == rounds * 3000, (got, lost)

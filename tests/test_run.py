@@ -807,7 +807,7 @@ def test_an_agent_signalling_another_monitor_process_is_killed(agent: Agent, tar
                     stat = open(f"/proc/{{d}}/stat").read()
                 except OSError:
                     continue
-                if (b"roguewatch.detect.evaluator" in cmd
+                if (b"roguewatch.runtime.evaluatord" in cmd
                         and int(stat.rsplit(")", 1)[1].split()[1]) == os.getppid()):
                     return int(d)
         t = {find}
@@ -829,7 +829,7 @@ def test_an_agent_signalling_another_monitor_process_is_killed(agent: Agent, tar
     "target",
     [
         "roguewatch.runtime.collectord",
-        "roguewatch.detect.evaluator",
+        "roguewatch.runtime.evaluatord",
         "roguewatch.cli.main",
     ],
     ids=["collector", "evaluator", "launcher"],

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from roguewatch.cli import tail
+from roguewatch.core import timefmt
 from roguewatch.outputs import alerts
 
 NS = 1_000_000_000
@@ -25,7 +26,7 @@ MIN = 60 * NS
 def make_alert(seq: int, *, age_ns: int = 0, **over: object) -> dict:
     alert = {
         "id": f"5eed-{seq}",
-        "ts": alerts.rfc3339(time.time_ns() - age_ns),
+        "ts": timefmt.rfc3339(time.time_ns() - age_ns),
         "rule": f"rule_{seq}",
         "message": f"alert number {seq}",
         "category": "egress",
@@ -193,7 +194,7 @@ def test_filters(history: Path, argv: list[str], expected: list[int]) -> None:
 
 
 def test_since_as_an_rfc3339_time(history: Path) -> None:
-    since = alerts.rfc3339(time.time_ns() - 3 * MIN)
+    since = timefmt.rfc3339(time.time_ns() - 3 * MIN)
     _, lines, _ = run_tail(history, "--json", "--since", since)
     assert ids_of(lines) == ["5eed-4", "5eed-5"]
 

@@ -40,7 +40,7 @@ def _need_root(what: str) -> int | None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from roguewatch.host import doctor
+    from roguewatch.cli import doctor
 
     return doctor.main(["--json"] if args.json else [])
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from roguewatch.cli import rules as rules_cli
 from roguewatch.detect import ruleset as R
-from roguewatch.detect.evaluator import Evaluator, ProcessTable
+from roguewatch.detect.evaluator import Evaluator
+from roguewatch.detect.proctable import ProcessTable
 from roguewatch.outputs import alerts, render
 from roguewatch.policy import policy as policy_mod
 from roguewatch.policy.policy import StaticPolicy

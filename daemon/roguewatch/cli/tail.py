@@ -27,6 +27,7 @@ from typing import BinaryIO, TextIO
 
 import zmq
 
+from roguewatch.core import timefmt
 from roguewatch.outputs import alerts
 from roguewatch.stream import bus
 
@@ -95,7 +96,7 @@ class Filter:
             category=getattr(args, "category", None),
             min_rank=alerts.severity_rank(severity) if severity else None,
             session=_session_key(session) if session else None,
-            since_ns=alerts.parse_since(since) if since else None,
+            since_ns=timefmt.parse_since(since) if since else None,
         )
 
     def matches(self, alert: dict) -> bool:
@@ -113,7 +114,7 @@ class Filter:
                 return False
         if self.since_ns is not None:
             try:
-                if alerts.parse_rfc3339(str(alert.get("ts"))) < self.since_ns:
+                if timefmt.parse_rfc3339(str(alert.get("ts"))) < self.since_ns:
                     return False
             except ValueError:
                 return False

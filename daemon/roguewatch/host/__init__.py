@@ -1,2 +1,3 @@
-"""Facts about the host roguewatch runs on (kernel features, mounts, Landlock, capabilities)
-and `roguewatch doctor`, which reports them with their fixes."""
+"""Facts about the host roguewatch runs on: kernel features, mounts, Landlock, capabilities.
+
+`roguewatch doctor` (``cli.doctor``) reports them with their fixes."""

@@ -234,13 +234,17 @@ class SessionCgroup:
         """Undo freeze() and wait until the kernel reports the cgroup thawed."""
         self._set_frozen(False, timeout)
 
-    def _set_frozen(self, on: bool, timeout: float) -> None:
-        value = "1" if on else "0"
+    def set_frozen(self, on: bool) -> None:
+        """Ask the kernel to freeze (or thaw) the cgroup, without waiting for it to be done
+        (the evaluator acts in its hot path; ``frozen()`` says when it is)."""
         try:
-            _write(self._file("cgroup.freeze"), value)
+            _write(self._file("cgroup.freeze"), "1" if on else "0")
         except OSError as e:
             raise CgroupError(f"cannot write {self._file('cgroup.freeze')}: {e.strerror}") from e
-        if not self._wait_event("frozen", value, timeout):
+
+    def _set_frozen(self, on: bool, timeout: float) -> None:
+        self.set_frozen(on)
+        if not self._wait_event("frozen", "1" if on else "0", timeout):
             what = "freeze" if on else "thaw"
             raise CgroupError(
                 f"{self.path} did not {what} within {timeout:.1f} s (a task stuck in "

@@ -25,9 +25,13 @@ from __future__ import annotations
 import os
 import select
 import signal
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
+
+from roguewatch.core import procfs
+from roguewatch.core.contracts import ProcessRecord
+from roguewatch.respond.cgroups import CgroupError, SessionCgroup
 
 OBSERVE = "observe mode, not enforced"
 # How much later than its event the offender may seem to have started: /proc start times
@@ -36,22 +40,9 @@ OBSERVE = "observe mode, not enforced"
 # step within that second smaller than this still kills; and a pid is not reused this soon
 # (pid_max 32768 would take more than 100,000 forks a second).
 START_SLACK_NS = 250_000_000
-_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 _HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 # How long a restore waits for the killed writer to be gone (usually 1-2 ms).
 RESTORE_WAIT_S = 0.05
-
-
-def started_ns(pid: int) -> int | None:
-    """When process ``pid`` started, in wall-clock ns (tick resolution); None when gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            st = f.read()
-        ticks = int(st[st.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-    boot = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-    return boot + ticks * _TICK_NS
 
 
 def send_kill(pid: int, not_after_ns: int = 0, wait_s: float = 0.0) -> bool:
@@ -73,7 +64,7 @@ def send_kill(pid: int, not_after_ns: int = 0, wait_s: float = 0.0) -> bool:
         return True
     try:
         if not_after_ns:
-            start = started_ns(pid)  # the pidfd's process while it is not reaped
+            start = procfs.started_wall_ns(pid)  # the pidfd's process while it is not reaped
             if start is None or start > not_after_ns + START_SLACK_NS:
                 return False
         signal.pidfd_send_signal(fd, signal.SIGKILL)
@@ -101,29 +92,20 @@ class SessionInfo:
     actions: dict[str, int] = field(default_factory=dict)
 
 
-def _cgroup_pids(path: str) -> list[int]:
-    try:
-        with open(os.path.join(path, "cgroup.procs")) as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
+class ProcessLookup(Protocol):
+    """What the enforcer needs of the evaluator's process table (``detect.proctable``)."""
 
+    procs: Mapping[str, ProcessRecord]
 
-def _write(path: str, value: str) -> bool:
-    try:
-        with open(path, "w") as f:
-            f.write(value)
-        return True
-    except OSError:
-        return False
+    def in_session(self, pid: int, session: int) -> bool | None: ...
 
 
 class Enforcer:
     def __init__(
-        self, table: object, own_pids: set[int] | None = None,
+        self, table: ProcessLookup, own_pids: set[int] | None = None,
         restorer: Callable[[str, dict], str] | None = None,
     ) -> None:  # fmt: skip
-        self.table = table  # evaluator.ProcessTable
+        self.table = table
         self.restorer = restorer
         self.own = {os.getpid(), os.getppid(), 1, 0} | (own_pids or set())
         self.sessions: dict[int, SessionInfo] = {}
@@ -131,6 +113,12 @@ class Enforcer:
 
     def session(self, sid: int) -> SessionInfo | None:
         return self.sessions.get(sid)
+
+    def start_session(self, sid: int, root: int, name: str, cgroup: str, mode: str) -> None:
+        self.sessions[sid] = SessionInfo(sid, root, name, cgroup, mode)
+
+    def session_count(self) -> int:
+        return len(self.sessions)
 
     def _kill(self, pid: int, not_after_ns: int = 0, wait_s: float = 0.0) -> bool:
         if pid in self.own or pid <= 1:
@@ -212,11 +200,14 @@ class Enforcer:
     def kill_session(self, sid: int) -> str:
         info = self.sessions.get(sid)
         if info is not None and info.cgroup:
-            pids = _cgroup_pids(info.cgroup)
-            if _write(os.path.join(info.cgroup, "cgroup.kill"), "1"):
-                self.killed += len(pids)
-                info.killed += len(pids)
-                return f"session killed (cgroup.kill): {len(pids)} processes"
+            try:
+                n = SessionCgroup(info.cgroup).kill()
+            except CgroupError:
+                n = -1  # gone, or not a cgroup we can kill: every process the table knows
+            if n >= 0:
+                self.killed += n
+                info.killed += n
+                return f"session killed (cgroup.kill): {n} processes"
         # No cgroup of its own (an adopted session): every process the table knows in it.
         pids = [r["pid"] for r in self.table.procs.values()
                 if r["session"] == sid and not r["exited"]]  # fmt: skip
@@ -229,7 +220,10 @@ class Enforcer:
         info = self.sessions.get(sid)
         if info is None or not info.cgroup:
             return "not enforced: the session has no cgroup to freeze"
-        n = len(_cgroup_pids(info.cgroup))
-        if _write(os.path.join(info.cgroup, "cgroup.freeze"), "1"):
-            return f"session frozen: {n} processes (roguewatch kill or thaw to end it)"
-        return "not enforced: cgroup.freeze failed"
+        cg = SessionCgroup(info.cgroup)
+        try:
+            n = len(cg.all_pids())
+            cg.set_frozen(True)
+        except CgroupError as exc:
+            return f"not enforced: {exc}"
+        return f"session frozen: {n} processes (roguewatch kill or thaw to end it)"

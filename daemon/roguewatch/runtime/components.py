@@ -17,7 +17,7 @@ from roguewatch.runtime import priority
 
 # `python -m MODULE` for each component.
 COLLECTOR = "roguewatch.runtime.collectord"
-EVALUATOR = "roguewatch.detect.evaluator"
+EVALUATOR = "roguewatch.runtime.evaluatord"
 COMPONENT_MODULES = {"collector": COLLECTOR, "evaluator": EVALUATOR}
 
 

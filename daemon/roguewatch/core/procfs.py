@@ -1,0 +1,147 @@
+"""The one reader of /proc for a single process: stat, status, cmdline, links, cgroup.
+
+Owns parsing ``/proc/PID/stat`` (whose comm may hold spaces and parentheses: the fields
+start after the *last* ``)``), the signal masks of ``/proc/PID/status``, and the boot-to-wall
+clock conversion of start times. Every function answers None (or an empty value) for a
+process that is gone instead of raising: a process may exit between any two lines.
+
+Listing processes is psutil's (``pids``); reading one process's start time to the clock tick
+is ours (psutil gives it as float seconds since boot, too coarse for exec ids).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import psutil
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TICK_NS = 1_000_000_000 // CLK_TCK
+
+
+@dataclass(frozen=True)
+class Stat:
+    state: str  # R, S, D, T (stopped), t (traced), Z...
+    ppid: int
+    start_ns: int  # boot-relative, clock-tick resolution
+
+
+def stat(pid: int | str) -> Stat | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        fields = raw[raw.rindex(b")") + 2 :].split()
+        return Stat(fields[0].decode(), int(fields[1]), int(fields[19]) * TICK_NS)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def start_ns(pid: int) -> int | None:
+    """Boot-relative start time of a process (clock-tick resolution); None when gone."""
+    st = stat(pid)
+    return st.start_ns if st is not None else None
+
+
+def ppid(pid: int) -> int:
+    st = stat(pid)
+    return st.ppid if st is not None else 0
+
+
+def boot_to_wall_offset() -> int:
+    """Nanoseconds to add to CLOCK_BOOTTIME to get the Unix time."""
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def started_wall_ns(pid: int) -> int | None:
+    """When a process started, in Unix-time ns (tick resolution); None when gone."""
+    st = start_ns(pid)
+    return None if st is None else boot_to_wall_offset() + st
+
+
+def stopped(pid: int) -> bool:
+    """Whether the process is stopped (state T): a SIGSTOP it could not refuse."""
+    st = stat(pid)
+    return st is not None and st.state == "T"
+
+
+def cmdline(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return [a.decode(errors="surrogateescape") for a in raw.split(b"\0")[:-1]]
+
+
+def comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().rstrip("\n")
+    except OSError:
+        return None
+
+
+def readlink(pid: int, what: str) -> str | None:
+    """``exe``, ``cwd``, ``root`` or ``fd/N`` of a process, as the kernel names it."""
+    try:
+        return os.readlink(f"/proc/{pid}/{what}")
+    except OSError:
+        return None
+
+
+def uid(pid: int) -> int | None:
+    """The real uid (the owner of /proc/PID)."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def status(pid: int) -> dict[str, str]:
+    """``/proc/PID/status`` as a mapping of its keys (empty when gone)."""
+    out: dict[str, str] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                out[key] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
+def signal_masks(pid: int) -> dict[str, int] | None:
+    """The signal masks of a process (``SigIgn``, ``SigBlk``, ``SigCgt``, ``SigPnd``,
+    ``ShdPnd``) as bit masks, bit ``n - 1`` for signal n; None when gone."""
+    st = status(pid)
+    if not st:
+        return None
+    return {
+        k: int(st[k], 16) for k in ("SigIgn", "SigBlk", "SigCgt", "SigPnd", "ShdPnd") if k in st
+    }
+
+
+def cgroup_path(pid: int) -> str | None:
+    """The process's cgroup v2 path (``0::/...``), relative to the v2 mount; None when gone."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return line[3:].rstrip("\n")
+    except OSError:
+        return None
+    return ""
+
+
+def threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def pids() -> list[int]:
+    """Every process now (psutil)."""
+    return psutil.pids()

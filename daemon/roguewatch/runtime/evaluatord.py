@@ -1,0 +1,289 @@
+"""The evaluator as a process of its own (`python -m roguewatch.runtime.evaluatord`).
+
+Owns putting the evaluator together and running it: subscribed to the event stream, its
+alerts to the sinks (socket, file, journald, console), its enforcer (restores are asked of
+the collector, which owns the baselines), rules reloaded on SIGHUP or when a rule directory
+changes (a broken file keeps the old set and raises a critical alert), its counters written
+for `roguewatch status` and Prometheus once a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+from roguewatch.detect import ruleset
+from roguewatch.detect.evaluator import DEFAULT_POLICY, Evaluator
+from roguewatch.detect.proctable import ProcessTable
+from roguewatch.detect.ruleset import RuleSet
+from roguewatch.outputs import alerts
+from roguewatch.policy import policy as policy_mod
+from roguewatch.policy.config import Config
+from roguewatch.policy.policy import StaticPolicy
+from roguewatch.respond.enforcer import Enforcer
+from roguewatch.runtime import readiness
+from roguewatch.stream import bus
+
+log = logging.getLogger("roguewatch.evaluator")
+# Events the evaluator's loop handles before it looks at anything else (EvaluatorProcess.run)
+BURST = 4096
+
+
+def _by_severity(by_rule_sev: dict[tuple[str, str], int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for (_, sev), n in by_rule_sev.items():
+        out[sev] = out.get(sev, 0) + n
+    return out
+
+
+def load_ruleset(cfg: Config) -> RuleSet:
+    """Packaged packs, then the configured directories that exist, then enable/disable."""
+    dirs = [d for d in cfg.rules_dirs if os.path.isdir(d)]
+    return ruleset.load_rules(dirs).select(enable=cfg.rules_enable, disable=cfg.rules_disable)
+
+
+class EvaluatorProcess:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        pol = policy_mod.load(cfg.policy_file) if cfg.policy_file else policy_mod.default()
+        rules = load_ruleset(cfg)  # a bad rule file at start is fatal: the caller says why
+        self.sinks = self._sinks(cfg)
+        table = ProcessTable(pol)
+        self.enforcer = Enforcer(table, restorer=self._restore) if cfg.enforce else None
+        self._control = None
+        self.evaluator = Evaluator(
+            rules, table, self.sinks.send, cfg.dedup_window, enforcer=self.enforcer
+        )
+        if isinstance(pol, StaticPolicy):
+            self.evaluator.set_session_policy(DEFAULT_POLICY, pol)  # its host names resolved
+        # The collector may still be loading its probes (run starts both at once).
+        self.sub = bus.Subscriber(cfg.events_endpoint, wait_s=60.0)
+        self._reload = False
+        self._stopping = False
+        self._malformed_reported = 0
+        self._observer = None
+        self.reloads = {"ok": 0, "failed": 0}
+        self.started = time.time()
+        self.metrics = None
+        if cfg.metrics_port:
+            from roguewatch.outputs.metrics import Metrics
+
+            self.metrics = Metrics(cfg.metrics_port)
+
+    @staticmethod
+    def _sinks(cfg: Config) -> alerts.Sinks:
+        out: list = [
+            alerts.AlertPublisher(cfg.alerts_endpoint),
+            alerts.AlertFile(cfg.alerts_file, cfg.alerts_file_max_bytes, cfg.alerts_file_keep),
+        ]
+        if cfg.journald:
+            out.append(alerts.Journal())
+        if cfg.print_alerts:
+            color = sys.stdout.isatty()
+            out.append(lambda a: print(alerts.human(a, color), flush=True))
+        return alerts.Sinks(out)
+
+    def _restore(self, path: str, who: dict) -> str:
+        """Restoring is the collector's (it owns the watchers and the baselines)."""
+        from roguewatch.stream.control import ControlClient, ControlError
+
+        try:
+            if self._control is None:
+                self._control = ControlClient(self.cfg.control_endpoint)
+            return self._control.request("restore", path=path, who=who)["outcome"]
+        except ControlError as exc:
+            self._control = None  # a REQ socket that timed out cannot be reused
+            return f"not restored: {exc}"
+
+    def request_reload(self, *_: object) -> None:
+        self._reload = True
+
+    def stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def watch_rule_dirs(self) -> None:
+        """Reload when a file in a rule directory changes (watchdog, inotify)."""
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        owner = self
+
+        class _Changed(FileSystemEventHandler):
+            def on_any_event(self, event) -> None:
+                if str(event.src_path).endswith((".yaml", ".yml")):
+                    owner._reload = True
+
+        dirs = [d for d in self.cfg.rules_dirs if os.path.isdir(d)]
+        if not dirs:
+            return
+        self._observer = Observer()
+        for d in dirs:
+            self._observer.schedule(_Changed(), d, recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def reload(self) -> bool:
+        """Validate the new rule set first; on failure the old one stays, and says why."""
+        self._reload = False
+        try:
+            new = load_ruleset(self.cfg)
+        except ruleset.RuleError as exc:
+            self.evaluator.monitor(
+                {"type": "monitor", "kind": "rules_reload_failed", "ts": time.time_ns(),
+                 "detail": f"rules not reloaded, the previous set stays active: {exc}"},
+                severity="critical",
+            )  # fmt: skip
+            return False
+        self.reloads["ok"] += 1
+        if self.metrics:
+            self.metrics.reloads.labels("ok").inc()
+        self.evaluator.swap_rules(new)
+        log.info("rules reloaded: %d rules", len(new))
+        return True
+
+    def run(self, ready: Callable[[], None] | None = None, gate: object = None) -> None:
+        self.sub.wait_ready(5000)
+        if ready:
+            ready()
+        next_tick = time.monotonic() + 1.0
+        ev = self.evaluator
+        while not self._stopping:
+            batch = self.sub.recv_batch(20 if ev._fs_held else 200)
+            # Whatever else is queued goes first (up to BURST events): the housekeeping
+            # below runs once per burst, not per batch, when the collector sends many small
+            # ones (its wake-ups are frequent when it is busy).
+            handled = 0
+            while batch:
+                ev.handle_batch(batch)
+                handled += len(batch)
+                batch = self.sub.recv_batch(0) if handled < BURST else None
+            ev.flush_fs()
+            self.sinks.service()  # greets new alert subscribers (tail --follow)
+            if gate is not None:
+                for signo in gate.poll():
+                    if signo == signal.SIGHUP:
+                        self._reload = True
+                    else:
+                        self._stopping = True
+            bad = self.sub.malformed + ev.malformed
+            if bad != self._malformed_reported:
+                n = bad - self._malformed_reported
+                self._malformed_reported = bad
+                ev.monitor({"type": "monitor", "kind": "malformed", "ts": time.time_ns(),
+                            "detail": f"{n} malformed messages or events on the event bus were "
+                                      f"dropped ({bad} since start)"})  # fmt: skip
+            if self._reload:
+                self.reload()
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + 1.0
+                ev.tick()
+                self.publish_status()
+
+    def status(self) -> dict:
+        ev = self.evaluator
+        return {
+            "started": self.started, "events": ev.events, "alerts": ev.alerts,
+            "suppressed": ev.suppressed, "malformed": ev.malformed + self.sub.malformed,
+            "kills": self.enforcer.killed if self.enforcer else 0, "lost": dict(ev.lost),
+            "reloads": dict(self.reloads), "rules": len(ev.rules),
+            "sessions": self.enforcer.session_count() if self.enforcer else 0,
+            "alerts_by_severity": _by_severity(ev.by_rule_sev),
+        }  # fmt: skip
+
+    def publish_status(self) -> None:
+        """Counters for `roguewatch status` (a root-only file) and Prometheus."""
+        st = self.status()
+        if self.metrics:
+            ev = self.evaluator
+            self.metrics.sync(ev.by_type, ev.by_rule_sev, ev.lost, st["sessions"], ev.actions)
+        path = self.cfg.status_file
+        if not path:
+            return
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(st, f)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # status is a convenience: never a reason to stop evaluating
+
+    def close(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+        self.sub.close()
+        self.sinks.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m roguewatch.evaluator`: the evaluator as a process of its own."""
+    import argparse
+
+    from roguewatch.policy import config as config_mod
+
+    ap = argparse.ArgumentParser(description="roguewatch evaluator")
+    ap.add_argument("--config")
+    ap.add_argument("--events", help="event stream endpoint to subscribe to")
+    ap.add_argument("--control", help="the collector's control endpoint (restores)")
+    ap.add_argument("--alerts", help="alert stream endpoint to publish on")
+    ap.add_argument("--alerts-file", help="JSON-lines alert file")
+    ap.add_argument("--rules", action="append", help="extra rule directory (repeatable)")
+    ap.add_argument("--policy", help="policy file for every session")
+    ap.add_argument("--no-journal", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="do not print alerts")
+    ap.add_argument("--no-enforce", action="store_true", help="record actions, never act")
+    ap.add_argument("--status-file", help="where to write live counters ('' for none)")
+    ap.add_argument("--ready-fd", type=int, help="write one byte here once subscribed")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        cfg = config_mod.load(args.config)
+        if args.events:
+            cfg.events_endpoint = args.events
+        if args.alerts:
+            cfg.alerts_endpoint = args.alerts
+        if args.control:
+            cfg.control_endpoint = args.control
+        if args.alerts_file:
+            cfg.alerts_file = args.alerts_file
+        if args.rules:
+            cfg.rules_dirs = args.rules
+        if args.policy:
+            cfg.policy_file = args.policy
+        if args.no_journal:
+            cfg.journald = False
+        if args.quiet:
+            cfg.print_alerts = False
+        if args.no_enforce:
+            cfg.enforce = False
+        if args.status_file is not None:
+            cfg.status_file = args.status_file
+        elif args.events:  # a private evaluator (run, tests) must not overwrite the service's
+            cfg.status_file = ""
+        proc = EvaluatorProcess(cfg)
+    except (config_mod.ConfigError, ruleset.RuleError, policy_mod.PolicyError,
+            bus.BusError) as exc:  # fmt: skip
+        print(f"roguewatch evaluator: {exc}", file=sys.stderr)
+        return 2
+    from roguewatch.respond.selfdefense import ShutdownGate
+
+    # Signals from a process in a session are dropped; others are obeyed in the loop.
+    table = proc.evaluator.table
+    gate = ShutdownGate(lambda pid: bool(table.procs.get(table.by_pid.get(pid, ""), {}).get(
+        "session")))  # fmt: skip
+    proc.watch_rule_dirs()
+
+    try:
+        proc.run(lambda: readiness.notify(args.ready_fd), gate)
+    finally:
+        proc.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
