@@ -27,7 +27,7 @@ def no_local_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def cli(*argv: str) -> int:
     ap = argparse.ArgumentParser(prog="roguewatch")
-    replay.add_replay_arguments(ap.add_subparsers(dest="cmd"))
+    replay.add_arguments(ap.add_subparsers(dest="cmd"))
     args = ap.parse_args(["replay", *argv])
     return args.fn(args)
 

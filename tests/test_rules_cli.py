@@ -20,7 +20,7 @@ def no_local_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def cli(*argv: str) -> int:
     ap = argparse.ArgumentParser(prog="roguewatch")
-    rules_cli.add_rules_arguments(ap.add_subparsers(dest="cmd"))
+    rules_cli.add_arguments(ap.add_subparsers(dest="cmd"))
     args = ap.parse_args(["rules", *argv])
     return args.fn(args)
 

@@ -404,6 +404,12 @@ def format_text(checks: Sequence[Check]) -> str:
     return "\n".join(lines)
 
 
+def add_arguments(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="check that this host can run roguewatch")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=lambda args: main(["--json"] if args.json else []))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`roguewatch doctor [--json] [--probes DIR]`; 0 when every required check passes."""
     parser = argparse.ArgumentParser(

@@ -169,7 +169,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_replay_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``replay FILE [--rules DIR] [--policy FILE] [--json]`` on the CLI."""
     p = subparsers.add_parser("replay", help="run the rules over a recording, offline")
     p.add_argument("file", metavar="FILE", help="a recording made by `roguewatch record`")
@@ -195,7 +195,7 @@ def add_replay_arguments(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="roguewatch")
-    add_replay_arguments(ap.add_subparsers(dest="cmd"))
+    add_arguments(ap.add_subparsers(dest="cmd"))
     args = ap.parse_args(["replay", *(argv if argv is not None else sys.argv[1:])])
     return args.fn(args)
 

@@ -283,7 +283,7 @@ def _add_rules_opt(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_rules_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``rules lint|list|explain|test`` on the CLI's sub-parsers."""
     top = subparsers.add_parser("rules", help="lint, list, explain and test detection rules")
     sub = top.add_subparsers(dest="rules_cmd", metavar="lint|list|explain|test")
@@ -319,7 +319,7 @@ def add_rules_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="roguewatch")
-    add_rules_arguments(ap.add_subparsers(dest="cmd"))
+    add_arguments(ap.add_subparsers(dest="cmd"))
     args = ap.parse_args(["rules", *(argv if argv is not None else sys.argv[1:])])
     return args.fn(args)
 

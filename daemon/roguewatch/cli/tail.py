@@ -35,8 +35,14 @@ POLL_S = 0.2
 WELCOME_TIMEOUT_MS = 2000
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``roguewatch tail``, for the CLI's sub-parser."""
+def add_arguments(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tail", help="show alerts: history from the file, then live")
+    add_options(p)
+    p.set_defaults(fn=main)
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``roguewatch tail``."""
     parser.add_argument("--json", action="store_true", help="full alerts as JSON lines")
     parser.add_argument(
         "--follow", "-f", action="store_true", help="keep printing new alerts until ^C"
@@ -66,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="roguewatch tail", description="Show alerts.")
-    add_arguments(ap)
+    add_options(ap)
     return ap
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from roguewatch.core import paths
+from roguewatch.core.identity import new_session_id
 from roguewatch.runtime import components, launcher, readiness
 
 if TYPE_CHECKING:
@@ -46,29 +47,8 @@ SERVICE_CONTROL_SOCKET = paths.CONTROL_ENDPOINT.removeprefix("ipc://")
 WELCOME_TIMEOUT_S = 1.0
 
 
-def new_session_id() -> int:
-    """A random session id, as ``collector.new_session_id`` draws them (61 bits: below the
-    ranges of adopted sessions); not imported from there, the collector module is not light
-    (tests/test_run.py checks that the two agree)."""
-    import secrets
-
-    return secrets.randbits(61) or 1
-
-
 class RunError(Exception):
     """The launcher's own failure (exit 2), with what to do."""
-
-
-def add_arguments(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run CMD as a watched agent session (enforce by default)")
-    p.add_argument("--policy", metavar="FILE", help="egress allowlist, protected paths, mode")
-    p.add_argument("--observe", action="store_true", help="alert only: never kill or block")
-    p.add_argument("--alerts", metavar="FILE", help="also append the session's alerts here")
-    p.add_argument("--json", action="store_true", help="alerts as JSON lines on stderr")
-    p.add_argument("--name", help="the session's name (default: the command's name)")
-    p.add_argument("--user", help="run the agent as this user (after set-up as root)")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
-    p.set_defaults(fn=main)
 
 
 @dataclass
@@ -379,15 +359,3 @@ class Run:
             cg.wait_empty(2.0)
         self._reap()
         self.summary.survivors_left = len(cg.pids())
-
-
-def main(args: argparse.Namespace) -> int:
-    if getattr(args, "command", None) and args.command[:1] == ["--"]:
-        args.command = args.command[1:]
-    from roguewatch.respond import cgroups, landlock
-
-    try:
-        return Run(args).execute()
-    except (RunError, launcher.SessionError, cgroups.CgroupError, landlock.LandlockError) as exc:
-        print(f"roguewatch run: {exc}", file=sys.stderr)
-        return 2

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 import threading
 import time
 from collections import deque
@@ -26,6 +25,7 @@ from typing import Protocol
 
 import zmq
 
+from roguewatch.core.identity import new_session_id
 from roguewatch.policy import policy as policy_mod
 from roguewatch.policy.config import Config
 from roguewatch.policy.egress import egress_hosts
@@ -60,11 +60,6 @@ ADOPTED_PROCFS_BASE = (1 << 62) | (1 << 61)
 BUSY_POLL_S = 0.001
 DENIAL_CLAIM_NS = 200_000_000  # every second: unclaimed denials older than this
 DENIAL_END_NS = 20_000_000  # at a session's end
-
-
-def new_session_id() -> int:
-    """A random id for a session started by `run` or `record` (below the adopted ranges)."""
-    return secrets.randbits(61) or 1
 
 
 @dataclass

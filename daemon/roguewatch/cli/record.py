@@ -1,0 +1,70 @@
+"""`roguewatch record`: run a command as a new session and write every event of it to a file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from roguewatch.cli.common import die, need_root
+
+
+def add_arguments(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("record", help="run CMD as a new session and write its events to FILE")
+    p.add_argument("--output", "-o", required=True, metavar="FILE")
+    p.add_argument(
+        "--policy", metavar="FILE", help="accepted; enforcement arrives with `roguewatch run`"
+    )
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    p.set_defaults(fn=cmd_record)
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from roguewatch.runtime import launcher
+    from roguewatch.stream import bus, recording
+
+    if not args.command:
+        return die("record: no command given (roguewatch record --output FILE -- CMD...)")
+    if (rc := need_root("record")) is not None:
+        return rc
+    try:
+        watcher = launcher.find_or_start_collector()
+    except launcher.SessionError as exc:
+        return die(str(exc))
+    writer = None
+    try:
+        sub = bus.Subscriber(watcher.events)
+        if not sub.wait_ready(5000):
+            return die("the event stream did not answer")
+        pid, session = launcher.spawn_in_session(
+            args.command, launcher.register_with(watcher.control)
+        )
+        writer = recording.Writer(args.output, args.command, session)
+        status = None
+        # Forward ^C and termination to the command; the recording ends when it does.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda s, _f: os.kill(pid, s))
+        while status is None:
+            batch = sub.recv_batch(100)
+            for ev in batch or ():
+                if ev.get("session") == session:
+                    writer.write(ev)
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+        # Events still in flight (the root's own exit, children's last words).
+        for ev in sub.events(timeout_ms=300):
+            if ev.get("session") == session:
+                writer.write(ev)
+        print(
+            f"roguewatch: {writer.count} events of session {session:x} written to {args.output}",
+            file=sys.stderr,
+        )
+        return launcher.exit_status(status)
+    except (launcher.SessionError, OSError) as exc:
+        return die(str(exc))
+    finally:
+        if writer is not None:
+            writer.close()
+        watcher.close()
