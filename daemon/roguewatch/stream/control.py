@@ -20,6 +20,7 @@ import msgpack
 import zmq
 
 from roguewatch.stream import bus
+from roguewatch.stream.bus import Peer
 
 
 class ControlError(Exception):
@@ -75,24 +76,6 @@ def running(endpoint: str = bus.CONTROL_ENDPOINT) -> ControlClient | None:
 
 # ---------------------------------------------------------------------------------------------
 # The server
-
-
-@dataclass(frozen=True)
-class Peer:
-    """Who sent a request, as the kernel saw it when they connected (SO_PEERCRED)."""
-
-    pid: int
-    uid: int
-    gid: int
-
-    @classmethod
-    def of(cls, frame: zmq.Frame) -> Peer | None:
-        """From ZeroMQ's ``Peer-Address`` of an ipc message (``host:uid:gid:pid``)."""
-        try:
-            _, uid, gid, pid = str(frame.get("Peer-Address")).rsplit(":", 3)
-            return cls(int(pid), int(uid), int(gid))
-        except (ValueError, zmq.ZMQError):
-            return None
 
 
 Handler = Callable[[dict, "Peer | None"], dict]
