@@ -36,15 +36,6 @@ class ShutdownGate:
             out.append(info.si_signo)
 
 
-def stopped(pid: int) -> bool:
-    """Whether the process is stopped (state T): a SIGSTOP it could not refuse."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "T"
-    except (OSError, IndexError):
-        return False
-
-
 def die_with_parent() -> None:
     """For a component's preexec: SIGTERM when the process that started it dies, so a
     killed roguewatchd (or run) never leaves a collector or evaluator orphaned."""

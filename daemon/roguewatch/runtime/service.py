@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from roguewatch import __version__
+from roguewatch.core.procfs import stopped
 from roguewatch.outputs import render
 from roguewatch.policy import config
-from roguewatch.respond.selfdefense import stopped
 from roguewatch.runtime import readiness
 from roguewatch.runtime.components import COMPONENT_MODULES, component_preexec
 from roguewatch.stream import bus
