@@ -3,7 +3,7 @@
 Owns the process table (every tracked process by exec id, its ancestry up to the session
 root, kept until exit plus a grace period, bounded), running the rules indexed by event type
 against each event, deduplicating identical alerts, and building alerts that follow the
-contract in architecture.md. It also turns the collector's `monitor` events into alerts, so
+contract in docs/architecture.md. It also turns the collector's `monitor` events into alerts, so
 lost events are never silent.
 
 It must not carry out actions (that is the enforcer's) nor know where alerts go (the sinks

@@ -8,10 +8,7 @@ one-line form that ``roguewatch tail`` and ``roguewatch run`` print.
 
 It must not decide what is an alert, how severe it is or what is done about it: that is the
 evaluator's and the enforcer's. An alert here is a plain dict following the contract in
-``shared/design/architecture.md``: ``id``, ``ts``, ``rule``, ``message``, ``category``,
-``severity``, ``tags``, ``session`` (hex string), ``pid``, ``ppid``, ``uid``, ``comm``, ``exe``,
-``cmdline``, ``exec_id``, ``lineage`` (``[{pid, exe}]``), ``event`` (``type`` plus its fields,
-bytes already base64 strings), ``action``, ``outcome``, ``count``.
+``docs/architecture.md`` (typed as ``core.contracts.Alert``).
 
 Every sink is best-effort and never blocks the evaluator: a slow subscriber, a full disk or a
 missing journald is counted, never raised into the caller (:class:`Sinks` isolates them).
