@@ -380,4 +380,6 @@ class Evaluator:
             session=ev.get("session", 0), pid=ev.get("pid", 0), comm="roguewatch",
             event=event_summary(ev),
         )  # fmt: skip
+        if ev.get("origin"):  # reported over the control socket, not seen by the collector
+            alert["origin"] = str(ev["origin"])
         self._publish(alert)
