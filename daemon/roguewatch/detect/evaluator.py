@@ -62,7 +62,11 @@ MONITOR_RULES = {
     "malformed": "roguewatch_malformed_events",
     "rules_reload_failed": "roguewatch_rules_reload_failed",
     "restart": "roguewatch_component_restarted",
+    "stopped": "roguewatch_stopped",
 }
+# How severe each kind of monitor event is (anything else: high). The operator stopping the
+# monitor from outside every session is a record of who did it, not an attack.
+MONITOR_SEVERITY = {"stopped": "info", "started": "info"}
 
 
 def _jsonable(v: object) -> object:
@@ -364,9 +368,10 @@ class Evaluator:
                 self._publish(alert)
         self.table.sweep(now)
 
-    def monitor(self, ev: dict, severity: str = "high", rule: str = "") -> None:
-        """An alert about the monitor itself (losses, reload failures, restarts)."""
+    def monitor(self, ev: dict, severity: str = "", rule: str = "") -> None:
+        """An alert about the monitor itself (losses, reload failures, restarts, stops)."""
         kind = ev.get("kind", "")
+        severity = severity or MONITOR_SEVERITY.get(kind, "high")
         if kind == "loss":
             self.lost["ring"] = sum((ev.get("lost_ring") or {}).values())
             self.lost["pending"] = ev.get("lost_pending", 0)

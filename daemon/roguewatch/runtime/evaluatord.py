@@ -27,6 +27,7 @@ from roguewatch.policy import policy as policy_mod
 from roguewatch.policy.config import Config
 from roguewatch.policy.policy import StaticPolicy
 from roguewatch.respond.enforcer import Enforcer
+from roguewatch.respond.selfdefense import ShutdownGate, block_shutdown_signals
 from roguewatch.runtime import readiness
 from roguewatch.stream import bus
 from roguewatch.stream.bus import Peer
@@ -252,7 +253,8 @@ class EvaluatorProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m roguewatch.evaluator`: the evaluator as a process of its own."""
+    """`python -m roguewatch.runtime.evaluatord`: the evaluator as a process of its own."""
+    block_shutdown_signals()  # before any thread exists (ZeroMQ's, the watchers')
     import argparse
 
     from roguewatch.policy import config as config_mod
@@ -301,12 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             bus.BusError) as exc:  # fmt: skip
         print(f"roguewatch evaluator: {exc}", file=sys.stderr)
         return 2
-    from roguewatch.respond.selfdefense import ShutdownGate
 
     # Signals from a process in a session are dropped; others are obeyed in the loop.
     table = proc.evaluator.table
-    gate = ShutdownGate(lambda pid: bool(table.procs.get(table.by_pid.get(pid, ""), {}).get(
-        "session")))  # fmt: skip
+    gate = ShutdownGate(lambda pid: table.session_of_tree(pid) is not None)
     proc.watch_rule_dirs()
 
     try:

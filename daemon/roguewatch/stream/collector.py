@@ -510,6 +510,10 @@ class Collector:
             "release": self._release,
             "guard": self._guard,
             "stats": lambda req, peer: {"ok": True, **self.stats()},
+            "standing": lambda req, peer: {
+                "ok": True,
+                "standing": self.standing(Peer(int(req["pid"]), 0, 0)).name,
+            },
         }
         for op, handler in ops.items():
             server.register(op, handler)
