@@ -49,6 +49,8 @@ F_KILLED = 1 << 6
 F_UNTRACKED = 1 << 7
 
 AT_FDCWD = -100
+# RW_ARGV_ARGS: the arguments (argv[0] included) an exec record carries at most
+ARGV_ARGS = 20
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET = 1, 2, 10, 16, 17
 FAMILY_NAMES = {AF_UNIX: "unix", AF_INET: "inet", AF_INET6: "inet6", AF_NETLINK: "netlink",
                 AF_PACKET: "packet"}  # fmt: skip

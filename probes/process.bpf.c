@@ -127,7 +127,13 @@ static __always_inline int rw_stash_argv(const char *const *argv)
             a->truncated = 1;
         off += n;
     }
-    a->truncated = 1; /* more arguments than we copy */
+    /* All RW_ARGV_ARGS copied: truncated only if there is one more (a NULL here is the end
+     * of an argv of exactly RW_ARGV_ARGS; an unreadable slot is left to /proc). */
+    {
+        const char *more = 0;
+        if (bpf_probe_read_user(&more, sizeof(more), &argv[RW_ARGV_ARGS]) != 0 || more)
+            a->truncated = 1;
+    }
 done:
     a->len = off > RW_ARGV_MAX ? RW_ARGV_MAX : off;
     u32 tid = (u32)bpf_get_current_pid_tgid();

@@ -6,6 +6,7 @@ import os
 import signal
 
 import pytest
+from roguewatch.probes import layout
 
 from tests.conftest import Stream
 
@@ -179,3 +180,27 @@ def test_exec_arguments_the_kernel_cannot_read_are_taken_from_proc(stream: Strea
     ev = s.one("exec", pid=child)
     assert ev["argv"] == ["/bin/sleep", "3"], ev
     assert "truncated" in ev["flags"]
+
+
+# The probe copies RW_ARGV_ARGS arguments (argv[0] included) and looks one further to know
+# whether there were more: only then is the exec `truncated` (and its argv completed from
+# /proc/PID/cmdline). /bin/sleep sums its arguments: it lives a fifth of a second, so /proc
+# still has it when the collector reads the record.
+def test_an_exec_with_exactly_as_many_arguments_as_the_probe_copies_is_whole(
+    stream: Stream,
+) -> None:
+    argv = ["/bin/sleep", *["0.01"] * (layout.ARGV_ARGS - 1)]
+    s = stream.run(argv)
+    ev = s.one("exec", pid=s.pid)
+    assert ev["argv"] == argv
+    assert "truncated" not in ev["flags"], ev["flags"]
+
+
+def test_an_exec_with_one_argument_more_is_truncated_and_completed_from_proc(
+    stream: Stream,
+) -> None:
+    argv = ["/bin/sleep", *["0.01"] * layout.ARGV_ARGS]
+    s = stream.run(argv)
+    ev = s.one("exec", pid=s.pid)
+    assert "truncated" in ev["flags"], ev["flags"]
+    assert ev["argv"] == argv
