@@ -75,7 +75,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
             /* The session map is full: the child would run untracked. Fail closed: in
              * enforce mode the parent dies before it returns from fork (the child, already
              * made, is in the session's cgroup, which the session end kills whole). */
-            u32 k = 2;
+            u32 k = RW_COUNTER_UNTRACKED_FORKS;
             u64 *n = counters.lookup(&k);
             if (n)
                 __sync_fetch_and_add(n, 1);
@@ -176,7 +176,7 @@ static __always_inline struct rw_proc *rw_adopt(u32 tgid, u64 now)
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
     if (!adopt_uids.lookup(&uid) && !adopt_comms.lookup(&key))
         return 0;
-    u32 k = 0;
+    u32 k = RW_COUNTER_ADOPTED_NEXT;
     u64 *next = counters.lookup(&k);
     if (!next)
         return 0;

@@ -55,7 +55,6 @@ _STATEFUL = frozenset(
     layout.TYPE_NUMBERS[n] for n in ProcessCache.HOOKS if n != "kill"
 )  # types whose events read or change the per-process state
 
-ADOPTED_PROCFS_BASE = (1 << 62) | (1 << 61)
 # While records keep coming, the loop looks at the ring at least this often (see run).
 BUSY_POLL_S = 0.001
 DENIAL_CLAIM_NS = 200_000_000  # every second: unclaimed denials older than this
@@ -301,7 +300,7 @@ class Collector:
             start = proc_start_ns(pid)
             if start is None:
                 continue
-            session = ADOPTED_PROCFS_BASE | self._next_adopt
+            session = layout.ADOPTED_PROCFS_BASE | self._next_adopt
             self._next_adopt += 1
             ppid = proc_ppid(pid)
             pstart = proc_start_ns(ppid) or 0
@@ -387,7 +386,7 @@ class Collector:
         """Egress denials no syscall exit claimed (io_uring's): published as their own events
         once older than DENIAL_CLAIM_NS (a refused syscall's exit claims its denial within
         microseconds; one that took longer is published twice, never lost)."""
-        for raw in self.probes.unclaimed_denials(older_than_ns or DENIAL_CLAIM_NS, _HSIZE):
+        for raw in self.probes.unclaimed_denials(older_than_ns or DENIAL_CLAIM_NS):
             self._handle(raw, 0, len(raw))
         self.flush()
 
