@@ -47,6 +47,9 @@ _IDENT = layout.IDENT
 _parse = layout.parse
 _FLAGS = layout.FLAGS
 _F_ADOPTED = layout.F_ADOPTED
+_V_TS, _V_RET, _V_TID = layout.V_TS, layout.V_RET, layout.V_TID
+_V_TYPE, _V_FLAGS = layout.V_TYPE, layout.V_FLAGS
+_I_START, _I_PID = layout.I_START, layout.I_PID
 _EXEC = layout.TYPE_NUMBERS["exec"]
 _EXIT = layout.TYPE_NUMBERS["exit"]
 _KILL = layout.TYPE_NUMBERS["kill"]
@@ -337,14 +340,14 @@ class Collector:
         except RecordError:
             self.lost_decode += 1
             return
-        t = h[3]
-        ev = {"type": TYPE_NAMES[t], "ts": h[0] + self.cache.offset, "tid": h[2], "ret": h[1],
-              "flags": _FLAGS[h[4] & 0xFF]}  # fmt: skip
+        t = h[_V_TYPE]
+        ev = {"type": TYPE_NAMES[t], "ts": h[_V_TS] + self.cache.offset, "tid": h[_V_TID],
+              "ret": h[_V_RET], "flags": _FLAGS[h[_V_FLAGS] & 0xFF]}  # fmt: skip
         build(ev, h, s1, s2)
         key = buf[off + _IDENT_OFF : off + _HSIZE]
         if t == _EXEC:  # a new image: its exe and cwd are read now, then its identity
             i = _IDENT.unpack(key)
-            self.cache.on_exec(ev, i[3])
+            self.cache.on_exec(ev, i[_I_PID])
             ident = self._identity(key, i)
         else:
             ident = self._idents.get(key) or self._identity(key, _IDENT.unpack(key))
@@ -353,13 +356,13 @@ class Collector:
                 if t == _EXIT:
                     self._idents.pop(key, None)
         ev.update(ident)
-        if h[4] & _F_ADOPTED and ev["session"] not in self.sessions:
+        if h[_V_FLAGS] & _F_ADOPTED and ev["session"] not in self.sessions:
             self._announce_adopted(ev)
         self.batch.append(ev)
 
     def _identity(self, key: bytes, i: tuple) -> dict:
         d = self.cache.identity(i)
-        if i[1]:  # records of untracked senders (guard events, start 0) are not cached
+        if i[_I_START]:  # records of untracked senders (guard events, start 0) are not cached
             if len(self._idents) >= 65536:
                 self._idents.clear()
             self._idents[key] = d

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 
+from roguewatch.probes import layout
 from roguewatch.probes.layout import AT_FDCWD
 
 MAX_PROCS = 65536
@@ -93,10 +94,10 @@ class ProcessCache:
 
         The same for every record of one process image: the collector computes it once per
         image and caches it, so this runs at first sight of a process and after each exec."""
-        session, start, pstart, pid, ppid, uid, gid, comm = i
+        start, pid, ppid = i[layout.I_START], i[layout.I_PID], i[layout.I_PPID]
         if start:
             exec_id = f"{pid}-{start}"
-            pexec_id = f"{ppid}-{pstart}" if ppid else ""
+            pexec_id = f"{ppid}-{i[layout.I_PSTART]}" if ppid else ""
         else:  # a guard event from an untracked process: identity from /proc
             ppid = ppid or proc_ppid(pid)
             ps = proc_start_ns(pid)
@@ -105,10 +106,11 @@ class ProcessCache:
         exe = self.exe.get(pid)
         if exe is None:
             exe = self._exe(pid)
+        comm = i[layout.I_COMM].split(b"\0", 1)[0].decode(errors="replace")
         return {
-            "session": session, "pid": pid, "ppid": ppid, "uid": uid, "gid": gid,
-            "comm": comm.split(b"\0", 1)[0].decode(errors="replace"), "exec_id": exec_id,
-            "pexec_id": pexec_id, "exe": exe,
+            "session": i[layout.I_SESSION], "pid": pid, "ppid": ppid, "uid": i[layout.I_UID],
+            "gid": i[layout.I_GID], "comm": comm, "exec_id": exec_id, "pexec_id": pexec_id,
+            "exe": exe,
         }  # fmt: skip
 
     # -- per event (only the types that change or read state) ------------------------------
