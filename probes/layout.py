@@ -25,6 +25,8 @@ import struct
 from collections.abc import Callable
 from enum import IntEnum
 
+from roguewatch.core.identity import exec_id
+
 # struct rw_hdr, field by field (name, struct code), in two parts. What changes per record:
 VAR_FIELDS: tuple[tuple[str, str], ...] = (
     ("ts", "Q"), ("ret", "q"), ("tid", "I"), ("type", "H"), ("flags", "H"), ("a", "4Q"),
@@ -183,7 +185,7 @@ def _fork(ev, h, s1, s2):
     ev["child_pid"] = h[V_A0]
     ev["clone_flags"] = h[V_A1]
     ev["thread"] = bool(h[V_FLAGS] & F_THREAD)
-    ev["child_exec_id"] = "" if ev["thread"] else f"{h[V_A0]}-{h[V_A2]}"
+    ev["child_exec_id"] = "" if ev["thread"] else exec_id(h[V_A0], h[V_A2])
 
 
 def _exec(ev, h, s1, s2):

@@ -25,7 +25,8 @@ from typing import Protocol
 
 import zmq
 
-from roguewatch.core.identity import new_session_id
+from roguewatch.core import procfs
+from roguewatch.core.identity import exec_id, new_session_id
 from roguewatch.policy import policy as policy_mod
 from roguewatch.policy.config import Config
 from roguewatch.policy.egress import egress_hosts
@@ -36,7 +37,7 @@ from roguewatch.sensors import bpf
 from roguewatch.sensors.ringbuf import RingBuffer
 from roguewatch.stream import bus
 from roguewatch.stream.control import ControlServer, Peer
-from roguewatch.stream.enrich import ProcessCache, proc_cmdline, proc_ppid, proc_start_ns
+from roguewatch.stream.enrich import ProcessCache
 
 log = logging.getLogger("roguewatch.collector")
 
@@ -270,8 +271,8 @@ class Collector:
 
     def guard_self(self) -> None:
         """Every task of this process (ZeroMQ's threads too) is guarded, and our parent."""
-        for tid in os.listdir("/proc/self/task"):
-            self.probes.guard(int(tid))
+        for tid in procfs.threads(os.getpid()):
+            self.probes.guard(tid)
         self.probes.guard(os.getpid())
 
     def scan_procfs(self) -> int:
@@ -284,41 +285,36 @@ class Collector:
         if not uids and not comms:
             return 0
         tracked = self.probes.tracked()
+        me = os.getpid()
         found = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
+        for pid in procfs.pids():
+            if pid in tracked or pid == me:
                 continue
-            pid = int(name)
-            if pid in tracked or pid == os.getpid():
-                continue
-            try:
-                st = os.stat(f"/proc/{pid}")
-                with open(f"/proc/{pid}/comm") as f:
-                    comm = f.read().strip()
-            except OSError:
-                continue
-            if st.st_uid in uids or comm in comms:
-                found.append((pid, st.st_uid, comm))
+            uid, comm = procfs.uid(pid), procfs.comm(pid)
+            if uid is None or comm is None:
+                continue  # gone meanwhile
+            if uid in uids or comm in comms:
+                found.append((pid, uid, comm))
         for pid, uid, comm in found:
-            start = proc_start_ns(pid)
+            start = procfs.start_ns(pid)
             if start is None:
                 continue
             session = layout.ADOPTED_PROCFS_BASE | self._next_adopt
             self._next_adopt += 1
-            ppid = proc_ppid(pid)
-            pstart = proc_start_ns(ppid) or 0
+            ppid = procfs.ppid(pid)
+            pstart = procfs.start_ns(ppid) or 0
             self.probes.register(pid, session, start, pstart, ppid, adopted=True)
-            argv = proc_cmdline(pid) or []
-            exe = os.path.realpath(f"/proc/{pid}/exe") if os.path.exists(f"/proc/{pid}/exe") else ""
-            cwd = os.path.realpath(f"/proc/{pid}/cwd") if os.path.exists(f"/proc/{pid}/cwd") else ""
+            argv = procfs.cmdline(pid) or []
+            exe = procfs.readlink(pid, "exe") or ""
+            cwd = procfs.readlink(pid, "cwd") or ""
             self.cache.exe[pid] = exe
             if cwd:
                 self.cache.cwd[pid] = cwd
             ev = {
                 "type": "exec", "ts": time.time_ns(), "session": session, "pid": pid,
                 "tid": pid, "ppid": ppid, "uid": uid, "gid": 0, "comm": comm, "ret": 0,
-                "flags": ["procfs", "adopted"], "exec_id": f"{pid}-{start}",
-                "pexec_id": f"{ppid}-{pstart}" if ppid else "", "exe": exe,
+                "flags": ["procfs", "adopted"], "exec_id": exec_id(pid, start),
+                "pexec_id": exec_id(ppid, pstart), "exe": exe,
                 "filename": exe, "argv": argv, "cmdline": " ".join(argv), "cwd": cwd,
             }  # fmt: skip
             self._announce_adopted(ev)
@@ -470,11 +466,8 @@ class Collector:
         """Guard a process and every thread it has now."""
         pid = int(req["pid"])
         self.probes.guard(pid)
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                self.probes.guard(int(tid))
-        except OSError:
-            pass
+        for tid in procfs.threads(pid):
+            self.probes.guard(tid)
         return {"ok": True}
 
     def stats(self) -> dict:
@@ -501,15 +494,15 @@ class Collector:
         if self.files is not None:
             self.files.snapshot_done.wait(30)
         pid = int(req["pid"])
-        start = proc_start_ns(pid)
+        start = procfs.start_ns(pid)
         if start is None:
             return {"ok": False, "error": f"no process {pid}"}
-        ppid = proc_ppid(pid)
+        ppid = procfs.ppid(pid)
         session = int(req.get("session") or new_session_id())
         mode = req.get("mode", "enforce")
         self.cache.remember(pid)
         self.probes.register(
-            pid, session, start, proc_start_ns(ppid) or 0, ppid, observe=mode == "observe"
+            pid, session, start, procfs.start_ns(ppid) or 0, ppid, observe=mode == "observe"
         )
         protect = list((req.get("policy") or {}).get("protect", []))
         if protect and self.files is not None:
