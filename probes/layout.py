@@ -42,7 +42,15 @@ VAR = struct.Struct("<" + "".join(code for _, code in VAR_FIELDS))
 IDENT = struct.Struct("<" + "".join(code for _, code in IDENT_FIELDS))
 HEADER = struct.Struct("<" + VAR.format[1:] + IDENT.format[1:])
 IDENT_OFF = VAR.size
-TYPE_OFF = struct.calcsize("<QqI")  # offset of the u16 type
+
+
+def _offset(fields: tuple[tuple[str, str], ...], name: str) -> int:
+    """Where a field starts (the structs have no padding: the test compiles them to check)."""
+    names = [n for n, _ in fields]
+    return struct.calcsize("<" + "".join(code for _, code in fields[: names.index(name)]))
+
+
+TYPE_OFF = _offset(VAR_FIELDS, "type")  # offset of the u16 type
 assert VAR.size == 88 and IDENT.size == 56 and HEADER.size == 144
 _unpack_var = VAR.unpack_from
 # Indexes into the VAR tuple (a[4] is four of them)
