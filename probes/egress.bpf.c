@@ -1,11 +1,16 @@
 /* egress.bpf.c: egress outside a session's allowlist is refused in the kernel.
  *
  * cgroup/connect4, connect6, sendmsg4, sendmsg6 (BPF_PROG_TYPE_CGROUP_SOCK_ADDR), attached by
- * user space to the cgroup of a session in enforce mode. They run inside connect(),
- * sendto() and sendmsg() (io_uring's and TCP Fast Open's too) before any packet is built:
- * returning 0 makes the call fail with EPERM, so nothing leaves. The allowlist lives in two
- * LPM tries keyed by (cgroup id, address), whose values hold the allowed port ranges and
- * protocols. A denial writes its record in egress_denied (roguewatch.h), for the refused
+ * user space once, to the root of the cgroup v2 hierarchy, so they run for every process of
+ * the host: inside connect(), sendto() and sendmsg() (io_uring's and TCP Fast Open's too)
+ * before any packet is built; returning 0 makes the call fail with EPERM, so nothing leaves.
+ * A socket is judged by the *session* of the calling process (the session map, set at fork
+ * in the kernel), never by its cgroup: an agent that moves itself to another cgroup, or an
+ * adopted agent that never had one, is judged the same. Untracked processes pass at the cost
+ * of one hash lookup. The allowlist lives in two LPM tries keyed by (owner, address): the
+ * owner is the session when it has an allowlist of its own (`roguewatch run`), else the
+ * adoption policy the kernel gave the process at exec (RW_P_POLICY); the values hold the
+ * allowed port ranges and protocols. A denial writes its record in egress_denied (roguewatch.h), for the refused
  * syscall's sys_exit to claim (its record is then flagged RW_F_DENIED), or, with no
  * sys_exit to claim it (io_uring), for the collector to publish.
  */
@@ -15,14 +20,14 @@
 #define RW_EGRESS_RANGES 8
 
 struct rw_egress_key4 {
-    u32 prefixlen; /* 64 bits of cgroup id + the address prefix */
-    u64 cgid;
+    u32 prefixlen; /* 64 bits of owner + the address prefix */
+    u64 owner;     /* a session, or RW_EGRESS_POLICY_BASE | an adoption policy */
     u32 addr;
 } __attribute__((packed));
 
 struct rw_egress_key6 {
     u32 prefixlen;
-    u64 cgid;
+    u64 owner;
     u8 addr[16];
 } __attribute__((packed));
 
@@ -33,15 +38,31 @@ struct rw_egress_allow {
     u32 n;
 };
 
-struct rw_egress_cg {
-    u64 session;
-};
 
 BPF_F_TABLE("lpm_trie", struct rw_egress_key4, struct rw_egress_allow, egress_allow4, 16384,
             BPF_F_NO_PREALLOC);
 BPF_F_TABLE("lpm_trie", struct rw_egress_key6, struct rw_egress_allow, egress_allow6, 16384,
             BPF_F_NO_PREALLOC);
-BPF_HASH(egress_cgroups, u64, struct rw_egress_cg, 1024);
+/* Owners whose allowlist is in force (sessions of `run`, adoption policies): value unused. */
+BPF_HASH(egress_owners, u64, u8, 4096);
+
+/* Whose allowlist judges the calling process: 0 for none (untracked, observed, or a session
+ * whose allowlist nobody put in force: not enforced in the kernel). User space puts every
+ * adoption policy's allowlist in force before it sets the selectors that use it. */
+static __always_inline u64 rw_egress_owner(void)
+{
+    struct rw_proc *p = rw_current_proc();
+    if (!p || (p->flags & RW_P_OBSERVE))
+        return 0;
+    u64 owner = p->session;
+    if (egress_owners.lookup(&owner))
+        return owner;
+    u32 policy = (p->flags >> RW_P_POLICY_SHIFT) & RW_P_POLICY_MASK;
+    if (!policy)
+        return 0;
+    owner = RW_EGRESS_POLICY_BASE | policy;
+    return egress_owners.lookup(&owner) ? owner : 0;
+}
 
 static __always_inline bool rw_ports_allow(struct rw_egress_allow *a, u16 port, u8 proto)
 {
@@ -99,14 +120,14 @@ static __always_inline int rw_egress_deny(struct bpf_sock_addr *ctx, u16 type, u
 
 static __always_inline int rw_egress4(struct bpf_sock_addr *ctx, u16 type)
 {
-    u64 cgid = bpf_get_current_cgroup_id();
-    if (!egress_cgroups.lookup(&cgid))
+    u64 owner = rw_egress_owner();
+    if (!owner)
         return 1;
     u16 port = bpf_ntohs((u16)ctx->user_port);
     u8 proto = ctx->protocol;
     struct rw_egress_key4 k = {};
     k.prefixlen = 64 + 32;
-    k.cgid = cgid;
+    k.owner = owner;
     k.addr = ctx->user_ip4;
     struct rw_egress_allow *a = egress_allow4.lookup(&k);
     if (a && rw_ports_allow(a, port, proto))
@@ -116,14 +137,14 @@ static __always_inline int rw_egress4(struct bpf_sock_addr *ctx, u16 type)
 
 static __always_inline int rw_egress6(struct bpf_sock_addr *ctx, u16 type)
 {
-    u64 cgid = bpf_get_current_cgroup_id();
-    if (!egress_cgroups.lookup(&cgid))
+    u64 owner = rw_egress_owner();
+    if (!owner)
         return 1;
     u16 port = bpf_ntohs((u16)ctx->user_port);
     u8 proto = ctx->protocol;
     struct rw_egress_key6 k = {};
     k.prefixlen = 64 + 128;
-    k.cgid = cgid;
+    k.owner = owner;
     u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2],
         w3 = ctx->user_ip6[3];
     __builtin_memcpy(k.addr, &w0, 4);

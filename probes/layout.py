@@ -66,6 +66,7 @@ TYPE_NAMES: tuple[str, ...] = (
     "open", "rename", "unlink", "link", "symlink", "chmod", "chown", "truncate", "utimes",
     "kill", "rt_sigaction", "setsid", "setpgid", "prctl", "task_rename", "ptrace",
     "unshare", "setns", "mount", "bpf", "module_load", "memfd_create", "chdir",
+    "cgroup_attach", "target",
 )  # fmt: skip
 TYPE_NUMBERS = {name: i for i, name in enumerate(TYPE_NAMES) if name}
 
@@ -87,6 +88,12 @@ PROC_FIELDS: tuple[tuple[str, str], ...] = (
 PROC = struct.Struct("<" + "".join(code for _, code in PROC_FIELDS))
 PROC_SESSION, PROC_START, PROC_PSTART, PROC_PPID, PROC_FLAGS = range(5)  # its tuple's indexes
 P_OBSERVE = 1 << 8  # the session is in observe mode: the kernel never kills in it
+P_TAINTED = 1 << 9  # joined the session by influence: a session process wrote into it
+# Bits 16-23 of rw_proc.flags: the adoption policy an adopted process got at exec (the value of
+# its adopt_uids/adopt_comms entry; 0: none), whose allowlist is owned by EGRESS_POLICY_BASE|it
+P_POLICY_SHIFT = 16
+P_POLICY_MASK = 0xFF
+EGRESS_POLICY_BASE = 0xFFFF << 48
 
 
 class Counter(IntEnum):
@@ -112,6 +119,17 @@ FAMILY_NAMES = {AF_UNIX: "unix", AF_INET: "inet", AF_INET6: "inet6", AF_NETLINK:
 SOCK_PROTO = {1: "tcp", 2: "udp", 3: "raw", 5: "seqpacket"}
 # enum rw_kill_call, in order: what made a kill record (its a[3])
 KILL_CALLS = ("kill", "tkill", "tgkill", "pidfd_send_signal", "generate")
+# enum rw_target_call, in order: what a `target` record's call reached in another process
+TARGET_CALLS = (
+    "prlimit64",
+    "setpriority",
+    "sched_setattr",
+    "sched_setscheduler",
+    "sched_setparam",
+    "sched_setaffinity",
+    "process_vm_writev",
+    "process_vm_readv",
+)
 
 # RW_MAX_PROCS: the session map's size when the loader passes no other
 MAX_PROCS = 65536
@@ -120,12 +138,13 @@ MAX_PROCS = 65536
 EVENTS_FD = 0x7EADBEE
 
 # The egress allowlists (egress.bpf.c), written by user space. A key: struct rw_egress_key4
-# or key6 (packed): EGRESS_KEY (the LPM prefix length: 64 bits of cgroup id + the address
-# prefix, then the cgroup id), then the 4 or 16 address bytes. A value: struct
+# or key6 (packed): EGRESS_KEY (the LPM prefix length: 64 bits of owner + the address prefix,
+# then the owner: a session, or EGRESS_POLICY_BASE | an adoption policy), then the 4 or 16
+# address bytes. A value: struct
 # rw_egress_allow, up to RW_EGRESS_RANGES port ranges with their protocols, and their number.
 EGRESS_RANGES = 8
 EGRESS_KEY = struct.Struct("<IQ")
-EGRESS_KEY_CGID_OFF = struct.calcsize("<I")
+EGRESS_KEY_OWNER_OFF = struct.calcsize("<I")
 EGRESS_KEY4_SIZE, EGRESS_KEY6_SIZE = EGRESS_KEY.size + 4, EGRESS_KEY.size + 16
 EGRESS_ALLOW = struct.Struct(f"<{EGRESS_RANGES}H{EGRESS_RANGES}H{EGRESS_RANGES}BI")
 
@@ -387,6 +406,21 @@ def _chdir(ev, h, s1, s2):
     _path_at(ev, h, s1, s2)
 
 
+def _cgroup_attach(ev, h, s1, s2):
+    ev["target"] = h[V_A0]
+    ev["cgroup_id"] = h[V_A1]
+    ev["level"] = h[V_A2] & 0xFFFFFFFF
+    ev["hierarchy"] = h[V_A2] >> 32
+    ev["target_session"] = h[V_A3]
+    ev["cgroup"] = _cstr(s1)
+
+
+def _target(ev, h, s1, s2):
+    ev["target"] = h[V_A0]
+    ev["call"] = TARGET_CALLS[h[V_A1]] if h[V_A1] < len(TARGET_CALLS) else str(h[V_A1])
+    ev["tainted"] = bool(h[V_A2])
+
+
 BUILDERS: dict[int, Builder] = {
     TYPE_NUMBERS[name]: fn
     for name, fn in {
@@ -398,6 +432,7 @@ BUILDERS: dict[int, Builder] = {
         "setpgid": _setpgid, "prctl": _prctl, "task_rename": _task_rename, "ptrace": _ptrace,
         "unshare": _unshare, "setns": _setns, "mount": _mount, "bpf": _bpf,
         "module_load": _module, "memfd_create": _memfd, "chdir": _chdir,
+        "cgroup_attach": _cgroup_attach, "target": _target,
     }.items()
 }  # fmt: skip
 

@@ -174,8 +174,12 @@ static __always_inline struct rw_proc *rw_adopt(u32 tgid, u64 now)
     u32 uid = (u32)bpf_get_current_uid_gid();
     struct rw_comm_key key = {};
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
-    if (!adopt_uids.lookup(&uid) && !adopt_comms.lookup(&key))
+    u8 *policy = adopt_uids.lookup(&uid);
+    if (!policy)
+        policy = adopt_comms.lookup(&key);
+    if (!policy)
         return 0;
+    u32 policy_id = *policy;
     u32 k = RW_COUNTER_ADOPTED_NEXT;
     u64 *next = counters.lookup(&k);
     if (!next)
@@ -183,7 +187,7 @@ static __always_inline struct rw_proc *rw_adopt(u32 tgid, u64 now)
     struct rw_proc p = {};
     p.session = RW_SESSION_ADOPTED_BASE | __sync_fetch_and_add(next, 1);
     p.start_ns = now;
-    p.flags = RW_F_ADOPTED;
+    p.flags = RW_F_ADOPTED | (policy_id << RW_P_POLICY_SHIFT);
     if (sessions.update(&tgid, &p) != 0)
         return 0;
     return sessions.lookup(&tgid);

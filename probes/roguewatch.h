@@ -41,6 +41,7 @@ enum rw_type {
     RW_UTIMES,
     RW_KILL, RW_RT_SIGACTION, RW_SETSID, RW_SETPGID, RW_PRCTL, RW_TASK_RENAME, RW_PTRACE,
     RW_UNSHARE, RW_SETNS, RW_MOUNT, RW_BPF, RW_MODULE_LOAD, RW_MEMFD_CREATE, RW_CHDIR,
+    RW_CGROUP_ATTACH, RW_TARGET,
     RW_TYPE_MAX
 };
 
@@ -49,6 +50,13 @@ enum rw_kill_call {
     RW_KILL_CALL_KILL = 0, RW_KILL_CALL_TKILL, RW_KILL_CALL_TGKILL,
     RW_KILL_CALL_PIDFD_SEND_SIGNAL,
     RW_KILL_CALL_GENERATE, /* signal:signal_generate, a guard event */
+};
+
+/* RW_TARGET records: the call that reached another process's resources or memory (a[1]). */
+enum rw_target_call {
+    RW_TARGET_PRLIMIT64 = 0, RW_TARGET_SETPRIORITY, RW_TARGET_SCHED_SETATTR,
+    RW_TARGET_SCHED_SETSCHEDULER, RW_TARGET_SCHED_SETPARAM, RW_TARGET_SCHED_SETAFFINITY,
+    RW_TARGET_PROCESS_VM_WRITEV, RW_TARGET_PROCESS_VM_READV,
 };
 
 /* Record flags (bits of rw_hdr.flags; mirrored by probes/layout.py: F_*). */
@@ -63,6 +71,14 @@ enum rw_kill_call {
 
 /* rw_proc.flags (inherited at fork): RW_F_ADOPTED and this (layout.py: P_OBSERVE). */
 #define RW_P_OBSERVE    (1 << 8) /* the session is in observe mode: never kill */
+#define RW_P_TAINTED    (1 << 9) /* joined the session by influence: a session process wrote
+                                  * into its memory (process_vm_writev, ptrace) */
+/* Bits 16-23: the adoption policy the kernel gave an adopted process at exec (the value of
+ * its adopt_uids/adopt_comms entry; 0: none); its egress allowlist is owned by
+ * RW_EGRESS_POLICY_BASE | that number (layout.py: P_POLICY_*, EGRESS_POLICY_BASE). */
+#define RW_P_POLICY_SHIFT 16
+#define RW_P_POLICY_MASK 0xff
+#define RW_EGRESS_POLICY_BASE 0xFFFF000000000000ULL
 
 struct rw_hdr {
     /* What changes from record to record. */
@@ -241,7 +257,8 @@ static __always_inline u64 rw_wake_flags(void)
     (1ULL << RW_SOCKET) | (1ULL << RW_BIND) | (1ULL << RW_LISTEN))
 #define RW_VITAL ((1ULL << RW_FORK) | (1ULL << RW_EXEC) | (1ULL << RW_EXIT) | \
     (1ULL << RW_PTRACE) | (1ULL << RW_UNSHARE) | (1ULL << RW_SETNS) | (1ULL << RW_MOUNT) | \
-    (1ULL << RW_BPF) | (1ULL << RW_MODULE_LOAD))
+    (1ULL << RW_BPF) | (1ULL << RW_MODULE_LOAD) | (1ULL << RW_CGROUP_ATTACH) | \
+    (1ULL << RW_TARGET))
 /* bcc has no method for bpf_ringbuf_query: the ring's map is named by this placeholder fd,
  * which the loader relocates to `events` (sensors/bpf.py; layout.py: EVENTS_FD). */
 #define RW_EVENTS_FD 0x7eadbee

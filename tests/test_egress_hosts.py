@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from roguewatch.policy.hostnames import MIN_TTL_S, HostRefresher
-from roguewatch.respond import cgroups
-from roguewatch.respond.cgroups import SessionCgroup
 from roguewatch.runtime import launcher
 
 from tests.conftest import require_root
@@ -129,15 +127,14 @@ def hosts_entry() -> Iterator[Callable[[str], None]]:
         os.replace(path + ".rwtest", path)
 
 
-def connect_from(cg: SessionCgroup, addr: str, port: int) -> int:
-    """Exit status of a connect made from inside the cgroup: 0 accepted, 13 EPERM."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            cgroups.enter_in_child(cg)
-            os.execv(PY, [PY, "-S", "-c", CONNECT, addr, str(port)])
-        finally:
-            os._exit(127)
+def connect_from(watcher: launcher.Watcher, addr: str, port: int) -> int:
+    """Exit status of a connect made by a new process of session 0x5EED (the kernel judges a
+    socket by its process's session): 0 accepted, 13 EPERM."""
+
+    def register(pid: int) -> int:
+        return int(watcher.control.request("register", pid=pid, session=0x5EED)["session"])
+
+    pid, _ = launcher.spawn_in_session([PY, "-S", "-c", CONNECT, addr, str(port)], register)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
@@ -157,30 +154,28 @@ def test_a_moved_host_name_is_followed_in_the_kernel(listeners: int) -> None:
     require_root()
     port = listeners
     watcher = launcher.start_private_collector(["--no-watch", "--egress-refresh", "1"])
-    cg = SessionCgroup.create(f"test-hosts-{secrets.token_hex(4)}")
     try:
         with hosts_entry() as point_to:
             point_to("127.0.0.77")
             reply = watcher.control.request(
-                "attach_egress", session=0x5EED, cgroup=cg.path, allow=[f"{HOST}:{port}"]
+                "attach_egress", session=0x5EED, allow=[f"{HOST}:{port}"]
             )
             assert reply["ok"], reply
-            assert connect_from(cg, "127.0.0.77", port) == 0
-            assert connect_from(cg, "127.0.0.78", port) == 13  # refused in the kernel
+            assert connect_from(watcher, "127.0.0.77", port) == 0
+            assert connect_from(watcher, "127.0.0.78", port) == 13  # refused in the kernel
 
             point_to("127.0.0.78")
             deadline = time.monotonic() + 20
-            while connect_from(cg, "127.0.0.78", port) != 0:
+            while connect_from(watcher, "127.0.0.78", port) != 0:
                 assert time.monotonic() < deadline, "the new address was never allowed"
                 time.sleep(0.2)
-            assert connect_from(cg, "127.0.0.77", port) == 13  # the old one is not any more
+            assert connect_from(watcher, "127.0.0.77", port) == 13  # the old one is not any more
             stats = watcher.control.request("stats")
             assert stats["egress_hosts"]["changes"] >= 1
     finally:
         with contextlib.suppress(Exception):
             watcher.control.request("release", session=0x5EED)
         watcher.close()
-        cg.remove()
 
 
 # -- the evaluator agrees with the kernel ---------------------------------------------------

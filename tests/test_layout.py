@@ -133,9 +133,17 @@ def test_record_flags_are_the_c_flags() -> None:
 
 def test_session_map_flags_are_the_c_flags_and_apart_from_the_record_flags() -> None:
     c = {k[len("RW_P_") :]: v for k, v in defines().items() if k.startswith("RW_P_")}
-    assert c == {"OBSERVE": layout.P_OBSERVE}
+    assert c == {"OBSERVE": layout.P_OBSERVE, "TAINTED": layout.P_TAINTED,
+                 "POLICY_SHIFT": layout.P_POLICY_SHIFT,
+                 "POLICY_MASK": layout.P_POLICY_MASK}  # fmt: skip
     # rw_proc.flags carries RW_F_ADOPTED too: its own bits must not collide with any RW_F_
-    assert all(layout.P_OBSERVE & f == 0 for f in layout_names("F_").values())
+    policy_bits = layout.P_POLICY_MASK << layout.P_POLICY_SHIFT
+    for f in layout_names("F_").values():
+        assert layout.P_OBSERVE & f == 0 and policy_bits & f == 0
+    assert layout.P_OBSERVE & policy_bits == 0 and layout.P_TAINTED & policy_bits == 0
+    assert defines()["RW_EGRESS_POLICY_BASE"] == layout.EGRESS_POLICY_BASE
+    # policy owners never collide with session numbers (run's are below 2^61, adopted 2^62+)
+    assert layout.EGRESS_POLICY_BASE > layout.ADOPTED_PROCFS_BASE | 0xFFFF_FFFF
 
 
 def test_event_type_numbers_are_the_c_enum() -> None:
@@ -166,6 +174,13 @@ def test_kill_calls_are_the_c_enum() -> None:
     members = enum("rw_kill_call")
     assert [(n[len("RW_KILL_CALL_") :].lower(), v) for n, v in members] == [
         (call, i) for i, call in enumerate(layout.KILL_CALLS)
+    ]
+
+
+def test_target_calls_are_the_c_enum() -> None:
+    members = enum("rw_target_call")
+    assert [(n[len("RW_TARGET_") :].lower(), v) for n, v in members] == [
+        (call, i) for i, call in enumerate(layout.TARGET_CALLS)
     ]
 
 
@@ -227,7 +242,7 @@ def test_egress_allowlist_keys_and_values_are_the_c_structs() -> None:
                       ("rw_egress_key6", layout.EGRESS_KEY6_SIZE)):  # fmt: skip
         fields = struct_fields(key)
         head = "".join(code for _, code in fields[:2])
-        assert [n for n, _ in fields[:2]] == ["prefixlen", "cgid"]
+        assert [n for n, _ in fields[:2]] == ["prefixlen", "owner"]
         assert head == layout.EGRESS_KEY.format.lstrip("<")
         assert struct.calcsize("<" + "".join(c for _, c in fields)) == size
     allow = "".join(code for _, code in struct_fields("rw_egress_allow"))
@@ -278,7 +293,7 @@ def test_offsets_and_sizes_of_the_compiled_structs_are_the_python_ones(tmp_path:
             assert int(compiled[f"{name}.{field}"]) == want, f"offsetof({name}, {field})"
     assert int(compiled["rw_hdr.type"]) == layout.TYPE_OFF
     assert int(compiled["rw_hdr.session"]) == layout.IDENT_OFF
-    assert int(compiled["rw_egress_key4.cgid"]) == layout.EGRESS_KEY_CGID_OFF
+    assert int(compiled["rw_egress_key4.owner"]) == layout.EGRESS_KEY_OWNER_OFF
 
 
 # -- the mirror is the only one ---------------------------------------------------------------

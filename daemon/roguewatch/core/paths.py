@@ -31,5 +31,9 @@ ALERTS_FILE = f"{LOG_DIR}/alerts.jsonl"
 # it is an agent's, whichever roguewatch instance started it.
 SESSION_CGROUPS = "roguewatch"
 
+# Which live collector attached which egress programs to the cgroup v2 root (one file per
+# collector: its pid, start time, program ids), so the next one detaches those a dead one left.
+EGRESS_REGISTRY = "/run/roguewatch-egress"
+
 # What an agent must never write to: the monitor's configuration, state, logs and sockets.
-MONITOR_PATHS = (RUN_DIR, PRIVATE_RUN, CONFIG_DIR, STATE_DIR, CACHE_DIR, LOG_DIR)
+MONITOR_PATHS = (RUN_DIR, PRIVATE_RUN, EGRESS_REGISTRY, CONFIG_DIR, STATE_DIR, CACHE_DIR, LOG_DIR)

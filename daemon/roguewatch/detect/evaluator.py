@@ -171,6 +171,8 @@ class Evaluator:
                         lists=dict(pol.get("lists", {})),
                     ),
                 )
+            if ev.get("cgroup"):
+                self.table.set_session_cgroup(sid, str(ev["cgroup"]))
             if self.enforcer is not None:
                 self.enforcer.start_session(
                     sid, ev.get("root", 0), ev.get("name", ""), ev.get("cgroup", ""),

@@ -70,6 +70,8 @@ class ProcessView(Protocol):
 
     def process(self, event: dict) -> dict | None: ...
 
+    def session_cgroup(self, session: int) -> str | None: ...
+
 
 @lru_cache(maxsize=4096)
 def _venv_root_on_disk(directory: str) -> str | None:
@@ -105,6 +107,10 @@ class BaseProcessView:
     def process(self, event: dict) -> dict | None:
         return None
 
+    def session_cgroup(self, session: int) -> str | None:
+        """The session's own cgroup, relative to the cgroup v2 root (None: none known)."""
+        return None
+
 
 @dataclass
 class StaticProcessView(BaseProcessView):
@@ -123,6 +129,10 @@ class StaticProcessView(BaseProcessView):
     fork_rates: dict[int, float] = field(default_factory=dict)
     records: dict[int, dict] = field(default_factory=dict)
     lists: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    session_cgroups: dict[int, str] = field(default_factory=dict)
+
+    def session_cgroup(self, session: int) -> str | None:
+        return self.session_cgroups.get(session)
 
     def process(self, event: dict) -> dict | None:
         return self.records.get(event.get("pid", -1))
@@ -493,6 +503,17 @@ def _target_in_session(e: dict, ctx: Any) -> bool | None:
     return ctx.in_session(abs(target), session)
 
 
+def _cgroup_in_session(e: dict, ctx: Any) -> bool | None:
+    """A cgroup_attach's new cgroup is the moved task's session's own, or beneath it."""
+    cg, session = e.get("cgroup"), e.get("target_session")
+    if not isinstance(cg, str) or not session:
+        return None
+    own = ctx.session_cgroup(session)
+    if not own:
+        return None  # a session with no cgroup of its own (adopted): unknown
+    return cg == own or cg.startswith(own.rstrip("/") + "/")
+
+
 def _in_venv(e: dict, ctx: Any) -> bool | None:
     p = _path(e, ctx)
     if p is None:
@@ -550,6 +571,13 @@ _add(
     "the kill/ptrace target is in the caller's session (target 0: own group, yes; -1: every "
     "process, no; -PGID: the group leader); unknown when the process table does not know it",
     _target_in_session,
+)
+_add(
+    "evt.cgroup_in_session",
+    "bool",
+    "a cgroup_attach's new cgroup is the moved task's session's own cgroup or beneath it "
+    "(unknown for a session without a cgroup of its own)",
+    _cgroup_in_session,
 )
 _add(
     "evt.target_is_self",

@@ -20,6 +20,7 @@ from roguewatch.core import procfs
 from roguewatch.core.cache import BoundedDict
 from roguewatch.core.contracts import ProcessRecord
 from roguewatch.detect.fields import BaseProcessView, Policy
+from roguewatch.host import kernelenv
 from roguewatch.policy.policy import StaticPolicy
 
 GRACE_NS = 30 * 1_000_000_000
@@ -55,6 +56,7 @@ class ProcessTable(BaseProcessView):
         # The last probe event that touched each path: a watcher's fs_change on the same path
         # within ATTRIBUTION_NS names that event's session and process as the writer.
         self.recent_paths: BoundedDict[str, dict] = BoundedDict(RECENT_PATHS_MAX)
+        self._session_cgroups: dict[int, str] = {}  # session -> its cgroup, from the v2 root
 
     def writer_of(self, fs_ev: dict) -> dict | None:
         """The probe event (of a session) that made this watcher change, if one did."""
@@ -192,6 +194,17 @@ class ProcessTable(BaseProcessView):
             out.append(parent)
             pe = parent["pexec_id"]
         return out
+
+    def set_session_cgroup(self, session: int, path: str) -> None:
+        """A session's own cgroup (absolute, as the session start event gives it)."""
+        rel = path
+        mount = kernelenv.cgroup2_mount()
+        if mount and (path == mount or path.startswith(mount.rstrip("/") + "/")):
+            rel = "/" + path[len(mount) :].lstrip("/")
+        self._session_cgroups[session] = rel
+
+    def session_cgroup(self, session: int) -> str | None:
+        return self._session_cgroups.get(session)
 
     def session_of_tree(self, pid: int) -> int | None:
         """The session of a live process or of its nearest ancestor in one (None: none)."""

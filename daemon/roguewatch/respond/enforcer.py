@@ -198,23 +198,31 @@ class Enforcer:
         return out
 
     def kill_session(self, sid: int) -> str:
+        """``cgroup.kill`` of the session's cgroup (atomic, forks included), then every live
+        process the table knows in the session that is not in it: the kill follows the
+        process, not the cgroup (a task moved out of it is no less the session's)."""
         info = self.sessions.get(sid)
+        in_cgroup: set[int] = set()
+        n = -1
         if info is not None and info.cgroup:
+            cg = SessionCgroup(info.cgroup)
             try:
-                n = SessionCgroup(info.cgroup).kill()
+                in_cgroup = set(cg.all_pids())
+                n = cg.kill()
             except CgroupError:
                 n = -1  # gone, or not a cgroup we can kill: every process the table knows
-            if n >= 0:
-                self.killed += n
-                info.killed += n
-                return f"session killed (cgroup.kill): {n} processes"
-        # No cgroup of its own (an adopted session): every process the table knows in it.
         pids = [r["pid"] for r in self.table.procs.values()
-                if r["session"] == sid and not r["exited"]]  # fmt: skip
-        killed = sum(self._kill(p) for p in pids)
+                if r["session"] == sid and not r["exited"]
+                and r["pid"] not in in_cgroup]  # fmt: skip
+        outside = sum(self._kill(p) for p in pids)
+        if n >= 0:
+            self.killed += n
+            info.killed += n + outside  # type: ignore[union-attr]
+            extra = f", and {outside} outside it" if outside else ""
+            return f"session killed (cgroup.kill): {n} processes{extra}"
         if info is not None:
-            info.killed += killed
-        return f"session killed: {killed} processes"
+            info.killed += outside
+        return f"session killed: {outside} processes"
 
     def freeze(self, sid: int) -> str:
         info = self.sessions.get(sid)

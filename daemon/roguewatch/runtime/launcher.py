@@ -109,7 +109,8 @@ class PendingCollector:
         """Until its probes are attached: then a Watcher (SessionError when it failed)."""
         from roguewatch.stream.control import ControlClient
 
-        if not readiness.wait(self.ready_r, self.proc, timeout):
+        ready, self.ready_r = readiness.wait(self.ready_r, self.proc, timeout), -1  # closed
+        if not ready:
             self.proc.kill()
             err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
             self._cleanup()
@@ -120,7 +121,9 @@ class PendingCollector:
     def abandon(self) -> None:
         """Not needed after all (the launcher failed before any session): stop it."""
         self.proc.kill()
-        os.close(self.ready_r)
+        if self.ready_r >= 0:
+            os.close(self.ready_r)
+            self.ready_r = -1
         self._cleanup()
 
     def _cleanup(self) -> None:

@@ -353,9 +353,19 @@ class Run:
         while time.monotonic() < deadline:  # the alerts (and kills) for the survivors
             if not self._drain_alerts(sub, 300) and (not cg.populated() or self.mode != "enforce"):
                 break
-        if self.mode == "enforce" and cg.populated():
+        # The session's processes outside its cgroup (moved out of it): the kill follows the
+        # process, not the cgroup. The kernel's session map names them.
+        outside = [p for p in self.summary.survivors_found if p not in set(cg.all_pids())]
+        if self.mode == "enforce" and (cg.populated() or outside):
             # Belt and braces: whatever the rules did, nothing of the session outlives it.
-            self.summary.swept = cg.kill()
+            self.summary.swept = cg.kill() if cg.populated() else 0
+            for pid in outside:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    self.summary.swept += 1
+                except ProcessLookupError:
+                    pass
             cg.wait_empty(2.0)
         self._reap()
-        self.summary.survivors_left = len(cg.pids())
+        alive = [p for p in outside if os.path.exists(f"/proc/{p}")]
+        self.summary.survivors_left = len(set(cg.all_pids()) | set(alive))

@@ -19,10 +19,12 @@ It must not decode records (``roguewatch.probes.layout``) or poll the ring buffe
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import errno
 import hashlib
 import importlib.resources
+import json
 import os
 import platform
 import struct
@@ -36,7 +38,8 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from roguewatch.core.paths import CACHE_DIR
+from roguewatch.core import procfs
+from roguewatch.core.paths import CACHE_DIR, EGRESS_REGISTRY
 from roguewatch.host import kernelenv
 from roguewatch.policy import egress
 from roguewatch.policy.hostnames import system_addresses
@@ -51,6 +54,9 @@ BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
 BPF_PROG_LOAD, BPF_PROG_ATTACH, BPF_PROG_DETACH = 5, 8, 9
 BPF_F_ALLOW_MULTI = 2
 # The egress programs (probes/egress.bpf.c) and the cgroup hook each one is for.
+# The image's category of the egress programs (a tracepoint category is a tracefs group name:
+# `cgroup` is one, so this must not be).
+SOCK_ADDR_CATEGORY = "cgroup/sock_addr"
 SOCK_ADDR_PROGS = {
     "rw_egress_connect4": 10,  # BPF_CGROUP_INET4_CONNECT
     "rw_egress_connect6": 11,  # BPF_CGROUP_INET6_CONNECT
@@ -283,6 +289,11 @@ def optional_macros() -> tuple[list[str], list[str]]:
     return have, missing
 
 
+# The layout of an image as this loader writes and reads it (the programs' categories...):
+# a change makes every cached image a stale one.
+IMAGE_FORMAT = "2"
+
+
 def image_key(opts: BuildOptions) -> str:
     try:
         import bcc
@@ -292,7 +303,9 @@ def image_key(opts: BuildOptions) -> str:
         bcc_version = "none"
     have, _ = optional_macros()
     h = hashlib.sha256()
-    for part in (probe_source(), repr(opts.cflags(have)), platform.release(), bcc_version):
+    parts = (IMAGE_FORMAT, probe_source(), repr(opts.cflags(have)), platform.release(),
+             bcc_version)  # fmt: skip
+    for part in parts:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:24]
@@ -330,7 +343,7 @@ def compile_image(opts: BuildOptions) -> ProbeImage:
         if fname.startswith("tracepoint__"):
             _, category, event = fname.split("__", 2)
         elif fname in SOCK_ADDR_PROGS:
-            category, event = "cgroup", fname
+            category, event = SOCK_ADDR_CATEGORY, fname
         else:
             continue
         insns = bytes(b.dump_func(fname))
@@ -469,7 +482,7 @@ class Probes:
         insns = bytearray(p.insns)
         for idx, name in p.relocs:
             struct.pack_into("<i", insns, idx * 8 + 4, self.map_fds[name])
-        if p.category == "cgroup":  # loaded now, attached per session cgroup later
+        if p.category == SOCK_ADDR_CATEGORY:  # loaded now, attached to the cgroup root later
             self.sock_progs[p.event] = _prog_load_sock_addr(
                 p.event, bytes(insns), SOCK_ADDR_PROGS[p.event]
             )
@@ -575,11 +588,13 @@ class Probes:
                 out[pid] = s
         return out
 
-    def adopt_uid(self, uid: int) -> None:
-        self._update("adopt_uids", struct.pack("<I", uid), b"\1")
+    def adopt_uid(self, uid: int, policy: int = 1) -> None:
+        """Processes of ``uid`` start a session at exec, under adoption policy ``policy``
+        (1-255: whose egress allowlist judges them, see ``allow_egress``)."""
+        self._update("adopt_uids", struct.pack("<I", uid), bytes([policy]))
 
-    def adopt_comm(self, comm: str) -> None:
-        self._update("adopt_comms", comm.encode()[:15].ljust(16, b"\0"), b"\1")
+    def adopt_comm(self, comm: str, policy: int = 1) -> None:
+        self._update("adopt_comms", comm.encode()[:15].ljust(16, b"\0"), bytes([policy]))
 
     def guard(self, pid: int) -> None:
         """Signals and ptrace aimed at this task become guard events, from any process."""
@@ -616,24 +631,67 @@ class Probes:
 
     # -- egress denial -----------------------------------------------------------------------
 
-    def attach_egress(
-        self, cgroup_fd: int, cgid: int, session: int, allow: list[str],
-        addresses: Callable[[str], list[str]] | None = None,
-    ) -> None:  # fmt: skip
-        """Refuse, in the kernel, every connect/sendmsg from this cgroup outside ``allow``."""
+    def attach_egress(self, root_fd: int) -> int:
+        """Attach the egress programs to the root of the cgroup v2 hierarchy (``root_fd``): from
+        now on every connect and send of every process of the host is judged, in the kernel, by
+        its session's allowlist (untracked processes and sessions without one pass).
+
+        A collector that died without detaching (SIGKILL) left its programs there (they keep
+        its sessions' egress refused); they are detached first, unless their collector lives
+        (``EGRESS_REGISTRY``). Returns how many were swept."""
         if len(self.sock_progs) != len(SOCK_ADDR_PROGS):
             raise ProbeError("the egress programs are not loaded (rebuild the probe image)")
-        self.update_egress(cgid, allow, addresses)
-        self._update("egress_cgroups", struct.pack("<Q", cgid), struct.pack("<Q", session))
+        swept = _sweep_stale_egress(root_fd)
         for name, attach_type in SOCK_ADDR_PROGS.items():
-            _prog_attach(BPF_PROG_ATTACH, cgroup_fd, self.sock_progs[name], attach_type)
+            _prog_attach(BPF_PROG_ATTACH, root_fd, self.sock_progs[name], attach_type)
+        self._egress_root = root_fd
+        _register_egress([_prog_id(fd) for fd in self.sock_progs.values()])
+        return swept
+
+    def egress_attached(self) -> list[str]:
+        """The egress programs attached to the root now (BPF_PROG_QUERY), by attach type."""
+        fd = getattr(self, "_egress_root", None)
+        if fd is None:
+            return []
+        out = []
+        ours = {_prog_id(p) for p in self.sock_progs.values()}
+        for name, attach_type in SOCK_ADDR_PROGS.items():
+            if ours & set(_prog_query(fd, attach_type)):
+                out.append(name)
+        return out
+
+    def detach_egress_root(self) -> None:
+        fd = getattr(self, "_egress_root", None)
+        if fd is None:
+            return
+        for name, attach_type in SOCK_ADDR_PROGS.items():
+            try:
+                _prog_attach(BPF_PROG_DETACH, fd, self.sock_progs[name], attach_type)
+            except ProbeError:
+                pass  # already detached (by someone else: the reconciler says so)
+        self._egress_root = None
+        with contextlib.suppress(OSError):
+            os.unlink(_registry_file(os.getpid()))
+
+    def allow_egress(
+        self, owner: int, allow: list[str], addresses: Callable[[str], list[str]] | None = None
+    ) -> None:
+        """Put ``owner``'s allowlist in force: a session of `run`, or ``policy_owner(n)`` for
+        adoption policy n. Every other destination is refused in the kernel."""
+        self.update_egress(owner, allow, addresses)
+        self._update("egress_owners", struct.pack("<Q", owner), b"\1")
+
+    @staticmethod
+    def policy_owner(policy: int) -> int:
+        """The allowlist owner of adoption policy ``policy`` (1-255)."""
+        return layout.EGRESS_POLICY_BASE | policy
 
     def update_egress(
-        self, cgid: int, allow: list[str], addresses: Callable[[str], list[str]] | None = None
+        self, owner: int, allow: list[str], addresses: Callable[[str], list[str]] | None = None
     ) -> None:
-        """Write a cgroup's allowlist entries: the new ones first, then drop the stale ones,
+        """Write an owner's allowlist entries: the new ones first, then drop the stale ones,
         so a destination allowed before and after is never refused in between."""
-        new = egress_entries(cgid, allow, addresses)
+        new = egress_entries(owner, allow, addresses)
         for key, value in new:
             self._update(
                 "egress_allow4" if len(key) == layout.EGRESS_KEY4_SIZE else "egress_allow6",
@@ -642,19 +700,15 @@ class Probes:
         keep = {k for k, _ in new}
         for mapname, klen in _EGRESS_MAPS:
             for k in self.keys(mapname, klen):
-                if _key_cgid(k) == cgid and k not in keep:
+                if _key_owner(k) == owner and k not in keep:
                     self._delete(mapname, k)
 
-    def detach_egress(self, cgroup_fd: int, cgid: int) -> None:
-        for name, attach_type in SOCK_ADDR_PROGS.items():
-            try:
-                _prog_attach(BPF_PROG_DETACH, cgroup_fd, self.sock_progs[name], attach_type)
-            except ProbeError:
-                pass  # the cgroup is gone: detached with it
-        self._delete("egress_cgroups", struct.pack("<Q", cgid))
+    def forget_egress(self, owner: int) -> None:
+        """An owner's allowlist out of force and gone (its session ended)."""
+        self._delete("egress_owners", struct.pack("<Q", owner))
         for mapname, klen in _EGRESS_MAPS:
             for k in self.keys(mapname, klen):
-                if _key_cgid(k) == cgid:
+                if _key_owner(k) == owner:
                     self._delete(mapname, k)
 
     def ringbuf_size(self) -> int:
@@ -717,17 +771,125 @@ def _prog_load_sock_addr(name: str, insns: bytes, attach_type: int) -> int:
     return fd
 
 
+BPF_PROG_QUERY = 16
+BPF_PROG_GET_FD_BY_ID = 13
+
+
+def _registry_file(pid: int) -> str:
+    return os.path.join(EGRESS_REGISTRY, f"{pid}.json")
+
+
+def _register_egress(prog_ids: list[int]) -> None:
+    """Say which egress programs this collector attached (EGRESS_REGISTRY)."""
+    os.makedirs(EGRESS_REGISTRY, mode=0o700, exist_ok=True)
+    os.chmod(EGRESS_REGISTRY, 0o700)
+    me = os.getpid()
+    tmp = _registry_file(me) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"pid": me, "start": procfs.start_ns(me), "progs": prog_ids}, f)
+    os.replace(tmp, _registry_file(me))
+
+
+def _live_egress_progs() -> set[int]:
+    """Program ids of the egress programs whose collector is alive; dead ones' files go."""
+    live: set[int] = set()
+    try:
+        names = os.listdir(EGRESS_REGISTRY)
+    except OSError:
+        return live
+    for name in names:
+        path = os.path.join(EGRESS_REGISTRY, name)
+        try:
+            with open(path) as f:
+                entry = json.load(f)
+            pid, start = int(entry["pid"]), entry.get("start")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if procfs.start_ns(pid) == start and start is not None:
+            live.update(int(p) for p in entry.get("progs", []))
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    return live
+
+
+def _sweep_stale_egress(root_fd: int) -> int:
+    """Detach from the root the roguewatch egress programs no live collector owns."""
+    live = _live_egress_progs()
+    swept = 0
+    for attach_type in SOCK_ADDR_PROGS.values():
+        for pid in _prog_query(root_fd, attach_type):
+            if pid in live:
+                continue
+            attr = (ct.c_uint32 * 4)(pid, 0, 0, 0)
+            fd = _libc.syscall(SYS_BPF, BPF_PROG_GET_FD_BY_ID, ct.byref(attr), ct.sizeof(attr))
+            if fd < 0:
+                continue
+            try:
+                info = _ProgInfo()
+                a = _InfoAttr(fd, ct.sizeof(info), ct.addressof(info))
+                if _libc.syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, ct.byref(a), ct.sizeof(a)) < 0:
+                    continue
+                if not bytes(info.name).split(b"\0", 1)[0].startswith(b"rw_egress_"):
+                    continue  # somebody else's program: never ours to touch
+                with contextlib.suppress(ProbeError):
+                    _prog_attach(BPF_PROG_DETACH, root_fd, fd, attach_type)
+                    swept += 1
+            finally:
+                os.close(fd)
+    return swept
+
+
+def _prog_query(target_fd: int, attach_type: int) -> list[int]:
+    """Ids of the programs attached to a cgroup for one attach type."""
+    ids = (ct.c_uint32 * 64)()
+
+    class _QueryAttr(ct.Structure):
+        _fields_ = [
+            ("target_fd", ct.c_uint32), ("attach_type", ct.c_uint32),
+            ("query_flags", ct.c_uint32), ("attach_flags", ct.c_uint32),
+            ("prog_ids", ct.c_uint64), ("prog_cnt", ct.c_uint32),
+        ]  # fmt: skip
+
+    attr = _QueryAttr(target_fd, attach_type, 0, 0, ct.addressof(ids), len(ids))
+    if _libc.syscall(SYS_BPF, BPF_PROG_QUERY, ct.byref(attr), ct.sizeof(attr)) < 0:
+        raise ProbeError(f"querying the egress programs: {os.strerror(ct.get_errno())}")
+    return list(ids[: attr.prog_cnt])
+
+
+class _ProgInfo(ct.Structure):
+    # struct bpf_prog_info up to its name (the rest, zeroed, is room for what the kernel adds)
+    _fields_ = [
+        ("type", ct.c_uint32), ("id", ct.c_uint32), ("tag", ct.c_uint8 * 8),
+        ("jited_prog_len", ct.c_uint32), ("xlated_prog_len", ct.c_uint32),
+        ("jited_prog_insns", ct.c_uint64), ("xlated_prog_insns", ct.c_uint64),
+        ("load_time", ct.c_uint64), ("created_by_uid", ct.c_uint32),
+        ("nr_map_ids", ct.c_uint32), ("map_ids", ct.c_uint64), ("name", ct.c_char * 16),
+        ("rest", ct.c_uint8 * 256),
+    ]  # fmt: skip
+
+
+def _prog_id(prog_fd: int) -> int:
+    info = _ProgInfo()
+    attr = _InfoAttr(prog_fd, ct.sizeof(info), ct.addressof(info))
+    if _libc.syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, ct.byref(attr), ct.sizeof(attr)) < 0:
+        raise ProbeError(f"bpf(OBJ_GET_INFO_BY_FD) of a program: {os.strerror(ct.get_errno())}")
+    return info.id
+
+
 def _prog_attach(cmd: int, target_fd: int, prog_fd: int, attach_type: int) -> None:
-    attr = (ct.c_uint32 * 5)(target_fd, prog_fd, attach_type, BPF_F_ALLOW_MULTI, 0)
+    # (a detach with attach flags set is EINVAL: they are the attach's alone)
+    flags = BPF_F_ALLOW_MULTI if cmd == BPF_PROG_ATTACH else 0
+    attr = (ct.c_uint32 * 5)(target_fd, prog_fd, attach_type, flags, 0)
     if _libc.syscall(SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr)) < 0:
         what = "attaching" if cmd == BPF_PROG_ATTACH else "detaching"
         raise ProbeError(f"{what} an egress program: {os.strerror(ct.get_errno())}")
 
 
 def egress_entries(
-    cgid: int, allow: list[str], addresses: Callable[[str], list[str]] | None = None
+    owner: int, allow: list[str], addresses: Callable[[str], list[str]] | None = None
 ) -> list[tuple[bytes, bytes]]:
-    """LPM trie entries (key, value) for a cgroup's allowlist.
+    """LPM trie entries (key, value) for an owner's allowlist.
 
     A lookup finds only the longest matching prefix, so each entry also carries the port
     ranges of every shorter entry that contains it. Host names are resolved by
@@ -747,8 +909,8 @@ def egress_entries(
         pad = [0] * (n_max - len(ranges))
         los, his, protos = ([r[j] for r in ranges] + pad for j in range(3))
         value = layout.EGRESS_ALLOW.pack(*los, *his, *protos, len(ranges))
-        # the prefix: the 64 bits of the cgroup id, then the address's
-        key = layout.EGRESS_KEY.pack(64 + net.prefixlen, cgid) + net.network_address.packed
+        # the prefix: the 64 bits of the owner, then the address's
+        key = layout.EGRESS_KEY.pack(64 + net.prefixlen, owner) + net.network_address.packed
         out.append((key, value))
     return out
 
@@ -760,9 +922,9 @@ _EGRESS_MAPS = (
 )
 
 
-def _key_cgid(key: bytes) -> int:
-    """The cgroup id of an allowlist key."""
-    return struct.unpack_from("<Q", key, layout.EGRESS_KEY_CGID_OFF)[0]
+def _key_owner(key: bytes) -> int:
+    """The owner (session or adoption policy) of an allowlist key."""
+    return struct.unpack_from("<Q", key, layout.EGRESS_KEY_OWNER_OFF)[0]
 
 
 def _close_quietly(fd: int) -> None:

@@ -27,6 +27,7 @@ import zmq
 
 from roguewatch.core import paths, procfs
 from roguewatch.core.identity import exec_id, new_session_id
+from roguewatch.host import kernelenv
 from roguewatch.policy import policy as policy_mod
 from roguewatch.policy.config import Config
 from roguewatch.policy.egress import egress_hosts
@@ -222,23 +223,53 @@ class Collector:
         # Host names in egress allowlists, re-resolved on their TTL (a thread of its own).
         self.hosts = HostRefresher(self._egress_hosts_changed, cfg.egress_refresh_s)
         self.adoptions: list[policy_mod.Adoption] = []
+        self.egress_owners: dict[int, list[str]] = {}  # allowlists in force in the kernel
+        self._egress_root_fd: int | None = None
         self.started = time.time()
 
     # -- set-up ---------------------------------------------------------------------------
 
     def setup(self) -> None:
+        """Guard ourselves, put egress judgement in the kernel, adopt by the selectors."""
         self.guard_self()
+        self.attach_egress()
         self.adoptions = policy_mod.load_adoptions(self.cfg.policies_dir)
+        # Adoption policy 1: the daemon's own (its configured selectors); 2 on: policies.d.
+        # Each one's allowlist is in force in the kernel before a selector can use it.
+        default = (
+            policy_mod.load(self.cfg.policy_file) if self.cfg.policy_file else policy_mod.default()
+        )
+        self._adoption_policy(1, default)
         for uid in self.cfg.adopted_uids():
-            self.probes.adopt_uid(uid)
+            self.probes.adopt_uid(uid, 1)
         for comm in self.cfg.adopt_comms:
-            self.probes.adopt_comm(comm)
-        for a in self.adoptions:
+            self.probes.adopt_comm(comm, 1)
+        for n, a in enumerate(self.adoptions[:254], start=2):
+            self._adoption_policy(n, a.policy)
             for uid in a.all_uids():
-                self.probes.adopt_uid(uid)
+                self.probes.adopt_uid(uid, n)
             for comm in a.comms:
-                self.probes.adopt_comm(comm)
+                self.probes.adopt_comm(comm, n)
         self.scan_procfs()
+
+    def attach_egress(self) -> None:
+        """Every connect and send of the host is judged by its session's allowlist from now
+        on (egress.bpf.c, on the cgroup v2 root)."""
+        root = kernelenv.cgroup2_mount()
+        if root is None:
+            log.warning("no cgroup v2 mount: egress is not denied in the kernel")
+            return
+        self._egress_root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.probes.attach_egress(self._egress_root_fd)
+
+    def _adoption_policy(self, n: int, pol: policy_mod.StaticPolicy) -> None:
+        if pol.mode != "enforce":
+            return  # observed: alerts only, the kernel lets it pass
+        owner = self.probes.policy_owner(n)
+        allow = list(pol.egress_allow)
+        self.probes.allow_egress(owner, allow, self.hosts.addresses)
+        self.egress_owners[owner] = allow
+        self.hosts.track(owner, egress_hosts(allow))
 
     def fs_event(self, ev: dict) -> None:
         """A change from the filesystem sensor (its thread): queued, and the loop woken."""
@@ -599,26 +630,25 @@ class Collector:
         return {"ok": True, "session": session}
 
     def _attach_egress(self, req: dict, peer: Peer | None = None) -> dict:
-        """Refuse in the kernel, for this cgroup, every destination outside the allowlist."""
-        session, path = int(req["session"]), str(req["cgroup"])
+        """Refuse in the kernel, for every process of the session wherever it moves, every
+        destination outside the allowlist."""
+        session = int(req["session"])
         allow = [str(a) for a in req["allow"]]
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        cgid = os.fstat(fd).st_ino
         try:
-            self.probes.attach_egress(fd, cgid, session, allow, self.hosts.addresses)
+            self.probes.allow_egress(session, allow, self.hosts.addresses)
         except (bpf.ProbeError, ValueError) as exc:
-            os.close(fd)
             return {"ok": False, "error": str(exc)}
-        info = self.sessions.setdefault(session, {"root": 0, "cgroup": path, "fd": None})
-        info.update(fd=fd, cgid=cgid, allow=allow)
-        self.hosts.track(cgid, egress_hosts(allow))  # kept current on their TTL
+        self.egress_owners[session] = allow
+        info = self.sessions.setdefault(session, {"root": 0, "cgroup": str(req.get("cgroup", ""))})
+        info["allow"] = allow
+        self.hosts.track(session, egress_hosts(allow))  # kept current on their TTL
         return {"ok": True}
 
-    def _egress_hosts_changed(self, cgid: int) -> None:
-        """A host name of this cgroup's allowlist resolves elsewhere now (refresher thread)."""
-        for info in list(self.sessions.values()):
-            if info.get("cgid") == cgid and info.get("fd") is not None:
-                self.probes.update_egress(cgid, info["allow"], self.hosts.addresses)
+    def _egress_hosts_changed(self, owner: int) -> None:
+        """A host name of this owner's allowlist resolves elsewhere now (refresher thread)."""
+        allow = self.egress_owners.get(owner)
+        if allow is not None:
+            self.probes.update_egress(owner, allow, self.hosts.addresses)
 
     def _session_end(self, req: dict, peer: Peer | None = None) -> dict:
         """The root exited: name the survivors on the stream (kind `end`), drop egress."""
@@ -650,12 +680,10 @@ class Collector:
         return out
 
     def release(self, session: int) -> None:
-        info = self.sessions.pop(session, None)
-        if info and info.get("cgid"):
-            self.hosts.untrack(info["cgid"])
-        if info and info.get("fd") is not None:
-            self.probes.detach_egress(info["fd"], os.fstat(info["fd"]).st_ino)
-            os.close(info["fd"])
+        self.sessions.pop(session, None)
+        if self.egress_owners.pop(session, None) is not None:
+            self.hosts.untrack(session)
+            self.probes.forget_egress(session)
 
     def _publish_now(self, ev: dict) -> None:
         self.flush()
@@ -727,6 +755,10 @@ class Collector:
 
     def close(self) -> None:
         self.hosts.close()
+        if self._egress_root_fd is not None:
+            self.probes.detach_egress_root()
+            os.close(self._egress_root_fd)
+            self._egress_root_fd = None
         if self.control is not None:
             self.control.close()  # a restore under way finishes first
         if self.files is not None:

@@ -320,6 +320,45 @@ EVENT_TYPES: tuple[EventType, ...] = (
         "chdir, fchdir",
     ),
     EventType(
+        "cgroup_attach",
+        "a session's task was moved to another cgroup (by anyone), or a session moved a task; "
+        "a roguewatch task moved by anyone is a guard event (a session's mover dies in the "
+        "kernel). Egress and tracking follow the session, never the cgroup",
+        (
+            Field("target", "int", "the task (thread id) that was moved"),
+            Field("target_session", "int", "its session (0: not in one)"),
+            Field("cgroup", "str", "its new cgroup, relative to its hierarchy's root"),
+            Field("cgroup_id", "int", "the new cgroup's id"),
+            Field("level", "int", "the new cgroup's depth (0: the hierarchy's root)"),
+            Field("hierarchy", "int", "the hierarchy's id (cgroup v2 and each v1 hierarchy)"),
+        ),
+        "cgroup:cgroup_attach_task",
+    ),
+    EventType(
+        "target",
+        "a session process reached another process's resource limits, priority, scheduling or "
+        "memory; aimed at roguewatch, a guard event from any process (a session's caller dies "
+        "in the kernel)",
+        (
+            Field("target", "int", "the pid the call named"),
+            Field(
+                "call",
+                "str",
+                "`prlimit64`, `setpriority`, `sched_setattr`, `sched_setscheduler`, "
+                "`sched_setparam`, `sched_setaffinity`, `process_vm_writev`, "
+                "`process_vm_readv`",
+            ),
+            Field(
+                "tainted",
+                "bool",
+                "the target joined the session, in the kernel, by this write into its memory: "
+                "what the injected code does is the session's",
+            ),
+        ),
+        "prlimit64, setpriority (PRIO_PROCESS), sched_setattr, sched_setscheduler, "
+        "sched_setparam, sched_setaffinity, process_vm_writev, process_vm_readv",
+    ),
+    EventType(
         "fs_change",
         "a watched persistence or oversight path changed (the filesystem watchers, inotify)",
         (
