@@ -583,6 +583,12 @@ class Probes:
     def adopt_comm(self, comm: str) -> None:
         self._update("adopt_comms", comm.encode()[:15].ljust(16, b"\0"), b"\1")
 
+    def unadopt_uid(self, uid: int) -> None:
+        self._delete("adopt_uids", struct.pack("<I", uid))
+
+    def unadopt_comm(self, comm: str) -> None:
+        self._delete("adopt_comms", comm.encode()[:15].ljust(16, b"\0"))
+
     def guard(self, pid: int) -> None:
         """Signals and ptrace aimed at this task become guard events, from any process."""
         self._update("guarded", struct.pack("<I", pid), b"\1")

@@ -208,23 +208,58 @@ class Collector:
         # Host names in egress allowlists, re-resolved on their TTL (a thread of its own).
         self.hosts = HostRefresher(self._egress_hosts_changed, cfg.egress_refresh_s)
         self.adoptions: list[policy_mod.Adoption] = []
+        self._selectors: tuple[set[int], set[str]] = (set(), set())
         self.started = time.time()
 
     # -- set-up ---------------------------------------------------------------------------
 
     def setup(self) -> None:
         self.guard_self()
-        self.adoptions = policy_mod.load_adoptions(self.cfg.policies_dir)
-        for uid in self.cfg.adopted_uids():
+        self.adoptions = policy_mod.load_adoption_dirs(self.policy_dirs())
+        self._selectors = self._wanted_selectors()
+        for uid in self._selectors[0]:
             self.probes.adopt_uid(uid)
-        for comm in self.cfg.adopt_comms:
+        for comm in self._selectors[1]:
             self.probes.adopt_comm(comm)
-        for a in self.adoptions:
-            for uid in a.all_uids():
-                self.probes.adopt_uid(uid)
-            for comm in a.comms:
-                self.probes.adopt_comm(comm)
         self.scan_procfs()
+
+    def policy_dirs(self) -> list[str]:
+        """policies.d, then the fleet's (roguewatch.fleet installs what it validated there)."""
+        if not self.cfg.policies_dir:  # adoption off (run, record)
+            return []
+        fleet = self.cfg.fleet
+        return [self.cfg.policies_dir] + ([fleet.policies_dir] if fleet.enabled else [])
+
+    def _wanted_selectors(self) -> tuple[set[int], set[str]]:
+        uids, comms = set(self.cfg.adopted_uids()), set(self.cfg.adopt_comms)
+        for a in self.adoptions:
+            uids |= set(a.all_uids())
+            comms |= set(a.comms)
+        return uids, comms
+
+    def _reload_policies(self, req: dict, peer: Peer | None = None) -> dict:
+        """Read the policies.d directories again; a broken file keeps the set in effect.
+
+        Selectors that appeared are adopted in the kernel (and running processes they match
+        found by a /proc scan); selectors that went away adopt nothing new from now on."""
+        try:
+            new = policy_mod.load_adoption_dirs(self.policy_dirs())
+        except policy_mod.PolicyError as exc:
+            return {"ok": False, "error": str(exc)}
+        self.adoptions = new
+        old_uids, old_comms = self._selectors
+        uids, comms = self._selectors = self._wanted_selectors()
+        for uid in uids - old_uids:
+            self.probes.adopt_uid(uid)
+        for comm in comms - old_comms:
+            self.probes.adopt_comm(comm)
+        for uid in old_uids - uids:
+            self.probes.unadopt_uid(uid)
+        for comm in old_comms - comms:
+            self.probes.unadopt_comm(comm)
+        self.scan_procfs()
+        return {"ok": True, "policy_hash": policy_mod.digest(new),
+                "policies": [a.source for a in new]}  # fmt: skip
 
     def fs_event(self, ev: dict) -> None:
         """A change from the filesystem sensor (its thread): queued, and the loop woken."""
@@ -437,6 +472,7 @@ class Collector:
             "release": self._release,
             "guard": self._guard,
             "stats": lambda req, peer: {"ok": True, **self.stats()},
+            "reload_policies": self._reload_policies,
         }
         for op, handler in ops.items():
             server.register(op, handler)
@@ -453,6 +489,7 @@ class Collector:
             "type": "monitor", "kind": str(req.get("kind", "monitor")), "ts": time.time_ns(),
             "session": 0, "pid": os.getpid(), "flags": [],
             "detail": str(req.get("detail", "")), "missed": int(req.get("missed", 0)),
+            **({"severity": str(req["severity"])} if req.get("severity") else {}),
         })  # fmt: skip
         return {"ok": True}
 
@@ -489,6 +526,8 @@ class Collector:
             "watcher": files.limits() if files is not None else None,
             "tracked": len(self.probes.tracked()),
             "egress_hosts": {"refreshes": self.hosts.refreshes, "changes": self.hosts.changes},
+            "policy_hash": policy_mod.digest(self.adoptions),
+            "sessions": len(self.sessions),
         }  # fmt: skip
 
     def _register(self, req: dict, peer: Peer | None = None) -> dict:
