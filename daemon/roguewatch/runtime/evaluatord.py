@@ -233,6 +233,7 @@ class EvaluatorProcess:
                 severity="critical",
             )  # fmt: skip
             self.fleet.commit()  # the alert itself, in the spool's reserve
+
     def status(self) -> dict:
         ev = self.evaluator
         return {
@@ -291,8 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-enforce", action="store_true", help="record actions, never act")
     ap.add_argument("--status-file", help="where to write live counters ('' for none)")
     ap.add_argument("--ready-fd", type=int, help="write one byte here once subscribed")
-    ap.add_argument("--fleet", action="store_true",
-                    help="spool alerts and sessions for the fleet (the service's evaluator)")
+    ap.add_argument(
+        "--fleet",
+        action="store_true",
+        help="spool alerts and sessions for the fleet (the service's evaluator)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
