@@ -197,7 +197,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     async def work(nc) -> int:
         items = await client.entries(nc)
-        beats = await client.heartbeats(nc)
+        try:
+            beats = await client.heartbeats(nc)
+        except client.FleetError:  # no heartbeat stream yet: no host to tell of
+            beats = []
         for e in items:
             running = [hb["host"] for hb in beats
                        if (hb.get("fleet_entries") or {}).get(e["key"], {}).get("hash") == e["hash"]

@@ -143,9 +143,7 @@ async def tail(
     printed = 0
     stop = stop or asyncio.Event()
     try:
-        info = await sub.consumer_info()
-        pending = info.num_pending
-        caught_up = pending == 0
+        caught_up = await _nothing_to_deliver(sub)
         while not stop.is_set():
             if caught_up and not follow:
                 break
@@ -175,6 +173,13 @@ async def tail(
     return printed
 
 
+async def _nothing_to_deliver(sub) -> bool:
+    """Whether a new consumer has no message for us at all. (Its ``num_pending`` alone does
+    not say: the server pushes messages before we ask, and counts only those not yet sent.)"""
+    info = await sub.consumer_info()
+    return info.num_pending + info.delivered.consumer_seq == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # hosts
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +197,7 @@ async def heartbeats(nc) -> list[dict]:
                          "`roguewatch fleet setup`") from None  # fmt: skip
     out = []
     try:
-        pending = (await sub.consumer_info()).num_pending
+        pending = 0 if await _nothing_to_deliver(sub) else 1
         while pending > 0:
             try:
                 msg = await sub.next_msg(timeout=5.0)

@@ -98,7 +98,8 @@ async def _wait(event: asyncio.Event, timeout: float) -> bool:
 
 class Forwarder:
     """One host's forwarder. ``status_path``: where ``roguewatch status`` reads it (None:
-    nowhere). ``local``: False for a simulated host (no collector to ask, nothing to apply)."""
+    nowhere). ``local``: False for a simulated host (no collector to ask, no remote actions;
+    ``watch_bucket`` then says whether it still watches the policy bucket)."""
 
     def __init__(
         self,
@@ -107,12 +108,14 @@ class Forwarder:
         status_path: str | None = None,
         local: bool = True,
         check_credentials: bool = True,
+        watch_bucket: bool | None = None,
     ) -> None:
         self.cfg = cfg
         self.fc = cfg.fleet
         self.host = host or self.fc.host()
         self.boot = boot_id()
         self.local = local
+        self.watch_bucket = local if watch_bucket is None else watch_bucket
         self.creds = connect.from_fleet_config(self.fc, self.host)
         if check_credentials:
             self.creds.check()
@@ -128,7 +131,9 @@ class Forwarder:
         self.started = time.time()
         self.acked_at = 0.0
         self._errors_logged = 0
+        self._violation = ""
         self._wake = asyncio.Event()
+        self.ack_timeout_s = ACK_TIMEOUT_S
 
     # -- the host's own alerts ----------------------------------------------------------------
 
@@ -196,12 +201,16 @@ class Forwarder:
 
                 async def _error(exc: Exception) -> None:
                     self._note_error(exc)
+                    text = str(exc).lower()
+                    if "permissions violation" in text and f'"{subjects.PREFIX}.' in text:
+                        # The server refuses what we publish: no acknowledgement will come.
+                        self._violation = connect.redact(exc)
+                        self._wake.set()
 
                 try:
-                    nc = await nats.connect(
-                        **self.creds.options(), disconnected_cb=_lost, closed_cb=_lost,
-                        error_cb=_error,
-                    )  # fmt: skip
+                    opts = self.creds.options()
+                    opts.update(disconnected_cb=_lost, closed_cb=_lost, error_cb=_error)
+                    nc = await nats.connect(**opts)
                 except Exception as exc:  # refused, TLS, authorization, timeout
                     self._note_error(exc)
                     await _wait(stop, backoff)
@@ -245,8 +254,9 @@ class Forwarder:
     async def _serve(self, nc, stop: asyncio.Event, lost: asyncio.Event) -> None:
         tasks = [asyncio.ensure_future(self._drain(nc, lost)),
                  asyncio.ensure_future(self._heartbeats(nc, lost))]  # fmt: skip
-        if self.local:
+        if self.watch_bucket:
             tasks.append(asyncio.ensure_future(self._watch_bucket(nc)))
+        if self.local:
             await nc.subscribe(subjects.control(self.host), cb=self._on_control)
         ended = asyncio.ensure_future(_either(stop, lost))
         try:
@@ -326,14 +336,17 @@ class Forwarder:
                     self.acked_at = time.time()
                 if failure:
                     raise PublishError(failure[0])
-                if inflight and now - inflight[0][1] > ACK_TIMEOUT_S:
+                if self._violation:
+                    why, self._violation = self._violation, ""
+                    raise PublishError(f"the server refuses this host's records: {why}")
+                if inflight and now - inflight[0][1] > self.ack_timeout_s:
                     self.counters["timeouts"] += 1
-                    raise PublishError(f"no acknowledgement within {ACK_TIMEOUT_S:g} s")
+                    raise PublishError(f"no acknowledgement within {self.ack_timeout_s:g} s")
                 if sent:
                     await asyncio.sleep(0)  # let the acknowledgements in
                     continue
                 acked_event.clear()
-                await _wait(acked_event, POLL_S if not inflight else ACK_TIMEOUT_S / 10)
+                await _wait(acked_event, POLL_S if not inflight else self.ack_timeout_s / 10)
         finally:
             try:
                 await sub.unsubscribe()

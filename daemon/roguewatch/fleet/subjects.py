@@ -12,6 +12,7 @@ It must not connect anywhere.
 
 from __future__ import annotations
 
+import json
 import re
 
 PREFIX = "roguewatch"
@@ -100,3 +101,36 @@ def heartbeat_stream_config(replicas: int = 1) -> dict:
         "max_msgs_per_subject": 1,
         "num_replicas": replicas,
     }
+
+
+def host_permissions(host: str, bucket: str = DEFAULT_BUCKET) -> dict:
+    """The NATS permissions of one host's user: it publishes only under its own host token,
+    reads the policy bucket, and receives only its own replies and remote-action requests.
+    docs/fleet.md shows them in a server configuration; the tests run a server with them."""
+    kv = f"KV_{bucket}"
+    return {
+        "publish": {"allow": [
+            f"{PREFIX}.alert.{host}.>", f"{PREFIX}.session.{host}.>", heartbeat(host),
+            # watching the bucket: an ordered consumer of its stream, with flow control
+            f"$JS.API.STREAM.INFO.{kv}", f"$JS.API.CONSUMER.CREATE.{kv}",
+            f"$JS.API.CONSUMER.CREATE.{kv}.>", f"$JS.API.CONSUMER.INFO.{kv}.>",
+            f"$JS.API.CONSUMER.DELETE.{kv}.>",
+            f"$JS.FC.{kv}.>",
+        ]},
+        "subscribe": {"allow": [f"{inbox_prefix(host)}.>", control(host)]},
+        # answering a remote-action request (to the asker's reply subject, once)
+        "allow_responses": True,
+    }  # fmt: skip
+
+
+def server_conf_users(users: list[tuple[str, dict | None]]) -> str:
+    """An ``authorization`` block of a nats-server configuration: ``(nkey, permissions)``
+    pairs (None: everything, for an administrator)."""
+    lines = ["authorization {", "  users = ["]
+    for nkey, perms in users:
+        if perms is None:
+            lines.append(f'    {{ nkey: "{nkey}" }}')
+        else:
+            lines.append(f'    {{ nkey: "{nkey}", permissions: {json.dumps(perms)} }}')
+    lines += ["  ]", "}"]
+    return "\n".join(lines)
