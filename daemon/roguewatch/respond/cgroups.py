@@ -19,6 +19,7 @@ import re
 import select
 import time
 
+from roguewatch.core.paths import SESSION_CGROUPS
 from roguewatch.host import kernelenv
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 # The subtree under the v2 mount that roguewatch owns.
-ROOT_NAME = "roguewatch"
+ROOT_NAME = SESSION_CGROUPS
 # Session names become directory names: keep them to one safe path component.
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _FREEZE_TIMEOUT_S = 2.0

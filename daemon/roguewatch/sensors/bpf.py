@@ -563,6 +563,11 @@ class Probes:
     def unregister(self, pid: int) -> bool:
         return self._delete("sessions", struct.pack("<I", pid))
 
+    def process(self, pid: int) -> tuple[int, int, int, int, int] | None:
+        """(session, start_ns, parent start_ns, ppid, flags) of a tracked process."""
+        raw = self._lookup("sessions", struct.pack("<I", pid), _PROC.size)
+        return _PROC.unpack(raw) if raw else None
+
     def session_of(self, pid: int) -> int | None:
         raw = self._lookup("sessions", struct.pack("<I", pid), _PROC.size)
         return _PROC.unpack(raw)[0] if raw else None

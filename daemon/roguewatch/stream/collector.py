@@ -25,7 +25,8 @@ from typing import Protocol
 
 import zmq
 
-from roguewatch.core.identity import new_session_id
+from roguewatch.core import paths, procfs
+from roguewatch.core.identity import exec_id, new_session_id
 from roguewatch.policy import policy as policy_mod
 from roguewatch.policy.config import Config
 from roguewatch.policy.egress import egress_hosts
@@ -35,7 +36,8 @@ from roguewatch.probes.layout import TYPE_NAMES, RecordError
 from roguewatch.sensors import bpf
 from roguewatch.sensors.ringbuf import RingBuffer
 from roguewatch.stream import bus
-from roguewatch.stream.control import ControlServer, Peer
+from roguewatch.stream.bus import Peer
+from roguewatch.stream.control import ControlServer, Standing
 from roguewatch.stream.enrich import ProcessCache, proc_cmdline, proc_ppid, proc_start_ns
 
 log = logging.getLogger("roguewatch.collector")
@@ -189,10 +191,20 @@ class Collector:
         )
         self.ring = RingBuffer(self.probes.fd("events"), self.probes.ringbuf_size())
         self.ctx = zmq.Context.instance()
-        self.pub = bus.Publisher(cfg.events_endpoint, self.ctx)
+        # Nothing in a session may listen to the stream or speak for the monitor.
+        self.pub = bus.Publisher(
+            cfg.events_endpoint, self.ctx,
+            admit=lambda peer: self.standing(peer) >= Standing.OPERATOR,
+            on_refused=lambda peer: self._refused("subscription_refused", "the event stream",
+                                                  peer),
+        )  # fmt: skip
         self.control: ControlServer | None = None
         if cfg.control_endpoint:
-            self.control = ControlServer(cfg.control_endpoint, self.wake)
+            self.control = ControlServer(
+                cfg.control_endpoint, self.wake, self.standing,
+                lambda op, peer, _who: self._refused(
+                    "control_refused", f"the control socket (op {op!r})", peer),
+            )  # fmt: skip
             self._register_operations(self.control)
         self.cache = ProcessCache()
         self.batch: list[dict] = []
@@ -458,6 +470,68 @@ class Collector:
         except BlockingIOError:
             pass  # a wake-up is already pending
 
+    # -- who may speak to the monitor -------------------------------------------------------
+
+    def in_any_session(self, pid: int) -> bool:
+        """In a session of this collector (or descended from one), or in any session's cgroup
+        (another roguewatch's `run`: its agents are no operators to us either)."""
+        if self.session_of_tree(pid) is not None:
+            return True
+        cg = procfs.cgroup_path(pid) or ""
+        return cg.startswith(f"/{paths.SESSION_CGROUPS}/")
+
+    def session_of_tree(self, pid: int) -> int | None:
+        """The session of a process or of its nearest tracked ancestor (None: in no session).
+        A process that left the session map still descends from its session's processes."""
+        seen = 0
+        while pid > 1 and seen < 64:
+            s = self.probes.session_of(pid)
+            if s is not None:
+                return s
+            pid = procfs.ppid(pid)
+            seen += 1
+        return None
+
+    def standing(self, peer: Peer | None) -> Standing:
+        if peer is None:
+            return Standing.STRANGER
+        if self.in_any_session(peer.pid):
+            return Standing.SESSION
+        if peer.pid == os.getpid() or self.probes.is_guarded(peer.pid):
+            return Standing.MONITOR
+        return Standing.OPERATOR if peer.uid == 0 else Standing.STRANGER
+
+    def identity_of(self, pid: int) -> dict:
+        """The identity fields of a live process, as its probe events carry them (the exec
+        ids from the session map when it is tracked, so the evaluator links its lineage)."""
+        entry = self.probes.process(pid)
+        if entry is not None:
+            session, start, pstart, ppid = entry[:4]
+        else:
+            session, start = self.session_of_tree(pid) or 0, procfs.start_ns(pid)
+            ppid = procfs.ppid(pid)
+            pstart = procfs.start_ns(ppid) if ppid else None
+        return {
+            "session": session, "pid": pid, "tid": pid, "ppid": ppid,
+            "uid": procfs.uid(pid) or 0, "gid": 0, "comm": procfs.comm(pid) or "",
+            "exec_id": exec_id(pid, start), "pexec_id": exec_id(ppid, pstart),
+            "exe": procfs.readlink(pid, "exe") or "",
+        }  # fmt: skip
+
+    def tamper(self, kind: str, detail: str, pid: int = 0, target: str = "") -> None:
+        """A `tamper` event: something tried to blind, stop or reconfigure the monitor (``pid``
+        the offender when known). Rules decide what it costs the offender's session."""
+        ev = {"type": "tamper", "ts": time.time_ns(), "ret": 0, "flags": [], "kind": kind,
+              "target": target, "detail": detail}  # fmt: skip
+        ev.update(self.identity_of(pid) if pid else
+                  {"session": 0, "pid": 0, "tid": 0, "ppid": 0, "uid": 0, "gid": 0,
+                   "comm": "", "exec_id": "", "pexec_id": "", "exe": ""})  # fmt: skip
+        self._publish_now(ev)
+
+    def _refused(self, kind: str, what: str, peer: Peer | None) -> None:
+        who = f"pid {peer.pid} (uid {peer.uid})" if peer else "a peer without credentials"
+        self.tamper(kind, f"{who} was refused {what}", peer.pid if peer else 0, what)
+
     # -- the control socket's operations -----------------------------------------------------
 
     def _register_operations(self, server: ControlServer) -> None:
@@ -467,16 +541,21 @@ class Collector:
             "attach_egress": self._attach_egress,
             "session_end": self._session_end,
             "unregister": lambda req, peer: {"ok": self.probes.unregister(int(req["pid"]))},
-            "announce": self._announce,
             "sessions": lambda req, peer: {"ok": True, "sessions": self.session_list()},
             "release": self._release,
             "guard": self._guard,
             "stats": lambda req, peer: {"ok": True, **self.stats()},
             "reload_policies": self._reload_policies,
+            "standing": lambda req, peer: {
+                "ok": True,
+                "standing": self.standing(Peer(int(req["pid"]), 0, 0)).name,
+            },
         }
         for op, handler in ops.items():
             server.register(op, handler)
-        server.register("restore", self._restore, threaded=True)
+        # Only roguewatch's own processes: the evaluator restores, the service reports.
+        server.register("restore", self._restore, needs=Standing.MONITOR, threaded=True)
+        server.register("announce", self._announce, needs=Standing.MONITOR)
 
     def _restore(self, req: dict, peer: Peer | None = None) -> dict:
         if self.files is None:
@@ -484,10 +563,12 @@ class Collector:
         return {"ok": True, "outcome": self.files.restore(str(req["path"]), req.get("who") or {})}
 
     def _announce(self, req: dict, peer: Peer | None = None) -> dict:
-        """The service reporting on its components (restarts), as a `monitor` event."""
+        """The service reporting on its components (restarts), as a `monitor` event that says
+        who reported it (only roguewatch's own processes may: see the operation's standing)."""
+        origin = f"{procfs.comm(peer.pid) or '?'} (pid {peer.pid})" if peer else "unknown"
         self._publish_now({
             "type": "monitor", "kind": str(req.get("kind", "monitor")), "ts": time.time_ns(),
-            "session": 0, "pid": os.getpid(), "flags": [],
+            "session": 0, "pid": os.getpid(), "flags": [], "origin": origin,
             "detail": str(req.get("detail", "")), "missed": int(req.get("missed", 0)),
             **({"severity": str(req["severity"])} if req.get("severity") else {}),
         })  # fmt: skip
