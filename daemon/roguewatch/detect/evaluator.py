@@ -156,7 +156,7 @@ class Evaluator:
     def _not_probe(self, t: str, ev: dict) -> None:
         if t == "monitor":
             sev = ev.get("severity")  # the service's announcements may say how bad
-            self.monitor(ev, severity=sev if sev in _SEVERITIES else "high")
+            self.monitor(ev, severity=sev if sev in _SEVERITIES else "")
         elif t == "session":
             if self.on_session is not None:
                 self.on_session(ev)

@@ -36,6 +36,6 @@ from roguewatch.detect.ruleset.model import (
 __all__ = [
     "ACTIONS", "CATEGORIES", "EVENT_DEFAULTS", "SEVERITIES", "FixtureCase", "FixtureResult",
     "Rule", "RuleError", "RuleException", "RuleFile", "RuleSet", "default_fixture_files",
-    "default_rules_dir", "digest", "lists_only", "load_configured", "load_files", "load_fixtures", "load_rules",
-    "load_texts", "rule_files", "run_fixture",
+    "default_rules_dir", "digest", "lists_only", "load_configured", "load_files",
+    "load_fixtures", "load_rules", "load_texts", "rule_files", "run_fixture",
 ]  # fmt: skip
