@@ -134,43 +134,63 @@ async def tail(
         config.opt_start_time = timefmt.rfc3339(flt.since_ns)
     else:
         policy = api.DeliverPolicy.ALL
+    stop = stop or asyncio.Event()
+    caught_up = asyncio.Event()
+    printed = 0
+    write, flush = out.write, out.flush
+
+    # A callback, not next_msg(): at thousands of alerts a second, a wait per message is most
+    # of the cost. The ordered consumer re-creates itself after a gap, from the last sequence.
+    async def on_msg(msg) -> None:
+        nonlocal printed
+        try:
+            alert = json.loads(msg.data)
+        except ValueError:
+            alert = None
+        if isinstance(alert, dict) and flt.matches(alert):
+            write((alerts.to_json(alert) if as_json else line(alert, color)) + "\n")
+            printed += 1
+            if on_alert is not None:
+                on_alert(alert)
+        if msg.metadata.num_pending == 0:
+            flush()
+            caught_up.set()
+
     try:
         sub = await js.subscribe(flt.subject(), stream=subjects.STREAM, ordered_consumer=True,
-                                 deliver_policy=policy, config=config)  # fmt: skip
+                                 deliver_policy=policy, config=config, cb=on_msg)  # fmt: skip
     except nats.js.errors.NotFoundError:
         raise FleetError(f"no stream {subjects.STREAM} on the server: run "
                          "`roguewatch fleet setup`") from None  # fmt: skip
-    printed = 0
-    stop = stop or asyncio.Event()
     try:
-        caught_up = await _nothing_to_deliver(sub)
-        while not stop.is_set():
-            if caught_up and not follow:
-                break
-            try:
-                msg = await sub.next_msg(timeout=0.5 if follow else 5.0)
-            except nats.errors.TimeoutError:
-                if not follow:
-                    break  # the history was announced but did not come: the server is away
-                continue
-            try:
-                alert = json.loads(msg.data)
-            except ValueError:
-                continue
-            if isinstance(alert, dict) and flt.matches(alert):
-                out.write((alerts.to_json(alert) if as_json else line(alert, color)) + "\n")
-                out.flush()
-                printed += 1
-                if on_alert is not None:
-                    on_alert(alert)
-            if msg.metadata.num_pending == 0:
-                caught_up = True
+        if await _nothing_to_deliver(sub):
+            caught_up.set()
+        if follow:
+            await stop.wait()
+        else:
+            # The history: until the last message that was there is printed (or the server
+            # stops answering: then what came is what there is).
+            last = -1
+            while not caught_up.is_set() and not stop.is_set():
+                await asyncio.sleep(0.2)
+                if printed == last and not await _alive(sub):
+                    break
+                last = printed
     finally:
+        flush()
         try:
             await sub.unsubscribe()
         except Exception:
             pass
     return printed
+
+
+async def _alive(sub) -> bool:
+    try:
+        await asyncio.wait_for(sub.consumer_info(), 5)
+        return True
+    except Exception:
+        return False
 
 
 async def _nothing_to_deliver(sub) -> bool:
