@@ -4,7 +4,9 @@ Owns putting the evaluator together and running it: subscribed to the event stre
 alerts to the sinks (socket, file, journald, console), its enforcer (restores are asked of
 the collector, which owns the baselines), rules reloaded on SIGHUP or when a rule directory
 changes (a broken file keeps the old set and raises a critical alert), its counters written
-for `roguewatch status` and Prometheus once a second.
+for `roguewatch status` and Prometheus once a second. Started by the service with ``--fleet``
+(the config's fleet enabled), it is the fleet spool's one writer: every alert and session
+summary is appended and fsynced in the loop turn that raised it (``roguewatch.fleet.records``).
 """
 
 from __future__ import annotations
