@@ -741,14 +741,15 @@ def test_the_launchers_control_socket_agrees_and_session_ids_are_below_adopted()
     service's control socket must agree; the session ids it draws stay below the adopted
     ranges."""
     from roguewatch.core.identity import new_session_id
+    from roguewatch.probes import layout
     from roguewatch.runtime import run
-    from roguewatch.stream import bus, collector
+    from roguewatch.stream import bus
 
     assert f"ipc://{run.SERVICE_CONTROL_SOCKET}" == bus.CONTROL_ENDPOINT
     ids = [new_session_id() for _ in range(1000)]
     assert all(0 < i < 1 << 61 for i in ids)
     assert max(ids).bit_length() == 61  # (p = 1 - 2^-1000)
-    assert collector.ADOPTED_PROCFS_BASE >= 1 << 61
+    assert layout.ADOPTED_PROCFS_BASE >= 1 << 61
 
 
 def test_run_starts_without_importing_the_other_sub_commands() -> None:

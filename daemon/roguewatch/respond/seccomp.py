@@ -60,9 +60,7 @@ def validate(names: Iterable[str]) -> tuple[str, ...]:
     names = tuple(names)
     unknown = [n for n in names if n not in REFUSALS]
     if unknown:
-        raise SeccompError(
-            f"unknown refusal {unknown[0]!r} (known: {', '.join(REFUSALS)})"
-        )
+        raise SeccompError(f"unknown refusal {unknown[0]!r} (known: {', '.join(REFUSALS)})")
     return names
 
 

@@ -38,7 +38,7 @@ from roguewatch.sensors.ringbuf import RingBuffer
 from roguewatch.stream import bus
 from roguewatch.stream.bus import Peer
 from roguewatch.stream.control import ControlServer, Standing
-from roguewatch.stream.enrich import ProcessCache, proc_cmdline, proc_ppid, proc_start_ns
+from roguewatch.stream.enrich import ProcessCache
 
 log = logging.getLogger("roguewatch.collector")
 
@@ -49,6 +49,9 @@ _IDENT = layout.IDENT
 _parse = layout.parse
 _FLAGS = layout.FLAGS
 _F_ADOPTED = layout.F_ADOPTED
+_V_TS, _V_RET, _V_TID = layout.V_TS, layout.V_RET, layout.V_TID
+_V_TYPE, _V_FLAGS = layout.V_TYPE, layout.V_FLAGS
+_I_START, _I_PID = layout.I_START, layout.I_PID
 _EXEC = layout.TYPE_NUMBERS["exec"]
 _EXIT = layout.TYPE_NUMBERS["exit"]
 _KILL = layout.TYPE_NUMBERS["kill"]
@@ -57,7 +60,6 @@ _STATEFUL = frozenset(
     layout.TYPE_NUMBERS[n] for n in ProcessCache.HOOKS if n != "kill"
 )  # types whose events read or change the per-process state
 
-ADOPTED_PROCFS_BASE = (1 << 62) | (1 << 61)
 # While records keep coming, the loop looks at the ring at least this often (see run).
 BUSY_POLL_S = 0.001
 DENIAL_CLAIM_NS = 200_000_000  # every second: unclaimed denials older than this
@@ -315,8 +317,8 @@ class Collector:
 
     def guard_self(self) -> None:
         """Every task of this process (ZeroMQ's threads too) is guarded, and our parent."""
-        for tid in os.listdir("/proc/self/task"):
-            self.probes.guard(int(tid))
+        for tid in procfs.threads(os.getpid()):
+            self.probes.guard(tid)
         self.probes.guard(os.getpid())
 
     def scan_procfs(self) -> int:
@@ -329,41 +331,36 @@ class Collector:
         if not uids and not comms:
             return 0
         tracked = self.probes.tracked()
+        me = os.getpid()
         found = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
+        for pid in procfs.pids():
+            if pid in tracked or pid == me:
                 continue
-            pid = int(name)
-            if pid in tracked or pid == os.getpid():
-                continue
-            try:
-                st = os.stat(f"/proc/{pid}")
-                with open(f"/proc/{pid}/comm") as f:
-                    comm = f.read().strip()
-            except OSError:
-                continue
-            if st.st_uid in uids or comm in comms:
-                found.append((pid, st.st_uid, comm))
+            uid, comm = procfs.uid(pid), procfs.comm(pid)
+            if uid is None or comm is None:
+                continue  # gone meanwhile
+            if uid in uids or comm in comms:
+                found.append((pid, uid, comm))
         for pid, uid, comm in found:
-            start = proc_start_ns(pid)
+            start = procfs.start_ns(pid)
             if start is None:
                 continue
-            session = ADOPTED_PROCFS_BASE | self._next_adopt
+            session = layout.ADOPTED_PROCFS_BASE | self._next_adopt
             self._next_adopt += 1
-            ppid = proc_ppid(pid)
-            pstart = proc_start_ns(ppid) or 0
+            ppid = procfs.ppid(pid)
+            pstart = procfs.start_ns(ppid) or 0
             self.probes.register(pid, session, start, pstart, ppid, adopted=True)
-            argv = proc_cmdline(pid) or []
-            exe = os.path.realpath(f"/proc/{pid}/exe") if os.path.exists(f"/proc/{pid}/exe") else ""
-            cwd = os.path.realpath(f"/proc/{pid}/cwd") if os.path.exists(f"/proc/{pid}/cwd") else ""
+            argv = procfs.cmdline(pid) or []
+            exe = procfs.readlink(pid, "exe") or ""
+            cwd = procfs.readlink(pid, "cwd") or ""
             self.cache.exe[pid] = exe
             if cwd:
                 self.cache.cwd[pid] = cwd
             ev = {
                 "type": "exec", "ts": time.time_ns(), "session": session, "pid": pid,
                 "tid": pid, "ppid": ppid, "uid": uid, "gid": 0, "comm": comm, "ret": 0,
-                "flags": ["procfs", "adopted"], "exec_id": f"{pid}-{start}",
-                "pexec_id": f"{ppid}-{pstart}" if ppid else "", "exe": exe,
+                "flags": ["procfs", "adopted"], "exec_id": exec_id(pid, start),
+                "pexec_id": exec_id(ppid, pstart), "exe": exe,
                 "filename": exe, "argv": argv, "cmdline": " ".join(argv), "cwd": cwd,
             }  # fmt: skip
             self._announce_adopted(ev)
@@ -385,14 +382,14 @@ class Collector:
         except RecordError:
             self.lost_decode += 1
             return
-        t = h[3]
-        ev = {"type": TYPE_NAMES[t], "ts": h[0] + self.cache.offset, "tid": h[2], "ret": h[1],
-              "flags": _FLAGS[h[4] & 0xFF]}  # fmt: skip
+        t = h[_V_TYPE]
+        ev = {"type": TYPE_NAMES[t], "ts": h[_V_TS] + self.cache.offset, "tid": h[_V_TID],
+              "ret": h[_V_RET], "flags": _FLAGS[h[_V_FLAGS] & 0xFF]}  # fmt: skip
         build(ev, h, s1, s2)
         key = buf[off + _IDENT_OFF : off + _HSIZE]
         if t == _EXEC:  # a new image: its exe and cwd are read now, then its identity
             i = _IDENT.unpack(key)
-            self.cache.on_exec(ev, i[3])
+            self.cache.on_exec(ev, i[_I_PID])
             ident = self._identity(key, i)
         else:
             ident = self._idents.get(key) or self._identity(key, _IDENT.unpack(key))
@@ -401,13 +398,13 @@ class Collector:
                 if t == _EXIT:
                     self._idents.pop(key, None)
         ev.update(ident)
-        if h[4] & _F_ADOPTED and ev["session"] not in self.sessions:
+        if h[_V_FLAGS] & _F_ADOPTED and ev["session"] not in self.sessions:
             self._announce_adopted(ev)
         self.batch.append(ev)
 
     def _identity(self, key: bytes, i: tuple) -> dict:
         d = self.cache.identity(i)
-        if i[1]:  # records of untracked senders (guard events, start 0) are not cached
+        if i[_I_START]:  # records of untracked senders (guard events, start 0) are not cached
             if len(self._idents) >= 65536:
                 self._idents.clear()
             self._idents[key] = d
@@ -434,7 +431,7 @@ class Collector:
         """Egress denials no syscall exit claimed (io_uring's): published as their own events
         once older than DENIAL_CLAIM_NS (a refused syscall's exit claims its denial within
         microseconds; one that took longer is published twice, never lost)."""
-        for raw in self.probes.unclaimed_denials(older_than_ns or DENIAL_CLAIM_NS, _HSIZE):
+        for raw in self.probes.unclaimed_denials(older_than_ns or DENIAL_CLAIM_NS):
             self._handle(raw, 0, len(raw))
         self.flush()
 
@@ -553,8 +550,8 @@ class Collector:
         }
         for op, handler in ops.items():
             server.register(op, handler)
-        # Only roguewatch's own processes: the evaluator restores, the service reports.
-        server.register("restore", self._restore, needs=Standing.MONITOR, threaded=True)
+        server.register("restore", self._restore, threaded=True)
+        # Only roguewatch's own processes speak in the monitor's name (the service reports).
         server.register("announce", self._announce, needs=Standing.MONITOR)
 
     def _restore(self, req: dict, peer: Peer | None = None) -> dict:
@@ -586,11 +583,8 @@ class Collector:
         """Guard a process and every thread it has now."""
         pid = int(req["pid"])
         self.probes.guard(pid)
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                self.probes.guard(int(tid))
-        except OSError:
-            pass
+        for tid in procfs.threads(pid):
+            self.probes.guard(tid)
         return {"ok": True}
 
     def stats(self) -> dict:
@@ -619,15 +613,15 @@ class Collector:
         if self.files is not None:
             self.files.snapshot_done.wait(30)
         pid = int(req["pid"])
-        start = proc_start_ns(pid)
+        start = procfs.start_ns(pid)
         if start is None:
             return {"ok": False, "error": f"no process {pid}"}
-        ppid = proc_ppid(pid)
+        ppid = procfs.ppid(pid)
         session = int(req.get("session") or new_session_id())
         mode = req.get("mode", "enforce")
         self.cache.remember(pid)
         self.probes.register(
-            pid, session, start, proc_start_ns(ppid) or 0, ppid, observe=mode == "observe"
+            pid, session, start, procfs.start_ns(ppid) or 0, ppid, observe=mode == "observe"
         )
         protect = list((req.get("policy") or {}).get("protect", []))
         if protect and self.files is not None:
