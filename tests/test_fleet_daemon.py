@@ -183,6 +183,11 @@ def test_alerts_and_session_summaries_of_a_real_session_reach_fleet_tail(fleet: 
     hb = beats[HOST]
     assert hb["rules_hash"] and hb["policy_hash"] and hb["remote_actions"] is True
     assert not client.is_stale(hb)
+    # `roguewatch status` tells of the fleet, and nothing secret.
+    st = fleet.daemon.status()
+    line = next(x for x in st.stdout.splitlines() if x.strip().startswith("fleet:"))
+    assert f"host {HOST}, connected to nats://127.0.0.1:{fleet.server.port}" in line
+    assert "0 dropped" in line and "SU" not in st.stdout
 
 
 async def _beats(fleet: Fleet) -> list[dict]:
