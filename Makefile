@@ -40,6 +40,7 @@ bench: deps
 	$(PY) bench/enforcement_bench.py $(BENCH_ARGS)
 	$(PY) bench/restore_bench.py
 	$(PY) bench/idle_bench.py
+	$(PY) bench/fleet_bench.py $(BENCH_ARGS)
 
 docs: deps
 	$(PY) -m roguewatch.stream.events --markdown > docs/events.md

@@ -22,6 +22,7 @@ examples:
   roguewatch tail --follow --severity high        alerts, history then live
   roguewatch rules explain persistence_cron_write
   roguewatch replay run.rwrec --policy p.yaml     new rules over an old recording
+  roguewatch fleet tail --follow --severity high  alerts of every host (NATS JetStream)
 """
 
 
@@ -38,6 +39,7 @@ COMMANDS = {
     "quarantine": "quarantine",
     "status": "status",
     "doctor": "doctor",
+    "fleet": "fleet",
 }  # fmt: skip
 # Sub-commands whose parser alone is built when they are the one asked for: the full parser
 # imports every sub-command's module (the rule compiler among them: 0.3-0.5 s), and `run`'s

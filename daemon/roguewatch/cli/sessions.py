@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import time
 from collections import Counter
 
-import zmq
-
 from roguewatch.core.paths import ALERTS_FILE
+from roguewatch.respond.sessionkill import find_session, kill_session
 from roguewatch.runtime import launcher
 from roguewatch.stream import bus
 from roguewatch.stream.control import ControlClient, ControlError, running
@@ -132,79 +129,11 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _find(clients: list[ControlClient], key: str) -> tuple[ControlClient, dict] | None:
-    for c, s in _all_sessions(clients):
-        if key in (s["session"], s["name"]) or key.lower().lstrip("0x") == s["session"]:
-            return c, s
-    return None
-
-
-_gone: set[int] = set()  # clients whose collector stopped answering
-
-
-def _pids(client: ControlClient, sid: str) -> list[int]:
-    """The session's tracked pids; none once its collector is gone (a `run` whose agent
-    ended stops its own collector: what is left of the session is in its cgroup)."""
-    if id(client) in _gone:
-        return []
-    try:
-        for s in client.request("sessions")["sessions"]:
-            if s["session"] == sid:
-                return s["pids"]
-    except (ControlError, zmq.ZMQError):
-        _gone.add(id(client))  # (a REQ socket that timed out cannot be used again)
-    return []
-
-
-def _signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        if pid > 1 and pid != os.getpid():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-
-
-def _cgroup_pids(cgroup: str) -> list[int]:
-    try:
-        with open(os.path.join(cgroup, "cgroup.procs")) as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
-def kill_session(client: ControlClient, s: dict, grace: float) -> tuple[int, int]:
-    """(processes ended, survivors). SIGTERM, grace, then cgroup.kill or SIGKILL rounds."""
-    sid, cgroup = s["session"], s["cgroup"]
-    first = set(_pids(client, sid)) | set(_cgroup_pids(cgroup) if cgroup else [])
-    if cgroup:
-        try:  # a frozen session cannot handle SIGTERM: thaw it first
-            with open(os.path.join(cgroup, "cgroup.freeze"), "w") as f:
-                f.write("0")
-        except OSError:
-            pass
-    _signal_all(sorted(first), signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and (_pids(client, sid) or _cgroup_pids(cgroup)):
-        time.sleep(0.05)
-    if cgroup and _cgroup_pids(cgroup):
-        with open(os.path.join(cgroup, "cgroup.kill"), "w") as f:
-            f.write("1")
-    for _ in range(100):  # without a cgroup: again and again, forks included
-        left = _pids(client, sid) + (_cgroup_pids(cgroup) if cgroup else [])
-        if not left:
-            break
-        _signal_all(left, signal.SIGKILL)
-        time.sleep(0.02)
-    survivors = _pids(client, sid) + (_cgroup_pids(cgroup) if cgroup else [])
-    return len(first), len(set(survivors))
-
-
 def cmd_kill(args: argparse.Namespace) -> int:
     clients = _clients(args.control)
     if clients is None:
         return 2
-    found = _find(clients, args.session)
+    found = find_session(_all_sessions(clients), args.session)
     if found is None:
         print(f"roguewatch: no live session {args.session!r} (see `roguewatch sessions`)",
               file=sys.stderr)  # fmt: skip
@@ -224,7 +153,7 @@ def cmd_thaw(args: argparse.Namespace) -> int:
     clients = _clients(args.control)
     if clients is None:
         return 2
-    found = _find(clients, args.session)
+    found = find_session(_all_sessions(clients), args.session)
     s = found[1] if found else None
     if s is None or not s["cgroup"]:
         print(f"roguewatch: no live session {args.session!r} with a cgroup", file=sys.stderr)

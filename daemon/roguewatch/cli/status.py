@@ -68,9 +68,39 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  losses:   ring buffer {sum(st['lost_ring'].values())} {st['lost_ring'] or ''}, "
           f"pending map {st['lost_pending']}, malformed {st['lost_decode']}"
           f"{' + ' + str(ev['malformed']) if ev else ''}, bus {st['lost_bus']}")  # fmt: skip
+    fleet = _fleet_line(cfg, ev, degraded)
     for d in degraded:
         print(f"  degraded: {d}")
     if args.json:
         print(json.dumps({"collector": st, "evaluator": ev, "sessions": sessions,
-                          "degraded": degraded}))  # fmt: skip
+                          "fleet": fleet, "degraded": degraded}))  # fmt: skip
     return 1 if degraded else 0
+
+
+def _fleet_line(cfg, ev: dict | None, degraded: list[str]) -> dict | None:
+    """The forwarder's state (no secret in it: it writes none), printed; degraded when the
+    spool's bound dropped records or the forwarder has not reported."""
+    import json
+    import time
+
+    if not cfg.fleet.enabled:
+        return None
+    from roguewatch.fleet.forwarder import status_path
+
+    path = status_path(cfg)
+    try:
+        with open(path or "") as f:
+            fl = json.load(f)
+    except (OSError, ValueError):
+        degraded.append("fleet: no forwarder status (is the forwarder running?)")
+        return None
+    dropped = int(((ev or {}).get("fleet_spool") or {}).get("dropped", 0))
+    state = f"connected to {fl['server']}" if fl.get("connected") else "NOT CONNECTED"
+    print(f"  fleet:    host {fl['host']}, {state}; {fl['acked']} records acknowledged, "
+          f"{fl['spool_bytes']} bytes in the spool, {dropped} dropped by its bound"
+          + (f"; last error: {fl['last_error']}" if fl.get("last_error") else ""))  # fmt: skip
+    if dropped:
+        degraded.append(f"fleet: {dropped} records dropped by the spool's bound")
+    if time.time() - float(fl.get("ts", 0)) > 5:
+        degraded.append("fleet: the forwarder has not reported for more than 5 s")
+    return fl

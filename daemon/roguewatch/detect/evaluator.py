@@ -41,6 +41,7 @@ DEFAULT_POLICY = -1
 KILL_ACTIONS = frozenset(
     {"kill_process", "kill_tree", "kill_session", "freeze", "block", "restore"}
 )
+_SEVERITIES = frozenset({"info", "low", "medium", "high", "critical"})
 NOT_ENFORCED = "recorded only: no enforcer (replay, or enforce: false)"
 
 
@@ -130,6 +131,9 @@ class Evaluator:
         self._host_policies: dict[int, StaticPolicy] = {}  # as given, hosts unexpanded
         self._host_changes = 0
         self.lost: dict[str, int] = {}
+        # Told of every `session` event (start, end) before the evaluator handles it: the
+        # fleet recorder turns them into session summaries.
+        self.on_session: Callable[[dict], None] | None = None
 
     def handle(self, ev: dict) -> None:
         """One event: the table learns from it, then the rules of its type meet it. Raises
@@ -151,8 +155,11 @@ class Evaluator:
 
     def _not_probe(self, t: str, ev: dict) -> None:
         if t == "monitor":
-            self.monitor(ev)
+            sev = ev.get("severity")  # the service's announcements may say how bad
+            self.monitor(ev, severity=sev if sev in _SEVERITIES else "")
         elif t == "session":
+            if self.on_session is not None:
+                self.on_session(ev)
             self._session(ev)
         else:  # fs_change
             self._fs_held.append(ev)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 import yaml
 
 from roguewatch.core import paths
+from roguewatch.policy.fleetconfig import FleetConfig, FleetConfigError
+from roguewatch.policy.fleetconfig import parse as parse_fleet
 
 
 class ConfigError(Exception):
@@ -68,6 +70,16 @@ class Config:
     baseline_max_copy_bytes: int = 1024 * 1024
     # Where the service writes its live counters for `roguewatch status`.
     status_file: str = paths.STATUS_FILE
+    # Alerts, sessions and heartbeats to a NATS JetStream fleet; policies and rules from it
+    # (a mapping of its own: roguewatch.policy.fleetconfig, docs/fleet.md). Off by default.
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+
+    def rule_dirs_in_effect(self) -> list[str]:
+        """The rule directories that exist, the fleet's last (when the fleet is on)."""
+        dirs = [d for d in self.rules_dirs if os.path.isdir(d)]
+        if self.fleet.enabled and self.fleet.rules and os.path.isdir(self.fleet.rules_dir):
+            dirs.append(self.fleet.rules_dir)
+        return dirs
 
     def adopted_uids(self) -> list[int]:
         """uids of adopt_uids plus those of adopt_users that exist on this host."""
@@ -113,6 +125,12 @@ def load(path: str | None) -> Config:
     for key, value in data.items():
         if key not in _TYPES:
             raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(_TYPES)})")
+        if key == "fleet":
+            try:
+                cfg.fleet = parse_fleet(value, path)
+            except FleetConfigError as exc:
+                raise ConfigError(str(exc)) from None
+            continue
         default = getattr(cfg, key)
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # seconds written as a whole number

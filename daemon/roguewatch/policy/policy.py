@@ -146,3 +146,26 @@ def load_adoptions(directory: str) -> list[Adoption]:
 def as_dict(p: StaticPolicy) -> dict:
     return {"egress_allow": list(p.egress_allow), "protect": list(p.protect), "mode": p.mode,
             "lists": dict(p.lists)}  # fmt: skip
+
+
+def load_adoption_dirs(directories: list[str]) -> list[Adoption]:
+    """The policies.d files of every directory in turn (the local one, then the fleet's)."""
+    out: list[Adoption] = []
+    for d in directories:
+        if d:
+            out += load_adoptions(d)
+    return out
+
+
+def digest(adoptions: list[Adoption]) -> str:
+    """A short hash of the policies in effect (their selectors and contents, not their
+    formatting): what a host reports running, and what `roguewatch fleet policy list` shows."""
+    import hashlib
+    import json
+
+    canon = [
+        {"name": os.path.splitext(os.path.basename(a.source))[0], "users": a.users,
+         "uids": a.uids, "comms": a.comms, "policy": as_dict(a.policy)}
+        for a in adoptions
+    ]  # fmt: skip
+    return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:16]

@@ -18,7 +18,8 @@ from roguewatch.runtime import priority
 # `python -m MODULE` for each component.
 COLLECTOR = "roguewatch.runtime.collectord"
 EVALUATOR = "roguewatch.runtime.evaluatord"
-COMPONENT_MODULES = {"collector": COLLECTOR, "evaluator": EVALUATOR}
+FORWARDER = "roguewatch.runtime.forwarderd"  # only when the config's fleet is enabled
+COMPONENT_MODULES = {"collector": COLLECTOR, "evaluator": EVALUATOR, "forwarder": FORWARDER}
 
 
 def component_preexec() -> None:

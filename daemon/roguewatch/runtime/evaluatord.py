@@ -4,7 +4,9 @@ Owns putting the evaluator together and running it: subscribed to the event stre
 alerts to the sinks (socket, file, journald, console), its enforcer (restores are asked of
 the collector, which owns the baselines), rules reloaded on SIGHUP or when a rule directory
 changes (a broken file keeps the old set and raises a critical alert), its counters written
-for `roguewatch status` and Prometheus once a second.
+for `roguewatch status` and Prometheus once a second. Started by the service with ``--fleet``
+(the config's fleet enabled), it is the fleet spool's one writer: every alert and session
+summary is appended and fsynced in the loop turn that raised it (``roguewatch.fleet.records``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from roguewatch.detect import ruleset
 from roguewatch.detect.evaluator import DEFAULT_POLICY, Evaluator
 from roguewatch.detect.proctable import ProcessTable
 from roguewatch.detect.ruleset import RuleSet
+from roguewatch.fleet.spool import SpoolError
 from roguewatch.outputs import alerts
 from roguewatch.policy import policy as policy_mod
 from roguewatch.policy.config import Config
@@ -45,19 +48,39 @@ def _by_severity(by_rule_sev: dict[tuple[str, str], int]) -> dict[str, int]:
 
 
 def load_ruleset(cfg: Config) -> RuleSet:
-    """Packaged packs, then the configured directories that exist, then enable/disable."""
-    dirs = [d for d in cfg.rules_dirs if os.path.isdir(d)]
-    return ruleset.load_rules(dirs).select(enable=cfg.rules_enable, disable=cfg.rules_disable)
+    """Packaged packs, then the configured directories that exist (the fleet's last), then
+    enable/disable (``ruleset.load_configured``: the fleet validates with it too)."""
+    return ruleset.load_configured(cfg)
+
+
+def rules_digest(cfg: Config, rules: RuleSet) -> str:
+    return ruleset.digest(rules, [*cfg.rules_enable, "!", *cfg.rules_disable])
+
+
+# At most one "fleet spool full" alert per this many seconds (each says how many were dropped).
+SPOOL_FULL_EVERY_S = 10.0
 
 
 class EvaluatorProcess:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, fleet: bool = False) -> None:
         self.cfg = cfg
         pol = policy_mod.load(cfg.policy_file) if cfg.policy_file else policy_mod.default()
+        if fleet and cfg.fleet.enabled and cfg.fleet.rules:
+            os.makedirs(cfg.fleet.rules_dir, mode=0o700, exist_ok=True)  # watched from now on
         rules = load_ruleset(cfg)  # a bad rule file at start is fatal: the caller says why
+        self.rules_hash = rules_digest(cfg, rules)
         table = ProcessTable(pol)
         self._refused: list[Peer | None] = []  # alert subscribers refused, judged in the loop
         self.sinks = self._sinks(cfg, table, self._refused.append)
+        # The fleet's spool: every alert and session summary, durable before it leaves.
+        self.fleet = None
+        if fleet and cfg.fleet.enabled:
+            from roguewatch.fleet.records import Recorder
+
+            self.fleet = Recorder(cfg.fleet)
+            self.sinks.add(self.fleet, "fleet")
+        self._spool_dropped = 0  # not yet reported
+        self._spool_reported_at = 0.0
         self.enforcer = Enforcer(table, restorer=self._restore) if cfg.enforce else None
         self._control = None
         self.evaluator = Evaluator(
@@ -65,6 +88,8 @@ class EvaluatorProcess:
         )
         if isinstance(pol, StaticPolicy):
             self.evaluator.set_session_policy(DEFAULT_POLICY, pol)  # its host names resolved
+        if self.fleet is not None:
+            self.evaluator.on_session = self.fleet.session
         # The collector may still be loading its probes (run starts both at once).
         self.sub = bus.Subscriber(cfg.events_endpoint, wait_s=60.0)
         self._reload = False
@@ -148,7 +173,7 @@ class EvaluatorProcess:
                 if str(event.src_path).endswith((".yaml", ".yml")):
                     owner._reload = True
 
-        dirs = [d for d in self.cfg.rules_dirs if os.path.isdir(d)]
+        dirs = self.cfg.rule_dirs_in_effect()
         if not dirs:
             return
         self._observer = Observer()
@@ -173,6 +198,7 @@ class EvaluatorProcess:
         if self.metrics:
             self.metrics.reloads.labels("ok").inc()
         self.evaluator.swap_rules(new)
+        self.rules_hash = rules_digest(self.cfg, new)
         log.info("rules reloaded: %d rules", len(new))
         return True
 
@@ -215,6 +241,32 @@ class EvaluatorProcess:
                 next_tick = time.monotonic() + 1.0
                 ev.tick()
                 self.publish_status()
+            if self.fleet is not None:
+                self.commit_fleet()
+
+    def commit_fleet(self) -> None:
+        """This turn's fleet records made durable (one fsync); what the spool's bound dropped
+        is counted and raised as a critical alert (at most every SPOOL_FULL_EVERY_S)."""
+        assert self.fleet is not None
+        try:
+            self._spool_dropped += self.fleet.commit()
+        except OSError as exc:  # a full disk: the records wait in memory for the next turn
+            log.warning("cannot write the fleet spool: %s", exc)
+            return
+        now = time.monotonic()
+        if self._spool_dropped and now - self._spool_reported_at >= SPOOL_FULL_EVERY_S:
+            n, self._spool_dropped = self._spool_dropped, 0
+            self._spool_reported_at = now
+            total = self.fleet.writer.dropped
+            self.evaluator.monitor(
+                {"type": "monitor", "kind": "fleet_spool_full", "ts": time.time_ns(),
+                 "detail": f"the fleet spool is full ({self.cfg.fleet.spool_max_bytes} bytes, "
+                           f"the server has not acknowledged them): {n} records dropped, "
+                           f"{total} since start; they will never reach the fleet",
+                 "dropped": n, "dropped_total": total},
+                severity="critical",
+            )  # fmt: skip
+            self.fleet.commit()  # the alert itself, in the spool's reserve
 
     def status(self) -> dict:
         ev = self.evaluator
@@ -225,6 +277,9 @@ class EvaluatorProcess:
             "reloads": dict(self.reloads), "rules": len(ev.rules),
             "sessions": self.enforcer.session_count() if self.enforcer else 0,
             "alerts_by_severity": _by_severity(ev.by_rule_sev),
+            "rules_hash": self.rules_hash,
+            **({"fleet_spool": {"spooled": self.fleet.spooled,
+                                "dropped": self.fleet.writer.dropped}} if self.fleet else {}),
         }  # fmt: skip
 
     def publish_status(self) -> None:
@@ -249,7 +304,7 @@ class EvaluatorProcess:
         if self._observer is not None:
             self._observer.stop()
         self.sub.close()
-        self.sinks.close()
+        self.sinks.close()  # the fleet recorder commits what it holds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-enforce", action="store_true", help="record actions, never act")
     ap.add_argument("--status-file", help="where to write live counters ('' for none)")
     ap.add_argument("--ready-fd", type=int, help="write one byte here once subscribed")
+    ap.add_argument(
+        "--fleet",
+        action="store_true",
+        help="spool alerts and sessions for the fleet (the service's evaluator)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
@@ -298,9 +358,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg.status_file = args.status_file
         elif args.events:  # a private evaluator (run, tests) must not overwrite the service's
             cfg.status_file = ""
-        proc = EvaluatorProcess(cfg)
+        proc = EvaluatorProcess(cfg, fleet=args.fleet)
     except (config_mod.ConfigError, ruleset.RuleError, policy_mod.PolicyError,
-            bus.BusError) as exc:  # fmt: skip
+            bus.BusError, SpoolError) as exc:  # fmt: skip
         print(f"roguewatch evaluator: {exc}", file=sys.stderr)
         return 2
 

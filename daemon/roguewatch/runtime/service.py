@@ -83,7 +83,13 @@ class Service:
         self.evaluator = Component(
             "evaluator", COMPONENT_MODULES["evaluator"], [] if cfg.print_alerts else ["--quiet"]
         )
-        self.components = (self.collector, self.evaluator)
+        self.components: tuple[Component, ...] = (self.collector, self.evaluator)
+        # The fleet: the evaluator spools alerts and sessions, the forwarder publishes them.
+        self.forwarder: Component | None = None
+        if cfg.fleet.enabled:
+            self.evaluator.args.append("--fleet")
+            self.forwarder = Component("forwarder", COMPONENT_MODULES["forwarder"])
+            self.components = (*self.components, self.forwarder)
         self.stopping = False
         self.stopped_by = ""
 
@@ -143,6 +149,10 @@ class Service:
             missed = now - then if now is not None and then is not None else 0
             detail = (f"evaluator restarted ({c.restarts} restarts): {missed} events published "
                       "while it was down were not evaluated")  # fmt: skip
+        elif c is self.forwarder:
+            missed = 0
+            detail = (f"forwarder restarted ({c.restarts} restarts): alerts waited in the fleet "
+                      "spool meanwhile and are published now")  # fmt: skip
         else:
             missed = 0
             detail = (f"collector restarted ({c.restarts} restarts): kernel events while it was "
@@ -162,6 +172,9 @@ class Service:
         took = self.evaluator.start(self.config_path, on_spawn=self._guard)
         log.info("evaluator ready in %.2f s: subscribed, rules loaded", took)
         self._guard(self.evaluator.proc.pid)  # type: ignore[union-attr]  # its threads too
+        if self.forwarder is not None:
+            took = self.forwarder.start(self.config_path, on_spawn=self._guard)
+            log.info("forwarder ready in %.2f s: fleet spool open", took)
         log.info("roguewatchd ready in %.2f s", time.monotonic() - t0)
         self.notify("READY=1\nSTATUS=probes attached, evaluator subscribed")
 
@@ -184,9 +197,9 @@ class Service:
                 c.next_start = 0.0
                 c.restarts += 1
                 try:
-                    spawned = self._guard if c is self.evaluator else None
+                    spawned = self._guard if c is not self.collector else None
                     c.start(self.config_path, on_spawn=spawned)
-                    if c is self.evaluator and c.proc is not None:
+                    if c is not self.collector and c.proc is not None:
                         self._guard(c.proc.pid)  # the threads it made since
                     self._announce_restart(c)
                 except RuntimeError as exc:

@@ -554,12 +554,14 @@ class Probes:
 
     def register(
         self, pid: int, session: int, start_ns: int, pstart_ns: int = 0, ppid: int = 0,
-        adopted: bool = False, observe: bool = False,
+        adopted: bool = False, observe: bool = False, policy: int = 0,
     ) -> None:  # fmt: skip
         """Put a process in a session: it and everything it starts from now on is tracked.
 
-        ``observe``: the kernel never kills in this session (guard events still fire)."""
+        ``observe``: the kernel never kills in this session (guard events still fire).
+        ``policy``: the adoption policy whose allowlist judges its egress (an adopted one)."""
         flags = (layout.F_ADOPTED if adopted else 0) | (layout.P_OBSERVE if observe else 0)
+        flags |= (policy & layout.P_POLICY_MASK) << layout.P_POLICY_SHIFT
         self._update(
             "sessions",
             struct.pack("<I", pid),
@@ -595,6 +597,12 @@ class Probes:
 
     def adopt_comm(self, comm: str, policy: int = 1) -> None:
         self._update("adopt_comms", comm.encode()[:15].ljust(16, b"\0"), bytes([policy]))
+
+    def unadopt_uid(self, uid: int) -> None:
+        self._delete("adopt_uids", struct.pack("<I", uid))
+
+    def unadopt_comm(self, comm: str) -> None:
+        self._delete("adopt_comms", comm.encode()[:15].ljust(16, b"\0"))
 
     def guard(self, pid: int) -> None:
         """Signals and ptrace aimed at this task become guard events, from any process."""

@@ -225,6 +225,8 @@ class Collector:
         self.adoptions: list[policy_mod.Adoption] = []
         self.egress_owners: dict[int, list[str]] = {}  # allowlists in force in the kernel
         self._egress_root_fd: int | None = None
+        # The adoption selectors in the kernel: uid -> policy, comm -> policy
+        self._selectors: tuple[dict[int, int], dict[str, int]] = ({}, {})
         self.started = time.time()
 
     # -- set-up ---------------------------------------------------------------------------
@@ -233,23 +235,8 @@ class Collector:
         """Guard ourselves, put egress judgement in the kernel, adopt by the selectors."""
         self.guard_self()
         self.attach_egress()
-        self.adoptions = policy_mod.load_adoptions(self.cfg.policies_dir)
-        # Adoption policy 1: the daemon's own (its configured selectors); 2 on: policies.d.
-        # Each one's allowlist is in force in the kernel before a selector can use it.
-        default = (
-            policy_mod.load(self.cfg.policy_file) if self.cfg.policy_file else policy_mod.default()
-        )
-        self._adoption_policy(1, default)
-        for uid in self.cfg.adopted_uids():
-            self.probes.adopt_uid(uid, 1)
-        for comm in self.cfg.adopt_comms:
-            self.probes.adopt_comm(comm, 1)
-        for n, a in enumerate(self.adoptions[:254], start=2):
-            self._adoption_policy(n, a.policy)
-            for uid in a.all_uids():
-                self.probes.adopt_uid(uid, n)
-            for comm in a.comms:
-                self.probes.adopt_comm(comm, n)
+        self.adoptions = policy_mod.load_adoption_dirs(self.policy_dirs())
+        self._apply_selectors()
         self.scan_procfs()
 
     def attach_egress(self) -> None:
@@ -262,14 +249,81 @@ class Collector:
         self._egress_root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.probes.attach_egress(self._egress_root_fd)
 
+    def policy_dirs(self) -> list[str]:
+        """policies.d, then the fleet's (roguewatch.fleet installs what it validated there)."""
+        if not self.cfg.policies_dir:  # adoption off (run, record)
+            return []
+        fleet = self.cfg.fleet
+        return [self.cfg.policies_dir] + ([fleet.policies_dir] if fleet.enabled else [])
+
+    def _adoption_policies(self) -> list[policy_mod.StaticPolicy]:
+        """Adoption policy 1: the daemon's own (its configured selectors); 2 on: the
+        policies.d files, in order (the kernel's policy numbers: 1-255)."""
+        default = (
+            policy_mod.load(self.cfg.policy_file) if self.cfg.policy_file else policy_mod.default()
+        )
+        return [default, *(a.policy for a in self.adoptions[:254])]
+
+    def _wanted_selectors(self) -> tuple[dict[int, int], dict[str, int]]:
+        uids = dict.fromkeys(self.cfg.adopted_uids(), 1)
+        comms = dict.fromkeys(self.cfg.adopt_comms, 1)
+        for n, a in enumerate(self.adoptions[:254], start=2):
+            for uid in a.all_uids():
+                uids.setdefault(uid, n)
+            for comm in a.comms:
+                comms.setdefault(comm, n)
+        return uids, comms
+
+    def _apply_selectors(self) -> None:
+        """Each adoption policy's allowlist in force in the kernel, then the selectors that
+        use it (a selector never points at a policy whose allowlist is not in force)."""
+        policies = self._adoption_policies()
+        for n, pol in enumerate(policies, start=1):
+            self._adoption_policy(n, pol)
+        for n in range(len(policies) + 1, 256):  # policies that went away
+            owner = self.probes.policy_owner(n)
+            if self.egress_owners.pop(owner, None) is not None:
+                self.hosts.untrack(owner)
+                self.probes.forget_egress(owner)
+        old_uids, old_comms = self._selectors
+        uids, comms = self._selectors = self._wanted_selectors()
+        for uid, n in uids.items():
+            if old_uids.get(uid) != n:
+                self.probes.adopt_uid(uid, n)
+        for comm, n in comms.items():
+            if old_comms.get(comm) != n:
+                self.probes.adopt_comm(comm, n)
+        for uid in old_uids.keys() - uids.keys():
+            self.probes.unadopt_uid(uid)
+        for comm in old_comms.keys() - comms.keys():
+            self.probes.unadopt_comm(comm)
+
     def _adoption_policy(self, n: int, pol: policy_mod.StaticPolicy) -> None:
-        if pol.mode != "enforce":
-            return  # observed: alerts only, the kernel lets it pass
         owner = self.probes.policy_owner(n)
+        if pol.mode != "enforce":  # observed: alerts only, the kernel lets it pass
+            if self.egress_owners.pop(owner, None) is not None:
+                self.hosts.untrack(owner)
+                self.probes.forget_egress(owner)
+            return
         allow = list(pol.egress_allow)
         self.probes.allow_egress(owner, allow, self.hosts.addresses)
         self.egress_owners[owner] = allow
         self.hosts.track(owner, egress_hosts(allow))
+
+    def _reload_policies(self, req: dict, peer: Peer | None = None) -> dict:
+        """Read the policies.d directories again; a broken file keeps the set in effect.
+
+        Selectors that appeared are adopted in the kernel (and running processes they match
+        found by a /proc scan); selectors that went away adopt nothing new from now on."""
+        try:
+            new = policy_mod.load_adoption_dirs(self.policy_dirs())
+        except policy_mod.PolicyError as exc:
+            return {"ok": False, "error": str(exc)}
+        self.adoptions = new
+        self._apply_selectors()
+        self.scan_procfs()
+        return {"ok": True, "policy_hash": policy_mod.digest(new),
+                "policies": [a.source for a in new]}  # fmt: skip
 
     def fs_event(self, ev: dict) -> None:
         """A change from the filesystem sensor (its thread): queued, and the loop woken."""
@@ -318,12 +372,10 @@ class Collector:
         self.probes.guard(os.getpid())
 
     def scan_procfs(self) -> int:
-        """Register running processes that match the selectors (their events say `procfs`)."""
-        uids = set(self.cfg.adopted_uids())
-        comms = {c[:15] for c in self.cfg.adopt_comms}
-        for a in self.adoptions:
-            uids |= set(a.all_uids())
-            comms |= {c[:15] for c in a.comms}
+        """Register running processes that match the selectors (their events say `procfs`),
+        under the adoption policy their selector names, as the kernel does at exec."""
+        uids = self._selectors[0]
+        comms = {c[:15]: n for c, n in self._selectors[1].items()}
         if not uids and not comms:
             return 0
         tracked = self.probes.tracked()
@@ -335,9 +387,10 @@ class Collector:
             uid, comm = procfs.uid(pid), procfs.comm(pid)
             if uid is None or comm is None:
                 continue  # gone meanwhile
-            if uid in uids or comm in comms:
-                found.append((pid, uid, comm))
-        for pid, uid, comm in found:
+            policy = uids.get(uid) or comms.get(comm)
+            if policy:
+                found.append((pid, uid, comm, policy))
+        for pid, uid, comm, policy in found:
             start = procfs.start_ns(pid)
             if start is None:
                 continue
@@ -345,7 +398,7 @@ class Collector:
             self._next_adopt += 1
             ppid = procfs.ppid(pid)
             pstart = procfs.start_ns(ppid) or 0
-            self.probes.register(pid, session, start, pstart, ppid, adopted=True)
+            self.probes.register(pid, session, start, pstart, ppid, adopted=True, policy=policy)
             argv = procfs.cmdline(pid) or []
             exe = procfs.readlink(pid, "exe") or ""
             cwd = procfs.readlink(pid, "cwd") or ""
@@ -538,6 +591,7 @@ class Collector:
             "release": self._release,
             "guard": self._guard,
             "stats": lambda req, peer: {"ok": True, **self.stats()},
+            "reload_policies": self._reload_policies,
             "standing": lambda req, peer: {
                 "ok": True,
                 "standing": self.standing(Peer(int(req["pid"]), 0, 0)).name,
@@ -562,6 +616,7 @@ class Collector:
             "type": "monitor", "kind": str(req.get("kind", "monitor")), "ts": time.time_ns(),
             "session": 0, "pid": os.getpid(), "flags": [], "origin": origin,
             "detail": str(req.get("detail", "")), "missed": int(req.get("missed", 0)),
+            **({"severity": str(req["severity"])} if req.get("severity") else {}),
         })  # fmt: skip
         return {"ok": True}
 
@@ -595,6 +650,8 @@ class Collector:
             "watcher": files.limits() if files is not None else None,
             "tracked": len(self.probes.tracked()),
             "egress_hosts": {"refreshes": self.hosts.refreshes, "changes": self.hosts.changes},
+            "policy_hash": policy_mod.digest(self.adoptions),
+            "sessions": len(self.sessions),
         }  # fmt: skip
 
     def _register(self, req: dict, peer: Peer | None = None) -> dict:

@@ -16,7 +16,9 @@ from roguewatch.detect.ruleset.loader import (
     RuleError,
     RuleFile,
     default_rules_dir,
+    digest,
     lists_only,
+    load_configured,
     load_files,
     load_rules,
     load_texts,
@@ -34,6 +36,6 @@ from roguewatch.detect.ruleset.model import (
 __all__ = [
     "ACTIONS", "CATEGORIES", "EVENT_DEFAULTS", "SEVERITIES", "FixtureCase", "FixtureResult",
     "Rule", "RuleError", "RuleException", "RuleFile", "RuleSet", "default_fixture_files",
-    "default_rules_dir", "lists_only", "load_files", "load_fixtures", "load_rules",
-    "load_texts", "rule_files", "run_fixture",
+    "default_rules_dir", "digest", "lists_only", "load_configured", "load_files",
+    "load_fixtures", "load_rules", "load_texts", "rule_files", "run_fixture",
 ]  # fmt: skip

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import hashlib
 import importlib.resources
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -33,6 +35,9 @@ from roguewatch.detect.ruleset.model import (
     RuleException,
     RuleSet,
 )
+
+if TYPE_CHECKING:
+    from roguewatch.policy.config import Config
 
 _RULE_KEYS = {
     "rule", "desc", "condition", "output", "severity", "category", "tags", "action", "enabled",
@@ -775,3 +780,28 @@ def lists_only(extra_dirs: Iterable[RuleFile] = ()) -> dict[str, tuple[str, ...]
             else:
                 lists[item["list"]] = values
     return {k: tuple(v) for k, v in lists.items()}
+
+
+def load_configured(cfg: Config, extra_dirs: Sequence[str] = ()) -> RuleSet:
+    """The rule set a daemon with this configuration runs: the packaged packs, the configured
+    directories that exist (the fleet's last, when the fleet is on), ``extra_dirs``, then the
+    configured enable and disable patterns. The evaluator loads and reloads with it, and the
+    fleet validates an incoming rule file with it (``extra_dirs``), so both judge alike."""
+    dirs = [*cfg.rule_dirs_in_effect(), *extra_dirs]
+    return load_rules(dirs).select(enable=cfg.rules_enable, disable=cfg.rules_disable)
+
+
+def digest(rules: RuleSet, selection: Sequence[str] = ()) -> str:
+    """A short hash of the rule files a set was loaded from (names and contents) and the
+    selection patterns: what a host reports running in its heartbeat."""
+    h = hashlib.sha256()
+    for f in rules.files:
+        h.update(os.path.basename(f).encode() + b"\0")
+        try:
+            h.update(Path(f).read_bytes())
+        except OSError:
+            h.update(b"?")
+        h.update(b"\0")
+    for pattern in selection:
+        h.update(pattern.encode() + b"\0")
+    return h.hexdigest()[:16]
