@@ -23,7 +23,7 @@ from typing import Protocol
 
 from roguewatch.core.contracts import Alert, AlertIds, make_alert
 from roguewatch.core.timefmt import rfc3339
-from roguewatch.detect.fields import Policy
+from roguewatch.detect.fields import Policy, is_protected
 from roguewatch.detect.proctable import _NO_SESSION, ProcessTable
 from roguewatch.detect.ruleset import Rule, RuleSet
 from roguewatch.policy import egress
@@ -256,9 +256,34 @@ class Evaluator:
                 # session and process: this sensor confirms it and adds nothing.
                 self.fs_attributed += 1
                 continue
-            self.table.use_policy_of(0)
-            for rule in self.rules.match(ev, self.table):
-                self._fire(rule, ev)
+            self._judge_fs(ev)
+
+    def _judge_fs(self, ev: dict) -> None:
+        """A watcher change no syscall event explains: judged with its writer's session's
+        policy when the collector named one (an io_uring write, say). With no session, it is
+        judged once with the default policy, and again under every live session whose policy
+        protects the path: a protected file changed by an unknown hand is still restored."""
+        table = self.table
+        session = ev.get("session", 0)
+        table.use_policy_of(session)
+        matched = self.rules.match(ev, table)
+        for rule in matched:
+            self._fire(rule, ev)
+        if session:
+            return
+        fired = {r.name for r in matched}
+        path = ev.get("path")
+        for sid, pol in list(table.policies.items()):
+            if not is_protected(pol, path):
+                continue
+            # As that session's: its mode decides, its report shows it (the writer stays
+            # unknown: pid 0, nothing is killed for it).
+            mine = {**ev, "session": sid}
+            table.use_policy_of(sid)
+            for rule in self.rules.match(mine, table):
+                if rule.name not in fired:
+                    fired.add(rule.name)
+                    self._fire(rule, mine)
 
     def handle_batch(self, batch: list[dict]) -> None:
         """Each event as ``handle`` does it, inlined (this loop is the evaluator's hot path:
@@ -299,7 +324,7 @@ class Evaluator:
 
     def _fire(self, rule: Rule, ev: dict) -> None:
         now = self.clock()
-        suppressible = rule.action not in KILL_ACTIONS
+        suppressible = rule.action not in KILL_ACTIONS and not rule.restore
         key = _dedup_key(rule, ev)
         if suppressible:
             seen = self._seen.get(key)
@@ -327,6 +352,13 @@ class Evaluator:
         if "killed" in flags:
             outcome = f"sender killed in the kernel; {outcome}"
             killed = max(killed, 1)
+        if rule.restore and rule.action != "restore" and (ev.get("path") or ev.get("source")):
+            # The effect undone too, not only its writer: the file back to its baseline (a
+            # new one quarantined). The restore's own kill finds the writer gone or kills it.
+            restored = self.enforcer.act("restore", ev)
+            if restored != outcome:
+                outcome = f"{outcome}; {restored}"
+            killed = self.enforcer.killed - before or killed
         alert["outcome"] = outcome
         alert["killed"] = killed  # processes this alert's action ended (0: none)
 

@@ -326,7 +326,20 @@ class Collector:
                 "policies": [a.source for a in new]}  # fmt: skip
 
     def fs_event(self, ev: dict) -> None:
-        """A change from the filesystem sensor (its thread): queued, and the loop woken."""
+        """A change from the filesystem sensor (its thread): queued, and the loop woken.
+
+        A change whose writer fanotify named is the writer's session's, with the identity
+        its probe events carry: a write the syscall tracepoints never saw (io_uring's) still
+        reaches the session that made it, its policy, its rules and its enforcement."""
+        pid = ev.get("pid") or 0
+        if pid and not ev.get("session") and ev.get("type") == "fs_change":
+            try:
+                if self.session_of_tree(pid) is not None:
+                    writer = ev.get("writer", "")
+                    ev.update(self.identity_of(pid))
+                    ev["writer"] = writer
+            except (OSError, bpf.ProbeError):
+                pass  # judged as it came: writer named, session unknown
         self.fs_queue.append(ev)
         self.wake()
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 _RULE_KEYS = {
     "rule", "desc", "condition", "output", "severity", "category", "tags", "action", "enabled",
-    "exceptions", "append", "override",
+    "exceptions", "append", "override", "restore",
 }  # fmt: skip
 _RULE_REQUIRED = ("desc", "condition", "output", "severity", "category")
 _RULE_APPENDABLE = {"condition", "exceptions", "tags"}
@@ -374,7 +374,7 @@ class _Loader:
                         "rule", name,
                     )  # fmt: skip
                 props[k] = v
-            elif k == "enabled":
+            elif k in ("enabled", "restore"):
                 props[k] = self._scalar(src, vnode, bool, k, name, "rule")
             elif k == "tags":
                 props[k] = self._str_list(src, vnode, k, name, "rule")
@@ -399,6 +399,7 @@ class _Loader:
             props.setdefault("tags", [])
             props.setdefault("action", "alert")
             props.setdefault("enabled", True)
+            props.setdefault("restore", False)
             d = _RuleDef(name, _loc(src, item), segments, props, prop_locs, exceptions)
             if existing is not None:
                 d.loc = existing.loc  # a redefinition keeps its place and first location
@@ -642,6 +643,7 @@ class _Loader:
             tags=tuple(p["tags"]),
             action=p["action"],
             enabled=p["enabled"],
+            restore=p.get("restore", False),
             exceptions=tuple(excs),
             source=f"{d.loc.file}:{d.loc.line}",
             compiled=compiled,

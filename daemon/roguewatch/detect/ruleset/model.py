@@ -73,6 +73,7 @@ class Rule:
     tags: tuple[str, ...]
     action: str
     enabled: bool
+    restore: bool  # after the action: the file of the event back to its baseline (enforce)
     exceptions: tuple[RuleException, ...]
     source: str  # file:line of the first definition
     compiled: C.CompiledCondition = field(repr=False, compare=False)
