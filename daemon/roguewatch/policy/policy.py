@@ -24,6 +24,9 @@ class StaticPolicy:
     protect: tuple[str, ...] = ()
     mode: str = "enforce"
     lists: dict[str, list[str]] = field(default_factory=dict)
+    # Where `roguewatch run` lets the agent write (Landlock); None: everywhere but the
+    # monitor's own paths, which are out of reach in any case.
+    writable: tuple[str, ...] | None = None
 
 
 class PolicyError(Exception):
@@ -75,7 +78,22 @@ def from_dict(data: object, where: str) -> StaticPolicy:
         protect=tuple(os.path.normpath(p) for p in protect),
         mode=mode,
         lists={k: [str(x) for x in v] for k, v in lists.items()},
+        writable=_writable(data.get("writable"), where),
     )
+
+
+def _writable(roots: object, where: str) -> tuple[str, ...] | None:
+    """`writable:`: absolute paths that exist (Landlock rules are built on what is there)."""
+    if roots is None:
+        return None
+    if not isinstance(roots, list):
+        raise PolicyError(f"{where}: writable: expected a list of absolute paths")
+    for i, p in enumerate(roots):
+        if not isinstance(p, str) or not p.startswith("/"):
+            raise PolicyError(f"{where}: writable[{i}]: expected an absolute path, got {p!r}")
+        if not os.path.exists(p):
+            raise PolicyError(f"{where}: writable[{i}]: {p!r} does not exist")
+    return tuple(os.path.normpath(p) for p in roots)
 
 
 def load(path: str) -> StaticPolicy:
@@ -145,4 +163,5 @@ def load_adoptions(directory: str) -> list[Adoption]:
 
 def as_dict(p: StaticPolicy) -> dict:
     return {"egress_allow": list(p.egress_allow), "protect": list(p.protect), "mode": p.mode,
-            "lists": dict(p.lists)}  # fmt: skip
+            "lists": dict(p.lists),
+            "writable": None if p.writable is None else list(p.writable)}  # fmt: skip
