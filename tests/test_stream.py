@@ -182,6 +182,27 @@ def test_record_writes_the_session_and_exits_with_the_commands_status(
     assert len(shown) == len(evs)
 
 
+def test_events_shows_agent_controlled_text_escaped_on_one_line(tmp_path: Path) -> None:
+    """comm, paths and command lines are the agent's: they must not drive the terminal."""
+    out = tmp_path / "hostile.rwrec"
+    w = recording.Writer(str(out), ["agent"], 0x1A)
+    w.write({"type": "open", "ts": 1, "session": 0x1A, "pid": 7, "flags": [],
+             "comm": "ev\x1b[2Jil", "path": "/tmp/a\nfake 00:00:00 line\x1b[2J"})  # fmt: skip
+    w.write({"type": "exec", "ts": 2, "session": 0x1A, "pid": 7, "flags": [], "comm": "sh",
+             "cmdline": "sh -c \x9b31m\r"})  # fmt: skip
+    w.close()
+    shown = subprocess.run(
+        [sys.executable, "-m", "roguewatch.cli.main", "events", "--from", str(out)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    lines = shown.splitlines()
+    assert len(lines) == 2, shown
+    assert "\x1b" not in shown and "\x9b" not in shown and "\r" not in shown, repr(shown)
+    assert "ev\\x1b[2Jil" in lines[0], lines[0]
+    assert "/tmp/a\\x0afake 00:00:00 line\\x1b[2J" in lines[0], lines[0]
+    assert "sh -c \\x9b31m\\x0d" in lines[1], lines[1]
+
+
 def test_record_of_a_missing_command_is_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "roguewatch.cli.main", "events", "--from", str(tmp_path / "nope")],

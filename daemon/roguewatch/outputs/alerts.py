@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +35,7 @@ import zmq
 
 from roguewatch.core.paths import ALERTS_ENDPOINT, ALERTS_FILE
 from roguewatch.core.timefmt import parse_rfc3339
+from roguewatch.outputs.render import printable
 from roguewatch.stream import bus
 
 log = logging.getLogger("roguewatch.outputs.alerts")
@@ -344,12 +344,6 @@ _SEVERITY_COLOR = {
     "low": "\033[36m",
     "info": "\033[2m",
 }
-# Agent-controlled text (comm, paths, cmdlines) must not drive the reader's terminal.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _clean(value: object) -> str:
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
 
 
 def _hostport(addr: object, port: object) -> str:
@@ -407,17 +401,17 @@ def human(alert: dict, color: bool = False) -> str:
     parts = [
         _clock(alert.get("ts")),
         sev_text,
-        _clean(alert.get("rule", "?")),
-        f"session={_clean(alert.get('session') or '-')}",
-        f"{_clean(alert.get('comm') or '?')}[{alert.get('pid', '?')}]",
+        printable(alert.get("rule", "?")),
+        f"session={printable(alert.get('session') or '-')}",
+        f"{printable(alert.get('comm') or '?')}[{alert.get('pid', '?')}]",
     ]
     what = detail(alert.get("event") or {})
     if what:
-        parts.append(_clean(what))
+        parts.append(printable(what))
     action = alert.get("action")
     if action:
         outcome = alert.get("outcome")
-        parts.append(f"-> {_clean(action)}" + (f" ({_clean(outcome)})" if outcome else ""))
+        parts.append(f"-> {printable(action)}" + (f" ({printable(outcome)})" if outcome else ""))
     count = alert.get("count")
     if isinstance(count, int) and count > 1:
         parts.append(f"(x{count})")
