@@ -28,7 +28,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from roguewatch.detect import condition as C
 from roguewatch.detect import fields as F
 from roguewatch.detect.prefilter import TypeFilter
-from roguewatch.policy.policy import StaticPolicy
+from roguewatch.policy.policy import from_wire as policy_from_wire
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 CATEGORIES = ("egress", "persistence", "shutdown_evasion", "oversight_tampering", "monitor")
@@ -1014,14 +1014,8 @@ class FixtureResult:
 
 
 def _view(spec: Mapping[str, Any]) -> F.StaticProcessView:
-    pol = spec.get("policy") or {}
-    policy = StaticPolicy(
-        egress_allow=tuple(pol.get("egress_allow", ())),
-        protect=tuple(pol.get("protect", ())),
-        mode=pol.get("mode", "enforce"),
-    )
     return F.StaticProcessView(
-        policy=policy,
+        policy=policy_from_wire(spec.get("policy") or {}),
         default_ancestors=list(spec.get("ancestors", [])),
         processes={int(k): int(v) for k, v in (spec.get("processes") or {}).items()},
         venvs=tuple(spec.get("venvs", ())),

@@ -8,7 +8,9 @@ policies arrive with `roguewatch run`, the daemon applies one policy to every se
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import yaml
 
@@ -159,6 +161,19 @@ def load_adoptions(directory: str) -> list[Adoption]:
             raise PolicyError(f"{path}: adopt: users and comms are names, uids are numbers")
         out.append(Adoption(list(users), list(uids), list(comms), from_dict(data, path), path))
     return out
+
+
+def from_wire(d: Mapping[str, Any]) -> StaticPolicy:
+    """The policy a session was registered with (``as_dict``'s form, as the `session` start
+    event carries it on the stream and in recordings); missing keys take their defaults."""
+    writable = d.get("writable")
+    return StaticPolicy(
+        egress_allow=tuple(d.get("egress_allow", ())),
+        protect=tuple(d.get("protect", ())),
+        mode=d.get("mode", "enforce"),
+        lists=dict(d.get("lists", {})),
+        writable=None if writable is None else tuple(writable),
+    )
 
 
 def as_dict(p: StaticPolicy) -> dict:

@@ -280,12 +280,14 @@ def spawn_in_session(
     return pid, session
 
 
-def register_with(control: ControlClient) -> Callable[[int], int]:
+def register_with(control: ControlClient, **fields: object) -> Callable[[int], int]:
+    """A ``register`` for spawn_in_session: the collector's `register` operation, with
+    ``fields`` (name, mode, policy...) as `run` sends them."""
     from roguewatch.stream.control import ControlError
 
     def register(pid: int) -> int:
         try:
-            return int(control.request("register", pid=pid)["session"])
+            return int(control.request("register", pid=pid, **fields)["session"])
         except ControlError as exc:
             raise SessionError(f"cannot register the session: {exc}") from None
 
