@@ -6,6 +6,8 @@ count of the survivors found at the end, which must be zero.
 
 Sessions are asked of every collector that answers: roguewatchd's, and the private one of
 each `roguewatch run` (or `record`) started without a service (``launcher.PRIVATE_RUN``).
+A session's cgroup is written only through ``respond.cgroups.SessionCgroup``. Every failure
+(a cgroup that vanished, a collector that stops answering) is a message and exit status 2.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from collections import Counter
 
 import zmq
 
+from roguewatch.core import procfs
 from roguewatch.core.paths import ALERTS_FILE
+from roguewatch.outputs.render import printable
+from roguewatch.respond.cgroups import CgroupError, SessionCgroup
 from roguewatch.runtime import launcher
 from roguewatch.stream import bus
 from roguewatch.stream.control import ControlClient, ControlError, running
@@ -88,13 +93,22 @@ def _clients(endpoint: str) -> list[ControlClient] | None:
     return out
 
 
+_FIELDS = {"session": str, "name": str, "root": int, "pids": list, "cgroup": str, "mode": str}
+
+
 def _all_sessions(clients: list[ControlClient]) -> list[tuple[ControlClient, dict]]:
     out = []
     for c in clients:
         try:
-            out += [(c, s) for s in c.request("sessions")["sessions"]]
+            listed = c.request("sessions").get("sessions")
         except ControlError:
             continue  # a `run` that ended meanwhile
+        for s in listed if isinstance(listed, list) else ():
+            if isinstance(s, dict) and all(isinstance(s.get(k), t) for k, t in _FIELDS.items()):
+                out.append((c, s))
+            else:
+                print(f"roguewatch: {c.endpoint}: a malformed session entry skipped",
+                      file=sys.stderr)  # fmt: skip
     return out
 
 
@@ -127,14 +141,14 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     print(f"{'SESSION':<17} {'NAME':<16} {'ROOT':>7} {'PROCS':>5} {'ALERTS':>6} {'MODE':<8} CGROUP")
     for s in sessions:
         cg = s["cgroup"] or "-"
-        print(f"{s['session']:<17} {(s['name'] or '-')[:16]:<16} {s['root']:>7} "
-              f"{len(s['pids']):>5} {s['alerts']:>6} {s['mode']:<8} {cg}")  # fmt: skip
+        print(printable(f"{s['session']:<17} {(s['name'] or '-')[:16]:<16} {s['root']:>7} "
+                        f"{len(s['pids']):>5} {s['alerts']:>6} {s['mode']:<8} {cg}"))  # fmt: skip
     return 0
 
 
 def _find(clients: list[ControlClient], key: str) -> tuple[ControlClient, dict] | None:
     for c, s in _all_sessions(clients):
-        if key in (s["session"], s["name"]) or key.lower().lstrip("0x") == s["session"]:
+        if key in (s["session"], s["name"]) or key.lower().removeprefix("0x") == s["session"]:
             return c, s
     return None
 
@@ -165,39 +179,72 @@ def _signal_all(pids: list[int], sig: int) -> None:
                 pass
 
 
-def _cgroup_pids(cgroup: str) -> list[int]:
+def _alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (a zombie has ended: only its parent's wait is left)."""
+    out = set()
+    for p in pids:
+        st = procfs.stat(p)
+        if st is not None and st.state != "Z":
+            out.add(p)
+    return out
+
+
+def _cgroup(path: str) -> SessionCgroup | None:
+    """The session's cgroup, or None when it has none or it is gone (nothing left in it)."""
+    if not path:
+        return None
     try:
-        with open(os.path.join(cgroup, "cgroup.procs")) as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
+        return SessionCgroup.open(path)
+    except CgroupError:
+        if os.path.exists(path):
+            raise  # there, but no cgroup v2 directory
+        return None
+
+
+class Unverified(Exception):
+    """The kill was carried out as far as it could be, but its end cannot be verified."""
 
 
 def kill_session(client: ControlClient, s: dict, grace: float) -> tuple[int, int]:
-    """(processes ended, survivors). SIGTERM, grace, then cgroup.kill or SIGKILL rounds."""
-    sid, cgroup = s["session"], s["cgroup"]
-    first = set(_pids(client, sid)) | set(_cgroup_pids(cgroup) if cgroup else [])
-    if cgroup:
-        try:  # a frozen session cannot handle SIGTERM: thaw it first
-            with open(os.path.join(cgroup, "cgroup.freeze"), "w") as f:
-                f.write("0")
-        except OSError:
-            pass
+    """(processes ended, survivors). SIGTERM, grace, then cgroup.kill or SIGKILL rounds.
+
+    Raises CgroupError when the cgroup refuses, Unverified (after the kill) when the
+    collector stopped answering and the session has no cgroup to count its processes in."""
+    sid = s["session"]
+    cg = _cgroup(s["cgroup"])
+
+    def members() -> set[int]:
+        return set(_pids(client, sid)) | set(cg.all_pids() if cg is not None else ())
+
+    # What the listing said counts too: the collector may be gone by now.
+    first = members() | set(s["pids"]) | ({s["root"]} if s["root"] > 1 else set())
+    first = _alive(first)
+    if cg is not None:
+        cg.set_frozen(False)  # a frozen session cannot handle SIGTERM: thaw it first
     _signal_all(sorted(first), signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and (_pids(client, sid) or _cgroup_pids(cgroup)):
+    while time.monotonic() < deadline and (members() or _alive(first)):
         time.sleep(0.05)
-    if cgroup and _cgroup_pids(cgroup):
-        with open(os.path.join(cgroup, "cgroup.kill"), "w") as f:
-            f.write("1")
+    if cg is not None and cg.all_pids():
+        try:
+            cg.kill()
+        except CgroupError:
+            if os.path.isdir(cg.path):
+                raise  # (else: removed meanwhile, so empty)
     for _ in range(100):  # without a cgroup: again and again, forks included
-        left = _pids(client, sid) + (_cgroup_pids(cgroup) if cgroup else [])
+        left = members() | _alive(first)
         if not left:
             break
-        _signal_all(left, signal.SIGKILL)
+        _signal_all(sorted(left), signal.SIGKILL)
         time.sleep(0.02)
-    survivors = _pids(client, sid) + (_cgroup_pids(cgroup) if cgroup else [])
-    return len(first), len(set(survivors))
+    survivors = members() | _alive(first)
+    if id(client) in _gone and cg is None:
+        raise Unverified(
+            f"session {sid}: its collector ({client.endpoint}) stopped answering during the "
+            f"kill and the session has no cgroup: {len(first)} processes it had listed were "
+            f"ended ({len(survivors)} left), but children it had not listed cannot be found"
+        )
+    return len(first), len(survivors)
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
@@ -212,7 +259,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
     client, s = found
     try:
         ended, survivors = kill_session(client, s, args.grace)
-    except ControlError as exc:
+    except (ControlError, CgroupError, Unverified) as exc:
         print(f"roguewatch: {exc}", file=sys.stderr)
         return 2
     print(f"session {s['session']} ({s['name'] or 'unnamed'}): {ended} processes ended, "
@@ -229,7 +276,11 @@ def cmd_thaw(args: argparse.Namespace) -> int:
     if s is None or not s["cgroup"]:
         print(f"roguewatch: no live session {args.session!r} with a cgroup", file=sys.stderr)
         return 2
-    with open(os.path.join(s["cgroup"], "cgroup.freeze"), "w") as f:
-        f.write("0")
+    try:
+        SessionCgroup.open(s["cgroup"]).thaw()
+    except CgroupError as exc:
+        gone = "" if os.path.isdir(s["cgroup"]) else " (it is gone: did the session end?)"
+        print(f"roguewatch: cannot thaw session {s['session']}: {exc}{gone}", file=sys.stderr)
+        return 2
     print(f"session {s['session']} thawed")
     return 0
