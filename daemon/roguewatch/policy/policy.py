@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
+from roguewatch.core import yamlfile
 from roguewatch.policy.config import uids_of
 from roguewatch.policy.egress import parse_egress_spec
 
@@ -99,16 +98,7 @@ def _writable(roots: object, where: str) -> tuple[str, ...] | None:
 
 
 def load(path: str) -> StaticPolicy:
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
-        raise PolicyError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    return from_dict(data, path)
+    return from_dict(yamlfile.read(path, PolicyError), path)
 
 
 def default() -> StaticPolicy:
@@ -142,11 +132,7 @@ def load_adoptions(directory: str) -> list[Adoption]:
         if not name.endswith((".yaml", ".yml")):
             continue
         path = os.path.join(directory, name)
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise PolicyError(f"{path}: cannot read: {exc}") from None
+        data = yamlfile.read(path, PolicyError) or {}
         if not isinstance(data, dict):
             raise PolicyError(f"{path}: expected a mapping with adopt and policy keys")
         adopt = data.pop("adopt", None) or {}
