@@ -969,12 +969,18 @@ def test_not_root_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_user_option_runs_the_agent_unprivileged(agent: Agent) -> None:
-    r = agent.run("say(uid=os.getuid(), euid=os.geteuid(), gid=os.getgid())",
+    import grp
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    groups = sorted({nobody.pw_gid} | {g.gr_gid for g in grp.getgrall() if "nobody" in g.gr_mem})
+    r = agent.run("say(uid=os.getuid(), euid=os.geteuid(), gid=os.getgid(), egid=os.getegid(),"
+                  " groups=sorted(os.getgroups()), home=os.environ['HOME'])",
                   args=("--user", "nobody"))  # fmt: skip
-    said = r.said()
-    assert said == {"uid": 65534, "euid": 65534, "gid": 65534} or (
-        said["uid"] == 65534 and said["euid"] == 65534
-    ), r.describe()
+    assert r.said() == {
+        "uid": nobody.pw_uid, "euid": nobody.pw_uid, "gid": nobody.pw_gid,
+        "egid": nobody.pw_gid, "groups": groups, "home": nobody.pw_dir,
+    }, r.describe()  # fmt: skip
     assert r.status == 0, r.describe()
     assert_clean_end(r)
 
