@@ -61,8 +61,9 @@ class Watcher:
     def close(self) -> None:
         self.control.close()
         if self.proc is not None and self.proc.poll() is None:
-            # No wait: detaching 115 tracepoints costs the collector seconds of RCU grace
-            # periods, which the command's user should not sit through. It exits on its own.
+            # No wait: detaching every tracepoint costs the collector RCU grace periods
+            # (seconds: bench/README.md), which the command's user should not sit through. It
+            # exits on its own.
             self.proc.terminate()
         if self.tmpdir:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
@@ -196,7 +197,7 @@ def _sweep_stale_run_dirs(keep: str, min_age_s: float = 120.0) -> None:
 
 def _seed_baselines(state: str) -> None:
     """Copies of baselined contents from earlier runs, hard-linked into the new collector's
-    baseline directory while it imports its modules (it needs them 0.3 s or more later): its
+    baseline directory while it imports its modules (it needs them well after that): its
     snapshot then writes and fsyncs only contents no run has seen. This relies on the layout
     of ``baseline.Baselines`` (``<state>/baseline/<sha256>``, an existing copy not written
     again); until Baselines uses ``blobstore`` itself, a change of that layout only makes the

@@ -39,9 +39,9 @@ if TYPE_CHECKING:
 
     from roguewatch.respond import cgroups, landlock
 
-# Start-up time is a bar (issue 4: start-up to the agent's exec <= 1.5 s), and its longest
-# part is the private collector's own start: run starts it first and imports the rest of
-# what it needs (ZeroMQ, msgpack, the policy parser, cgroups, Landlock) while it loads.
+# Start-up time to the agent's exec is a bar (bench/README.md), and its longest part is the
+# private collector's own start: run starts it first and imports the rest of what it needs
+# (ZeroMQ, msgpack, the policy parser, cgroups, Landlock) while it loads.
 
 PR_SET_CHILD_SUBREAPER = 36
 SERVICE_CONTROL_SOCKET = paths.CONTROL_ENDPOINT.removeprefix("ipc://")

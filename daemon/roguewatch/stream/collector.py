@@ -241,7 +241,7 @@ class Collector:
             self.batch.append(q.popleft())
         if self.files is not None and self.files.rescan_needed:
             # After an overflow: whatever differs from the baseline is a change we missed. The
-            # rescan (a second for ~1,300 files) is never run here, where the ring must be
+            # rescan (it reads every watched file) is never run here, where the ring must be
             # drained every millisecond: its thread queues what it finds and wakes us.
             if self._fs_rescanner is None:
                 self._fs_rescanner = _FsRescanner(
@@ -593,8 +593,8 @@ class Collector:
     def run(self, ready: Callable[[], None] | None = None, gate: Gate | None = None) -> None:
         # Two pollers: `idle` waits for the ring too; `busy` does not. The ring's fd is
         # readable whenever a record is there, so a collector that re-polled it after each
-        # drain would loop as fast as records arrive, a handful of events per batch (a
-        # tracked connect storm: 8.6 events per batch, 10 us of collector CPU per event).
+        # drain would loop as fast as records arrive, a handful of events per batch (and
+        # the per-message cost for each handful: bench/README.md, "events per bus message").
         # While records keep coming it drains once per BUSY_POLL_S instead, answering its
         # other sockets meanwhile: batches grow with the rate, and a record waits at most
         # that long (the kernel's wake-ups are rationed the same way: RW_WAKE_NS).

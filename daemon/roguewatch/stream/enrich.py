@@ -64,7 +64,8 @@ def proc_cmdline(pid: int) -> list[str] | None:
 
 
 def _normal(path: str) -> str:
-    """os.path.normpath, skipped for the common path that is already normal (it costs ~1 µs)."""
+    """os.path.normpath, skipped for the common path that is already normal (where it would
+    cost more than the rest of the event's path handling)."""
     if "/." in path or "//" in path or (path.endswith("/") and path != "/"):
         return os.path.normpath(path)
     return path
