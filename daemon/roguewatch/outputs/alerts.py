@@ -353,24 +353,30 @@ def _hostport(addr: object, port: object) -> str:
     return f"{a}:{port}" if port not in (None, "", 0) else a
 
 
+# The event types detail() shows in their own way (stream/events.py names every type).
+DETAIL_NETWORK_TYPES = ("connect", "sendto", "sendmsg", "bind", "listen")
+DETAIL_SIGNAL_TYPES = ("kill", "ptrace")
+DETAIL_TWO_PATH_TYPES = ("rename", "link", "symlink")
+
+
 def detail(event: dict) -> str:
     """The one thing a person needs from the triggering event: path, destination, target..."""
     if not isinstance(event, dict):
         return ""
     t = event.get("type")
-    if t in ("connect", "sendto", "sendmsg", "bind", "listen", "accept"):
+    if t in DETAIL_NETWORK_TYPES:
         d = _hostport(event.get("addr"), event.get("port"))
         if event.get("proto"):
             d = f"{event['proto']} {d}"
         if event.get("dns_name"):
             d += f" dns={event['dns_name']}"
         return d
-    if t in ("kill", "tkill", "tgkill", "ptrace"):
+    if t in DETAIL_SIGNAL_TYPES:
         what = f"sig={event.get('sig')}" if "sig" in event else f"request={event.get('request')}"
         return f"target={event.get('target')} {what}"
     if t == "exec":
         return str(event.get("filename") or event.get("cmdline") or "")
-    if t in ("rename", "link", "symlink"):
+    if t in DETAIL_TWO_PATH_TYPES:
         return f"{event.get('source', '')} -> {event.get('path', '')}"
     if t == "monitor":
         return str(event.get("detail") or event.get("kind") or "")
