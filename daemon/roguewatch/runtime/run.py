@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import pwd
 import shutil
@@ -37,6 +36,7 @@ from roguewatch.runtime import components, launcher, readiness
 if TYPE_CHECKING:
     import zmq
 
+    from roguewatch.outputs import alerts
     from roguewatch.respond import cgroups, landlock
 
 # Start-up time to the agent's exec is a bar (bench/README.md), and its longest part is the
@@ -205,6 +205,7 @@ class Run:
         self.session = 0  # drawn once the collector is on its way (its module is not light)
         self.summary = Summary()
         self.alert_file = open(args.alerts, "a") if args.alerts else None  # noqa: SIM115
+        self.console: alerts.Console | None = None  # (made at the first alert: start-up)
 
     def load_policy(self) -> None:
         from roguewatch.policy import policy as policy_mod
@@ -237,12 +238,12 @@ class Run:
         from roguewatch.outputs import alerts
 
         self.summary.alerts.append(alert)
-        line = json.dumps(alert, separators=(",", ":"))
         if self.alert_file is not None:
-            self.alert_file.write(line + "\n")
+            self.alert_file.write(alerts.to_json(alert) + "\n")
             self.alert_file.flush()
-        print(line if self.args.json else alerts.human(alert, sys.stderr.isatty()),
-              file=sys.stderr, flush=True)  # fmt: skip
+        if self.console is None:
+            self.console = alerts.Console(sys.stderr, as_json=self.args.json)
+        self.console.send(alert)
 
     def _drain_alerts(self, sub: zmq.Socket, timeout_ms: int) -> int:
         import msgpack
