@@ -1,7 +1,7 @@
 """The one reader of /proc for a single process: stat, status, cmdline, links, cgroup.
 
 Owns parsing ``/proc/PID/stat`` (whose comm may hold spaces and parentheses: the fields
-start after the *last* ``)``), the signal masks of ``/proc/PID/status``, and the boot-to-wall
+start after the *last* ``)``), the keys of ``/proc/PID/status``, and the boot-to-wall
 clock conversion of start times. Every function answers None (or an empty value) for a
 process that is gone instead of raising: a process may exit between any two lines.
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-
-import psutil
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TICK_NS = 1_000_000_000 // CLK_TCK
@@ -76,9 +74,10 @@ def cmdline(pid: int) -> list[str] | None:
 
 
 def comm(pid: int) -> str | None:
+    """The process's comm; bytes that are no UTF-8 (the process chose them) as U+FFFD."""
     try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().rstrip("\n")
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n").decode(errors="replace")
     except OSError:
         return None
 
@@ -99,7 +98,7 @@ def uid(pid: int) -> int | None:
         return None
 
 
-def status(pid: int) -> dict[str, str]:
+def status(pid: int | str) -> dict[str, str]:
     """``/proc/PID/status`` as a mapping of its keys (empty when gone)."""
     out: dict[str, str] = {}
     try:
@@ -110,17 +109,6 @@ def status(pid: int) -> dict[str, str]:
     except OSError:
         pass
     return out
-
-
-def signal_masks(pid: int) -> dict[str, int] | None:
-    """The signal masks of a process (``SigIgn``, ``SigBlk``, ``SigCgt``, ``SigPnd``,
-    ``ShdPnd``) as bit masks, bit ``n - 1`` for signal n; None when gone."""
-    st = status(pid)
-    if not st:
-        return None
-    return {
-        k: int(st[k], 16) for k in ("SigIgn", "SigBlk", "SigCgt", "SigPnd", "ShdPnd") if k in st
-    }
 
 
 def cgroup_path(pid: int) -> str | None:
@@ -143,5 +131,7 @@ def threads(pid: int) -> list[int]:
 
 
 def pids() -> list[int]:
-    """Every process now (psutil)."""
+    """Every process now (psutil, imported here: the collector and the launcher never list)."""
+    import psutil
+
     return psutil.pids()

@@ -31,6 +31,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from roguewatch.core import procfs
+
 __all__ = [
     "CAPABILITIES",
     "OPTIONAL_TRACEPOINTS",
@@ -43,6 +45,7 @@ __all__ = [
     "cgroup2_mount",
     "cgroup_freeze_supported",
     "cgroup_kill_supported",
+    "effective_capabilities",
     "ensure_bpffs",
     "ensure_bpffs_mounted",
     "ensure_tracefs",
@@ -490,15 +493,12 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def _effective_caps(status: str = "/proc/self/status") -> int:
+def effective_capabilities() -> int:
+    """This process's effective capability set, bit n for capability n (0 when unreadable)."""
     try:
-        with open(status, encoding="ascii") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+        return int(procfs.status("self").get("CapEff", "0"), 16)
+    except ValueError:
+        return 0
 
 
 def _cap_last_cap() -> int:
@@ -513,7 +513,7 @@ def missing_capabilities() -> list[str]:
     """Names from CAPABILITIES not in this process's effective set.
 
     Kernels older than 5.8 have no CAP_BPF/CAP_PERFMON; there CAP_SYS_ADMIN covers them."""
-    eff = _effective_caps()
+    eff = effective_capabilities()
     last = _cap_last_cap()
     return [name for name, bit in CAPABILITIES.items() if bit <= last and not eff & (1 << bit)]
 

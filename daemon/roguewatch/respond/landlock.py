@@ -31,6 +31,8 @@ import errno
 import os
 import stat
 
+from roguewatch.host import kernelenv
+
 __all__ = [
     "ACCESS_FS_IOCTL_DEV",
     "ACCESS_FS_REFER",
@@ -49,10 +51,8 @@ __all__ = [
 _SYS_LANDLOCK_CREATE_RULESET = 444
 _SYS_LANDLOCK_ADD_RULE = 445
 _SYS_LANDLOCK_RESTRICT_SELF = 446
-_LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
 _LANDLOCK_RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
-_CAP_SYS_ADMIN = 21
 
 # Filesystem access rights (linux/landlock.h; TRUNCATE and IOCTL_DEV are newer than Debian 12's
 # header, values from the kernel documentation).
@@ -147,16 +147,7 @@ def _call(nr: int, *args: object) -> int:
 
 def abi() -> int:
     """The highest Landlock ABI version this kernel supports; 0 when Landlock is unavailable."""
-    try:
-        return _call(
-            _SYS_LANDLOCK_CREATE_RULESET,
-            None,
-            ctypes.c_size_t(0),
-            ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION),
-        )
-    except OSError:
-        # ENOSYS: not compiled in; EOPNOTSUPP: compiled in but not enabled (lsm= boot option).
-        return 0
+    return kernelenv.landlock_abi()
 
 
 def write_accesses(version: int) -> int:
@@ -172,14 +163,7 @@ def write_accesses(version: int) -> int:
 
 
 def _has_cap_sys_admin() -> bool:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) & (1 << _CAP_SYS_ADMIN))
-    except OSError:
-        pass
-    return False
+    return bool(kernelenv.effective_capabilities() & (1 << kernelenv.CAPABILITIES["CAP_SYS_ADMIN"]))
 
 
 def _beneath(path: str, top: str) -> bool:

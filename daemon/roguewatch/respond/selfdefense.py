@@ -1,11 +1,12 @@
 """Keeping roguewatch's own processes alive when an agent attacks them.
 
-Owns three things: a shutdown gate (SIGTERM/SIGINT/SIGHUP are blocked and read with
-sigtimedwait, so the sender's pid is known and a signal from a watched process is ignored
-instead of obeyed), un-stopping a component that was sent SIGSTOP, and the list of paths an
-agent must never write to (``write_denied_paths``: the Landlock domain of `roguewatch run`
-keeps them out of its reach). The agent that sent a signal is killed in the kernel by the
-probes (guard events); this makes sure the signal itself achieves nothing.
+Owns a shutdown gate (SIGTERM/SIGINT/SIGHUP are blocked and read with sigtimedwait, so the
+sender's pid is known and a signal from a watched process is ignored instead of obeyed),
+components that die with their parent, and the list of paths an agent must never write to
+(``write_denied_paths``: the Landlock domain of `roguewatch run` keeps them out of its
+reach). The agent that sent a signal is killed in the kernel by the probes (guard events);
+this makes sure the signal itself achieves nothing. (A component stopped by SIGSTOP is
+continued by its supervisor, ``runtime.service``.)
 """
 
 from __future__ import annotations
@@ -37,15 +38,6 @@ class ShutdownGate:
                 self.ignored += 1
                 continue
             out.append(info.si_signo)
-
-
-def stopped(pid: int) -> bool:
-    """Whether the process is stopped (state T): a SIGSTOP it could not refuse."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "T"
-    except (OSError, IndexError):
-        return False
 
 
 def die_with_parent() -> None:

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from roguewatch import __version__
+from roguewatch.core import procfs
 from roguewatch.outputs import render
 from roguewatch.policy import config
-from roguewatch.respond.selfdefense import stopped
 from roguewatch.runtime import readiness
 from roguewatch.runtime.components import COMPONENT_MODULES, component_preexec
 from roguewatch.stream import bus
@@ -223,7 +223,7 @@ class Service:
     def unstop(self) -> None:
         """A component stopped by SIGSTOP (an agent's, or a debugger's) is continued."""
         for c in self.components:
-            if c.alive() and c.proc is not None and stopped(c.proc.pid):
+            if c.alive() and c.proc is not None and procfs.stopped(c.proc.pid):
                 log.warning("%s was stopped (SIGSTOP): continuing it", c.name)
                 os.kill(c.proc.pid, signal.SIGCONT)
 

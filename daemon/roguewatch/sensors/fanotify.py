@@ -36,6 +36,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from roguewatch.core import procfs
+
 log = logging.getLogger(__name__)
 
 # fanotify_init flags
@@ -184,18 +186,9 @@ def check(path: str = "/etc") -> str | None:
 
 def _proc(pid: int) -> tuple[str, str, int, int]:
     """comm, exe, ppid, uid of a live process ("", "", 0, -1 for what cannot be read)."""
-    comm, exe, ppid, uid = "", "", 0, -1
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/comm", "rb") as f:
-        comm = f.read().rstrip(b"\n").decode(errors="replace")
-    with contextlib.suppress(OSError):
-        exe = os.readlink(f"/proc/{pid}/exe")
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-    with contextlib.suppress(OSError):
-        uid = os.stat(f"/proc/{pid}").st_uid
-    return comm, exe, ppid, uid
+    uid = procfs.uid(pid)
+    return (procfs.comm(pid) or "", procfs.readlink(pid, "exe") or "", procfs.ppid(pid),
+            -1 if uid is None else uid)  # fmt: skip
 
 
 def _is_under(path: str, root: str) -> bool:

@@ -25,6 +25,7 @@ from typing import Protocol
 
 import zmq
 
+from roguewatch.core import procfs
 from roguewatch.core.identity import new_session_id
 from roguewatch.policy import policy as policy_mod
 from roguewatch.policy.config import Config
@@ -36,7 +37,7 @@ from roguewatch.sensors import bpf
 from roguewatch.sensors.ringbuf import RingBuffer
 from roguewatch.stream import bus
 from roguewatch.stream.control import ControlServer, Peer
-from roguewatch.stream.enrich import ProcessCache, proc_cmdline, proc_ppid, proc_start_ns
+from roguewatch.stream.enrich import ProcessCache
 
 log = logging.getLogger("roguewatch.collector")
 
@@ -289,24 +290,21 @@ class Collector:
             pid = int(name)
             if pid in tracked or pid == os.getpid():
                 continue
-            try:
-                st = os.stat(f"/proc/{pid}")
-                with open(f"/proc/{pid}/comm") as f:
-                    comm = f.read().strip()
-            except OSError:
+            uid, comm = procfs.uid(pid), procfs.comm(pid)
+            if uid is None or comm is None:
                 continue
-            if st.st_uid in uids or comm in comms:
-                found.append((pid, st.st_uid, comm))
+            if uid in uids or comm in comms:
+                found.append((pid, uid, comm))
         for pid, uid, comm in found:
-            start = proc_start_ns(pid)
+            start = procfs.start_ns(pid)
             if start is None:
                 continue
             session = ADOPTED_PROCFS_BASE | self._next_adopt
             self._next_adopt += 1
-            ppid = proc_ppid(pid)
-            pstart = proc_start_ns(ppid) or 0
+            ppid = procfs.ppid(pid)
+            pstart = procfs.start_ns(ppid) or 0
             self.probes.register(pid, session, start, pstart, ppid, adopted=True)
-            argv = proc_cmdline(pid) or []
+            argv = procfs.cmdline(pid) or []
             exe = os.path.realpath(f"/proc/{pid}/exe") if os.path.exists(f"/proc/{pid}/exe") else ""
             cwd = os.path.realpath(f"/proc/{pid}/cwd") if os.path.exists(f"/proc/{pid}/cwd") else ""
             self.cache.exe[pid] = exe
@@ -468,11 +466,8 @@ class Collector:
         """Guard a process and every thread it has now."""
         pid = int(req["pid"])
         self.probes.guard(pid)
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                self.probes.guard(int(tid))
-        except OSError:
-            pass
+        for tid in procfs.threads(pid):
+            self.probes.guard(tid)
         return {"ok": True}
 
     def stats(self) -> dict:
@@ -499,15 +494,15 @@ class Collector:
         if self.files is not None:
             self.files.snapshot_done.wait(30)
         pid = int(req["pid"])
-        start = proc_start_ns(pid)
+        start = procfs.start_ns(pid)
         if start is None:
             return {"ok": False, "error": f"no process {pid}"}
-        ppid = proc_ppid(pid)
+        ppid = procfs.ppid(pid)
         session = int(req.get("session") or new_session_id())
         mode = req.get("mode", "enforce")
         self.cache.remember(pid)
         self.probes.register(
-            pid, session, start, proc_start_ns(ppid) or 0, ppid, observe=mode == "observe"
+            pid, session, start, procfs.start_ns(ppid) or 0, ppid, observe=mode == "observe"
         )
         protect = list((req.get("policy") or {}).get("protect", []))
         if protect and self.files is not None:

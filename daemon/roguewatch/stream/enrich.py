@@ -15,52 +15,11 @@ process, and for relative paths whose base is unknown.
 from __future__ import annotations
 
 import os
-import time
 
+from roguewatch.core import procfs
 from roguewatch.probes.layout import AT_FDCWD
 
 MAX_PROCS = 65536
-
-
-def _readlink(path: str) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
-
-
-def boot_to_wall_offset() -> int:
-    """Nanoseconds to add to CLOCK_BOOTTIME to get the Unix time."""
-    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-
-
-def proc_start_ns(pid: int) -> int | None:
-    """Boot-relative start time of a process from /proc (clock-tick resolution)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[19]) * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
-
-
-def proc_ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return int(stat[stat.rindex(b")") + 2 :].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def proc_cmdline(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    return [a.decode(errors="surrogateescape") for a in raw.split(b"\0")[:-1]]
 
 
 def _normal(path: str) -> str:
@@ -79,13 +38,13 @@ class ProcessCache:
     def __init__(self) -> None:
         self.exe: dict[int, str] = {}
         self.cwd: dict[int, str] = {}
-        self.offset = boot_to_wall_offset()
+        self.offset = procfs.boot_to_wall_offset()
         self.unresolved = 0
         # (pid, fd) -> (family, addr, port) of successful binds, so listen can name it
         self.bound: dict[tuple[int, int], tuple[str, str, int]] = {}
 
     def refresh_clock(self) -> None:
-        self.offset = boot_to_wall_offset()
+        self.offset = procfs.boot_to_wall_offset()
 
     # -- per process image ----------------------------------------------------------------
 
@@ -99,8 +58,8 @@ class ProcessCache:
             exec_id = f"{pid}-{start}"
             pexec_id = f"{ppid}-{pstart}" if ppid else ""
         else:  # a guard event from an untracked process: identity from /proc
-            ppid = ppid or proc_ppid(pid)
-            ps = proc_start_ns(pid)
+            ppid = ppid or procfs.ppid(pid)
+            ps = procfs.start_ns(pid)
             exec_id = f"{pid}-{ps}" if ps is not None else ""
             pexec_id = ""
         exe = self.exe.get(pid)
@@ -159,24 +118,24 @@ class ProcessCache:
 
     def remember(self, pid: int) -> None:
         """Read a process's cwd and exe now, while it surely lives (a session's root)."""
-        cwd = _readlink(f"/proc/{pid}/cwd")
+        cwd = procfs.readlink(pid, "cwd")
         if cwd is not None:
             self.cwd[pid] = cwd
         self._exe(pid)
 
     def _exe(self, pid: int) -> str:
-        exe = _readlink(f"/proc/{pid}/exe") or ""
+        exe = procfs.readlink(pid, "exe") or ""
         if len(self.exe) >= MAX_PROCS:
             self.exe.clear()  # bounded: a pid seen again is simply looked up again
         self.exe[pid] = exe
         return exe
 
     def on_exec(self, ev: dict, pid: int) -> None:
-        cwd = _readlink(f"/proc/{pid}/cwd") or self.cwd.get(pid, "")
+        cwd = procfs.readlink(pid, "cwd") or self.cwd.get(pid, "")
         if cwd:
             self.cwd[pid] = cwd
         ev["cwd"] = cwd
-        exe = _readlink(f"/proc/{pid}/exe")
+        exe = procfs.readlink(pid, "exe")
         if exe is None:  # already gone: the path it was started with is the best we have
             fn = ev["filename"]
             exe = os.path.realpath(fn if fn.startswith("/") or not cwd else _join(cwd, fn))
@@ -185,7 +144,7 @@ class ProcessCache:
         if "truncated" in ev["flags"] or not argv:
             # The kernel could not copy it whole (too long, or in memory it could not read
             # then): the process's own record, while it lives.
-            full = proc_cmdline(pid)
+            full = procfs.cmdline(pid)
             if full:
                 argv = full
             elif "truncated" in ev["flags"]:
@@ -197,15 +156,15 @@ class ProcessCache:
         if dirfd == AT_FDCWD:
             cwd = self.cwd.get(pid)
             if cwd is None:
-                cwd = _readlink(f"/proc/{pid}/cwd")
+                cwd = procfs.readlink(pid, "cwd")
                 if cwd is not None:
                     self.cwd[pid] = cwd
             return cwd
-        return _readlink(f"/proc/{pid}/fd/{dirfd}")
+        return procfs.readlink(pid, f"fd/{dirfd}")
 
     def _absolute(self, ev: dict, pid: int, path: str | None, dirfd: int) -> str:
         if path is None:  # an fd operation: the fd names the file
-            p = _readlink(f"/proc/{pid}/fd/{ev.get('fd', -1)}")
+            p = procfs.readlink(pid, f"fd/{ev.get('fd', -1)}")
             if p is None:
                 self._unresolved(ev)
                 return ""
