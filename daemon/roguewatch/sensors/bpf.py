@@ -591,9 +591,6 @@ class Probes:
         """Whether this task is one of roguewatch's own (the guarded map)."""
         return self._lookup("guarded", struct.pack("<I", pid), 1) is not None
 
-    def unguard(self, pid: int) -> None:
-        self._delete("guarded", struct.pack("<I", pid))
-
     def lost_by_type(self) -> list[int]:
         """Records the kernel could not write, per event type number (summed over CPUs)."""
         m = next(m for m in self.image.maps if m.name == "lost")

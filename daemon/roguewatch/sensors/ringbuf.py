@@ -45,9 +45,6 @@ class RingBuffer:
     def buffer(self) -> mmap.mmap:
         return self._prod
 
-    def pending_bytes(self) -> int:
-        return self._prod_pos[0] - self._cons_pos[0]
-
     def drain(self, handle: Callable[[mmap.mmap, int, int], None], limit: int = 4096) -> int:
         """Pass up to ``limit`` committed records to ``handle(buf, offset, length)``.
 

@@ -26,6 +26,7 @@ from typing import Protocol
 import zmq
 
 from roguewatch.core import procfs
+from roguewatch.core.contracts import SessionEntry
 from roguewatch.core.identity import new_session_id
 from roguewatch.policy import policy as policy_mod
 from roguewatch.policy.config import Config
@@ -552,7 +553,7 @@ class Collector:
         })  # fmt: skip
         return {"ok": True, "survivors": survivors}
 
-    def session_list(self) -> list[dict]:
+    def session_list(self) -> list[SessionEntry]:
         """Live sessions: those registered here and those the kernel adopted by selector."""
         pids: dict[int, list[int]] = {}
         for pid, s in self.probes.tracked().items():
@@ -560,13 +561,13 @@ class Collector:
         out = []
         for sid in sorted(set(pids) | set(self.sessions)):
             info = self.sessions.get(sid, {})
-            out.append({
-                "session": f"{sid:x}", "name": info.get("name", ""),
-                "root": info.get("root", min(pids.get(sid, [0]))),
-                "cgroup": info.get("cgroup", ""), "mode": info.get("mode", "enforce"),
-                "pids": sorted(pids.get(sid, [])), "started": info.get("started", 0),
-                "adopted": sid not in self.sessions,
-            })  # fmt: skip
+            out.append(SessionEntry(
+                session=f"{sid:x}", name=info.get("name", ""),
+                root=info.get("root", min(pids.get(sid, [0]))),
+                cgroup=info.get("cgroup", ""), mode=info.get("mode", "enforce"),
+                pids=sorted(pids.get(sid, [])), started=info.get("started", 0),
+                adopted=sid not in self.sessions,
+            ))  # fmt: skip
         return out
 
     def release(self, session: int) -> None:
