@@ -39,7 +39,6 @@ __all__ = [
     "HeaderInfo",
     "KernelEnvError",
     "bcc_version",
-    "bpf_lsm_active",
     "bpf_lsm_loads",
     "btf_available",
     "cgroup2_mount",
@@ -475,13 +474,6 @@ def lsm_list(mount_if_needed: bool = True) -> list[str] | None:
     if proc.returncode != 0:
         return None
     return [x for x in proc.stdout.strip().split(",") if x]
-
-
-def bpf_lsm_active() -> bool:
-    """True when 'bpf' is among the active LSMs (mounting securityfs privately if needed).
-
-    Active is not the same as usable: see bpf_lsm_loads()."""
-    return "bpf" in (lsm_list() or [])
 
 
 # --------------------------------------------------------------------------------------------
