@@ -42,8 +42,8 @@ bench: deps
 	$(PY) bench/idle_bench.py
 
 docs: deps
-	$(PY) -m roguewatch.events --markdown > docs/events.md
-	$(PY) -m roguewatch.fields --update docs/rules.md
+	$(PY) -m roguewatch.stream.events --markdown > docs/events.md
+	$(PY) -m roguewatch.detect.fields --update docs/rules.md
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info daemon/*.egg-info

@@ -10,7 +10,7 @@ set -euo pipefail
 
 kver=$(uname -r)
 arch=$(dpkg --print-architecture)
-packages=(python3-bpfcc python3-venv libsystemd-dev pkg-config gcc make)
+packages=(python3-bpfcc python3-venv libsystemd-dev pkg-config gcc make libseccomp2)
 
 missing=()
 for p in "${packages[@]}"; do

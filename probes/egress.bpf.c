@@ -10,6 +10,8 @@
  * sys_exit to claim it (io_uring), for the collector to publish.
  */
 
+/* The allowlist's keys and values are written by user space (mirrored by probes/layout.py:
+ * EGRESS_RANGES, EGRESS_KEY, EGRESS_ALLOW). */
 #define RW_EGRESS_RANGES 8
 
 struct rw_egress_key4 {

@@ -1,10 +1,20 @@
-"""Record layouts written by the probes (mirror of ``struct rw_hdr`` in roguewatch.h).
+"""The kernel's facts in Python: the mirror of roguewatch.h and the probes' shared numbers.
 
-Owns the bytes-to-fields step only: one fixed header (``HEADER``), then up to two strings.
-Each event type has a small function that turns the header's generic slots (``a[0..3]``, the
-sockaddr bytes, the strings) into the named fields of ``roguewatch.stream.events``. Paths come out
-as the process gave them, with their dirfd; making them absolute is the collector's job.
-Change a layout here and in roguewatch.h together.
+Owns every number and layout user space shares with the probes, declared here once: the
+record header (``struct rw_hdr``: ``HEADER``, its two parts ``VAR`` and ``IDENT`` and the
+``V_*``/``I_*`` indexes of their fields), the event type numbers (``enum rw_type``:
+``TYPE_NAMES``), the record flags (``RW_F_*``: ``F_*``), the value of the session map
+(``struct rw_proc``: ``PROC``, ``P_OBSERVE``), the slots of the counters map
+(``enum rw_counter``: ``Counter``), the adopted sessions' numbering (``ADOPTED_BASE``), the
+argv limit, the kill calls, the egress allowlists' keys and values. tests/test_layout.py
+reads the C and fails when the two sides differ: change both.
+
+Then the bytes-to-fields step: one fixed header, then up to two strings. Each event type has
+a small function that turns the header's generic slots (``a[0..3]``, the sockaddr bytes, the
+strings) into the named fields of ``roguewatch.stream.events``. Paths come out as the process
+gave them, with their dirfd; making them absolute is the collector's job.
+
+It must not read /proc or keep state: that is ``roguewatch.stream.enrich``'s.
 """
 
 from __future__ import annotations
@@ -13,19 +23,40 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Callable
+from enum import IntEnum
 
-# struct rw_hdr, in two parts. What changes per record: ts ret tid type flags a[4] addr[28]
-# len1 len2. The process's identity: session start_ns pstart_ns pid ppid uid gid comm, the
-# same bytes in every record of one process image (the collector caches on them).
-VAR = struct.Struct("<qqIHH4Q28sHH")
-IDENT = struct.Struct("<QQQIIII16s")
+from roguewatch.core.identity import exec_id
+
+# struct rw_hdr, field by field (name, struct code), in two parts. What changes per record:
+VAR_FIELDS: tuple[tuple[str, str], ...] = (
+    ("ts", "Q"), ("ret", "q"), ("tid", "I"), ("type", "H"), ("flags", "H"), ("a", "4Q"),
+    ("addr", "28s"), ("len1", "H"), ("len2", "H"),
+)  # fmt: skip
+# The process's identity: the same bytes in every record of one process image (the
+# collector caches on them).
+IDENT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("session", "Q"), ("start_ns", "Q"), ("pstart_ns", "Q"), ("pid", "I"), ("ppid", "I"),
+    ("uid", "I"), ("gid", "I"), ("comm", "16s"),
+)  # fmt: skip
+VAR = struct.Struct("<" + "".join(code for _, code in VAR_FIELDS))
+IDENT = struct.Struct("<" + "".join(code for _, code in IDENT_FIELDS))
+HEADER = struct.Struct("<" + VAR.format[1:] + IDENT.format[1:])
 IDENT_OFF = VAR.size
-TYPE_OFF = 20  # offset of the u16 type
-HEADER = struct.Struct("<qqIHH4Q28sHHQQQIIII16s")
+
+
+def _offset(fields: tuple[tuple[str, str], ...], name: str) -> int:
+    """Where a field starts (the structs have no padding: the test compiles them to check)."""
+    names = [n for n, _ in fields]
+    return struct.calcsize("<" + "".join(code for _, code in fields[: names.index(name)]))
+
+
+TYPE_OFF = _offset(VAR_FIELDS, "type")  # offset of the u16 type
 assert VAR.size == 88 and IDENT.size == 56 and HEADER.size == 144
 _unpack_var = VAR.unpack_from
-# Indexes into the VAR tuple
+# Indexes into the VAR tuple (a[4] is four of them)
 V_TS, V_RET, V_TID, V_TYPE, V_FLAGS, V_A0, V_A1, V_A2, V_A3, V_ADDR, V_LEN1, V_LEN2 = range(12)
+# Indexes into the IDENT tuple
+I_SESSION, I_START, I_PSTART, I_PID, I_PPID, I_UID, I_GID, I_COMM = range(8)
 
 # enum rw_type, in order (index = the number the kernel writes).
 TYPE_NAMES: tuple[str, ...] = (
@@ -38,7 +69,7 @@ TYPE_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 TYPE_NUMBERS = {name: i for i, name in enumerate(TYPE_NAMES) if name}
 
-# Record flags (RW_F_* in roguewatch.h)
+# Record flags (RW_F_* in roguewatch.h: bits of rw_hdr.flags)
 F_GUARD = 1 << 0
 F_ADOPTED = 1 << 1
 F_THREAD = 1 << 2
@@ -48,12 +79,55 @@ F_DENIED = 1 << 5
 F_KILLED = 1 << 6
 F_UNTRACKED = 1 << 7
 
-AT_FDCWD = -100
+# struct rw_proc: the value of the `sessions` map (tgid -> this), written by user space for a
+# session's root, inherited at fork. Its flags: F_ADOPTED, and P_OBSERVE (RW_P_OBSERVE).
+PROC_FIELDS: tuple[tuple[str, str], ...] = (
+    ("session", "Q"), ("start_ns", "Q"), ("pstart_ns", "Q"), ("ppid", "I"), ("flags", "I"),
+)  # fmt: skip
+PROC = struct.Struct("<" + "".join(code for _, code in PROC_FIELDS))
+PROC_SESSION, PROC_START, PROC_PSTART, PROC_PPID, PROC_FLAGS = range(5)  # its tuple's indexes
+P_OBSERVE = 1 << 8  # the session is in observe mode: the kernel never kills in it
+
+
+class Counter(IntEnum):
+    """The slots of the `counters` map (enum rw_counter: RW_COUNTER_<name>)."""
+
+    ADOPTED_NEXT = 0  # the next adopted session number
+    PENDING_OVERFLOW = 1  # records lost to a full pending map or task storage
+    UNTRACKED_FORKS = 2  # forks whose child could not be tracked (the session map was full)
+
+
+# Session numbers: those the kernel adopts count up from ADOPTED_BASE (RW_SESSION_ADOPTED_BASE);
+# those the collector's /proc scan adopts, from ADOPTED_PROCFS_BASE; ids drawn for `run` and
+# `record` sessions stay below both (core.identity.new_session_id: 61 bits).
+ADOPTED_BASE = 1 << 62
+ADOPTED_PROCFS_BASE = ADOPTED_BASE | (1 << 61)
+
+AT_FDCWD = -100  # RW_AT_FDCWD
+# RW_ARGV_ARGS: the arguments (argv[0] included) an exec record carries at most
+ARGV_ARGS = 20
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET = 1, 2, 10, 16, 17
 FAMILY_NAMES = {AF_UNIX: "unix", AF_INET: "inet", AF_INET6: "inet6", AF_NETLINK: "netlink",
                 AF_PACKET: "packet"}  # fmt: skip
 SOCK_PROTO = {1: "tcp", 2: "udp", 3: "raw", 5: "seqpacket"}
+# enum rw_kill_call, in order: what made a kill record (its a[3])
 KILL_CALLS = ("kill", "tkill", "tgkill", "pidfd_send_signal", "generate")
+
+# RW_MAX_PROCS: the session map's size when the loader passes no other
+MAX_PROCS = 65536
+# RW_EVENTS_FD: the placeholder map fd by which the probes name the ring buffer, which the
+# loader relocates to the `events` map
+EVENTS_FD = 0x7EADBEE
+
+# The egress allowlists (egress.bpf.c), written by user space. A key: struct rw_egress_key4
+# or key6 (packed): EGRESS_KEY (the LPM prefix length: 64 bits of cgroup id + the address
+# prefix, then the cgroup id), then the 4 or 16 address bytes. A value: struct
+# rw_egress_allow, up to RW_EGRESS_RANGES port ranges with their protocols, and their number.
+EGRESS_RANGES = 8
+EGRESS_KEY = struct.Struct("<IQ")
+EGRESS_KEY_CGID_OFF = struct.calcsize("<I")
+EGRESS_KEY4_SIZE, EGRESS_KEY6_SIZE = EGRESS_KEY.size + 4, EGRESS_KEY.size + 16
+EGRESS_ALLOW = struct.Struct(f"<{EGRESS_RANGES}H{EGRESS_RANGES}H{EGRESS_RANGES}BI")
 
 
 class RecordError(ValueError):
@@ -111,15 +185,15 @@ Builder = Callable[[dict, tuple, bytes, bytes], None]
 
 
 def _net(ev: dict, h: tuple, proto_slot: int) -> None:
-    ev["family"], ev["addr"], ev["port"] = _sockaddr(h[9])
+    ev["family"], ev["addr"], ev["port"] = _sockaddr(h[V_ADDR])
     ev["proto"] = SOCK_PROTO.get(h[proto_slot] & 0xF, "") if proto_slot >= 0 else ""
 
 
 def _fork(ev, h, s1, s2):
-    ev["child_pid"] = h[5]
-    ev["clone_flags"] = h[6]
-    ev["thread"] = bool(h[4] & F_THREAD)
-    ev["child_exec_id"] = "" if ev["thread"] else f"{h[5]}-{h[7]}"
+    ev["child_pid"] = h[V_A0]
+    ev["clone_flags"] = h[V_A1]
+    ev["thread"] = bool(h[V_FLAGS] & F_THREAD)
+    ev["child_exec_id"] = "" if ev["thread"] else exec_id(h[V_A0], h[V_A2])
 
 
 def _exec(ev, h, s1, s2):
@@ -128,79 +202,79 @@ def _exec(ev, h, s1, s2):
 
 
 def _exit(ev, h, s1, s2):
-    ev["code"] = h[5] & 0xFF
-    ev["signal"] = h[6]
+    ev["code"] = h[V_A0] & 0xFF
+    ev["signal"] = h[V_A1]
 
 
 def _connect(ev, h, s1, s2):
-    ev["fd"] = s32(h[5])
+    ev["fd"] = s32(h[V_A0])
     _net(ev, h, V_A1)
 
 
 def _sendto(ev, h, s1, s2):
-    ev["fd"] = s32(h[5])
+    ev["fd"] = s32(h[V_A0])
     _net(ev, h, V_A1)
-    ev["len"] = h[7]
-    ev["msg_flags"] = h[8]
+    ev["len"] = h[V_A2]
+    ev["msg_flags"] = h[V_A3]
     if s1:
         ev["dns_query"] = s1
         ev["dns_name"] = dns_name(s1)
 
 
 def _sendmsg(ev, h, s1, s2):
-    ev["fd"] = s32(h[5])
+    ev["fd"] = s32(h[V_A0])
     _net(ev, h, V_A1)
-    ev["vlen"] = h[7]
+    ev["vlen"] = h[V_A2]
     if s1:
         ev["dns_query"] = s1
         ev["dns_name"] = dns_name(s1)
 
 
 def _socket(ev, h, s1, s2):
-    fam = h[5]
+    fam = h[V_A0]
     ev["family"] = FAMILY_NAMES.get(fam, str(fam))
-    ev["sock_type"] = h[6] & 0xF  # without SOCK_CLOEXEC / SOCK_NONBLOCK
-    ev["protocol"] = h[7]
-    ev["proto"] = SOCK_PROTO.get(h[6] & 0xF, "")
+    ev["sock_type"] = h[V_A1] & 0xF  # without SOCK_CLOEXEC / SOCK_NONBLOCK
+    ev["protocol"] = h[V_A2]
+    ev["proto"] = SOCK_PROTO.get(h[V_A1] & 0xF, "")
 
 
 def _bind(ev, h, s1, s2):
-    ev["fd"] = s32(h[5])
+    ev["fd"] = s32(h[V_A0])
     _net(ev, h, V_A1)
 
 
 def _listen(ev, h, s1, s2):
-    ev["fd"] = s32(h[5])
-    ev["backlog"] = s32(h[6])
-    ev["proto"] = SOCK_PROTO.get(h[7] & 0xF, "")
+    ev["fd"] = s32(h[V_A0])
+    ev["backlog"] = s32(h[V_A1])
+    ev["proto"] = SOCK_PROTO.get(h[V_A2] & 0xF, "")
 
 
 def _path_at(ev, h, s1, s2):
     """Single-path file events: path relative to a0 (dirfd), or an fd with F_FDPATH."""
-    if h[4] & F_FDPATH:
-        ev["fd"] = s32(h[5])
+    if h[V_FLAGS] & F_FDPATH:
+        ev["fd"] = s32(h[V_A0])
         ev["_path"] = None
     else:
-        ev["dirfd"] = s32(h[5])
+        ev["dirfd"] = s32(h[V_A0])
         ev["_path"] = _cstr(s1)
 
 
 def _open(ev, h, s1, s2):
     _path_at(ev, h, s1, s2)
-    ev["open_flags"] = h[6]
-    ev["mode"] = h[7]
+    ev["open_flags"] = h[V_A1]
+    ev["mode"] = h[V_A2]
 
 
 def _two_paths(ev, h, s1, s2):
     ev["_path"] = _cstr(s1)
-    ev["dirfd"] = s32(h[5])
+    ev["dirfd"] = s32(h[V_A0])
     ev["_source"] = _cstr(s2)
-    ev["_source_dirfd"] = s32(h[6])
+    ev["_source_dirfd"] = s32(h[V_A1])
 
 
 def _rename(ev, h, s1, s2):
     _two_paths(ev, h, s1, s2)
-    ev["rename_flags"] = h[7]
+    ev["rename_flags"] = h[V_A2]
 
 
 def _link(ev, h, s1, s2):
@@ -209,29 +283,29 @@ def _link(ev, h, s1, s2):
 
 def _symlink(ev, h, s1, s2):
     ev["_path"] = _cstr(s1)
-    ev["dirfd"] = s32(h[5])
+    ev["dirfd"] = s32(h[V_A0])
     ev["source"] = _cstr(s2)  # the link's text: never resolved
 
 
 def _unlink(ev, h, s1, s2):
     _path_at(ev, h, s1, s2)
-    ev["rmdir"] = bool(h[6] & 0x200)
+    ev["rmdir"] = bool(h[V_A1] & 0x200)
 
 
 def _chmod(ev, h, s1, s2):
     _path_at(ev, h, s1, s2)
-    ev["mode"] = h[6]
+    ev["mode"] = h[V_A1]
 
 
 def _chown(ev, h, s1, s2):
     _path_at(ev, h, s1, s2)
-    ev["owner"] = s32(h[6])
-    ev["group"] = s32(h[7])
+    ev["owner"] = s32(h[V_A1])
+    ev["group"] = s32(h[V_A2])
 
 
 def _truncate(ev, h, s1, s2):
     _path_at(ev, h, s1, s2)
-    ev["length"] = h[6]
+    ev["length"] = h[V_A1]
 
 
 def _utimes(ev, h, s1, s2):
@@ -240,15 +314,15 @@ def _utimes(ev, h, s1, s2):
 
 def _kill(ev, h, s1, s2):
     # s32 inline: the hot type of the throughput benchmark and of signal storms
-    ev["target"] = ((h[5] + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-    ev["target_tid"] = ((h[6] + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-    ev["sig"] = h[7]
-    ev["call"] = KILL_CALLS[h[8]] if h[8] < len(KILL_CALLS) else str(h[8])
+    ev["target"] = ((h[V_A0] + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+    ev["target_tid"] = ((h[V_A1] + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+    ev["sig"] = h[V_A2]
+    ev["call"] = KILL_CALLS[h[V_A3]] if h[V_A3] < len(KILL_CALLS) else str(h[V_A3])
 
 
 def _sigaction(ev, h, s1, s2):
-    ev["sig"] = h[5]
-    ev["handler"] = {0: "SIG_DFL", 1: "SIG_IGN"}.get(h[6], "handler")
+    ev["sig"] = h[V_A0]
+    ev["handler"] = {0: "SIG_DFL", 1: "SIG_IGN"}.get(h[V_A1], "handler")
 
 
 def _setsid(ev, h, s1, s2):
@@ -256,13 +330,13 @@ def _setsid(ev, h, s1, s2):
 
 
 def _setpgid(ev, h, s1, s2):
-    ev["target"] = s32(h[5])
-    ev["pgid"] = s32(h[6])
+    ev["target"] = s32(h[V_A0])
+    ev["pgid"] = s32(h[V_A1])
 
 
 def _prctl(ev, h, s1, s2):
-    ev["option"] = h[5]
-    ev["arg2"] = h[6]
+    ev["option"] = h[V_A0]
+    ev["arg2"] = h[V_A1]
     if s1:
         ev["name"] = _cstr(s1)
 
@@ -273,39 +347,39 @@ def _task_rename(ev, h, s1, s2):
 
 
 def _ptrace(ev, h, s1, s2):
-    ev["request"] = h[5]
-    ev["target"] = s32(h[6])
+    ev["request"] = h[V_A0]
+    ev["target"] = s32(h[V_A1])
 
 
 def _unshare(ev, h, s1, s2):
-    ev["ns_flags"] = h[5]
+    ev["ns_flags"] = h[V_A0]
 
 
 def _setns(ev, h, s1, s2):
-    ev["fd"] = s32(h[5])
-    ev["nstype"] = h[6]
+    ev["fd"] = s32(h[V_A0])
+    ev["nstype"] = h[V_A1]
 
 
 def _mount(ev, h, s1, s2):
-    ev["mount_flags"] = h[5]
-    ev["umount"] = bool(h[6])
+    ev["mount_flags"] = h[V_A0]
+    ev["umount"] = bool(h[V_A1])
     ev["target"] = _cstr(s1)
     ev["source"] = _cstr(s2)
-    ev["fstype"] = _cstr(h[9])
+    ev["fstype"] = _cstr(h[V_ADDR])
 
 
 def _bpf(ev, h, s1, s2):
-    ev["cmd"] = h[5]
+    ev["cmd"] = h[V_A0]
 
 
 def _module(ev, h, s1, s2):
-    ev["call"] = "finit_module" if h[5] else "init_module"
-    ev["fd"] = s32(h[6])
+    ev["call"] = "finit_module" if h[V_A0] else "init_module"
+    ev["fd"] = s32(h[V_A1])
     ev["params"] = _cstr(s1)
 
 
 def _memfd(ev, h, s1, s2):
-    ev["memfd_flags"] = h[5]
+    ev["memfd_flags"] = h[V_A0]
     ev["name"] = _cstr(s1)
 
 

@@ -75,7 +75,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
             /* The session map is full: the child would run untracked. Fail closed: in
              * enforce mode the parent dies before it returns from fork (the child, already
              * made, is in the session's cgroup, which the session end kills whole). */
-            u32 k = 2;
+            u32 k = RW_COUNTER_UNTRACKED_FORKS;
             u64 *n = counters.lookup(&k);
             if (n)
                 __sync_fetch_and_add(n, 1);
@@ -127,7 +127,13 @@ static __always_inline int rw_stash_argv(const char *const *argv)
             a->truncated = 1;
         off += n;
     }
-    a->truncated = 1; /* more arguments than we copy */
+    /* All RW_ARGV_ARGS copied: truncated only if there is one more (a NULL here is the end
+     * of an argv of exactly RW_ARGV_ARGS; an unreadable slot is left to /proc). */
+    {
+        const char *more = 0;
+        if (bpf_probe_read_user(&more, sizeof(more), &argv[RW_ARGV_ARGS]) != 0 || more)
+            a->truncated = 1;
+    }
 done:
     a->len = off > RW_ARGV_MAX ? RW_ARGV_MAX : off;
     u32 tid = (u32)bpf_get_current_pid_tgid();
@@ -170,7 +176,7 @@ static __always_inline struct rw_proc *rw_adopt(u32 tgid, u64 now)
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
     if (!adopt_uids.lookup(&uid) && !adopt_comms.lookup(&key))
         return 0;
-    u32 k = 0;
+    u32 k = RW_COUNTER_ADOPTED_NEXT;
     u64 *next = counters.lookup(&k);
     if (!next)
         return 0;

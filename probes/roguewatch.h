@@ -21,7 +21,7 @@
 #define RW_RINGBUF_PAGES 2048 /* 8 MiB */
 #endif
 #ifndef RW_MAX_PROCS
-#define RW_MAX_PROCS 65536
+#define RW_MAX_PROCS 65536 /* the loader passes another only (layout.py: MAX_PROCS) */
 #endif
 
 #define RW_PATH_MAX 4096
@@ -44,7 +44,14 @@ enum rw_type {
     RW_TYPE_MAX
 };
 
-/* Record flags (bits of rw_hdr.flags). */
+/* What made a kill record (its a[3]; mirrored by probes/layout.py: KILL_CALLS). */
+enum rw_kill_call {
+    RW_KILL_CALL_KILL = 0, RW_KILL_CALL_TKILL, RW_KILL_CALL_TGKILL,
+    RW_KILL_CALL_PIDFD_SEND_SIGNAL,
+    RW_KILL_CALL_GENERATE, /* signal:signal_generate, a guard event */
+};
+
+/* Record flags (bits of rw_hdr.flags; mirrored by probes/layout.py: F_*). */
 #define RW_F_GUARD      (1 << 0) /* aimed at roguewatch; the sender may be untracked */
 #define RW_F_ADOPTED    (1 << 1) /* the process was adopted at exec by a selector */
 #define RW_F_THREAD     (1 << 2) /* fork: the child is a thread */
@@ -54,7 +61,7 @@ enum rw_type {
 #define RW_F_KILLED     (1 << 6) /* the sender was SIGKILLed in the kernel for it */
 #define RW_F_UNTRACKED  (1 << 7) /* fork: the session map was full, the child is untracked */
 
-/* rw_proc.flags (inherited at fork) */
+/* rw_proc.flags (inherited at fork): RW_F_ADOPTED and this (layout.py: P_OBSERVE). */
 #define RW_P_OBSERVE    (1 << 8) /* the session is in observe mode: never kill */
 
 struct rw_hdr {
@@ -85,7 +92,8 @@ struct rw_rec {
     char data[RW_DATA_MAX];
 };
 
-/* What the kernel knows of a tracked process. */
+/* What the kernel knows of a tracked process: the value of `sessions`, which user space
+ * writes for a session's root (mirrored by probes/layout.py: PROC). */
 struct rw_proc {
     u64 session;
     u64 start_ns;
@@ -105,9 +113,14 @@ BPF_HASH(adopt_comms, struct rw_comm_key, u8, 1024);
 BPF_HASH(guarded, u32, u8, 4096);
 BPF_PERCPU_ARRAY(lost, u64, RW_TYPE_MAX);
 BPF_PERCPU_ARRAY(scratch, struct rw_rec, 1);
-/* counters[0]: next adopted session number; [1]: pending-map overflows;
- * [2]: forks whose child could not be tracked (the session map was full) */
-BPF_ARRAY(counters, u64, 4);
+/* What each slot of `counters` counts (mirrored by probes/layout.py: Counter). */
+enum rw_counter {
+    RW_COUNTER_ADOPTED_NEXT = 0, /* the next adopted session number */
+    RW_COUNTER_PENDING_OVERFLOW, /* records lost to a full pending map or task storage */
+    RW_COUNTER_UNTRACKED_FORKS,  /* forks whose child could not be tracked (map full) */
+    RW_COUNTER_MAX
+};
+BPF_ARRAY(counters, u64, RW_COUNTER_MAX);
 /* A syscall's record between its sys_enter and sys_exit, by thread id. Not preallocated:
  * records are 8 KiB and only threads inside a traced syscall of a session hold one. */
 BPF_F_TABLE("hash", u32, struct rw_rec, pending, 4096, BPF_F_NO_PREALLOC);
@@ -129,6 +142,8 @@ BPF_TASK_STORAGE(pending_task, struct rw_hdr);
  * is published by the collector once it is older than a few hundred milliseconds. */
 BPF_HASH(egress_denied, u32, struct rw_hdr, 1024);
 
+/* Sessions the kernel adopts are numbered from here (layout.py: ADOPTED_BASE; user space's
+ * /proc scan numbers its own from a base above, ADOPTED_PROCFS_BASE). */
 #define RW_SESSION_ADOPTED_BASE (1ULL << 62)
 
 static __always_inline void rw_count_lost(u32 type)
@@ -229,7 +244,7 @@ static __always_inline u64 rw_wake_flags(void)
     (1ULL << RW_PTRACE) | (1ULL << RW_UNSHARE) | (1ULL << RW_SETNS) | (1ULL << RW_MOUNT) | \
     (1ULL << RW_BPF) | (1ULL << RW_MODULE_LOAD))
 /* bcc has no method for bpf_ringbuf_query: the ring's map is named by this placeholder fd,
- * which the loader relocates to `events` (kernel.py, EVENTS_FD_PLACEHOLDER). */
+ * which the loader relocates to `events` (sensors/bpf.py; layout.py: EVENTS_FD). */
 #define RW_EVENTS_FD 0x7eadbee
 
 static __always_inline bool rw_shed(struct rw_hdr *h, u16 type)
@@ -266,7 +281,7 @@ static __always_inline void rw_emit(struct rw_rec *r)
 static __always_inline void rw_count_pending_overflow(u16 type)
 {
     rw_count_lost(type);
-    u32 k = 1;
+    u32 k = RW_COUNTER_PENDING_OVERFLOW;
     u64 *n = counters.lookup(&k);
     if (n)
         __sync_fetch_and_add(n, 1);

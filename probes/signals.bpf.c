@@ -61,7 +61,7 @@ static __always_inline int rw_kill(u64 target, u64 tid, u64 sig, u64 call)
     r->h.a[3] = call;
     /* Aimed at roguewatch (even if Landlock will refuse it): a guard event, and the end of
      * the sender. Signal 0 only asks whether the target exists. */
-    u32 t = call == 1 ? (u32)tid : (u32)target;
+    u32 t = call == RW_KILL_CALL_TKILL ? (u32)tid : (u32)target;
     if (sig != 0 && guarded.lookup(&t)) {
         r->h.flags |= RW_F_GUARD;
         rw_kill_current(r, p);
@@ -72,19 +72,19 @@ static __always_inline int rw_kill(u64 target, u64 tid, u64 sig, u64 call)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_kill)
 {
-    return rw_kill((u32)args->pid, 0, args->sig, 0);
+    return rw_kill((u32)args->pid, 0, args->sig, RW_KILL_CALL_KILL);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_kill) { return rw_finish_hdr(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_tkill)
 {
-    return rw_kill(0, (u32)args->pid, args->sig, 1);
+    return rw_kill(0, (u32)args->pid, args->sig, RW_KILL_CALL_TKILL);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_tkill) { return rw_finish_hdr(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_tgkill)
 {
-    return rw_kill((u32)args->tgid, (u32)args->pid, args->sig, 2);
+    return rw_kill((u32)args->tgid, (u32)args->pid, args->sig, RW_KILL_CALL_TGKILL);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_tgkill) { return rw_finish_hdr(args->ret); }
 
@@ -94,7 +94,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_pidfd_send_signal)
      * (target_tid 0) by user space through /proc/PID/fdinfo. */
     struct rw_pidfd_key k = {.tgid = bpf_get_current_pid_tgid() >> 32, .fd = args->pidfd};
     u32 *pid = pidfds.lookup(&k);
-    return rw_kill((u32)args->pidfd, pid ? *pid : 0, args->sig, 3);
+    return rw_kill((u32)args->pidfd, pid ? *pid : 0, args->sig,
+                   RW_KILL_CALL_PIDFD_SEND_SIGNAL);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_send_signal) { return rw_finish_hdr(args->ret); }
 
@@ -122,7 +123,7 @@ TRACEPOINT_PROBE(signal, signal_generate)
     r->h.a[0] = target;
     r->h.a[1] = target;
     r->h.a[2] = args->sig;
-    r->h.a[3] = 4; /* generate */
+    r->h.a[3] = RW_KILL_CALL_GENERATE;
     rw_emit(r);
     return 0;
 }

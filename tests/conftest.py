@@ -7,15 +7,21 @@ kernel test that did not run proves nothing.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from roguewatch.runtime import launcher
+
+if TYPE_CHECKING:
+    from tests.harness import Agent
 from roguewatch.stream import bus
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -133,3 +139,17 @@ def stream(collector: launcher.Watcher) -> Iterator[Stream]:
 
 def sh(cmd: str) -> str:
     return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    """An agent run under `roguewatch run` (tests/harness.py); its leftovers are killed."""
+    from tests.harness import Agent
+
+    a = Agent(tmp_path)
+    yield a
+    for pid in a.leftovers():  # never leave a test's process behind, whatever happened
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
+from roguewatch.core import procfs
+from roguewatch.core.identity import exec_id
+from roguewatch.policy.config import Config
+from roguewatch.probes import layout
+from roguewatch.stream import bus
+from roguewatch.stream.collector import Collector
 
-from tests.conftest import Stream
+from tests.conftest import Stream, require_root
 
 pytestmark = pytest.mark.kernel
 
@@ -179,3 +189,84 @@ def test_exec_arguments_the_kernel_cannot_read_are_taken_from_proc(stream: Strea
     ev = s.one("exec", pid=child)
     assert ev["argv"] == ["/bin/sleep", "3"], ev
     assert "truncated" in ev["flags"]
+
+
+# The probe copies RW_ARGV_ARGS arguments (argv[0] included) and looks one further to know
+# whether there were more: only then is the exec `truncated` (and its argv completed from
+# /proc/PID/cmdline). /bin/sleep sums its arguments: it lives a fifth of a second, so /proc
+# still has it when the collector reads the record.
+def test_an_exec_with_exactly_as_many_arguments_as_the_probe_copies_is_whole(
+    stream: Stream,
+) -> None:
+    argv = ["/bin/sleep", *["0.01"] * (layout.ARGV_ARGS - 1)]
+    s = stream.run(argv)
+    ev = s.one("exec", pid=s.pid)
+    assert ev["argv"] == argv
+    assert "truncated" not in ev["flags"], ev["flags"]
+
+
+def test_an_exec_with_one_argument_more_is_truncated_and_completed_from_proc(
+    stream: Stream,
+) -> None:
+    argv = ["/bin/sleep", *["0.01"] * layout.ARGV_ARGS]
+    s = stream.run(argv)
+    ev = s.one("exec", pid=s.pid)
+    assert "truncated" in ev["flags"], ev["flags"]
+    assert ev["argv"] == argv
+
+
+def test_a_running_process_a_selector_matches_is_adopted_by_the_proc_scan(tmp_path: Path) -> None:
+    # A collector that starts after the agent finds it in /proc: registered in the kernel,
+    # and announced with an exec event that says where it came from. Beside it runs a
+    # process whose comm is not UTF-8 (any task may name itself so): it must not stop the scan.
+    require_root()
+    name = f"rw-scan-{os.getpid()}"[:15]
+    agent_exe = tmp_path / name
+    shutil.copy("/bin/sleep", agent_exe)  # its comm is the file's name
+    agent = subprocess.Popen([str(agent_exe), "30"], cwd=tmp_path)
+    odd = subprocess.Popen(["/usr/bin/python3", "-S", "-c",
+                            "import ctypes, time\n"
+                            "ctypes.CDLL(None).prctl(15, b'rw-\\xff\\xfe-odd', 0, 0, 0)\n"
+                            "time.sleep(30)\n"])  # fmt: skip
+    cfg = Config(events_endpoint=f"ipc://{tmp_path}/events.sock", control_endpoint="",
+                 adopt_comms=[name], policies_dir=str(tmp_path / "policies.d"))  # fmt: skip
+    col = None
+    try:
+        deadline = time.monotonic() + 10
+        while procfs.comm(odd.pid) != "rw-\ufffd\ufffd-odd" or procfs.comm(agent.pid) != name:
+            assert time.monotonic() < deadline, "the test's processes did not start"
+            time.sleep(0.01)
+        try:
+            col = Collector(cfg)
+        except Exception as exc:
+            pytest.fail(f"the collector could not load its probes: {exc}")
+        sub = bus.Subscriber(cfg.events_endpoint)
+        for _ in range(100):
+            col.pub.drain_subscriptions()
+            if sub.wait_ready(20):
+                break
+        col.setup()
+        events = list(sub.events(timeout_ms=500))
+        sub.close()
+        found = [e for e in events if e["type"] == "exec" and e["pid"] == agent.pid]
+        assert len(found) == 1, events
+        ev = found[0]
+        assert ev["flags"] == ["procfs", "adopted"]
+        assert ev["session"] >= layout.ADOPTED_PROCFS_BASE
+        assert col.probes.session_of(agent.pid) == ev["session"]
+        assert ev["comm"] == name and ev["uid"] == 0
+        assert ev["exec_id"] == exec_id(agent.pid, procfs.start_ns(agent.pid))
+        assert ev["ppid"] == os.getpid()
+        assert ev["pexec_id"] == exec_id(os.getpid(), procfs.start_ns(os.getpid()))
+        assert ev["argv"] == [str(agent_exe), "30"] and ev["cmdline"] == f"{agent_exe} 30"
+        assert ev["exe"] == ev["filename"] == str(agent_exe)
+        assert ev["cwd"] == str(tmp_path)
+        start = [e for e in events if e["type"] == "session" and e["session"] == ev["session"]]
+        assert start and start[0]["kind"] == "start" and start[0]["root"] == agent.pid
+        assert col.probes.session_of(odd.pid) is None
+    finally:
+        for p in (agent, odd):
+            p.kill()
+            p.wait()
+        if col is not None:
+            col.close()

@@ -362,6 +362,8 @@ def test_an_agent_truncating_the_alert_log_is_alerted_but_our_own_appends_are_no
         e = Evaluator(watcher, tmp_path, alerts_file)
         watcher.control.request("guard", pid=e.proc.pid)  # as roguewatchd guards its evaluator
         # 1. Something to alert on (a monitor alert): the evaluator appends it to the log.
+        # (as roguewatchd would: only the monitor's own, guarded, processes may announce)
+        watcher.control.request("guard", pid=os.getpid())
         watcher.control.request("announce", kind="restart", detail="rwtest: an alert to log")
         first = e.wait_alert(lambda a: a["rule"] == "roguewatch_component_restarted")
         deadline = time.monotonic() + 10

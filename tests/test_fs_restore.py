@@ -16,8 +16,8 @@ import pytest
 from roguewatch.runtime.launcher import PRIVATE_STATE
 
 from tests.conftest import Stream, require_root
+from tests.harness import Agent, no_service
 from tests.test_alert_stream import EvaluatorUnderTest
-from tests.test_run import Agent, _no_service
 
 pytestmark = pytest.mark.kernel
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.kernel
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[Agent]:
     require_root()
-    _no_service()
+    no_service()
     yield Agent(tmp_path)
 
 

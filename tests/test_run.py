@@ -20,175 +20,37 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from roguewatch.runtime.components import COMPONENT_MODULES
 
-from tests.conftest import require, require_root
+from tests.conftest import require_root
+from tests.harness import (
+    AGENT_PYTHON,
+    ALLOW_LOCAL,
+    DENIED,
+    EGRESS_RULE,
+    MSG_FASTOPEN,
+    OBSERVE_LOCAL,
+    OBSERVED,
+    PRELUDE,
+    PTRACE_ATTACH,
+    RUN,
+    Agent,
+    Result,
+    no_service,
+)
 
 pytestmark = pytest.mark.kernel
-
-RUN = [sys.executable, "-m", "roguewatch.cli.main", "run"]
-AGENT_PYTHON = "/usr/bin/python3"
-ALLOW_LOCAL = "mode: enforce\negress:\n  allow: [127.0.0.1/32]\n"
-OBSERVE_LOCAL = "mode: observe\negress:\n  allow: [127.0.0.1/32]\n"
-EGRESS_RULE = "egress_unauthorized_destination"
-DENIED = "denied in kernel"
-OBSERVED = "observe mode, not enforced"
-MSG_FASTOPEN = 0x20000000
-PTRACE_ATTACH = 16
-
-# The prelude of every agent: `say(**kw)` prints one JSON line on stdout.
-PRELUDE = """\
-import ctypes, errno, json, os, signal, socket, sys, threading, time
-def say(**kw):
-    print(json.dumps(kw), flush=True)
-def attempt(fn):
-    try:
-        fn()
-        return 0
-    except OSError as e:
-        return e.errno
-"""
-
-
-def _no_service() -> None:
-    from roguewatch.stream.control import running
-
-    client = running()
-    require(client is None, "a roguewatchd runs: these tests exercise run's embedded monitor")
 
 
 @pytest.fixture(autouse=True)
 def _root_and_no_service() -> None:
     require_root()
-    _no_service()
-
-
-@dataclass
-class Result:
-    status: int
-    stdout: str
-    stderr: str
-    alerts: list[dict]
-    summary: str
-    file_alerts: list[dict] = field(default_factory=list)
-
-    def said(self) -> dict:
-        """Everything the agent said (its JSON lines on stdout, merged)."""
-        out: dict = {}
-        for line in self.stdout.splitlines():
-            line = line.strip()
-            if line.startswith("{"):
-                out.update(json.loads(line))
-        return out
-
-    def rule(self, name: str) -> list[dict]:
-        return [a for a in self.alerts if a["rule"] == name]
-
-    def one(self, name: str, **event: object) -> dict:
-        found = [
-            a for a in self.rule(name) if all(a["event"].get(k) == v for k, v in event.items())
-        ]
-        assert found, (
-            f"no {name} alert with {event}; alerts: "
-            + "; ".join(
-                f"{a['rule']} {a['event']} {a['action']}: {a['outcome']}" for a in self.alerts
-            )
-            + f"\nstderr tail: {self.stderr[-2000:]}"
-        )
-        return found[0]
-
-    def describe(self) -> str:
-        return f"status {self.status}\nstdout: {self.stdout}\nstderr: {self.stderr[-3000:]}"
-
-
-class Agent:
-    """Runs `roguewatch run` around a Python snippet and collects what came out."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.token = f"rwtest-{uuid.uuid4().hex[:12]}"  # in every agent's cmdline
-
-    def run(
-        self,
-        code: str,
-        policy: str | None = ALLOW_LOCAL,
-        args: tuple[str, ...] = (),
-        during: Callable[[subprocess.Popen], None] | None = None,
-        timeout: float = 60.0,
-    ) -> Result:
-        body = PRELUDE + textwrap.dedent(code) + f"\n# {self.token}\n"
-        return self.run_argv([AGENT_PYTHON, "-S", "-c", body], policy, args, during, timeout)
-
-    def run_argv(
-        self,
-        argv: list[str],
-        policy: str | None = ALLOW_LOCAL,
-        args: tuple[str, ...] = (),
-        during: Callable[[subprocess.Popen], None] | None = None,
-        timeout: float = 60.0,
-    ) -> Result:
-        cmd = [*RUN, "--json", "--alerts", str(self.tmp / "alerts.jsonl")]
-        if policy is not None:
-            (self.tmp / "policy.yaml").write_text(policy)
-            cmd += ["--policy", str(self.tmp / "policy.yaml")]
-        cmd += [*args, "--", *argv]
-        out, err = self.tmp / "stdout", self.tmp / "stderr"
-        with out.open("w") as o, err.open("w") as e:
-            proc = subprocess.Popen(cmd, stdout=o, stderr=e, start_new_session=True)
-            deadline = time.monotonic() + timeout
-            try:
-                while proc.poll() is None:
-                    if time.monotonic() > deadline:
-                        raise subprocess.TimeoutExpired(cmd, timeout)
-                    if during is not None:
-                        during(proc)
-                    time.sleep(0.02)
-            finally:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-        stderr = err.read_text()
-        lines = [x for x in stderr.splitlines() if x.strip()]
-        alerts = [json.loads(x) for x in lines if x.startswith("{")]
-        fpath = self.tmp / "alerts.jsonl"
-        file_alerts = (
-            [json.loads(x) for x in fpath.read_text().splitlines() if x.strip()]
-            if fpath.exists()
-            else []
-        )
-        return Result(proc.returncode, out.read_text(), stderr, alerts,
-                      lines[-1] if lines else "", file_alerts)  # fmt: skip
-
-    def leftovers(self) -> list[int]:
-        """Processes anywhere on the host whose command line carries this test's token."""
-        found = []
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    if self.token.encode() in f.read():
-                        found.append(int(d))
-            except OSError:
-                continue
-        return found
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    a = Agent(tmp_path)
-    yield a
-    for pid in a.leftovers():  # never leave a test's process behind, whatever happened
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    no_service()
 
 
 @dataclass
@@ -880,14 +742,15 @@ def test_the_launchers_control_socket_agrees_and_session_ids_are_below_adopted()
     service's control socket must agree; the session ids it draws stay below the adopted
     ranges."""
     from roguewatch.core.identity import new_session_id
+    from roguewatch.probes import layout
     from roguewatch.runtime import run
-    from roguewatch.stream import bus, collector
+    from roguewatch.stream import bus
 
     assert f"ipc://{run.SERVICE_CONTROL_SOCKET}" == bus.CONTROL_ENDPOINT
     ids = [new_session_id() for _ in range(1000)]
     assert all(0 < i < 1 << 61 for i in ids)
     assert max(ids).bit_length() == 61  # (p = 1 - 2^-1000)
-    assert collector.ADOPTED_PROCFS_BASE >= 1 << 61
+    assert layout.ADOPTED_PROCFS_BASE >= 1 << 61
 
 
 def test_run_starts_without_importing_the_other_sub_commands() -> None:

@@ -221,3 +221,42 @@ def test_prometheus_metrics_are_served_on_loopback(tmp_path: Path) -> None:
     assert 'roguewatch_actions_total{action="restore"} 2.0' in body
     assert 'roguewatch_rule_reloads_total{result="ok"} 1.0' in body
     assert ev_mod.MONITOR_RULES["loss"] == "roguewatch_events_lost"
+
+
+def _alerts(daemon: Daemon) -> list[dict]:
+    if not daemon.alerts_file.exists():
+        return []
+    return [json.loads(x) for x in daemon.alerts_file.read_text().splitlines() if x.strip()]
+
+
+def test_the_operator_stopping_the_service_is_one_info_record_of_who_did_it(
+    daemon: Daemon,
+) -> None:
+    """SIGTERM from an admin shell (this test, outside every session) is not an attack: no
+    critical shutdown_signal_to_monitor, one info alert naming the sender."""
+    daemon.start()
+    assert daemon.stop() == 0
+    alerts = _alerts(daemon)
+    stopped = [a for a in alerts if a["rule"] == "roguewatch_stopped"]
+    assert len(stopped) == 1, alerts
+    assert stopped[0]["severity"] == "info", stopped[0]
+    assert f"SIGTERM from pid {os.getpid()}" in stopped[0]["message"], stopped[0]
+    assert stopped[0].get("origin", "").endswith(f"(pid {daemon.proc.pid})"), stopped[0]
+    assert not [a for a in alerts if a["rule"] == "shutdown_signal_to_monitor"], alerts
+
+
+def test_every_thread_of_every_component_blocks_sigterm(daemon: Daemon) -> None:
+    """A thread that does not block SIGTERM would take it and end the process: the gate,
+    which reads SIGTERM with its sender, must see every one, from every thread."""
+    daemon.start()
+    children = daemon.children()
+    assert set(children) == {"collector", "evaluator"}
+    checked = 0
+    for name, pid in children.items():
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            blocked = int(next(x for x in status.splitlines() if x.startswith("SigBlk:"))[7:], 16)
+            assert blocked & (1 << (signal.SIGTERM - 1)), f"{name} thread {tid} takes SIGTERM"
+            checked += 1
+    assert checked > 4  # ZeroMQ's and the watchers' threads among them
+    assert daemon.stop() == 0

@@ -27,5 +27,9 @@ CACHE_DIR = "/var/cache/roguewatch"  # compiled probe images
 LOG_DIR = "/var/log/roguewatch"
 ALERTS_FILE = f"{LOG_DIR}/alerts.jsonl"
 
+# The cgroup v2 subtree of every session's own cgroup (below the cgroup2 mount): a process in
+# it is an agent's, whichever roguewatch instance started it.
+SESSION_CGROUPS = "roguewatch"
+
 # What an agent must never write to: the monitor's configuration, state, logs and sockets.
 MONITOR_PATHS = (RUN_DIR, PRIVATE_RUN, CONFIG_DIR, STATE_DIR, CACHE_DIR, LOG_DIR)

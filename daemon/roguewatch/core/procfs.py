@@ -1,4 +1,4 @@
-"""The one reader of /proc for a single process: stat, status, cmdline, links, cgroup.
+"""The one reader of /proc for a single process: stat, status, cmdline, links, fdinfo, cgroup.
 
 Owns parsing ``/proc/PID/stat`` (whose comm may hold spaces and parentheses: the fields
 start after the *last* ``)``), the keys of ``/proc/PID/status``, and the boot-to-wall
@@ -74,7 +74,7 @@ def cmdline(pid: int) -> list[str] | None:
 
 
 def comm(pid: int) -> str | None:
-    """The process's comm; bytes that are no UTF-8 (the process chose them) as U+FFFD."""
+    """The process's comm; bytes that are not UTF-8 (any a task may name itself) replaced."""
     try:
         with open(f"/proc/{pid}/comm", "rb") as f:
             return f.read().rstrip(b"\n").decode(errors="replace")
@@ -103,6 +103,20 @@ def status(pid: int | str) -> dict[str, str]:
     out: dict[str, str] = {}
     try:
         with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                out[key] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
+def fdinfo(pid: int, fd: int) -> dict[str, str]:
+    """``/proc/PID/fdinfo/FD`` as a mapping of its keys (``pos``, ``flags``, a pidfd's
+    ``Pid``...); empty when the process or the fd is gone."""
+    out: dict[str, str] = {}
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 out[key] = value.strip()

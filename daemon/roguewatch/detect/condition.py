@@ -30,6 +30,7 @@ from typing import Any
 import lark
 import re2
 
+from roguewatch.core.cache import BoundedDict
 from roguewatch.detect import fields as F
 from roguewatch.policy.egress import parse_ip
 
@@ -841,16 +842,15 @@ def _glob_predicate(patterns: tuple[str, ...]) -> Callable[[str], bool]:
 
 def _cidr_predicate(cidrs: tuple[str, ...]) -> Callable[[str], bool]:
     nets = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
-    memo: dict[str, bool] = {}
+    memo: BoundedDict[str, bool] = BoundedDict(8192)
 
     def cidr(v: str) -> bool:
         r = memo.get(v)
         if r is None:
             ip = parse_ip(v)
-            r = ip is not None and any(ip.version == n.version and ip in n for n in nets)
-            if len(memo) > 8192:
-                memo.clear()
-            memo[v] = r
+            r = memo.put(
+                v, ip is not None and any(ip.version == n.version and ip in n for n in nets)
+            )
         return r
 
     return cidr
@@ -969,7 +969,7 @@ def _memoized(
 ) -> Matcher:
     """A comparison on a pure function of one event key, memoized by the key's raw value:
     rules that ask about the same path (or name, address...) pay once per distinct value."""
-    memo: dict[Any, bool] = {}
+    memo: BoundedDict[Any, bool] = BoundedDict(_MEMO_MAX)
 
     def compute(raw: Any) -> bool:
         if raw is None:
@@ -981,10 +981,7 @@ def _memoized(
         raw = e.get(source)
         r = memo.get(raw)
         if r is None:
-            r = compute(raw)
-            if len(memo) >= _MEMO_MAX:
-                memo.clear()
-            memo[raw] = r
+            r = memo.put(raw, compute(raw))
         return r
 
     return memoized

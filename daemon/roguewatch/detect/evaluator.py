@@ -3,7 +3,7 @@
 Owns the process table (every tracked process by exec id, its ancestry up to the session
 root, kept until exit plus a grace period, bounded), running the rules indexed by event type
 against each event, deduplicating identical alerts, and building alerts that follow the
-contract in architecture.md. It also turns the collector's `monitor` events into alerts, so
+contract in docs/architecture.md. It also turns the collector's `monitor` events into alerts, so
 lost events are never silent.
 
 It must not carry out actions (that is the enforcer's) nor know where alerts go (the sinks
@@ -63,7 +63,11 @@ MONITOR_RULES = {
     "malformed": "roguewatch_malformed_events",
     "rules_reload_failed": "roguewatch_rules_reload_failed",
     "restart": "roguewatch_component_restarted",
+    "stopped": "roguewatch_stopped",
 }
+# How severe each kind of monitor event is (anything else: high). The operator stopping the
+# monitor from outside every session is a record of who did it, not an attack.
+MONITOR_SEVERITY = {"stopped": "info", "started": "info"}
 
 
 def _jsonable(v: object) -> object:
@@ -357,9 +361,10 @@ class Evaluator:
                 self._publish(alert)
         self.table.sweep(now)
 
-    def monitor(self, ev: dict, severity: str = "high", rule: str = "") -> None:
-        """An alert about the monitor itself (losses, reload failures, restarts)."""
+    def monitor(self, ev: dict, severity: str = "", rule: str = "") -> None:
+        """An alert about the monitor itself (losses, reload failures, restarts, stops)."""
         kind = ev.get("kind", "")
+        severity = severity or MONITOR_SEVERITY.get(kind, "high")
         if kind == "loss":
             self.lost["ring"] = sum((ev.get("lost_ring") or {}).values())
             self.lost["pending"] = ev.get("lost_pending", 0)
@@ -373,4 +378,6 @@ class Evaluator:
             session=ev.get("session", 0), pid=ev.get("pid", 0), comm="roguewatch",
             event=event_summary(ev),
         )  # fmt: skip
+        if ev.get("origin"):  # reported over the control socket, not seen by the collector
+            alert["origin"] = str(ev["origin"])
         self._publish(alert)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
 
+from roguewatch.core.cache import BoundedDict, memoize
 from roguewatch.policy import egress
 from roguewatch.policy.policy import StaticPolicy
 from roguewatch.stream import events
@@ -354,47 +355,17 @@ def _add_derived(
 # paths repeat (rule comparisons derive through these too: a new path is cleaned once, not
 # once per rule). Each cache is cleared when it grows past _CACHE_MAX entries.
 _CACHE_MAX = 65536
-_clean: dict[str, str] = {}
-_dir: dict[str, str] = {}
-_base: dict[str, str] = {}
-_home: dict[str, str | None] = {}
-
-
-def _cleaned(p: str) -> str:
-    c = _clean.get(p)
-    if c is None:
-        if len(_clean) > _CACHE_MAX:
-            _clean.clear()
-        c = _clean[p] = clean_path(p)
-    return c
-
-
-def _dir_of(p: str) -> str:
-    d = _dir.get(p)
-    if d is None:
-        if len(_dir) > _CACHE_MAX:
-            _dir.clear()
-        d = _dir[p] = posixpath.dirname(_cleaned(p))
-    return d
-
-
-def _base_of(p: str) -> str:
-    b = _base.get(p)
-    if b is None:
-        if len(_base) > _CACHE_MAX:
-            _base.clear()
-        b = _base[p] = posixpath.basename(_cleaned(p))
-    return b
+_cleaned = memoize(clean_path, _CACHE_MAX)
+_dir_of = memoize(lambda p: posixpath.dirname(_cleaned(p)), _CACHE_MAX)
+_base_of = memoize(lambda p: posixpath.basename(_cleaned(p)), _CACHE_MAX)
+_home: BoundedDict[str, str | None] = BoundedDict(_CACHE_MAX)  # None is an answer here
 
 
 def _home_of(p: str) -> str | None:
     try:
         return _home[p]
     except KeyError:
-        if len(_home) > _CACHE_MAX:
-            _home.clear()
-        h = _home[p] = home_relative(_cleaned(p))
-        return h
+        return _home.put(p, home_relative(_cleaned(p)))
 
 
 def _path(e: dict, ctx: Any) -> str | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from roguewatch.core.cache import BoundedDict
 from roguewatch.detect import condition as C
 from roguewatch.detect import fields as F
 
@@ -35,7 +36,7 @@ class _FieldIndex:
         self.source, self.derive = source, derive
         self.prefixes: dict[str, int] = {}
         self.bits = 0
-        self.memo: dict[Any, int] = {}
+        self.memo: BoundedDict[Any, int] = BoundedDict(MEMO_MAX)
 
     def add(self, prefixes: frozenset[str]) -> int:
         bit = 1 << self.bits
@@ -69,10 +70,7 @@ class _FieldIndex:
             raw = e.get(source)
             mask = memo.get(raw)
             if mask is None:
-                mask = hits(raw)
-                if len(memo) >= MEMO_MAX:
-                    memo.clear()
-                memo[raw] = mask
+                mask = memo.put(raw, hits(raw))
             return bool(mask & bit)
 
         return indexed_pmatch

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from roguewatch.core.cache import BoundedDict
 from roguewatch.detect import condition as C
 from roguewatch.detect.pathindex import PathIndex
 
@@ -81,7 +82,7 @@ class TypeFilter(Generic[R]):
         inputs.pop("type", None)
         self.inputs: tuple[str, ...] = tuple(inputs)
         self._plan = tuple(plan)
-        self._memo: dict[Any, tuple[Step, ...]] = {}
+        self._memo: BoundedDict[Any, tuple[Step, ...]] = BoundedDict(MEMO_MAX)
         self._key = _key_function(self.inputs)
         # With no gate at all there is nothing to remember: every event runs every matcher.
         self.match: Callable[[dict, Any], list[R]] = (
@@ -97,11 +98,7 @@ class TypeFilter(Generic[R]):
             return self._memo[k]
         except KeyError:
             pass
-        steps = self._plan_for(event, ctx)
-        if len(self._memo) >= MEMO_MAX:
-            self._memo.clear()
-        self._memo[k] = steps
-        return steps
+        return self._memo.put(k, self._plan_for(event, ctx))
 
     def _plan_for(self, event: dict, ctx: Any) -> tuple[Step, ...]:
         out: list[Step] = []

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from roguewatch.core import procfs
 from roguewatch.core.cache import BoundedDict
 from roguewatch.core.contracts import ProcessRecord
 from roguewatch.detect.fields import BaseProcessView, Policy
@@ -191,6 +192,18 @@ class ProcessTable(BaseProcessView):
             out.append(parent)
             pe = parent["pexec_id"]
         return out
+
+    def session_of_tree(self, pid: int) -> int | None:
+        """The session of a live process or of its nearest ancestor in one (None: none)."""
+        for _ in range(64):
+            if pid <= 1:
+                return None
+            eid = self.by_pid.get(pid)
+            rec = self.procs.get(eid) if eid else None
+            if rec is not None and rec["session"] and not rec["exited"]:
+                return rec["session"]
+            pid = procfs.ppid(pid)
+        return None
 
     def in_session(self, pid: int, session: int) -> bool | None:
         eid = self.by_pid.get(pid)

@@ -8,10 +8,7 @@ one-line form that ``roguewatch tail`` and ``roguewatch run`` print.
 
 It must not decide what is an alert, how severe it is or what is done about it: that is the
 evaluator's and the enforcer's. An alert here is a plain dict following the contract in
-``shared/design/architecture.md``: ``id``, ``ts``, ``rule``, ``message``, ``category``,
-``severity``, ``tags``, ``session`` (hex string), ``pid``, ``ppid``, ``uid``, ``comm``, ``exe``,
-``cmdline``, ``exec_id``, ``lineage`` (``[{pid, exe}]``), ``event`` (``type`` plus its fields,
-bytes already base64 strings), ``action``, ``outcome``, ``count``.
+``docs/architecture.md`` (typed as ``core.contracts.Alert``).
 
 Every sink is best-effort and never blocks the evaluator: a slow subscriber, a full disk or a
 missing journald is counted, never raised into the caller (:class:`Sinks` isolates them).
@@ -102,84 +99,48 @@ class Sink(Protocol):
     def send(self, alert: dict) -> bool: ...
 
 
-@dataclass
 class AlertPublisher:
     """Alerts on a ZeroMQ PUB socket, one msgpack map per message; never blocks.
 
-    An XPUB socket (a PUB that also sees subscriptions) with ``XPUB_NODROP``, as in
-    :class:`roguewatch.stream.bus.Publisher`: a full subscriber queue surfaces as ``EAGAIN`` and is
-    counted in ``lost`` instead of being dropped silently. Each new subscriber is greeted with an
-    empty map so it knows when its subscription is live; subscribers skip empty maps.
-
-    ZeroMQ attaches a new subscriber (and sends its welcome) only when the application touches
-    the XPUB socket, so the owner must service it: put ``socket`` in its poller for ``POLLIN``
-    and call :meth:`drain_subscriptions` when it is readable (or on every loop iteration).
-    Otherwise ``roguewatch tail --follow`` waits for a welcome until the next alert.
+    A :class:`roguewatch.stream.bus.Broadcast` (as the event stream's publisher): a full
+    subscriber queue is counted in ``lost``, never dropped silently. Each new subscriber is
+    greeted with an empty map so it knows when its subscription is live; subscribers skip
+    empty maps. The owner must service the socket (``drain_subscriptions``) for new
+    subscribers to be attached and welcomed: ``Sinks.service`` does.
     """
 
-    endpoint: str = ALERTS_ENDPOINT
-    context: zmq.Context | None = None
-    send_hwm: int = ALERT_SEND_HWM
-    sent: int = 0
-    lost: int = 0
-    subscriptions: int = 0
-    _sock: zmq.Socket = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        ctx = self.context or zmq.Context.instance()
-        bus.prepare_endpoint(self.endpoint)
-        self._sock = ctx.socket(zmq.XPUB)
-        self._sock.setsockopt(zmq.XPUB_NODROP, 1)
-        self._sock.setsockopt(zmq.SNDHWM, self.send_hwm)
-        self._sock.setsockopt(zmq.RCVHWM, 64)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.XPUB_WELCOME_MSG, pack({}))
-        try:
-            self._sock.bind(self.endpoint)
-        except zmq.ZMQError as exc:
-            self._sock.close(0)
-            raise bus.BusError(f"cannot bind {self.endpoint}: {exc}") from None
-        path = bus.ipc_path(self.endpoint)
-        if path:
-            os.chmod(path, 0o600)
+    def __init__(
+        self, endpoint: str = ALERTS_ENDPOINT, context: zmq.Context | None = None,
+        send_hwm: int = ALERT_SEND_HWM, **peers: Any,
+    ) -> None:  # fmt: skip
+        self.endpoint = endpoint
+        self.sent = 0
+        self.lost = 0
+        self._out = bus.Broadcast(endpoint, pack({}), send_hwm, context, **peers)
 
     @property
     def socket(self) -> zmq.Socket:
-        return self._sock
+        return self._out.socket
+
+    @property
+    def subscriptions(self) -> int:
+        return self._out.subscriptions
 
     def send(self, alert: dict) -> bool:
         self.drain_subscriptions()
-        try:
-            self._sock.send(pack(alert), zmq.NOBLOCK)
-        except zmq.Again:
+        if not self._out.send(pack(alert)):
             self.lost += 1
             return False
         self.sent += 1
         return True
 
     def drain_subscriptions(self, timeout_ms: int = 0) -> int:
-        """Read subscription frames (so they never pile up); how many new subscriptions came.
-
-        Polling the socket is also what lets ZeroMQ attach new subscribers and welcome them.
-        With ``timeout_ms`` it waits that long for the first one (to know someone listens).
-        """
-        new = 0
-        if not self._sock.poll(timeout_ms):
-            return 0
-        while True:
-            try:
-                frame = self._sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return new
-            if frame[:1] == b"\x01":
-                new += 1
-                self.subscriptions += 1
+        """Attach (and welcome) new subscribers; how many came. With ``timeout_ms`` it waits
+        that long for the first one (to know someone listens)."""
+        return self._out.drain_subscriptions(timeout_ms)
 
     def close(self) -> None:
-        self._sock.close(0)
-        path = bus.ipc_path(self.endpoint)
-        if path and os.path.exists(path):
-            os.unlink(path)
+        self._out.close()
 
 
 @dataclass

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from roguewatch.core.fspath import canonical, is_under
 from roguewatch.core.paths import STATE_DIR
 
 MAX_COPY_BYTES = 1 << 20
@@ -59,19 +60,6 @@ class BaselineError(Exception):
 
 class UnsafePath(BaselineError):
     """A directory on the way to a path is a symlink (or not a directory): refused."""
-
-
-def canonical(path: str) -> str:
-    """``path`` absolute with its parent directories resolved, its last component kept (the
-    same spelling the watchers report)."""
-    path = os.path.abspath(path)
-    if path == "/":
-        return path
-    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
-
-
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _kind(mode: int) -> str:
@@ -345,7 +333,7 @@ class Baselines:
             self._load()
             for p in paths:
                 root = canonical(p)
-                for k in [k for k in self._entries if _under(k, root)]:
+                for k in [k for k in self._entries if is_under(k, root)]:
                     del self._entries[k]
                 self._roots[root] = {"ts": time.time_ns()}
                 e = self._state(root, store=True)
@@ -367,7 +355,7 @@ class Baselines:
     def _root_of(self, path: str) -> str | None:
         best = None
         for r in self._roots:
-            if _under(path, r) and (best is None or len(r) > len(best)):
+            if is_under(path, r) and (best is None or len(r) > len(best)):
                 best = r
         return best
 
@@ -463,7 +451,7 @@ class Baselines:
     def _restore_dir(self, key: str, base: dict[str, Any], who: dict[str, Any]) -> str:
         outcomes = [self._restore_one(key, base, who)]
         members = [k for k, e in self._entries.items() if e.get("role") == "member"]
-        paths = {k for k in members if _under(k, key) and k != key}
+        paths = {k for k in members if is_under(k, key) and k != key}
         cur = self._state(key)
         if cur.get("type") == "dir":
             paths |= {q for q in self._walk(key) if q not in self._entries}

@@ -20,6 +20,7 @@ import select
 import time
 
 from roguewatch.core import procfs
+from roguewatch.core.paths import SESSION_CGROUPS
 from roguewatch.host import kernelenv
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 # The subtree under the v2 mount that roguewatch owns.
-ROOT_NAME = "roguewatch"
+ROOT_NAME = SESSION_CGROUPS
 # Session names become directory names: keep them to one safe path component.
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _FREEZE_TIMEOUT_S = 2.0

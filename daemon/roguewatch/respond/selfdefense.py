@@ -19,16 +19,27 @@ from roguewatch.core import paths
 GATED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+def block_shutdown_signals() -> None:
+    """Block the gated signals in this thread, and so in every thread started after: call it
+    first thing in a process (and before exec in its starter: the mask is inherited)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, GATED)
+
+
 class ShutdownGate:
     """Blocked signals, read when the owner's loop asks: (signo, sender pid) pairs."""
 
     def __init__(self, is_watched: Callable[[int], bool]) -> None:
         self.is_watched = is_watched
         self.ignored = 0
-        signal.pthread_sigmask(signal.SIG_BLOCK, GATED)
+        self.last_sender = 0  # pid of the last obeyed signal's sender (0: the kernel, a tty)
+        block_shutdown_signals()
 
     def poll(self) -> list[int]:
         """Signals to obey now; those sent by a watched process are dropped and counted."""
+        return [signo for signo, _ in self.poll_senders()]
+
+    def poll_senders(self) -> list[tuple[int, int]]:
+        """(signal, sender pid) of the signals to obey now (pid 0: sent by the kernel)."""
         out = []
         while True:
             info = signal.sigtimedwait(GATED, 0)
@@ -37,7 +48,8 @@ class ShutdownGate:
             if info.si_pid and self.is_watched(info.si_pid):
                 self.ignored += 1
                 continue
-            out.append(info.si_signo)
+            self.last_sender = info.si_pid
+            out.append((info.si_signo, info.si_pid))
 
 
 def die_with_parent() -> None:

@@ -19,7 +19,7 @@ from roguewatch.core.paths import PRIVATE_STATE
 from roguewatch.detect import ruleset
 from roguewatch.policy import config as config_mod
 from roguewatch.policy import policy as policy_mod
-from roguewatch.respond.selfdefense import ShutdownGate
+from roguewatch.respond.selfdefense import ShutdownGate, block_shutdown_signals
 from roguewatch.runtime import readiness
 from roguewatch.runtime.fileguard import FileGuard
 from roguewatch.sensors import bpf, watchers
@@ -76,6 +76,7 @@ def drop_private_state(state_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    block_shutdown_signals()  # before any thread exists (ZeroMQ's, the watchers')
     ap = argparse.ArgumentParser(description="roguewatch collector")
     ap.add_argument("--config")
     ap.add_argument("--events", help="event stream endpoint")
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # SIGTERM from a watched process is dropped (its sender dies in the kernel); from anyone
     # else it stops the collector, at the next loop turn (at most one second).
-    gate = ShutdownGate(lambda pid: col.probes.session_of(pid) is not None)
+    gate = ShutdownGate(col.in_any_session)
     try:
         col.setup()
     except policy_mod.PolicyError as exc:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 
-from roguewatch.respond.selfdefense import die_with_parent
+from roguewatch.respond.selfdefense import block_shutdown_signals, die_with_parent
 from roguewatch.runtime import priority
 
 # `python -m MODULE` for each component.
@@ -22,8 +22,11 @@ COMPONENT_MODULES = {"collector": COLLECTOR, "evaluator": EVALUATOR}
 
 
 def component_preexec() -> None:
-    """``preexec_fn`` of a collector or evaluator: it dies with its starter, and runs ahead
-    of the agent it watches (``roguewatch.runtime.priority``)."""
+    """``preexec_fn`` of a collector or evaluator: it dies with its starter, runs ahead of
+    the agent it watches (``roguewatch.runtime.priority``), and starts with the shutdown
+    signals blocked, so every thread it will ever have inherits the block (a thread started
+    before its ShutdownGate would otherwise take a SIGTERM and end the process)."""
+    block_shutdown_signals()
     die_with_parent()
     priority.raise_self()
 

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from roguewatch.core import paths, procfs
 from roguewatch.detect import ruleset
 from roguewatch.detect.evaluator import DEFAULT_POLICY, Evaluator
 from roguewatch.detect.proctable import ProcessTable
@@ -26,8 +27,10 @@ from roguewatch.policy import policy as policy_mod
 from roguewatch.policy.config import Config
 from roguewatch.policy.policy import StaticPolicy
 from roguewatch.respond.enforcer import Enforcer
+from roguewatch.respond.selfdefense import ShutdownGate, block_shutdown_signals
 from roguewatch.runtime import readiness
 from roguewatch.stream import bus
+from roguewatch.stream.bus import Peer
 
 log = logging.getLogger("roguewatch.evaluator")
 # Events the evaluator's loop handles before it looks at anything else (EvaluatorProcess.run)
@@ -52,8 +55,9 @@ class EvaluatorProcess:
         self.cfg = cfg
         pol = policy_mod.load(cfg.policy_file) if cfg.policy_file else policy_mod.default()
         rules = load_ruleset(cfg)  # a bad rule file at start is fatal: the caller says why
-        self.sinks = self._sinks(cfg)
         table = ProcessTable(pol)
+        self._refused: list[Peer | None] = []  # alert subscribers refused, judged in the loop
+        self.sinks = self._sinks(cfg, table, self._refused.append)
         self.enforcer = Enforcer(table, restorer=self._restore) if cfg.enforce else None
         self._control = None
         self.evaluator = Evaluator(
@@ -76,9 +80,18 @@ class EvaluatorProcess:
             self.metrics = Metrics(cfg.metrics_port)
 
     @staticmethod
-    def _sinks(cfg: Config) -> alerts.Sinks:
+    def _sinks(
+        cfg: Config, table: ProcessTable, refused: Callable[[Peer | None], None]
+    ) -> alerts.Sinks:
+        # Nothing in a session may listen to the alerts (it would learn what was seen of it).
+        def admit(peer: Peer | None) -> bool:
+            if peer is None or peer.uid != 0 or table.session_of_tree(peer.pid) is not None:
+                return False
+            cg = procfs.cgroup_path(peer.pid) or ""
+            return not cg.startswith(f"/{paths.SESSION_CGROUPS}/")  # another instance's agent
+
         out: list = [
-            alerts.AlertPublisher(cfg.alerts_endpoint),
+            alerts.AlertPublisher(cfg.alerts_endpoint, admit=admit, on_refused=refused),
             alerts.AlertFile(cfg.alerts_file, cfg.alerts_file_max_bytes, cfg.alerts_file_keep),
         ]
         if cfg.journald:
@@ -99,6 +112,23 @@ class EvaluatorProcess:
         except ControlError as exc:
             self._control = None  # a REQ socket that timed out cannot be reused
             return f"not restored: {exc}"
+
+    def _refuse(self, peer: Peer | None) -> None:
+        """A refused alert subscriber, judged as the `tamper` event it is."""
+        pid = peer.pid if peer else 0
+        table = self.evaluator.table
+        eid = table.by_pid.get(pid, "")
+        rec = table.procs.get(eid, {})
+        who = f"pid {pid} (uid {peer.uid})" if peer else "a peer without credentials"
+        self.evaluator.handle({
+            "type": "tamper", "ts": time.time_ns(), "ret": 0, "flags": [],
+            "kind": "subscription_refused", "target": "the alert stream",
+            "detail": f"{who} was refused the alert stream",
+            "session": table.session_of_tree(pid) or 0, "pid": pid, "tid": pid,
+            "ppid": procfs.ppid(pid) if pid else 0, "uid": peer.uid if peer else 0, "gid": 0,
+            "comm": rec.get("comm") or procfs.comm(pid) or "", "exec_id": eid,
+            "pexec_id": rec.get("pexec_id", ""), "exe": rec.get("exe", ""),
+        })  # fmt: skip
 
     def request_reload(self, *_: object) -> None:
         """Reload the rules at the next turn of the loop (SIGHUP, a rule file changed)."""
@@ -165,6 +195,8 @@ class EvaluatorProcess:
                 batch = self.sub.recv_batch(0) if handled < BURST else None
             ev.flush_fs()
             self.sinks.service()  # greets new alert subscribers (tail --follow)
+            while self._refused:
+                self._refuse(self._refused.pop(0))
             if gate is not None:
                 for signo in gate.poll():
                     if signo == signal.SIGHUP:
@@ -222,7 +254,8 @@ class EvaluatorProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m roguewatch.evaluator`: the evaluator as a process of its own."""
+    """`python -m roguewatch.runtime.evaluatord`: the evaluator as a process of its own."""
+    block_shutdown_signals()  # before any thread exists (ZeroMQ's, the watchers')
     import argparse
 
     from roguewatch.policy import config as config_mod
@@ -271,12 +304,10 @@ def main(argv: list[str] | None = None) -> int:
             bus.BusError) as exc:  # fmt: skip
         print(f"roguewatch evaluator: {exc}", file=sys.stderr)
         return 2
-    from roguewatch.respond.selfdefense import ShutdownGate
 
     # Signals from a process in a session are dropped; others are obeyed in the loop.
     table = proc.evaluator.table
-    gate = ShutdownGate(lambda pid: bool(table.procs.get(table.by_pid.get(pid, ""), {}).get(
-        "session")))  # fmt: skip
+    gate = ShutdownGate(lambda pid: table.session_of_tree(pid) is not None)
     proc.watch_rule_dirs()
 
     try:

@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from roguewatch import __version__
-from roguewatch.core import procfs
+from roguewatch.core import paths, procfs
 from roguewatch.outputs import render
 from roguewatch.policy import config
+from roguewatch.respond.selfdefense import ShutdownGate
 from roguewatch.runtime import readiness
 from roguewatch.runtime.components import COMPONENT_MODULES, component_preexec
 from roguewatch.stream import bus
@@ -83,6 +84,7 @@ class Service:
         )
         self.components = (self.collector, self.evaluator)
         self.stopping = False
+        self.stopped_by = ""
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -189,10 +191,32 @@ class Service:
                 except RuntimeError as exc:
                     log.error("%s", exc)
 
+    def _from_session(self, pid: int) -> bool:
+        """Whether a signal's sender is in a session (its signal is dropped, not obeyed): the
+        collector judges; without an answer, a sender in a session's cgroup is one."""
+        if pid <= 1:
+            return False
+        try:
+            client = ControlClient(self.cfg.control_endpoint, timeout_ms=1000)
+            try:
+                return client.request("standing", pid=pid)["standing"] == "SESSION"
+            finally:
+                client.close()
+        except ControlError:
+            return in_session_cgroup(pid)
+
+    def _obey(self, gate: ShutdownGate) -> None:
+        for signo, sender in gate.poll_senders():
+            if signo == signal.SIGHUP:
+                self.reload()
+            elif not self.stopping:
+                self.stopping = True
+                self.stopped_by = _who(sender, signal.Signals(signo).name)
+
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
-        signal.signal(signal.SIGHUP, self.reload)
+        # Before any thread: TERM, INT and HUP are read by the loop with their sender, so a
+        # session's signal is dropped and the operator's is recorded.
+        gate = ShutdownGate(self._from_session)
         try:
             self.start()
         except RuntimeError as exc:
@@ -215,10 +239,24 @@ class Service:
                     print(render.human(ev), flush=True)
             else:
                 time.sleep(0.2)
+            self._obey(gate)
             self.supervise()
             self.unstop()
+        self._announce_stop()
         self.shutdown()
         return 0
+
+    def _announce_stop(self) -> None:
+        """One record of who stopped the monitor, before its components go."""
+        detail = f"roguewatchd stopped by {self.stopped_by or 'its own exit'}"
+        log.info("%s", detail)
+        try:
+            client = ControlClient(self.cfg.control_endpoint, timeout_ms=2000)
+            client.request("announce", kind="stopped", detail=detail)
+            client.close()
+            time.sleep(0.3)  # for the evaluator to write it before it is stopped
+        except ControlError as exc:
+            log.warning("could not announce the stop: %s", exc)
 
     def unstop(self) -> None:
         """A component stopped by SIGSTOP (an agent's, or a debugger's) is continued."""
@@ -236,6 +274,20 @@ class Service:
                     c.proc.wait(15)
                 except subprocess.TimeoutExpired:
                     c.proc.kill()
+
+
+def in_session_cgroup(pid: int) -> bool:
+    """In a session's cgroup (``core.paths.SESSION_CGROUPS``), whoever's session it is."""
+    return (procfs.cgroup_path(pid) or "").startswith(f"/{paths.SESSION_CGROUPS}/")
+
+
+def _who(pid: int, signame: str) -> str:
+    """``SIGTERM from pid 123 (systemctl, /usr/bin/systemctl)``; the kernel or a terminal
+    when there is no sender pid."""
+    if not pid:
+        return f"{signame} from the kernel or a terminal (^C)"
+    return (f"{signame} from pid {pid} ({procfs.comm(pid) or '?'}, "
+            f"{procfs.readlink(pid, 'exe') or '?'})")  # fmt: skip
 
 
 def _setup_logging() -> None:

@@ -40,6 +40,7 @@ from roguewatch.core.paths import CACHE_DIR
 from roguewatch.host import kernelenv
 from roguewatch.policy import egress
 from roguewatch.policy.hostnames import system_addresses
+from roguewatch.probes import layout
 
 PROBE_FILES = ("process", "network", "files", "signals", "system", "egress")
 HEADER = "roguewatch.h"
@@ -56,14 +57,11 @@ SOCK_ADDR_PROGS = {
     "rw_egress_sendmsg4": 14,  # BPF_CGROUP_UDP4_SENDMSG
     "rw_egress_sendmsg6": 15,  # BPF_CGROUP_UDP6_SENDMSG
 }
-EGRESS_RANGES = 8
 BPF_PSEUDO_MAP_FD = 1
 BPF_LD_IMM64 = 0x18
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_MAP_TYPE_TASK_STORAGE = 29
-# RW_EVENTS_FD in roguewatch.h: the ring buffer map, where bcc's C has no way to name it
-EVENTS_FD_PLACEHOLDER = 0x7EADBEE
 BPF_MAP_CREATE = 0
 BPF_BTF_LOAD = 18
 SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
@@ -255,11 +253,11 @@ class ProbeImage:
 @dataclass(frozen=True)
 class BuildOptions:
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
-    max_procs: int = 65536  # tracked processes (the session map), all sessions together
+    max_procs: int = layout.MAX_PROCS  # tracked processes (the session map), all sessions
 
     def cflags(self, have: list[str]) -> list[str]:
         flags = [f"-DRW_RINGBUF_PAGES={self.ringbuf_pages}", "-Wno-macro-redefined"]
-        if self.max_procs != 65536:
+        if self.max_procs != layout.MAX_PROCS:
             flags.append(f"-DRW_MAX_PROCS={self.max_procs}")
         flags += [f"-D{m}=1" for m in have]
         return flags
@@ -341,7 +339,7 @@ def compile_image(opts: BuildOptions) -> ProbeImage:
             code, regs = insns[idx * 8], insns[idx * 8 + 1]
             if code == BPF_LD_IMM64 and (regs >> 4) == BPF_PSEUDO_MAP_FD:
                 fd = struct.unpack_from("<i", insns, idx * 8 + 4)[0]
-                if fd == EVENTS_FD_PLACEHOLDER:  # the ring, named by hand (roguewatch.h)
+                if fd == layout.EVENTS_FD:  # the ring, named by hand (roguewatch.h)
                     relocs.append((idx, "events"))
                     continue
                 if fd not in fd_names:
@@ -408,11 +406,6 @@ def _write_image(path: str, opts: BuildOptions) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Loaded probes
-
-# struct rw_proc in roguewatch.h: session, start_ns, pstart_ns, ppid, flags
-_PROC = struct.Struct("<QQQII")
-RW_F_ADOPTED = 1 << 1
-RW_P_OBSERVE = 1 << 8
 
 
 @dataclass
@@ -522,14 +515,14 @@ class Probes:
             return None
         return v.raw
 
-    def unclaimed_denials(self, older_than_ns: int, header_size: int) -> list[bytes]:
+    def unclaimed_denials(self, older_than_ns: int) -> list[bytes]:
         """Records of egress denials that no syscall exit claimed (io_uring's connects and
         sends have none) and that are older than ``older_than_ns``: taken out of the map."""
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         out = []
         for key in self.keys("egress_denied", 4):
-            raw = self._lookup("egress_denied", key, header_size)
-            if raw is None or now - struct.unpack_from("<Q", raw)[0] < older_than_ns:
+            raw = self._lookup("egress_denied", key, layout.HEADER.size)
+            if raw is None or now - layout.VAR.unpack_from(raw)[layout.V_TS] < older_than_ns:
                 continue
             if self._delete("egress_denied", key):  # not claimed meanwhile
                 out.append(raw)
@@ -553,19 +546,24 @@ class Probes:
         """Put a process in a session: it and everything it starts from now on is tracked.
 
         ``observe``: the kernel never kills in this session (guard events still fire)."""
-        flags = (RW_F_ADOPTED if adopted else 0) | (RW_P_OBSERVE if observe else 0)
+        flags = (layout.F_ADOPTED if adopted else 0) | (layout.P_OBSERVE if observe else 0)
         self._update(
             "sessions",
             struct.pack("<I", pid),
-            _PROC.pack(session, start_ns, pstart_ns, ppid, flags),
+            layout.PROC.pack(session, start_ns, pstart_ns, ppid, flags),
         )
 
     def unregister(self, pid: int) -> bool:
         return self._delete("sessions", struct.pack("<I", pid))
 
+    def process(self, pid: int) -> tuple[int, int, int, int, int] | None:
+        """(session, start_ns, parent start_ns, ppid, flags) of a tracked process."""
+        raw = self._lookup("sessions", struct.pack("<I", pid), layout.PROC.size)
+        return layout.PROC.unpack(raw) if raw else None
+
     def session_of(self, pid: int) -> int | None:
-        raw = self._lookup("sessions", struct.pack("<I", pid), _PROC.size)
-        return _PROC.unpack(raw)[0] if raw else None
+        raw = self._lookup("sessions", struct.pack("<I", pid), layout.PROC.size)
+        return layout.PROC.unpack(raw)[layout.PROC_SESSION] if raw else None
 
     def tracked(self) -> dict[int, int]:
         """pid -> session of every process the kernel tracks."""
@@ -602,17 +600,16 @@ class Probes:
             out.append(sum(struct.unpack(f"<{ncpu}Q", raw)) if raw else 0)
         return out
 
-    def _counter(self, index: int) -> int:
-        """counters[index] (roguewatch.h says which is which)."""
+    def _counter(self, index: layout.Counter) -> int:
         raw = self._lookup("counters", struct.pack("<I", index), 8)
         return struct.unpack("<Q", raw)[0] if raw else 0
 
     def pending_overflows(self) -> int:
-        return self._counter(1)
+        return self._counter(layout.Counter.PENDING_OVERFLOW)
 
     def untracked_forks(self) -> int:
         """Children that escaped tracking because the session map was full."""
-        return self._counter(2)
+        return self._counter(layout.Counter.UNTRACKED_FORKS)
 
     # -- egress denial -----------------------------------------------------------------------
 
@@ -635,11 +632,14 @@ class Probes:
         so a destination allowed before and after is never refused in between."""
         new = egress_entries(cgid, allow, addresses)
         for key, value in new:
-            self._update("egress_allow4" if len(key) == 16 else "egress_allow6", key, value)
+            self._update(
+                "egress_allow4" if len(key) == layout.EGRESS_KEY4_SIZE else "egress_allow6",
+                key, value,
+            )  # fmt: skip
         keep = {k for k, _ in new}
-        for mapname, klen in (("egress_allow4", 16), ("egress_allow6", 28)):
+        for mapname, klen in _EGRESS_MAPS:
             for k in self.keys(mapname, klen):
-                if struct.unpack_from("<Q", k, 4)[0] == cgid and k not in keep:
+                if _key_cgid(k) == cgid and k not in keep:
                     self._delete(mapname, k)
 
     def detach_egress(self, cgroup_fd: int, cgid: int) -> None:
@@ -649,9 +649,9 @@ class Probes:
             except ProbeError:
                 pass  # the cgroup is gone: detached with it
         self._delete("egress_cgroups", struct.pack("<Q", cgid))
-        for mapname, klen in (("egress_allow4", 16), ("egress_allow6", 28)):
+        for mapname, klen in _EGRESS_MAPS:
             for k in self.keys(mapname, klen):
-                if struct.unpack_from("<Q", k, 4)[0] == cgid:
+                if _key_cgid(k) == cgid:
                     self._delete(mapname, k)
 
     def ringbuf_size(self) -> int:
@@ -735,20 +735,32 @@ def egress_entries(
     nets = egress.networks(allow, addresses or (lambda h: system_addresses(h) or []))
     out = []
     seen: set[object] = set()
+    n_max = layout.EGRESS_RANGES
     for net, *_ in nets:
         if net in seen:
             continue
         seen.add(net)
         ranges = [(lo, hi, pr) for n2, lo, hi, pr in nets
-                  if n2.version == net.version and net.subnet_of(n2)][:EGRESS_RANGES]  # fmt: skip
-        lo_hi = [r[0] for r in ranges] + [0] * (EGRESS_RANGES - len(ranges))
-        hi = [r[1] for r in ranges] + [0] * (EGRESS_RANGES - len(ranges))
-        pr = [r[2] for r in ranges] + [0] * (EGRESS_RANGES - len(ranges))
-        value = struct.pack(f"<{EGRESS_RANGES}H{EGRESS_RANGES}H{EGRESS_RANGES}BI",
-                            *lo_hi, *hi, *pr, len(ranges))  # fmt: skip
-        key = struct.pack("<IQ", 64 + net.prefixlen, cgid) + net.network_address.packed
+                  if n2.version == net.version and net.subnet_of(n2)][:n_max]  # fmt: skip
+        pad = [0] * (n_max - len(ranges))
+        los, his, protos = ([r[j] for r in ranges] + pad for j in range(3))
+        value = layout.EGRESS_ALLOW.pack(*los, *his, *protos, len(ranges))
+        # the prefix: the 64 bits of the cgroup id, then the address's
+        key = layout.EGRESS_KEY.pack(64 + net.prefixlen, cgid) + net.network_address.packed
         out.append((key, value))
     return out
+
+
+# The two allowlist maps and the size of their keys.
+_EGRESS_MAPS = (
+    ("egress_allow4", layout.EGRESS_KEY4_SIZE),
+    ("egress_allow6", layout.EGRESS_KEY6_SIZE),
+)
+
+
+def _key_cgid(key: bytes) -> int:
+    """The cgroup id of an allowlist key."""
+    return struct.unpack_from("<Q", key, layout.EGRESS_KEY_CGID_OFF)[0]
 
 
 def _close_quietly(fd: int) -> None:

@@ -186,9 +186,9 @@ def check(path: str = "/etc") -> str | None:
 
 def _proc(pid: int) -> tuple[str, str, int, int]:
     """comm, exe, ppid, uid of a live process ("", "", 0, -1 for what cannot be read)."""
+    comm, exe, ppid = procfs.comm(pid) or "", procfs.readlink(pid, "exe") or "", procfs.ppid(pid)
     uid = procfs.uid(pid)
-    return (procfs.comm(pid) or "", procfs.readlink(pid, "exe") or "", procfs.ppid(pid),
-            -1 if uid is None else uid)  # fmt: skip
+    return comm, exe, ppid, -1 if uid is None else uid
 
 
 def _is_under(path: str, root: str) -> bool:

@@ -69,6 +69,7 @@ from watchdog.observers.inotify_c import (
     WatchDescriptor,
 )
 
+from roguewatch.core.fspath import canonical, is_under
 from roguewatch.sensors.fanotify import Writer, WriterSensor
 
 log = logging.getLogger(__name__)
@@ -169,18 +170,6 @@ def watch_paths(
         for p in _expand(str(item), homes):
             out.setdefault(p, None)
     return list(out)
-
-
-def canonical(path: str) -> str:
-    """``path`` absolute, with its parent directories resolved and its last component kept."""
-    path = os.path.abspath(path)
-    if path == "/":
-        return path
-    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
-
-
-def _is_under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _read_int(path: str) -> int | None:
@@ -620,10 +609,10 @@ class FsWatcher:
             self._unschedule(tree[0])
 
     def _covered(self, t: str) -> bool:
-        return any(o != t and _is_under(t, o) for o in self._targets)
+        return any(o != t and is_under(t, o) for o in self._targets)
 
     def _watched(self, path: str) -> bool:
-        return any(path == t or (t in self._trees and _is_under(path, t)) for t in self._targets)
+        return any(path == t or (t in self._trees and is_under(path, t)) for t in self._targets)
 
     def _schedule(self, path: str, handler: _Handler, recursive: bool) -> ObservedWatch | None:
         assert self._observer is not None
@@ -752,9 +741,9 @@ class FsWatcher:
         if root not in self._trees:
             return  # a stale watch (the directory was replaced; its anchor re-armed it)
         if change == "moved":
-            if dest and _is_under(dest, root) and dest != root:
+            if dest and is_under(dest, root) and dest != root:
                 self._emit(dest, "moved", src)
-            elif src and _is_under(src, root) and src != root:
+            elif src and is_under(src, root) and src != root:
                 self._emit(src, "deleted", "")  # renamed away: gone from the watched place
             return
         if src == root:
@@ -788,7 +777,7 @@ class FsWatcher:
             if p == anchor and change in ("deleted", "moved"):
                 rearm |= users  # the anchor itself went away: watch from further up
             for t in users:
-                if p != t and _is_under(t, p) and change in ("created", "deleted", "moved"):
+                if p != t and is_under(t, p) and change in ("created", "deleted", "moved"):
                     rearm.add(t)  # a directory on the way to a missing target came or went
         for t in sorted(rearm):
             self._arm(t, emit=True)
@@ -820,7 +809,7 @@ class FsWatcher:
         for root, until in list(self._ignored_trees.items()):
             if until < now:
                 del self._ignored_trees[root]
-            elif _is_under(path, root):
+            elif is_under(path, root):
                 return True
         return False
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import ormsgpack
 import zmq
@@ -28,6 +29,24 @@ from roguewatch.core.paths import CONTROL_ENDPOINT, EVENTS_ENDPOINT, RUN_DIR  # 
 
 # Per subscriber, in messages (batches): enough for a few seconds of a burst.
 SEND_HWM = 4096
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who sent a request, as the kernel saw it when they connected (SO_PEERCRED)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @classmethod
+    def of(cls, frame: zmq.Frame) -> Peer | None:
+        """From ZeroMQ's ``Peer-Address`` of an ipc message (``host:uid:gid:pid``)."""
+        try:
+            _, uid, gid, pid = str(frame.get("Peer-Address")).rsplit(":", 3)
+            return cls(int(pid), int(uid), int(gid))
+        except (ValueError, zmq.ZMQError):
+            return None
 
 
 class BusError(Exception):
@@ -104,47 +123,114 @@ def unpack_batch(frame: bytes) -> list[dict]:
     return batch
 
 
-@dataclass
+class Broadcast:
+    """A bound XPUB socket that never blocks its owner, and the peers it serves.
+
+    ``XPUB_NODROP``: a full subscriber queue surfaces as ``EAGAIN`` (counted by the caller)
+    instead of a silent drop. ``welcome`` greets each new subscriber so it can tell when its
+    subscription is live (ZeroMQ's slow-joiner problem) instead of sleeping and hoping.
+    ``XPUB_MANUAL``: a subscription takes effect only once ``admit(peer)`` said yes, where the
+    peer is the subscribing process as the kernel saw it (``Peer``); a refused peer gets the
+    welcome and nothing else, and ``on_refused(peer)`` is told.
+
+    ZeroMQ attaches a new subscriber only when the socket is touched: the owner polls
+    ``socket`` for POLLIN and calls ``drain_subscriptions`` when it is readable."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        welcome: bytes,
+        send_hwm: int = SEND_HWM,
+        context: zmq.Context | None = None,
+        admit: Callable[[Peer | None], bool] | None = None,
+        on_refused: Callable[[Peer | None], None] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.admit = admit
+        self.on_refused = on_refused
+        self.subscriptions = 0
+        self.refused = 0
+        prepare_endpoint(endpoint)
+        sock = (context or zmq.Context.instance()).socket(zmq.XPUB)
+        sock.setsockopt(zmq.XPUB_NODROP, 1)
+        sock.setsockopt(zmq.XPUB_MANUAL, 1)
+        sock.setsockopt(zmq.SNDHWM, send_hwm)
+        sock.setsockopt(zmq.RCVHWM, 64)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.XPUB_WELCOME_MSG, welcome)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise BusError(f"cannot bind {endpoint}: {exc}") from None
+        path = ipc_path(endpoint)
+        if path:
+            os.chmod(path, 0o600)
+        self.socket = sock
+
+    def send(self, frame: bytes) -> bool:
+        """False when a subscriber's queue is full (the caller counts the loss)."""
+        try:
+            self.socket.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def drain_subscriptions(self, timeout_ms: int = 0) -> int:
+        """Take the subscription frames waiting (each admitted or refused); how many new
+        subscriptions were admitted. With ``timeout_ms``, waits that long for the first."""
+        if timeout_ms and not self.socket.poll(timeout_ms):
+            return 0
+        new = 0
+        while True:
+            try:
+                frame = self.socket.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return new
+            data = frame.bytes
+            if data[:1] != b"\x01":  # an unsubscription: applied for the peer that sent it
+                self.socket.setsockopt(zmq.UNSUBSCRIBE, data[1:])
+                continue
+            peer = Peer.of(frame)
+            if self.admit is not None and not self.admit(peer):
+                self.refused += 1
+                if self.on_refused is not None:
+                    self.on_refused(peer)
+                continue
+            self.socket.setsockopt(zmq.SUBSCRIBE, data[1:])
+            self.subscriptions += 1
+            new += 1
+
+    def close(self) -> None:
+        self.socket.close(0)
+        path = ipc_path(self.endpoint)
+        if path and os.path.exists(path):
+            os.unlink(path)
+
+
 class Publisher:
     """Publishes event batches without ever blocking; counts what it could not send."""
 
-    endpoint: str
-    context: zmq.Context | None = None
-    sent_events: int = 0
-    lost_events: int = 0
-    sent_batches: int = 0
-    _sock: zmq.Socket = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        ctx = self.context or zmq.Context.instance()
-        prepare_endpoint(self.endpoint)
-        self._sock = ctx.socket(zmq.XPUB)
-        self._sock.setsockopt(zmq.XPUB_NODROP, 1)
-        self._sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-        self._sock.setsockopt(zmq.RCVHWM, 64)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        # An empty batch greets each new subscriber, so it can tell when its subscription is
-        # active (ZeroMQ's slow-joiner problem) instead of sleeping and hoping.
-        self._sock.setsockopt(zmq.XPUB_WELCOME_MSG, pack_batch([]))
-        try:
-            self._sock.bind(self.endpoint)
-        except zmq.ZMQError as exc:
-            raise BusError(f"cannot bind {self.endpoint}: {exc}") from None
-        path = ipc_path(self.endpoint)
-        if path:
-            os.chmod(path, 0o600)
+    def __init__(self, endpoint: str, context: zmq.Context | None = None, **peers: Any) -> None:
+        self.endpoint = endpoint
+        self.sent_events = 0
+        self.lost_events = 0
+        self.sent_batches = 0
+        self._out = Broadcast(endpoint, pack_batch([]), SEND_HWM, context, **peers)
 
     @property
     def socket(self) -> zmq.Socket:
-        return self._sock
+        return self._out.socket
+
+    @property
+    def broadcast(self) -> Broadcast:
+        return self._out
 
     def publish(self, events: list[dict]) -> bool:
         if not events:
             return True
         n = len(events)
-        try:
-            self._sock.send(pack_batch(events), zmq.NOBLOCK)
-        except zmq.Again:
+        if not self._out.send(pack_batch(events)):
             self.lost_events += n
             return False
         self.sent_events += n
@@ -152,20 +238,10 @@ class Publisher:
         return True
 
     def drain_subscriptions(self) -> int:
-        """Read (and discard) subscription frames so they never pile up."""
-        n = 0
-        while True:
-            try:
-                self._sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return n
-            n += 1
+        return self._out.drain_subscriptions()
 
     def close(self) -> None:
-        self._sock.close(0)
-        path = ipc_path(self.endpoint)
-        if path and os.path.exists(path):
-            os.unlink(path)
+        self._out.close()
 
 
 @dataclass

@@ -25,9 +25,9 @@ from typing import Protocol
 
 import zmq
 
-from roguewatch.core import procfs
+from roguewatch.core import paths, procfs
 from roguewatch.core.contracts import SessionEntry
-from roguewatch.core.identity import new_session_id
+from roguewatch.core.identity import exec_id, new_session_id
 from roguewatch.policy import policy as policy_mod
 from roguewatch.policy.config import Config
 from roguewatch.policy.egress import egress_hosts
@@ -37,7 +37,8 @@ from roguewatch.probes.layout import TYPE_NAMES, RecordError
 from roguewatch.sensors import bpf
 from roguewatch.sensors.ringbuf import RingBuffer
 from roguewatch.stream import bus
-from roguewatch.stream.control import ControlServer, Peer
+from roguewatch.stream.bus import Peer
+from roguewatch.stream.control import ControlServer, Standing
 from roguewatch.stream.enrich import ProcessCache
 
 log = logging.getLogger("roguewatch.collector")
@@ -49,6 +50,9 @@ _IDENT = layout.IDENT
 _parse = layout.parse
 _FLAGS = layout.FLAGS
 _F_ADOPTED = layout.F_ADOPTED
+_V_TS, _V_RET, _V_TID = layout.V_TS, layout.V_RET, layout.V_TID
+_V_TYPE, _V_FLAGS = layout.V_TYPE, layout.V_FLAGS
+_I_START, _I_PID = layout.I_START, layout.I_PID
 _EXEC = layout.TYPE_NUMBERS["exec"]
 _EXIT = layout.TYPE_NUMBERS["exit"]
 _KILL = layout.TYPE_NUMBERS["kill"]
@@ -57,7 +61,6 @@ _STATEFUL = frozenset(
     layout.TYPE_NUMBERS[n] for n in ProcessCache.HOOKS if n != "kill"
 )  # types whose events read or change the per-process state
 
-ADOPTED_PROCFS_BASE = (1 << 62) | (1 << 61)
 # While records keep coming, the loop looks at the ring at least this often (see run).
 BUSY_POLL_S = 0.001
 DENIAL_CLAIM_NS = 200_000_000  # every second: unclaimed denials older than this
@@ -191,10 +194,20 @@ class Collector:
         )
         self.ring = RingBuffer(self.probes.fd("events"), self.probes.ringbuf_size())
         self.ctx = zmq.Context.instance()
-        self.pub = bus.Publisher(cfg.events_endpoint, self.ctx)
+        # Nothing in a session may listen to the stream or speak for the monitor.
+        self.pub = bus.Publisher(
+            cfg.events_endpoint, self.ctx,
+            admit=lambda peer: self.standing(peer) >= Standing.OPERATOR,
+            on_refused=lambda peer: self._refused("subscription_refused", "the event stream",
+                                                  peer),
+        )  # fmt: skip
         self.control: ControlServer | None = None
         if cfg.control_endpoint:
-            self.control = ControlServer(cfg.control_endpoint, self.wake)
+            self.control = ControlServer(
+                cfg.control_endpoint, self.wake, self.standing,
+                lambda op, peer, _who: self._refused(
+                    "control_refused", f"the control socket (op {op!r})", peer),
+            )  # fmt: skip
             self._register_operations(self.control)
         self.cache = ProcessCache()
         self.batch: list[dict] = []
@@ -270,8 +283,8 @@ class Collector:
 
     def guard_self(self) -> None:
         """Every task of this process (ZeroMQ's threads too) is guarded, and our parent."""
-        for tid in os.listdir("/proc/self/task"):
-            self.probes.guard(int(tid))
+        for tid in procfs.threads(os.getpid()):
+            self.probes.guard(tid)
         self.probes.guard(os.getpid())
 
     def scan_procfs(self) -> int:
@@ -284,38 +297,36 @@ class Collector:
         if not uids and not comms:
             return 0
         tracked = self.probes.tracked()
+        me = os.getpid()
         found = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            pid = int(name)
-            if pid in tracked or pid == os.getpid():
+        for pid in procfs.pids():
+            if pid in tracked or pid == me:
                 continue
             uid, comm = procfs.uid(pid), procfs.comm(pid)
             if uid is None or comm is None:
-                continue
+                continue  # gone meanwhile
             if uid in uids or comm in comms:
                 found.append((pid, uid, comm))
         for pid, uid, comm in found:
             start = procfs.start_ns(pid)
             if start is None:
                 continue
-            session = ADOPTED_PROCFS_BASE | self._next_adopt
+            session = layout.ADOPTED_PROCFS_BASE | self._next_adopt
             self._next_adopt += 1
             ppid = procfs.ppid(pid)
             pstart = procfs.start_ns(ppid) or 0
             self.probes.register(pid, session, start, pstart, ppid, adopted=True)
             argv = procfs.cmdline(pid) or []
-            exe = os.path.realpath(f"/proc/{pid}/exe") if os.path.exists(f"/proc/{pid}/exe") else ""
-            cwd = os.path.realpath(f"/proc/{pid}/cwd") if os.path.exists(f"/proc/{pid}/cwd") else ""
+            exe = procfs.readlink(pid, "exe") or ""
+            cwd = procfs.readlink(pid, "cwd") or ""
             self.cache.exe[pid] = exe
             if cwd:
                 self.cache.cwd[pid] = cwd
             ev = {
                 "type": "exec", "ts": time.time_ns(), "session": session, "pid": pid,
                 "tid": pid, "ppid": ppid, "uid": uid, "gid": 0, "comm": comm, "ret": 0,
-                "flags": ["procfs", "adopted"], "exec_id": f"{pid}-{start}",
-                "pexec_id": f"{ppid}-{pstart}" if ppid else "", "exe": exe,
+                "flags": ["procfs", "adopted"], "exec_id": exec_id(pid, start),
+                "pexec_id": exec_id(ppid, pstart), "exe": exe,
                 "filename": exe, "argv": argv, "cmdline": " ".join(argv), "cwd": cwd,
             }  # fmt: skip
             self._announce_adopted(ev)
@@ -337,14 +348,14 @@ class Collector:
         except RecordError:
             self.lost_decode += 1
             return
-        t = h[3]
-        ev = {"type": TYPE_NAMES[t], "ts": h[0] + self.cache.offset, "tid": h[2], "ret": h[1],
-              "flags": _FLAGS[h[4] & 0xFF]}  # fmt: skip
+        t = h[_V_TYPE]
+        ev = {"type": TYPE_NAMES[t], "ts": h[_V_TS] + self.cache.offset, "tid": h[_V_TID],
+              "ret": h[_V_RET], "flags": _FLAGS[h[_V_FLAGS] & 0xFF]}  # fmt: skip
         build(ev, h, s1, s2)
         key = buf[off + _IDENT_OFF : off + _HSIZE]
         if t == _EXEC:  # a new image: its exe and cwd are read now, then its identity
             i = _IDENT.unpack(key)
-            self.cache.on_exec(ev, i[3])
+            self.cache.on_exec(ev, i[_I_PID])
             ident = self._identity(key, i)
         else:
             ident = self._idents.get(key) or self._identity(key, _IDENT.unpack(key))
@@ -353,13 +364,13 @@ class Collector:
                 if t == _EXIT:
                     self._idents.pop(key, None)
         ev.update(ident)
-        if h[4] & _F_ADOPTED and ev["session"] not in self.sessions:
+        if h[_V_FLAGS] & _F_ADOPTED and ev["session"] not in self.sessions:
             self._announce_adopted(ev)
         self.batch.append(ev)
 
     def _identity(self, key: bytes, i: tuple) -> dict:
         d = self.cache.identity(i)
-        if i[1]:  # records of untracked senders (guard events, start 0) are not cached
+        if i[_I_START]:  # records of untracked senders (guard events, start 0) are not cached
             if len(self._idents) >= 65536:
                 self._idents.clear()
             self._idents[key] = d
@@ -386,7 +397,7 @@ class Collector:
         """Egress denials no syscall exit claimed (io_uring's): published as their own events
         once older than DENIAL_CLAIM_NS (a refused syscall's exit claims its denial within
         microseconds; one that took longer is published twice, never lost)."""
-        for raw in self.probes.unclaimed_denials(older_than_ns or DENIAL_CLAIM_NS, _HSIZE):
+        for raw in self.probes.unclaimed_denials(older_than_ns or DENIAL_CLAIM_NS):
             self._handle(raw, 0, len(raw))
         self.flush()
 
@@ -422,6 +433,68 @@ class Collector:
         except BlockingIOError:
             pass  # a wake-up is already pending
 
+    # -- who may speak to the monitor -------------------------------------------------------
+
+    def in_any_session(self, pid: int) -> bool:
+        """In a session of this collector (or descended from one), or in any session's cgroup
+        (another roguewatch's `run`: its agents are no operators to us either)."""
+        if self.session_of_tree(pid) is not None:
+            return True
+        cg = procfs.cgroup_path(pid) or ""
+        return cg.startswith(f"/{paths.SESSION_CGROUPS}/")
+
+    def session_of_tree(self, pid: int) -> int | None:
+        """The session of a process or of its nearest tracked ancestor (None: in no session).
+        A process that left the session map still descends from its session's processes."""
+        seen = 0
+        while pid > 1 and seen < 64:
+            s = self.probes.session_of(pid)
+            if s is not None:
+                return s
+            pid = procfs.ppid(pid)
+            seen += 1
+        return None
+
+    def standing(self, peer: Peer | None) -> Standing:
+        if peer is None:
+            return Standing.STRANGER
+        if self.in_any_session(peer.pid):
+            return Standing.SESSION
+        if peer.pid == os.getpid() or self.probes.is_guarded(peer.pid):
+            return Standing.MONITOR
+        return Standing.OPERATOR if peer.uid == 0 else Standing.STRANGER
+
+    def identity_of(self, pid: int) -> dict:
+        """The identity fields of a live process, as its probe events carry them (the exec
+        ids from the session map when it is tracked, so the evaluator links its lineage)."""
+        entry = self.probes.process(pid)
+        if entry is not None:
+            session, start, pstart, ppid = entry[:4]
+        else:
+            session, start = self.session_of_tree(pid) or 0, procfs.start_ns(pid)
+            ppid = procfs.ppid(pid)
+            pstart = procfs.start_ns(ppid) if ppid else None
+        return {
+            "session": session, "pid": pid, "tid": pid, "ppid": ppid,
+            "uid": procfs.uid(pid) or 0, "gid": 0, "comm": procfs.comm(pid) or "",
+            "exec_id": exec_id(pid, start), "pexec_id": exec_id(ppid, pstart),
+            "exe": procfs.readlink(pid, "exe") or "",
+        }  # fmt: skip
+
+    def tamper(self, kind: str, detail: str, pid: int = 0, target: str = "") -> None:
+        """A `tamper` event: something tried to blind, stop or reconfigure the monitor (``pid``
+        the offender when known). Rules decide what it costs the offender's session."""
+        ev = {"type": "tamper", "ts": time.time_ns(), "ret": 0, "flags": [], "kind": kind,
+              "target": target, "detail": detail}  # fmt: skip
+        ev.update(self.identity_of(pid) if pid else
+                  {"session": 0, "pid": 0, "tid": 0, "ppid": 0, "uid": 0, "gid": 0,
+                   "comm": "", "exec_id": "", "pexec_id": "", "exe": ""})  # fmt: skip
+        self._publish_now(ev)
+
+    def _refused(self, kind: str, what: str, peer: Peer | None) -> None:
+        who = f"pid {peer.pid} (uid {peer.uid})" if peer else "a peer without credentials"
+        self.tamper(kind, f"{who} was refused {what}", peer.pid if peer else 0, what)
+
     # -- the control socket's operations -----------------------------------------------------
 
     def _register_operations(self, server: ControlServer) -> None:
@@ -431,15 +504,20 @@ class Collector:
             "attach_egress": self._attach_egress,
             "session_end": self._session_end,
             "unregister": lambda req, peer: {"ok": self.probes.unregister(int(req["pid"]))},
-            "announce": self._announce,
             "sessions": lambda req, peer: {"ok": True, "sessions": self.session_list()},
             "release": self._release,
             "guard": self._guard,
             "stats": lambda req, peer: {"ok": True, **self.stats()},
+            "standing": lambda req, peer: {
+                "ok": True,
+                "standing": self.standing(Peer(int(req["pid"]), 0, 0)).name,
+            },
         }
         for op, handler in ops.items():
             server.register(op, handler)
         server.register("restore", self._restore, threaded=True)
+        # Only roguewatch's own processes speak in the monitor's name (the service reports).
+        server.register("announce", self._announce, needs=Standing.MONITOR)
 
     def _restore(self, req: dict, peer: Peer | None = None) -> dict:
         if self.files is None:
@@ -447,10 +525,12 @@ class Collector:
         return {"ok": True, "outcome": self.files.restore(str(req["path"]), req.get("who") or {})}
 
     def _announce(self, req: dict, peer: Peer | None = None) -> dict:
-        """The service reporting on its components (restarts), as a `monitor` event."""
+        """The service reporting on its components (restarts), as a `monitor` event that says
+        who reported it (only roguewatch's own processes may: see the operation's standing)."""
+        origin = f"{procfs.comm(peer.pid) or '?'} (pid {peer.pid})" if peer else "unknown"
         self._publish_now({
             "type": "monitor", "kind": str(req.get("kind", "monitor")), "ts": time.time_ns(),
-            "session": 0, "pid": os.getpid(), "flags": [],
+            "session": 0, "pid": os.getpid(), "flags": [], "origin": origin,
             "detail": str(req.get("detail", "")), "missed": int(req.get("missed", 0)),
         })  # fmt: skip
         return {"ok": True}

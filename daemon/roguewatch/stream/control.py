@@ -2,15 +2,19 @@
 
 Owns the wire (one msgpack map per ZeroMQ REQ/REP message, ``{"op": NAME, ...}`` in and
 ``{"ok": bool, ...}`` out), finding a running collector, and the server's table of
-operations: each operation is a handler, whether it runs in a worker thread (a restore copies
-and fsyncs files: the collector's loop must keep draining the ring meanwhile), and the peer
-(``Peer``: pid, uid, gid from the kernel, through ZeroMQ's ``Peer-Address``) it is asked by.
+operations: each operation is a handler, the lowest standing of the peer that may ask for it
+(``Standing``: the peer's pid, uid and gid come from the kernel through ZeroMQ's
+``Peer-Address``; the owner judges them), and whether it runs in a worker thread (a restore
+copies and fsyncs files: the collector's loop must keep draining the ring meanwhile). The
+socket is root-only (0600 in a 0700 directory), but a root agent can connect anyway: the
+standing is what keeps a session from speaking for the monitor.
 
 It must not know what the operations do: the collector registers them.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +24,7 @@ import msgpack
 import zmq
 
 from roguewatch.stream import bus
+from roguewatch.stream.bus import Peer
 
 
 class ControlError(Exception):
@@ -77,30 +82,23 @@ def running(endpoint: str = bus.CONTROL_ENDPOINT) -> ControlClient | None:
 # The server
 
 
-@dataclass(frozen=True)
-class Peer:
-    """Who sent a request, as the kernel saw it when they connected (SO_PEERCRED)."""
-
-    pid: int
-    uid: int
-    gid: int
-
-    @classmethod
-    def of(cls, frame: zmq.Frame) -> Peer | None:
-        """From ZeroMQ's ``Peer-Address`` of an ipc message (``host:uid:gid:pid``)."""
-        try:
-            _, uid, gid, pid = str(frame.get("Peer-Address")).rsplit(":", 3)
-            return cls(int(pid), int(uid), int(gid))
-        except (ValueError, zmq.ZMQError):
-            return None
-
-
 Handler = Callable[[dict, "Peer | None"], dict]
+
+
+class Standing(enum.IntEnum):
+    """Who a peer is to the monitor, lowest trust first. An operation names the lowest
+    standing it accepts."""
+
+    SESSION = 0  # in a watched session, or descended from one: never speaks for the monitor
+    STRANGER = 1  # not root, or not known (no peer credentials)
+    OPERATOR = 2  # root, outside every session: an administrator, `roguewatch run`
+    MONITOR = 3  # one of roguewatch's own processes (guarded)
 
 
 @dataclass(frozen=True)
 class Operation:
     handler: Handler
+    needs: Standing = Standing.OPERATOR
     threaded: bool = False  # runs in the worker thread (slow: file copies, fsyncs)
 
 
@@ -112,7 +110,15 @@ class ControlServer:
     ``wake`` is called when a threaded operation finishes, so the owner's loop comes round.
     """
 
-    def __init__(self, endpoint: str, wake: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        wake: Callable[[], None] = lambda: None,
+        judge: Callable[[Peer | None], Standing] = lambda _p: Standing.MONITOR,
+        on_refused: Callable[[str, Peer | None, Standing], None] | None = None,
+    ) -> None:
+        """``judge(peer)`` says who a peer is; a request from a peer below its operation's
+        standing is refused, counted (``refused``) and told to ``on_refused(op, peer, who)``."""
         bus.prepare_endpoint(endpoint)
         self.endpoint = endpoint
         self.socket = zmq.Context.instance().socket(zmq.REP)
@@ -123,16 +129,31 @@ class ControlServer:
             os.chmod(path, 0o600)
         self.ops: dict[str, Operation] = {}
         self._wake = wake
+        self.judge = judge
+        self.on_refused = on_refused
+        self.refused = 0
         self._pending: Future | None = None
         self._worker: ThreadPoolExecutor | None = None
 
-    def register(self, op: str, handler: Handler, *, threaded: bool = False) -> None:
-        self.ops[op] = Operation(handler, threaded)
+    def register(
+        self, op: str, handler: Handler, *, needs: Standing = Standing.OPERATOR,
+        threaded: bool = False,
+    ) -> None:  # fmt: skip
+        self.ops[op] = Operation(handler, needs, threaded)
 
     def _answer(self, req: object, peer: Peer | None) -> dict | Future:
         if not isinstance(req, dict):
             return {"ok": False, "error": "a request is a map with an 'op'"}
-        op = self.ops.get(str(req.get("op")))
+        name = str(req.get("op"))
+        who = self.judge(peer)
+        op = self.ops.get(name)
+        if who <= Standing.SESSION or (op is not None and who < op.needs):
+            # Refused, in as few words whatever the operation: a session learns nothing of
+            # the table by trying.
+            self.refused += 1
+            if self.on_refused is not None:
+                self.on_refused(name, peer, who)
+            return {"ok": False, "error": "refused"}
         if op is None:
             return {"ok": False, "error": f"unknown op {req.get('op')!r}"}
         if op.threaded:

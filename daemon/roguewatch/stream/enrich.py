@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 
 from roguewatch.core import procfs
+from roguewatch.core.identity import exec_id
+from roguewatch.probes import layout
 from roguewatch.probes.layout import AT_FDCWD
 
 MAX_PROCS = 65536
@@ -53,22 +55,22 @@ class ProcessCache:
 
         The same for every record of one process image: the collector computes it once per
         image and caches it, so this runs at first sight of a process and after each exec."""
-        session, start, pstart, pid, ppid, uid, gid, comm = i
+        start, pid, ppid = i[layout.I_START], i[layout.I_PID], i[layout.I_PPID]
         if start:
-            exec_id = f"{pid}-{start}"
-            pexec_id = f"{ppid}-{pstart}" if ppid else ""
+            eid = exec_id(pid, start)
+            pexec_id = exec_id(ppid, i[layout.I_PSTART])
         else:  # a guard event from an untracked process: identity from /proc
             ppid = ppid or procfs.ppid(pid)
-            ps = procfs.start_ns(pid)
-            exec_id = f"{pid}-{ps}" if ps is not None else ""
+            eid = exec_id(pid, procfs.start_ns(pid))
             pexec_id = ""
         exe = self.exe.get(pid)
         if exe is None:
             exe = self._exe(pid)
+        comm = i[layout.I_COMM].split(b"\0", 1)[0].decode(errors="replace")
         return {
-            "session": session, "pid": pid, "ppid": ppid, "uid": uid, "gid": gid,
-            "comm": comm.split(b"\0", 1)[0].decode(errors="replace"), "exec_id": exec_id,
-            "pexec_id": pexec_id, "exe": exe,
+            "session": i[layout.I_SESSION], "pid": pid, "ppid": ppid, "uid": i[layout.I_UID],
+            "gid": i[layout.I_GID], "comm": comm, "exec_id": eid, "pexec_id": pexec_id,
+            "exe": exe,
         }  # fmt: skip
 
     # -- per event (only the types that change or read state) ------------------------------
@@ -190,11 +192,9 @@ class ProcessCache:
             self.cwd[pid] = ev["path"]
 
     def _pidfd_target(self, pid: int, fd: int) -> int:
+        """The process a pidfd of ``pid`` names; -1 when it cannot be told (the kernel's own
+        answer for a target that exited)."""
         try:
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                for line in f:
-                    if line.startswith("Pid:"):
-                        return int(line.split()[1])
-        except (OSError, ValueError):
-            pass
-        return -1
+            return int(procfs.fdinfo(pid, fd).get("Pid", "-1").split()[0])
+        except (ValueError, IndexError):
+            return -1

@@ -376,8 +376,32 @@ EVENT_TYPES: tuple[EventType, ...] = (
             Field("lost_pending", "int", "syscall records dropped for a full pending map"),
             Field("untracked_forks", "int", "forked children the full session map could not track"),
             Field("detail", "str", "human-readable explanation"),
+            Field(
+                "origin",
+                "str",
+                "who reported it when the collector did not see it itself: roguewatch's own "
+                "process that announced it on the control socket (e.g. the service, on a "
+                "component restart)",
+            ),
         ),
         "(collector)",
+    ),
+    EventType(
+        "tamper",
+        "something tried to blind, stop or reconfigure the monitor, as the monitor itself saw "
+        "it (the identity fields are the offender's when it is known, all zero otherwise)",
+        (
+            Field(
+                "kind",
+                "str",
+                "`control_refused` (a request on the control socket from a process the "
+                "operation does not accept: one in a session), `subscription_refused` (a "
+                "process in a session subscribed to the event or alert stream)",
+            ),
+            Field("target", "str", "what was aimed at: a socket and operation, a path, a pid"),
+            Field("detail", "str", "human-readable explanation"),
+        ),
+        "(collector, evaluator)",
     ),
 )
 

@@ -1,23 +1,18 @@
-"""Rule files: loading, validation, overrides, selection, and the compiled rule set.
+"""Rule files: the format, its validation with ``file:line:column`` errors, and loading.
 
-This module owns the rule file format (YAML lists of ``- list:``, ``- macro:`` and ``- rule:``
-items in Falco's style, with ``append``/``override`` so later files extend earlier ones), its
-validation with ``file:line:column`` errors, rule exceptions, output templates, the
-:class:`RuleSet` that indexes rules by event type, enabling and disabling by name, glob, tag
-or category, and the rule fixtures that ``rules test`` and CI run.
-
-It must not evaluate streams, deduplicate or act: that is the evaluator's and enforcer's job.
+Owns the rule file format (YAML lists of ``- list:``, ``- macro:`` and ``- rule:`` items in
+Falco's style, with ``append``/``override`` so later files extend earlier ones), exceptions and
+output templates as written, the packaged packs and local directories in their order, and
+compiling all of it into a :class:`~roguewatch.detect.ruleset.model.RuleSet`.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
-import fnmatch
 import importlib.resources
-import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any
@@ -25,14 +20,19 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from roguewatch.core import yamlfile
 from roguewatch.detect import condition as C
 from roguewatch.detect import fields as F
-from roguewatch.detect.prefilter import TypeFilter
-from roguewatch.policy.policy import from_wire as policy_from_wire
-
-SEVERITIES = ("info", "low", "medium", "high", "critical")
-CATEGORIES = ("egress", "persistence", "shutdown_evasion", "oversight_tampering", "monitor")
-ACTIONS = ("alert", "kill_process", "kill_tree", "kill_session", "freeze", "restore")
+from roguewatch.detect.ruleset.model import (
+    _FIELD_REF,
+    ACTIONS,
+    CATEGORIES,
+    SEVERITIES,
+    Rule,
+    RuleError,
+    RuleException,
+    RuleSet,
+)
 
 _RULE_KEYS = {
     "rule", "desc", "condition", "output", "severity", "category", "tags", "action", "enabled",
@@ -42,30 +42,6 @@ _RULE_REQUIRED = ("desc", "condition", "output", "severity", "category")
 _RULE_APPENDABLE = {"condition", "exceptions", "tags"}
 _RULE_REPLACEABLE = _RULE_KEYS - {"rule", "append", "override"}
 _EXC_KEYS = {"name", "fields", "comps", "values"}
-
-
-class RuleError(Exception):
-    """A rule file problem. ``str()`` is ``file:line:column: KIND 'NAME': message``."""
-
-    def __init__(
-        self,
-        message: str,
-        file: str | None = None,
-        line: int | None = None,
-        column: int | None = None,
-        kind: str | None = None,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message, self.file, self.line, self.column = message, file, line, column
-        self.kind, self.name = kind, name
-
-    def __str__(self) -> str:
-        where = ""
-        if self.file is not None:
-            where = f"{self.file}:{self.line or 1}:{self.column or 1}: "
-        what = f"{self.kind} '{self.name}': " if self.kind else ""
-        return f"{where}{what}{self.message}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,183 +170,6 @@ class _RuleDef:
 # The compiled rules
 # ---------------------------------------------------------------------------------------------
 
-_FIELD_REF = re.compile(r"%%|%([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+(?:\[\d+\])?)")
-
-
-@dataclass(frozen=True)
-class RuleException:
-    """A named exception: the rule does not fire when, for any row of ``values``, every
-    ``fields[i] comps[i] values[row][i]`` holds."""
-
-    name: str
-    fields: tuple[str, ...]
-    comps: tuple[str, ...]
-    values: tuple[tuple[Any, ...], ...]
-
-
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    desc: str
-    condition: str
-    output: str
-    severity: str
-    category: str
-    tags: tuple[str, ...]
-    action: str
-    enabled: bool
-    exceptions: tuple[RuleException, ...]
-    source: str  # file:line of the first definition
-    compiled: C.CompiledCondition = field(repr=False, compare=False)
-    template: tuple[str | F.ResolvedField, ...] = field(repr=False, compare=False)
-
-    @property
-    def event_types(self) -> frozenset[str] | None:
-        return self.compiled.event_types
-
-    def matches(self, event: dict, ctx: Any) -> bool:
-        """True when the condition holds and no exception does."""
-        try:
-            return self.compiled.match(event, ctx)
-        except (TypeError, AttributeError, ValueError, KeyError, IndexError):
-            return False  # a malformed event (a field of the wrong type) matches nothing
-
-    def render(self, event: dict, ctx: Any) -> str:
-        """The output template with every ``%field`` replaced by its value."""
-        out = []
-        for part in self.template:
-            if isinstance(part, str):
-                out.append(part)
-                continue
-            try:
-                v = part.extract(event, ctx)
-            except (TypeError, AttributeError, ValueError, KeyError, IndexError):
-                v = None
-            out.append(_render_value(v))
-        return "".join(out)
-
-    def explain(self) -> str:
-        """The condition with macros and lists expanded (exceptions included)."""
-        return C.to_text(self.compiled.tree, expand_macros=True)
-
-    @property
-    def fields_used(self) -> frozenset[str]:
-        return self.compiled.fields
-
-
-def _render_value(v: Any) -> str:
-    if v is None:
-        return "<NA>"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:.2f}"
-    if isinstance(v, list | tuple):
-        return " ".join(_render_value(x) for x in v)
-    return str(v)
-
-
-class RuleSet:
-    """The compiled, immutable set of rules; ``rules_for(type)`` gives the enabled rules an
-    event of that type can match, in definition order. ``match`` runs them behind one
-    prefilter per type (``roguewatch.detect.prefilter``): same result, far fewer matchers run."""
-
-    def __init__(
-        self,
-        rules: Sequence[Rule],
-        lists: Mapping[str, tuple[str, ...]] | None = None,
-        macros: Mapping[str, str] | None = None,
-        files: Sequence[str] = (),
-    ) -> None:
-        self.rules: tuple[Rule, ...] = tuple(rules)
-        self.lists = dict(lists or {})
-        self.macros = dict(macros or {})
-        self.files = tuple(files)
-        self._by_name = {r.name: r for r in self.rules}
-        enabled = [r for r in self.rules if r.enabled]
-        self._any: tuple[Rule, ...] = tuple(r for r in enabled if r.event_types is None)
-        self._any_matchers = tuple((r, r.compiled.match) for r in self._any)
-        index: dict[str, list[Rule]] = {}
-        filters: dict[str, TypeFilter[Rule]] = {}
-        for t in sorted(F.EVENT_TYPE_NAMES):
-            index[t] = []
-            entries = []
-            for r in enabled:
-                if r.event_types is not None and t not in r.event_types:
-                    continue
-                m = r.compiled.for_event_type(t)
-                if m is None:  # its condition cannot hold for this type
-                    continue
-                index[t].append(r)
-                entries.append((r, m, C.specialize(r.compiled.tree, t)))
-            filters[t] = TypeFilter(entries)
-        self._index = {t: tuple(rs) for t, rs in index.items()}
-        # Per event type, the rules gated by the values of the keys they test (the path...).
-        self._filters = filters
-        self._any_filter: TypeFilter[Rule] = TypeFilter(
-            [(r, m, True) for r, m in self._any_matchers]
-        )
-        # match() for each event type: the evaluator calls these directly, a call less.
-        self.match_by_type: Mapping[str, Callable[[dict, Any], list[Rule]]] = {
-            t: f.match for t, f in filters.items()
-        }
-
-    def __iter__(self) -> Iterator[Rule]:
-        return iter(self.rules)
-
-    def __len__(self) -> int:
-        return len(self.rules)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._by_name
-
-    def get(self, name: str) -> Rule:
-        return self._by_name[name]
-
-    def rules_for(self, event_type: str) -> tuple[Rule, ...]:
-        """Enabled rules that can match an event of ``event_type`` (a tuple, do not copy)."""
-        return self._index.get(event_type, self._any)
-
-    def match(self, event: dict, ctx: Any) -> list[Rule]:
-        """Every enabled rule the event matches, in definition order (a rule whose matcher
-        raises on a malformed event does not match)."""
-        return self.match_by_type.get(event.get("type"), self._any_filter.match)(event, ctx)
-
-    def select(self, enable: Iterable[str] = (), disable: Iterable[str] = ()) -> RuleSet:
-        """A copy with rules disabled, then enabled, by pattern: ``name``, a glob
-        (``persistence_*``), ``tag:T1053`` (also matches ``T1053.003``; globs allowed) or
-        ``category:egress``. A pattern that matches no rule is a RuleError."""
-        state = {r.name: r.enabled for r in self.rules}
-        for value, patterns in ((False, disable), (True, enable)):
-            for pat in patterns:
-                hits = [r.name for r in self.rules if _selects(pat, r)]
-                if not hits:
-                    raise RuleError(f"no rule matches {pat!r}", kind="select", name=pat)
-                for n in hits:
-                    state[n] = value
-        rules = [
-            r if r.enabled == state[r.name] else dataclasses.replace(r, enabled=state[r.name])
-            for r in self.rules
-        ]
-        return RuleSet(rules, self.lists, self.macros, self.files)
-
-
-def _selects(pattern: str, rule: Rule) -> bool:
-    if pattern.startswith("tag:"):
-        p = pattern[4:]
-        return any(
-            fnmatch.fnmatchcase(t, p) or t.startswith(p + ".") or fnmatch.fnmatchcase(t, p + ".*")
-            for t in rule.tags
-        )
-    if pattern.startswith("category:"):
-        return fnmatch.fnmatchcase(rule.category, pattern[9:])
-    return fnmatch.fnmatchcase(rule.name, pattern)
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------
-
 _constructor = yaml.constructor.SafeConstructor()
 
 
@@ -390,19 +189,9 @@ class _Loader:
         self.files.append(name)
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            detail = e.problem or "syntax error"
-            if e.context:
-                detail += f" ({e.context})"
-            raise RuleError(
-                f"expected valid YAML: {detail}",
-                name,
-                mark.line + 1 if mark else 1,
-                mark.column + 1 if mark else 1,
-            ) from None
         except yaml.YAMLError as e:
-            raise RuleError(f"expected valid YAML: {e}", name, 1, 1) from None
+            line, column, detail = yamlfile.position(e)
+            raise RuleError(f"expected valid YAML: {detail}", name, line, column) from None
         if root is None:
             return
         if not isinstance(root, SequenceNode):
@@ -933,7 +722,7 @@ def load_texts(sources: Iterable[tuple[str, str]]) -> RuleSet:
     return loader.build()
 
 
-def _read(f: RuleFile) -> tuple[str, str]:
+def read_source(f: RuleFile) -> tuple[str, str]:
     p: Traversable | Path = f if isinstance(f, Traversable) else Path(f)
     try:
         return str(p), p.read_text(encoding="utf-8")
@@ -945,7 +734,7 @@ def _read(f: RuleFile) -> tuple[str, str]:
 
 def load_files(files: Iterable[RuleFile]) -> RuleSet:
     """A RuleSet from rule files, in the order given."""
-    return load_texts(_read(f) for f in files)
+    return load_texts(read_source(f) for f in files)
 
 
 def load_rules(extra_dirs: Iterable[RuleFile] = (), *, defaults: bool = True) -> RuleSet:
@@ -962,112 +751,6 @@ def load_rules(extra_dirs: Iterable[RuleFile] = (), *, defaults: bool = True) ->
 # ---------------------------------------------------------------------------------------------
 # Fixtures: events and the rules they must (or must not) fire
 # ---------------------------------------------------------------------------------------------
-
-EVENT_DEFAULTS: dict[str, Any] = {
-    "ts": 1_700_000_000_000_000_000,
-    "session": 7,
-    "pid": 4242,
-    "tid": 4242,
-    "ppid": 4200,
-    "uid": 1000,
-    "gid": 1000,
-    "comm": "python3",
-    "exe": "/usr/bin/python3",
-    "exec_id": "4242-1000",
-    "pexec_id": "4200-900",
-    "ret": 0,
-    "flags": [],
-}
-
-
-@dataclass
-class FixtureCase:
-    """One case of a fixture file: events in order and the exact set of rules they fire."""
-
-    name: str
-    file: str
-    line: int
-    events: list[dict]
-    expect: list[str]
-    view: F.StaticProcessView
-
-
-@dataclass
-class FixtureResult:
-    case: FixtureCase
-    fired: list[str]
-    rendered: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return sorted(set(self.fired)) == sorted(set(self.case.expect))
-
-    def __str__(self) -> str:
-        c = self.case
-        return (
-            f"{c.file}:{c.line}: case '{c.name}': expected {sorted(set(c.expect))}, "
-            f"fired {sorted(set(self.fired))}"
-        )
-
-
-def _view(spec: Mapping[str, Any]) -> F.StaticProcessView:
-    return F.StaticProcessView(
-        policy=policy_from_wire(spec.get("policy") or {}),
-        default_ancestors=list(spec.get("ancestors", [])),
-        processes={int(k): int(v) for k, v in (spec.get("processes") or {}).items()},
-        venvs=tuple(spec.get("venvs", ())),
-        fork_rates={int(k): float(v) for k, v in (spec.get("fork_rates") or {}).items()},
-    )
-
-
-def load_fixtures(path: RuleFile) -> list[FixtureCase]:
-    """Cases of a fixture file (format in docs/rules.md)."""
-    name, text = _read(path)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise RuleError(f"expected valid YAML: {e}", name, 1, 1) from None
-    if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
-        raise RuleError("expected a mapping with 'cases' (a list)", name, 1, 1)
-    case_nodes = next(v for k, v in root.value if k.value == "cases").value
-    defaults = {**EVENT_DEFAULTS, **(data.get("defaults") or {})}
-    base_ctx = data.get("context") or {}
-    out = []
-    for node, case in zip(case_nodes, data["cases"], strict=True):
-        line = node.start_mark.line + 1
-        if not isinstance(case, dict) or "events" not in case or "expect" not in case:
-            raise RuleError("expected a case with 'name', 'events' and 'expect'", name, line, 1)
-        evs = []
-        for ev in case["events"]:
-            merged = {**defaults, **(case.get("defaults") or {}), **ev}
-            evs.append(merged)
-        ctx = {**base_ctx, **(case.get("context") or {})}
-        out.append(
-            FixtureCase(
-                str(case.get("name", f"case at line {line}")),
-                name,
-                line,
-                evs,
-                list(case["expect"] or []),
-                _view(ctx),
-            )
-        )
-    return out
-
-
-def run_fixture(ruleset: RuleSet, case: FixtureCase) -> FixtureResult:
-    fired: list[str] = []
-    rendered: list[str] = []
-    for ev in case.events:
-        for rule in ruleset.match(ev, case.view):
-            fired.append(rule.name)
-            rendered.append(rule.render(ev, case.view))
-    return FixtureResult(case, fired, rendered)
-
-
-def default_fixture_files() -> list[Traversable | Path]:
-    return rule_files(default_rules_dir() / "fixtures")
 
 
 def lists_only(extra_dirs: Iterable[RuleFile] = ()) -> dict[str, tuple[str, ...]]:
