@@ -98,31 +98,28 @@ def uid(pid: int) -> int | None:
         return None
 
 
-def status(pid: int | str) -> dict[str, str]:
-    """``/proc/PID/status`` as a mapping of its keys (empty when gone)."""
+def _keyed(path: str) -> dict[str, str]:
+    """A ``key: value`` file of /proc as a mapping (empty when it is gone)."""
     out: dict[str, str] = {}
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
                 key, _, value = line.partition(":")
                 out[key] = value.strip()
     except OSError:
         pass
     return out
+
+
+def status(pid: int | str) -> dict[str, str]:
+    """``/proc/PID/status`` as a mapping of its keys (empty when gone)."""
+    return _keyed(f"/proc/{pid}/status")
 
 
 def fdinfo(pid: int, fd: int) -> dict[str, str]:
     """``/proc/PID/fdinfo/FD`` as a mapping of its keys (``pos``, ``flags``, a pidfd's
     ``Pid``...); empty when the process or the fd is gone."""
-    out: dict[str, str] = {}
-    try:
-        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                out[key] = value.strip()
-    except OSError:
-        pass
-    return out
+    return _keyed(f"/proc/{pid}/fdinfo/{fd}")
 
 
 def cgroup_path(pid: int) -> str | None:
