@@ -221,8 +221,9 @@ static __always_inline u32 rw_size(struct rw_rec *r)
  * no record on this CPU did in the last RW_WAKE_NS; the others are written without a
  * wake-up, and the collector, which polls every millisecond while records keep coming, reads
  * them within that millisecond (so a longer RW_WAKE_NS adds no latency: it makes batches
- * bigger; 1 ms against 0.2 ms took a tracked connect storm from +37-48% to +27-30%). A wake-up is an irq_work self-interrupt on the writer's CPU
- * (a VM exit here): about 1 us that every tracked syscall paid when the collector kept up. */
+ * bigger, and a tracked storm cheaper: bench/README.md). A wake-up is an irq_work
+ * self-interrupt on the writer's CPU (a VM exit in a VM), which every tracked syscall paid
+ * when the collector kept up. */
 #define RW_WAKE_NS 1000000ULL
 BPF_PERCPU_ARRAY(last_wake, u64, 1);
 

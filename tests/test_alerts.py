@@ -310,6 +310,14 @@ def test_human_key_detail(event: dict, expected: str) -> None:
     assert expected in alerts.human(make_alert(1, event=event))
 
 
+def test_the_types_detail_names_are_event_types() -> None:
+    from roguewatch.stream import events
+
+    named = {*alerts.DETAIL_NETWORK_TYPES, *alerts.DETAIL_SIGNAL_TYPES,
+             *alerts.DETAIL_TWO_PATH_TYPES, "exec", "monitor"}  # fmt: skip
+    assert named <= set(events.NAMES), named - set(events.NAMES)
+
+
 def test_human_escapes_terminal_control_from_the_agent() -> None:
     line = alerts.human(make_alert(1, comm="x\033]0;pwned\007", event={"type": "x"}))
     assert "\033" not in line and "\007" not in line and "\\x1b" in line

@@ -59,3 +59,36 @@ def test_the_probe_layouts_import_only_the_core() -> None:
     """probes/layout.py mirrors the C; it is read by sensors and stream, never the reverse."""
     layout = PACKAGE.parent.parent / "probes" / "layout.py"
     assert all(_stage(m) == "core" for _, m in _imports(layout)), _imports(layout)
+
+
+def test_every_attribute_read_of_a_roguewatch_module_exists() -> None:
+    """``module.name`` where ``module`` was imported from roguewatch: a rename that missed a
+    caller (or a merge that brought one back) fails here, not on the path that reads it."""
+    import importlib
+
+    root = PACKAGE.parent.parent
+    files = [
+        *PACKAGE.rglob("*.py"),
+        *(root / "tests").rglob("*.py"),
+        *(root / "bench").rglob("*.py"),
+    ]
+    missing = []
+    for path in files:
+        tree = ast.parse(path.read_text())
+        modules = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("roguewatch"):
+                for a in node.names:
+                    try:
+                        modules[a.asname or a.name] = importlib.import_module(
+                            f"{node.module}.{a.name}"
+                        )
+                    except ImportError:
+                        continue  # a name, not a module
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in modules
+                    and not hasattr(modules[node.value.id], node.attr)):  # fmt: skip
+                missing.append(f"{path.relative_to(root)}:{node.lineno}: "
+                               f"{node.value.id}.{node.attr}")  # fmt: skip
+    assert not missing, "\n".join(missing)

@@ -239,8 +239,11 @@ def test_landlock_abi_matches_the_syscall() -> None:
     assert ke.landlock_abi() == expected
     check = doctor._landlock()
     assert check.ok == (expected >= 1)
-    if expected:
-        assert check.detail == f"ABI {expected}"
+    if expected >= 6:
+        assert check.detail == (
+            f"ABI {expected}: filesystem rules available, signal and abstract-socket scoping"
+        )
+        assert check.status == "ok"
 
 
 def test_header_tree_reads_the_headers_release(

@@ -139,16 +139,22 @@ def test_lineage_stops_at_the_session_root(rules) -> None:
 
 
 def test_a_rule_swap_happens_between_events(rules, tmp_path) -> None:
-    e, out, _ = make(rules)
-    session_tree(e)
+    """A local file that turns a default rule off (an override, as an operator writes it):
+    it must load, and the evaluator swapped onto it must stay quiet where the defaults fire."""
+    cron = ev("open", 101, exec_id="101-3", path="/etc/cron.d/evil", dirfd=-100,
+              open_flags=0o101, mode=0o644)  # fmt: skip
+    before, fired, _ = make(rules)
+    session_tree(before)
+    before.handle(dict(cron))
+    assert [a for a in fired if a["rule"] == "persistence_cron_write"]  # the defaults fire
+
     (tmp_path / "local.yaml").write_text(
         "- rule: persistence_cron_write\n  enabled: false\n  override: {enabled: replace}\n"
     )
-    try:
-        quieter = ruleset.load_rules([str(tmp_path)])
-    except ruleset.RuleError:
-        quieter = rules.select(disable=["persistence_cron_write"])
+    quieter = ruleset.load_rules([str(tmp_path)])  # a RuleError here fails the test
+    assert not quieter.get("persistence_cron_write").enabled
+    e, out, _ = make(rules)
+    session_tree(e)
     e.swap_rules(quieter)
-    e.handle(ev("open", 101, exec_id="101-3", path="/etc/cron.d/evil", dirfd=-100,
-                open_flags=0o101, mode=0o644))  # fmt: skip
+    e.handle(dict(cron))
     assert not [a for a in out if a["rule"] == "persistence_cron_write"]

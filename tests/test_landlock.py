@@ -13,6 +13,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from roguewatch.respond import landlock
@@ -165,6 +166,67 @@ def test_writable_roots_confine_writes_not_reads() -> None:
         assert res["read_etc"] == 0
         assert os.path.exists(os.path.join(allowed, "ok"))
         assert os.listdir(other) == []
+
+
+def test_denied_subtrees_stay_out_of_reach_and_everything_around_them_writable(
+    tmp_path: Path,
+) -> None:
+    """The construction of "everything but": a tree like /, /etc, /run with a denied
+    directory two levels down, a link to it, and files beside it."""
+    require_root()
+    top = tmp_path / "root"
+    etc = top / "etc"
+    for d in (etc / "roguewatch", etc / "cron.d", top / "home" / "agent", top / "run"):
+        d.mkdir(parents=True)
+    (etc / "hostname").write_text("old\n")
+    (etc / "roguewatch" / "config").write_text("monitor's\n")
+    (top / "run" / "roguewatch").symlink_to(etc / "roguewatch")  # like /var/run -> /run
+
+    def write(path: Path, mode: str = "w") -> None:
+        with open(path, mode) as f:
+            f.write("x")
+
+    def body() -> dict:
+        landlock.restrict_self(writable=[str(top)], deny_writes=[str(etc / "roguewatch")])
+        return {
+            "denied file": _errno_of(lambda: write(etc / "roguewatch" / "config", "a")),
+            "denied new file": _errno_of(lambda: write(etc / "roguewatch" / "new")),
+            "denied through a link": _errno_of(lambda: write(top / "run" / "roguewatch" / "n")),
+            "sibling directory": _errno_of(lambda: write(etc / "cron.d" / "job")),
+            "elsewhere": _errno_of(lambda: write(top / "home" / "agent" / "notes")),
+            "existing file beside it": _errno_of(lambda: write(etc / "hostname", "a")),
+            # documented: an entry made or removed directly in a parent of a denied path
+            # would need a right that holds in the denied subtree too
+            "new file beside it": _errno_of(lambda: write(etc / "new.conf")),
+            "unlink beside it": _errno_of(lambda: os.unlink(etc / "hostname")),
+            "rename the denied directory": _errno_of(
+                lambda: os.rename(etc / "roguewatch", top / "home" / "moved")
+            ),
+            "outside the writable root": _errno_of(lambda: write(tmp_path / "outside")),
+        }
+
+    assert in_child(body) == {
+        "denied file": errno.EACCES,
+        "denied new file": errno.EACCES,
+        "denied through a link": errno.EACCES,
+        "sibling directory": 0,
+        "elsewhere": 0,
+        "existing file beside it": 0,
+        "new file beside it": errno.EACCES,
+        "unlink beside it": errno.EACCES,
+        "rename the denied directory": errno.EACCES,
+        "outside the writable root": errno.EACCES,
+    }
+    assert (etc / "roguewatch" / "config").read_text() == "monitor's\n"
+    assert not (etc / "roguewatch" / "new").exists() and (etc / "roguewatch").is_dir()
+
+
+def test_a_writable_root_inside_a_denied_path_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "monitor" / "logs").mkdir(parents=True)
+    with pytest.raises(LandlockError, match=r"writable root '.*/monitor/logs' is inside"):
+        landlock.Ruleset.build(
+            writable=[str(tmp_path / "monitor" / "logs")], deny_writes=[str(tmp_path / "monitor")]
+        )
 
 
 def test_root_keeps_setuid_working_no_new_privs_only_when_needed() -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from roguewatch.runtime import launcher
@@ -111,7 +114,7 @@ def test_a_flooded_ring_buffer_is_counted_and_raised_as_a_monitor_event() -> Non
         assert "ring buffer" in monitor["detail"]
 
 
-def test_a_full_session_map_fails_closed_and_is_raised() -> None:
+def test_a_full_session_map_fails_closed_and_is_raised(tmp_path: Path) -> None:
     # A map of 16 tracked processes: a session that forks past it would have children nobody
     # tracks. The parent is killed in the kernel at the first fork that cannot be tracked.
     with private_collector("--max-procs", "16", "--no-watch") as watcher:
@@ -132,7 +135,23 @@ def test_a_full_session_map_fails_closed_and_is_raised() -> None:
         assert "killed" in untracked[0]["flags"]
         assert monitor is not None and monitor["untracked_forks"] >= 1
         assert "could not be tracked" in monitor["detail"]
-        assert watcher.control.request("stats")["untracked_forks"] >= 1
+        stats = watcher.control.request("stats")
+        assert stats["untracked_forks"] >= 1
+        # `roguewatch status` counts them among the losses, in its total and its losses line
+        cfg = tmp_path / "roguewatchd.yaml"
+        cfg.write_text(f"status_file: {tmp_path}/status.json\n")
+        shown = subprocess.run(
+            [sys.executable, "-m", "roguewatch.cli.main", "status", "--config", str(cfg),
+             "--control", watcher.control.endpoint],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert shown.returncode == 1, (shown.stdout, shown.stderr)
+        lost = sum(stats["lost_ring"].values()) + stats["lost_pending"] + stats["lost_decode"]
+        lost += stats["lost_bus"] + stats["untracked_forks"]
+        lines = shown.stdout.splitlines()
+        losses = next(x for x in lines if x.strip().startswith("losses:"))
+        assert f"untracked forks {stats['untracked_forks']}" in losses, losses
+        assert f"  degraded: {lost} lost (events and untracked forks)" in lines, shown.stdout
 
 
 def test_a_steady_stream_is_published_in_batches_not_record_by_record() -> None:

@@ -186,3 +186,40 @@ def test_replay_bad_policy_and_bad_rules(
     assert cli(str(rec), "--rules", str(d)) == 2
     err = capsys.readouterr().err
     assert "bad rules" in err and f"{d / 'x.yaml'}:1:3: rule 'x': expected the key" in err
+
+
+def session_start(policy: dict) -> dict:
+    """The collector's `session` start event, as `record --policy` has it registered."""
+    return {**BASE, "type": "session", "kind": "start", "ts": T0 - 1, "name": "agent",
+            "root": 4242, "cgroup": "", "mode": "observe", "policy": policy}  # fmt: skip
+
+
+def test_replay_uses_the_policy_recorded_with_the_session_unless_given_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recorded = {"egress_allow": ["10.1.0.0/16:443"], "protect": [], "mode": "observe",
+                "lists": {}, "writable": None}  # fmt: skip
+    rec = make_recording(
+        tmp_path / "p.rwrec", [session_start(recorded), exec_ev(T0), connect_ev(T0 + 1000)]
+    )
+    assert cli(str(rec), "--json") == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""  # 10.1.2.3:443 is in the recorded allowlist
+    assert "the policy recorded with session 7" in captured.err
+
+    assert cli(str(rec), "--policy", str(policy(tmp_path, "127.0.0.1/32")), "--json") == 0
+    captured = capsys.readouterr()
+    rules = [json.loads(x)["rule"] for x in captured.out.splitlines()]
+    assert rules == ["egress_unauthorized_destination"]  # the given policy, not the recorded
+    assert "recorded with" not in captured.err
+
+
+def test_replay_of_a_recording_without_a_policy_uses_the_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec = make_recording(tmp_path / "np.rwrec", [exec_ev(T0), connect_ev(T0 + 1000)])
+    assert cli(str(rec), "--json") == 0
+    captured = capsys.readouterr()
+    rules = [json.loads(x)["rule"] for x in captured.out.splitlines()]
+    assert rules == ["egress_unauthorized_destination"]
+    assert "recorded with" not in captured.err

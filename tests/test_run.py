@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -831,14 +832,260 @@ def test_not_root_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_user_option_runs_the_agent_unprivileged(agent: Agent) -> None:
-    r = agent.run("say(uid=os.getuid(), euid=os.geteuid(), gid=os.getgid())",
+    import grp
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    groups = sorted({nobody.pw_gid} | {g.gr_gid for g in grp.getgrall() if "nobody" in g.gr_mem})
+    r = agent.run("say(uid=os.getuid(), euid=os.geteuid(), gid=os.getgid(), egid=os.getegid(),"
+                  " groups=sorted(os.getgroups()), home=os.environ['HOME'])",
                   args=("--user", "nobody"))  # fmt: skip
-    said = r.said()
-    assert said == {"uid": 65534, "euid": 65534, "gid": 65534} or (
-        said["uid"] == 65534 and said["euid"] == 65534
-    ), r.describe()
+    assert r.said() == {
+        "uid": nobody.pw_uid, "euid": nobody.pw_uid, "gid": nobody.pw_gid,
+        "egid": nobody.pw_gid, "groups": groups, "home": nobody.pw_dir,
+    }, r.describe()  # fmt: skip
     assert r.status == 0, r.describe()
     assert_clean_end(r)
+
+
+# --- the agent's filesystem: Landlock ----------------------------------------------------
+
+# What the agent tries: the workspace, /tmp, cron (rules' business, not Landlock's), every
+# directory of the monitor's own, the cgroup filesystem and bpffs. "open_w" opens an existing
+# file for writing (nothing is written: a cgroup file acts only on data), "create" makes a new
+# file, "mkdir" a directory; each says the errno (0: it worked).
+FS_PROBE = """
+def cg2():
+    for line in open("/proc/self/mountinfo"):
+        left, _, right = line.partition(" - ")
+        if right.split()[0] == "cgroup2":
+            return left.split()[4]
+def open_w(p):
+    os.close(os.open(p, os.O_WRONLY))
+def create(p):
+    os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o600))
+out = {}
+def check(name, fn, path):
+    out[name] = attempt(lambda: fn(path))
+mine = cg2() + open("/proc/self/cgroup").read().split("0::", 1)[1].strip()
+for f in ("cgroup.procs", "cgroup.kill", "cgroup.freeze"):
+    check("own " + f, open_w, os.path.join(mine, f))
+check("root cgroup.procs", open_w, os.path.join(cg2(), "cgroup.procs"))
+check("mkdir in own cgroup", os.mkdir, os.path.join(mine, "escape"))
+for d in os.listdir("/sys/fs/cgroup"):
+    p = os.path.join("/sys/fs/cgroup", d, "cgroup.procs")
+    if os.path.isfile(p):
+        check(p, open_w, p)
+check("mkdir in bpffs", os.mkdir, "/sys/fs/bpf/rwtest-TOKEN")
+for f in MONITOR_FILES:
+    check("open_w " + f, open_w, f)
+    check("create " + f, create, f + ".new")
+for d in ("/var/lib/roguewatch", "/var/cache/roguewatch", "/run/roguewatch-private"):
+    check("mkdir " + d, os.mkdir, os.path.join(d, "rwtest-TOKEN"))
+# every private collector's directory (this run's own among them): its sockets, alert file
+out["create in /run/roguewatch-private/*/"] = sorted({
+    attempt(lambda: create(os.path.join(d, "rwtest-TOKEN")))
+    for d in glob.glob("/run/roguewatch-private/roguewatch-*/")
+})
+"""
+
+
+@pytest.fixture
+def monitor_files(agent: Agent) -> Iterator[list[str]]:
+    """A file of ours in each directory of the monitor's that holds files (made when missing,
+    removed afterwards with whatever we made)."""
+    import glob
+
+    made_dirs, files = [], []
+    for d in ("/etc/roguewatch", "/var/log/roguewatch", "/run/roguewatch"):
+        if not os.path.isdir(d):
+            os.makedirs(d, mode=0o700)
+            made_dirs.append(d)
+        f = os.path.join(d, f"rwtest-{agent.token}")
+        Path(f).write_text("monitor's\n")
+        files.append(f)
+    yield files
+    # (what an agent that got through would have left, too)
+    mine = f"rwtest-{agent.token}"
+    for f in [*files, *glob.glob(f"/run/roguewatch-private/roguewatch-*/{mine}")]:
+        for leftover in glob.glob(f + "*"):
+            os.unlink(leftover)
+    for d in ("/var/lib/roguewatch", "/var/cache/roguewatch", "/run/roguewatch-private",
+              "/sys/fs/bpf"):  # fmt: skip
+        shutil.rmtree(os.path.join(d, mine), ignore_errors=True)
+    for d in made_dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass  # something else put a file there meanwhile: leave it
+
+
+def fs_probe(agent: Agent, monitor_files: list[str]) -> str:
+    return ("import glob\n" + f"MONITOR_FILES = {monitor_files!r}\n"
+            + FS_PROBE.replace("TOKEN", agent.token))  # fmt: skip
+
+
+def assert_the_monitor_is_out_of_reach(said: dict, monitor_files: list[str]) -> None:
+    cgroup = {k: v for k, v in said.items() if "cgroup" in k or "bpffs" in k}
+    assert len(cgroup) >= 6 and set(cgroup.values()) == {errno.EACCES}, cgroup
+    assert said.pop("create in /run/roguewatch-private/*/") == [errno.EACCES], said
+    monitor = {k: v for k, v in said.items() if "roguewatch" in k}
+    assert len(monitor) == 2 * len(monitor_files) + 3, monitor
+    assert set(monitor.values()) == {errno.EACCES}, monitor
+    for f in monitor_files:
+        assert Path(f).read_text() == "monitor's\n" and not os.path.exists(f + ".new")
+
+
+def test_the_default_ruleset_keeps_the_agent_from_the_monitors_files_cgroups_and_bpffs(
+    agent: Agent, monitor_files: list[str]
+) -> None:
+    """No `writable:`: the workspace, /tmp, /etc/cron.d are writable (the cron file is the
+    rules' business: observe mode here, so they only say it), the monitor's paths are not."""
+    ws = agent.tmp / "ws"
+    ws.mkdir()
+    cron = f"/etc/cron.d/roguewatch-test-{os.getpid()}-landlock"
+    try:
+        r = agent.run(
+            fs_probe(agent, monitor_files)
+            + f"""
+check("workspace", create, {str(ws / "out")!r})
+check("mkdir workspace", os.mkdir, {str(ws / "d")!r})
+check("tmp", create, "/tmp/rwtest-{agent.token}")
+check("cron", create, {cron!r})
+say(**out)
+""",
+            policy=OBSERVE_LOCAL,
+        )
+    finally:
+        for f in (cron, f"/tmp/rwtest-{agent.token}"):
+            if os.path.exists(f):
+                os.unlink(f)
+    said = r.said()
+    assert said.get("workspace") == 0 and said["mkdir workspace"] == 0, r.describe()
+    assert said["tmp"] == 0 and said["cron"] == 0, said
+    r.one("persistence_cron_write", path=cron)
+    assert_the_monitor_is_out_of_reach(said, monitor_files)
+    assert r.status == 0, r.describe()
+    assert_clean_end(r)
+
+
+WRITABLE_PROBE = """
+def open_w(p):
+    os.close(os.open(p, os.O_WRONLY))
+def create(p):
+    os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o600))
+say(workspace=attempt(lambda: create(WS + "/out")), mkdir=attempt(lambda: os.mkdir(WS + "/d")),
+    tmp=attempt(lambda: create(OTHER)), dev_null=attempt(lambda: open_w("/dev/null")))
+"""
+
+
+def test_writable_confines_the_agents_writes_to_its_roots(agent: Agent) -> None:
+    ws = agent.tmp / "ws"
+    ws.mkdir()
+    other = f"/tmp/rwtest-{agent.token}"
+    try:
+        r = agent.run(f"WS, OTHER = {str(ws)!r}, {other!r}\n" + WRITABLE_PROBE,
+                      policy=ALLOW_LOCAL + f"writable: [{ws}]\n")  # fmt: skip
+    finally:
+        if os.path.exists(other):
+            os.unlink(other)
+    said = r.said()
+    assert said == {"workspace": 0, "mkdir": 0, "tmp": errno.EACCES, "dev_null": 0}, r.describe()
+    assert (ws / "out").exists() and (ws / "d").is_dir() and not os.path.exists(other)
+    assert r.status == 0, r.describe()
+    assert_clean_end(r)
+
+
+def test_writable_holds_in_observe_mode_too_and_the_monitor_stays_out_of_reach(
+    agent: Agent, monitor_files: list[str]
+) -> None:
+    """The sandbox is not a rule's action: observe mode keeps it (here, so that the rules
+    that kill for an attempt on the cgroup filesystem leave the agent to report them all)."""
+    ws = agent.tmp / "ws"
+    ws.mkdir()
+    other = f"/tmp/rwtest-{agent.token}"
+    try:
+        r = agent.run(
+            fs_probe(agent, monitor_files) + "say(**out)\n"
+            + f"WS, OTHER = {str(ws)!r}, {other!r}\n" + WRITABLE_PROBE,
+            policy=OBSERVE_LOCAL + f"writable: [{ws}]\n",
+        )  # fmt: skip
+    finally:
+        if os.path.exists(other):
+            os.unlink(other)
+    said = r.said()
+    assert said.get("workspace") == 0 and said["mkdir"] == 0, r.describe()
+    assert said["tmp"] == errno.EACCES and said["dev_null"] == 0, said
+    assert_the_monitor_is_out_of_reach(said, monitor_files)
+    assert r.status == 0, r.describe()
+    assert_clean_end(r)
+
+
+def test_the_agent_cannot_mount_over_a_directory(agent: Agent) -> None:
+    target = agent.tmp / "cron.d"
+    target.mkdir()
+    try:
+        r = agent.run(
+            f"""
+libc = ctypes.CDLL(None, use_errno=True)
+rc = libc.mount(b"tmpfs", {str(target).encode()!r}, b"tmpfs", 0, None)
+say(rc=rc, errno=ctypes.get_errno())
+"""
+        )
+    finally:
+        subprocess.run(["umount", str(target)], capture_output=True)
+    assert r.said() == {"rc": -1, "errno": errno.EPERM}, r.describe()
+    assert r.status == 0, r.describe()
+
+
+HELLO_C = '#include <stdio.h>\nint main(void) { puts("hello from cc"); return 0; }\n'
+
+
+def test_cc_and_make_work_under_the_default_ruleset(agent: Agent) -> None:
+    ws = agent.tmp / "ws"
+    ws.mkdir()
+    (ws / "hello.c").write_text(HELLO_C)
+    (ws / "Makefile").write_text("hello2: hello.c\n\tcc -O2 -o $@ $<\n")
+    script = f"cd {ws} && cc -o hello hello.c && ./hello && make -s && ./hello2"
+    r = agent.run_argv(["/bin/sh", "-c", script])
+    assert r.status == 0, r.describe()
+    assert r.stdout.splitlines() == ["hello from cc", "hello from cc"], r.describe()
+    assert_clean_end(r)
+
+
+def test_pip_installs_into_a_venv_in_the_workspace_under_the_default_ruleset(
+    agent: Agent,
+) -> None:
+    ws = agent.tmp / "ws"
+    pkg = ws / "pkg"
+    (pkg / "rwhello").mkdir(parents=True)
+    (pkg / "rwhello" / "__init__.py").write_text("GREETING = 'hello from a venv'\n")
+    (pkg / "setup.py").write_text(
+        "from setuptools import setup\nsetup(name='rwhello', version='1.0', packages=['rwhello'])\n"
+    )
+    script = (f"cd {ws} && {AGENT_PYTHON} -m venv venv && "
+              "venv/bin/pip install -q --no-index --no-build-isolation ./pkg && "
+              "venv/bin/python -c 'import rwhello; print(rwhello.GREETING)'")  # fmt: skip
+    r = agent.run_argv(["/bin/sh", "-c", script], timeout=180)
+    assert r.status == 0, r.describe()
+    assert r.stdout.strip().splitlines()[-1] == "hello from a venv", r.describe()
+    assert_clean_end(r)
+
+
+@pytest.mark.parametrize(
+    ("writable", "says"),
+    [
+        ("[relative/dir]", "writable[0]: expected an absolute path"),
+        ("[/nonexistent/rwtest]", "writable[0]: '/nonexistent/rwtest' does not exist"),
+        ("[/tmp, /run/roguewatch-private]", "writable root '/run/roguewatch-private'"),
+    ],
+    ids=["relative", "missing", "monitor's"],
+)
+def test_a_bad_writable_entry_is_a_clear_error(agent: Agent, writable: str, says: str) -> None:
+    r = agent.run("say(ran=True)", policy=ALLOW_LOCAL + f"writable: {writable}\n")
+    assert r.status == 2, r.describe()
+    assert says in r.stderr, r.describe()
+    assert "Traceback" not in r.stderr and "ran" not in r.said()
 
 
 # --- the monitor's reach ------------------------------------------------------------------

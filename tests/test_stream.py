@@ -182,6 +182,65 @@ def test_record_writes_the_session_and_exits_with_the_commands_status(
     assert len(shown) == len(evs)
 
 
+@pytest.mark.kernel
+def test_record_registers_the_session_with_its_policy_and_never_enforces(
+    tmp_path: Path, collector: object
+) -> None:
+    pol = tmp_path / "policy.yaml"
+    pol.write_text("mode: enforce\negress:\n  allow: [127.0.0.1/32]\nlists: {tools: [curl]}\n")
+    out = tmp_path / "run.rwrec"
+    proc = subprocess.run(
+        [sys.executable, "-m", "roguewatch.cli.main", "record", "--output", str(out),
+         "--policy", str(pol), "--", "/bin/sh", "-c", "exit 0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    _, evs = recording.read(str(out))
+    start = [e for e in evs if e["type"] == "session" and e.get("kind") == "start"]
+    assert len(start) == 1, start
+    assert start[0]["mode"] == "observe"
+    assert start[0]["policy"]["egress_allow"] == ["127.0.0.1/32"]
+    assert start[0]["policy"]["lists"] == {"tools": ["curl"]}
+    assert start[0]["policy"]["mode"] == "observe"  # a recording never enforces
+
+
+def test_record_with_a_bad_policy_is_a_clear_error_and_runs_nothing(tmp_path: Path) -> None:
+    pol = tmp_path / "policy.yaml"
+    pol.write_text("egress:\n  allow: [not-a-cidr]\n")
+    marker = tmp_path / "ran"
+    proc = subprocess.run(
+        [sys.executable, "-m", "roguewatch.cli.main", "record", "--output",
+         str(tmp_path / "run.rwrec"), "--policy", str(pol), "--", "/bin/sh", "-c",
+         f"touch {marker}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"bad policy: {pol}: egress.allow[0]" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists() and not (tmp_path / "run.rwrec").exists()
+
+
+def test_events_shows_agent_controlled_text_escaped_on_one_line(tmp_path: Path) -> None:
+    """comm, paths and command lines are the agent's: they must not drive the terminal."""
+    out = tmp_path / "hostile.rwrec"
+    w = recording.Writer(str(out), ["agent"], 0x1A)
+    w.write({"type": "open", "ts": 1, "session": 0x1A, "pid": 7, "flags": [],
+             "comm": "ev\x1b[2Jil", "path": "/tmp/a\nfake 00:00:00 line\x1b[2J"})  # fmt: skip
+    w.write({"type": "exec", "ts": 2, "session": 0x1A, "pid": 7, "flags": [], "comm": "sh",
+             "cmdline": "sh -c \x9b31m\r"})  # fmt: skip
+    w.close()
+    shown = subprocess.run(
+        [sys.executable, "-m", "roguewatch.cli.main", "events", "--from", str(out)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    lines = shown.splitlines()
+    assert len(lines) == 2, shown
+    assert "\x1b" not in shown and "\x9b" not in shown and "\r" not in shown, repr(shown)
+    assert "ev\\x1b[2Jil" in lines[0], lines[0]
+    assert "/tmp/a\\x0afake 00:00:00 line\\x1b[2J" in lines[0], lines[0]
+    assert "sh -c \\x9b31m\\x0d" in lines[1], lines[1]
+
+
 def test_record_of_a_missing_command_is_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "roguewatch.cli.main", "events", "--from", str(tmp_path / "nope")],

@@ -268,9 +268,24 @@ def _sock_addr(cg2: str | None) -> Check:
 
 
 def _landlock() -> Check:
+    from roguewatch.respond import landlock
+
     abi = ke.landlock_abi()
     if abi >= 1:
-        return Check("Landlock", True, True, f"ABI {abi}")
+        # A real ruleset that handles every write right of this ABI, with a rule on /: built,
+        # never enforced.
+        try:
+            landlock.Ruleset.build(False, False, writable=["/"]).close()
+            fs, fs_ok = "filesystem rules available", True
+        except landlock.LandlockError as e:
+            fs, fs_ok = f"filesystem rules unavailable ({e})", False
+        scoping = "signal and abstract-socket scoping" if abi >= 6 else "no scoping"
+        detail = f"ABI {abi}: {fs}, {scoping}"
+        if abi < 6 or not fs_ok:
+            return Check("Landlock", True, True, detail,
+                         "`roguewatch run` needs ABI 6 (Linux 6.12+) with filesystem rules",
+                         warn=True)  # fmt: skip
+        return Check("Landlock", True, True, detail)
     return Check(
         "Landlock",
         False,

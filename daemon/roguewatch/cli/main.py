@@ -42,8 +42,8 @@ COMMANDS = {
     "fleet": "fleet",
 }  # fmt: skip
 # Sub-commands whose parser alone is built when they are the one asked for: the full parser
-# imports every sub-command's module (the rule compiler among them: 0.3-0.5 s), and `run`'s
-# start-up to the agent's exec has a bar (issue 4).
+# imports every sub-command's module (the rule compiler among them, the slowest import),
+# and `run`'s start-up to the agent's exec has a bar (bench/README.md).
 _LIGHT = frozenset({"run", "sessions", "kill", "thaw"})
 
 

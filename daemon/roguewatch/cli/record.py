@@ -1,4 +1,8 @@
-"""`roguewatch record`: run a command as a new session and write every event of it to a file."""
+"""`roguewatch record`: run a command as a new session and write every event of it to a file.
+
+The session is registered in observe mode (a recording never enforces: no kill, no denial, no
+restore) and with the policy given, so its `session` start event (the first of the recording)
+carries that policy and `roguewatch replay` judges the recording by it."""
 
 from __future__ import annotations
 
@@ -14,7 +18,10 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("record", help="run CMD as a new session and write its events to FILE")
     p.add_argument("--output", "-o", required=True, metavar="FILE")
     p.add_argument(
-        "--policy", metavar="FILE", help="accepted; enforcement arrives with `roguewatch run`"
+        "--policy",
+        metavar="FILE",
+        help="the session's policy (egress allowlist, protected paths, lists), recorded with "
+        "it for `replay`; never enforced: a recording runs in observe mode",
     )
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(fn=cmd_record)
@@ -28,6 +35,14 @@ def cmd_record(args: argparse.Namespace) -> int:
         return die("record: no command given (roguewatch record --output FILE -- CMD...)")
     if (rc := need_root("record")) is not None:
         return rc
+    from roguewatch.policy import policy as policy_mod
+
+    try:
+        pol = policy_mod.as_dict(policy_mod.load(args.policy)) if args.policy else {}
+    except policy_mod.PolicyError as exc:
+        return die(f"bad policy: {exc}")
+    if pol:
+        pol["mode"] = "observe"  # what the session runs under, as `run` says it
     try:
         watcher = launcher.find_or_start_collector()
     except launcher.SessionError as exc:
@@ -37,9 +52,10 @@ def cmd_record(args: argparse.Namespace) -> int:
         sub = bus.Subscriber(watcher.events)
         if not sub.wait_ready(5000):
             return die("the event stream did not answer")
-        pid, session = launcher.spawn_in_session(
-            args.command, launcher.register_with(watcher.control)
+        register = launcher.register_with(
+            watcher.control, name=os.path.basename(args.command[0]), mode="observe", policy=pol
         )
+        pid, session = launcher.spawn_in_session(args.command, register)
         writer = recording.Writer(args.output, args.command, session)
         status = None
         # Forward ^C and termination to the command; the recording ends when it does.

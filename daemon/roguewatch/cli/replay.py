@@ -7,6 +7,10 @@ and at the end the clock moves one deduplication window past the last event so e
 window is closed (its "N more times" alert printed). Alerts go to stdout (one line each, or
 JSON lines with ``--json``); a summary goes to stderr.
 
+The policy is the one given with ``--policy``; without it, the one the session was recorded
+with (`record --policy`: its `session` start event carries it), else none (an empty
+allowlist).
+
 Exit status: 0 when the recording was read to its end (whatever it fired), 2 for a bad
 recording, policy or rule file.
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from roguewatch.cli import rules as rules_cli
@@ -132,6 +136,21 @@ def _tick_until(evaluator: Evaluator, clock: RecordedClock, before: int, last_ti
     return t
 
 
+def _policy_chosen(
+    events: Iterable[dict], given: bool, say: Callable[[str], None]
+) -> Iterator[dict]:
+    """The events, with the recorded session policy taken out when a policy was given (the
+    given one is then every session's); otherwise ``say`` names the recorded one in use."""
+    for ev in events:
+        if ev.get("type") == "session" and ev.get("kind") == "start" and ev.get("policy"):
+            if given:
+                ev = {**ev, "policy": {}}
+            else:
+                say(f"roguewatch: replaying under the policy recorded with session "
+                    f"{ev.get('session', 0):x}")  # fmt: skip
+        yield ev
+
+
 def _die(msg: str) -> int:
     print(f"roguewatch: {msg}", file=sys.stderr)
     return 2
@@ -162,6 +181,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     started = header.get("started")
     start_ns = started if isinstance(started, int) else 0
     try:
+        events = _policy_chosen(
+            events, bool(args.policy), lambda m: print(m, file=sys.stderr, flush=True)
+        )
         stats = run(events, rules, pol, emit, args.dedup_window, start_ns)
     except recording.RecordingError as exc:
         return _die(f"{exc} (alerts above are from the events before it)")
@@ -180,7 +202,11 @@ def add_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
         help="local rule directory, after the default packs (repeatable; default "
         "/etc/roguewatch/rules.d when it exists)",
     )
-    p.add_argument("--policy", metavar="FILE", help="the session policy (egress allowlist...)")
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="the session policy (egress allowlist...); default: the one recorded with it",
+    )
     p.add_argument("--json", action="store_true", help="alerts as JSON lines")
     p.add_argument(
         "--dedup-window",

@@ -6,6 +6,8 @@ count of the survivors found at the end, which must be zero.
 
 Sessions are asked of every collector that answers: roguewatchd's, and the private one of
 each `roguewatch run` (or `record`) started without a service (``launcher.PRIVATE_RUN``).
+A session's cgroup is written only through ``respond.cgroups.SessionCgroup``. Every failure
+(a cgroup that vanished, a collector that stops answering) is a message and exit status 2.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import sys
 from collections import Counter
 
 from roguewatch.core.paths import ALERTS_FILE
-from roguewatch.respond.sessionkill import find_session, kill_session
+from roguewatch.outputs.render import printable
+from roguewatch.respond.cgroups import CgroupError, SessionCgroup
+from roguewatch.respond.sessionkill import Unverified, find_session, kill_session
 from roguewatch.runtime import launcher
 from roguewatch.stream import bus
 from roguewatch.stream.control import ControlClient, ControlError, running
@@ -85,13 +89,22 @@ def _clients(endpoint: str) -> list[ControlClient] | None:
     return out
 
 
+_FIELDS = {"session": str, "name": str, "root": int, "pids": list, "cgroup": str, "mode": str}
+
+
 def _all_sessions(clients: list[ControlClient]) -> list[tuple[ControlClient, dict]]:
     out = []
     for c in clients:
         try:
-            out += [(c, s) for s in c.request("sessions")["sessions"]]
+            listed = c.request("sessions").get("sessions")
         except ControlError:
             continue  # a `run` that ended meanwhile
+        for s in listed if isinstance(listed, list) else ():
+            if isinstance(s, dict) and all(isinstance(s.get(k), t) for k, t in _FIELDS.items()):
+                out.append((c, s))
+            else:
+                print(f"roguewatch: {c.endpoint}: a malformed session entry skipped",
+                      file=sys.stderr)  # fmt: skip
     return out
 
 
@@ -124,8 +137,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     print(f"{'SESSION':<17} {'NAME':<16} {'ROOT':>7} {'PROCS':>5} {'ALERTS':>6} {'MODE':<8} CGROUP")
     for s in sessions:
         cg = s["cgroup"] or "-"
-        print(f"{s['session']:<17} {(s['name'] or '-')[:16]:<16} {s['root']:>7} "
-              f"{len(s['pids']):>5} {s['alerts']:>6} {s['mode']:<8} {cg}")  # fmt: skip
+        print(printable(f"{s['session']:<17} {(s['name'] or '-')[:16]:<16} {s['root']:>7} "
+                        f"{len(s['pids']):>5} {s['alerts']:>6} {s['mode']:<8} {cg}"))  # fmt: skip
     return 0
 
 
@@ -141,7 +154,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
     client, s = found
     try:
         ended, survivors = kill_session(client, s, args.grace)
-    except ControlError as exc:
+    except (ControlError, CgroupError, Unverified) as exc:
         print(f"roguewatch: {exc}", file=sys.stderr)
         return 2
     print(f"session {s['session']} ({s['name'] or 'unnamed'}): {ended} processes ended, "
@@ -158,7 +171,11 @@ def cmd_thaw(args: argparse.Namespace) -> int:
     if s is None or not s["cgroup"]:
         print(f"roguewatch: no live session {args.session!r} with a cgroup", file=sys.stderr)
         return 2
-    with open(os.path.join(s["cgroup"], "cgroup.freeze"), "w") as f:
-        f.write("0")
+    try:
+        SessionCgroup.open(s["cgroup"]).thaw()
+    except CgroupError as exc:
+        gone = "" if os.path.isdir(s["cgroup"]) else " (it is gone: did the session end?)"
+        print(f"roguewatch: cannot thaw session {s['session']}: {exc}{gone}", file=sys.stderr)
+        return 2
     print(f"session {s['session']} thawed")
     return 0

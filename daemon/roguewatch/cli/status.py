@@ -25,7 +25,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import time
 
     from roguewatch.policy import config
-    from roguewatch.stream.control import running
+    from roguewatch.stream.control import ControlError, running
 
     if (rc := need_root("status")) is not None:
         return rc
@@ -37,8 +37,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if client is None:
         print("roguewatchd: not running (no answer on the control socket)")
         return 3
-    st = client.request("stats")
-    sessions = client.request("sessions")["sessions"]
+    try:
+        st = client.request("stats")
+        sessions = client.request("sessions")["sessions"]
+    except ControlError as exc:
+        return die(f"roguewatchd stopped answering: {exc}")
+    finally:
+        client.close()
     degraded: list[str] = []
     status_file = cfg.status_file
     try:
@@ -49,9 +54,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     except (OSError, ValueError):
         ev = None
         degraded.append("no evaluator status (is the evaluator running?)")
-    lost = sum(st["lost_ring"].values()) + st["lost_pending"] + st["lost_decode"] + st["lost_bus"]
+    untracked = st.get("untracked_forks", 0)
+    lost = (
+        sum(st["lost_ring"].values())
+        + st["lost_pending"]
+        + st["lost_decode"]
+        + st["lost_bus"]
+        + untracked
+    )
     if lost:
-        degraded.append(f"{lost} events lost")
+        degraded.append(f"{lost} lost (events and untracked forks)")
     if st.get("probes_failed"):
         degraded.append(f"probes not attached: {', '.join(st['probes_failed'])}")
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - st["uptime"]))
@@ -67,7 +79,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{ev['reloads']['ok']} ok / {ev['reloads']['failed']} failed")  # fmt: skip
     print(f"  losses:   ring buffer {sum(st['lost_ring'].values())} {st['lost_ring'] or ''}, "
           f"pending map {st['lost_pending']}, malformed {st['lost_decode']}"
-          f"{' + ' + str(ev['malformed']) if ev else ''}, bus {st['lost_bus']}")  # fmt: skip
+          f"{' + ' + str(ev['malformed']) if ev else ''}, bus {st['lost_bus']}, "
+          f"untracked forks {untracked}")  # fmt: skip
     fleet = _fleet_line(cfg, ev, degraded)
     for d in degraded:
         print(f"  degraded: {d}")

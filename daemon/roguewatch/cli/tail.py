@@ -21,7 +21,6 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, TextIO
 
@@ -399,16 +398,6 @@ def main(
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         return 0
-
-
-def iter_file(path: str) -> Iterator[dict]:
-    """Every well-formed alert of one JSON-lines file, in order (for tools and tests)."""
-    with open(path, "rb") as fh:
-        for raw in fh:
-            with contextlib.suppress(ValueError):
-                alert = json.loads(raw)
-                if isinstance(alert, dict):
-                    yield alert
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The one reader of /proc for a single process: stat, status, cmdline, links, fdinfo, cgroup.
 
 Owns parsing ``/proc/PID/stat`` (whose comm may hold spaces and parentheses: the fields
-start after the *last* ``)``), the signal masks of ``/proc/PID/status``, and the boot-to-wall
+start after the *last* ``)``), the keys of ``/proc/PID/status``, and the boot-to-wall
 clock conversion of start times. Every function answers None (or an empty value) for a
 process that is gone instead of raising: a process may exit between any two lines.
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-
-import psutil
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TICK_NS = 1_000_000_000 // CLK_TCK
@@ -100,42 +98,28 @@ def uid(pid: int) -> int | None:
         return None
 
 
-def status(pid: int) -> dict[str, str]:
-    """``/proc/PID/status`` as a mapping of its keys (empty when gone)."""
+def _keyed(path: str) -> dict[str, str]:
+    """A ``key: value`` file of /proc as a mapping (empty when it is gone)."""
     out: dict[str, str] = {}
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
                 key, _, value = line.partition(":")
                 out[key] = value.strip()
     except OSError:
         pass
     return out
+
+
+def status(pid: int | str) -> dict[str, str]:
+    """``/proc/PID/status`` as a mapping of its keys (empty when gone)."""
+    return _keyed(f"/proc/{pid}/status")
 
 
 def fdinfo(pid: int, fd: int) -> dict[str, str]:
     """``/proc/PID/fdinfo/FD`` as a mapping of its keys (``pos``, ``flags``, a pidfd's
     ``Pid``...); empty when the process or the fd is gone."""
-    out: dict[str, str] = {}
-    try:
-        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                out[key] = value.strip()
-    except OSError:
-        pass
-    return out
-
-
-def signal_masks(pid: int) -> dict[str, int] | None:
-    """The signal masks of a process (``SigIgn``, ``SigBlk``, ``SigCgt``, ``SigPnd``,
-    ``ShdPnd``) as bit masks, bit ``n - 1`` for signal n; None when gone."""
-    st = status(pid)
-    if not st:
-        return None
-    return {
-        k: int(st[k], 16) for k in ("SigIgn", "SigBlk", "SigCgt", "SigPnd", "ShdPnd") if k in st
-    }
+    return _keyed(f"/proc/{pid}/fdinfo/{fd}")
 
 
 def cgroup_path(pid: int) -> str | None:
@@ -158,5 +142,7 @@ def threads(pid: int) -> list[int]:
 
 
 def pids() -> list[int]:
-    """Every process now (psutil)."""
+    """Every process now (psutil, imported here: the collector and the launcher never list)."""
+    import psutil
+
     return psutil.pids()

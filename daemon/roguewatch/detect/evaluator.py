@@ -29,6 +29,7 @@ from roguewatch.detect.ruleset import Rule, RuleSet
 from roguewatch.policy import egress
 from roguewatch.policy.hostnames import HostRefresher
 from roguewatch.policy.policy import StaticPolicy
+from roguewatch.policy.policy import from_wire as policy_from_wire
 from roguewatch.stream import events as ev_types
 
 # How long a watcher event waits for the probe event of the same change (which may still be
@@ -169,15 +170,7 @@ class Evaluator:
         if ev.get("kind") == "start":
             pol = ev.get("policy") or {}
             if pol:
-                self.set_session_policy(
-                    sid,
-                    StaticPolicy(
-                        egress_allow=tuple(pol.get("egress_allow", ())),
-                        protect=tuple(pol.get("protect", ())),
-                        mode=pol.get("mode", "enforce"),
-                        lists=dict(pol.get("lists", {})),
-                    ),
-                )
+                self.set_session_policy(sid, policy_from_wire(pol))
             if ev.get("cgroup"):
                 self.table.set_session_cgroup(sid, str(ev["cgroup"]))
             if self.enforcer is not None:

@@ -84,7 +84,6 @@ class TypeFilter(Generic[R]):
         self._plan = tuple(plan)
         self._memo: BoundedDict[Any, tuple[Step, ...]] = BoundedDict(MEMO_MAX)
         self._key = _key_function(self.inputs)
-        self.misses = 0
         # With no gate at all there is nothing to remember: every event runs every matcher.
         self.match: Callable[[dict, Any], list[R]] = (
             self._match_gated if self.inputs else self._match_all if self.all else _no_rules
@@ -102,7 +101,6 @@ class TypeFilter(Generic[R]):
         return self._memo.put(k, self._plan_for(event, ctx))
 
     def _plan_for(self, event: dict, ctx: Any) -> tuple[Step, ...]:
-        self.misses += 1
         out: list[Step] = []
         for rule, m, gate, exact in self._plan:
             if gate is None:

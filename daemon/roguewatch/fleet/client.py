@@ -32,6 +32,7 @@ from roguewatch.detect import ruleset
 from roguewatch.fleet import connect, remote, subjects
 from roguewatch.fleet.kvwatch import content_hash
 from roguewatch.outputs import alerts
+from roguewatch.outputs.render import printable
 from roguewatch.policy import policy as policy_mod
 
 STALE_AFTER_BEATS = 3  # a host is stale when its last heartbeat is older than this many beats
@@ -116,7 +117,7 @@ class TailFilter:
 
 def line(alert: dict, color: bool = False) -> str:
     """The compact line of `roguewatch tail`, the host in front."""
-    host = alerts._clean(alert.get("host") or "?")
+    host = printable(alert.get("host") or "?")
     return f"{host:<16} {alerts.human(alert, color)}"
 
 
@@ -259,10 +260,10 @@ def hosts_table(beats: list[dict], now: float | None = None) -> list[str]:
         if refused:
             state += f" refused:{','.join(refused)}"
         rows.append(
-            f"{alerts._clean(hb.get('host', '?')):<20} {_age(age):>7} "
-            f"{alerts._clean(hb.get('version', '?')):<8} "
-            f"{alerts._clean(hb.get('policy_hash') or '-'):<16} "
-            f"{alerts._clean(hb.get('rules_hash') or '-'):<16} {hb.get('sessions', 0):>4} "
+            f"{printable(hb.get('host', '?')):<20} {_age(age):>7} "
+            f"{printable(hb.get('version', '?')):<8} "
+            f"{printable(hb.get('policy_hash') or '-'):<16} "
+            f"{printable(hb.get('rules_hash') or '-'):<16} {hb.get('sessions', 0):>4} "
             f"{by_sev:<22} {losses:>6} {_size(spool):>9}  {state}"
         )
     return rows

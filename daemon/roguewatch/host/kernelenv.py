@@ -31,18 +31,20 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from roguewatch.core import procfs
+
 __all__ = [
     "CAPABILITIES",
     "OPTIONAL_TRACEPOINTS",
     "HeaderInfo",
     "KernelEnvError",
     "bcc_version",
-    "bpf_lsm_active",
     "bpf_lsm_loads",
     "btf_available",
     "cgroup2_mount",
     "cgroup_freeze_supported",
     "cgroup_kill_supported",
+    "effective_capabilities",
     "ensure_bpffs",
     "ensure_bpffs_mounted",
     "ensure_tracefs",
@@ -101,7 +103,7 @@ _MS_NOEXEC = 0x8
 _SYS_LANDLOCK_CREATE_RULESET = 444
 _LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
 
-# How long ringbuf_works() waits for its record; the whole check takes ~0.5 s here.
+# How long ringbuf_works() waits for its record (the check's program load comes first).
 _POLL_BUDGET_S = 1.0
 
 
@@ -474,13 +476,6 @@ def lsm_list(mount_if_needed: bool = True) -> list[str] | None:
     return [x for x in proc.stdout.strip().split(",") if x]
 
 
-def bpf_lsm_active() -> bool:
-    """True when 'bpf' is among the active LSMs (mounting securityfs privately if needed).
-
-    Active is not the same as usable: see bpf_lsm_loads()."""
-    return "bpf" in (lsm_list() or [])
-
-
 # --------------------------------------------------------------------------------------------
 # privileges
 
@@ -490,15 +485,12 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def _effective_caps(status: str = "/proc/self/status") -> int:
+def effective_capabilities() -> int:
+    """This process's effective capability set, bit n for capability n (0 when unreadable)."""
     try:
-        with open(status, encoding="ascii") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+        return int(procfs.status("self").get("CapEff", "0"), 16)
+    except ValueError:
+        return 0
 
 
 def _cap_last_cap() -> int:
@@ -513,7 +505,7 @@ def missing_capabilities() -> list[str]:
     """Names from CAPABILITIES not in this process's effective set.
 
     Kernels older than 5.8 have no CAP_BPF/CAP_PERFMON; there CAP_SYS_ADMIN covers them."""
-    eff = _effective_caps()
+    eff = effective_capabilities()
     last = _cap_last_cap()
     return [name for name, bit in CAPABILITIES.items() if bit <= last and not eff & (1 << bit)]
 

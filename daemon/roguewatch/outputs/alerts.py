@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -33,6 +32,7 @@ import zmq
 
 from roguewatch.core.paths import ALERTS_ENDPOINT, ALERTS_FILE
 from roguewatch.core.timefmt import parse_rfc3339
+from roguewatch.outputs.render import printable
 from roguewatch.stream import bus
 
 log = logging.getLogger("roguewatch.outputs.alerts")
@@ -305,12 +305,6 @@ _SEVERITY_COLOR = {
     "low": "\033[36m",
     "info": "\033[2m",
 }
-# Agent-controlled text (comm, paths, cmdlines) must not drive the reader's terminal.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _clean(value: object) -> str:
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
 
 
 def _hostport(addr: object, port: object) -> str:
@@ -320,24 +314,30 @@ def _hostport(addr: object, port: object) -> str:
     return f"{a}:{port}" if port not in (None, "", 0) else a
 
 
+# The event types detail() shows in their own way (stream/events.py names every type).
+DETAIL_NETWORK_TYPES = ("connect", "sendto", "sendmsg", "bind", "listen")
+DETAIL_SIGNAL_TYPES = ("kill", "ptrace")
+DETAIL_TWO_PATH_TYPES = ("rename", "link", "symlink")
+
+
 def detail(event: dict) -> str:
     """The one thing a person needs from the triggering event: path, destination, target..."""
     if not isinstance(event, dict):
         return ""
     t = event.get("type")
-    if t in ("connect", "sendto", "sendmsg", "bind", "listen", "accept"):
+    if t in DETAIL_NETWORK_TYPES:
         d = _hostport(event.get("addr"), event.get("port"))
         if event.get("proto"):
             d = f"{event['proto']} {d}"
         if event.get("dns_name"):
             d += f" dns={event['dns_name']}"
         return d
-    if t in ("kill", "tkill", "tgkill", "ptrace"):
+    if t in DETAIL_SIGNAL_TYPES:
         what = f"sig={event.get('sig')}" if "sig" in event else f"request={event.get('request')}"
         return f"target={event.get('target')} {what}"
     if t == "exec":
         return str(event.get("filename") or event.get("cmdline") or "")
-    if t in ("rename", "link", "symlink"):
+    if t in DETAIL_TWO_PATH_TYPES:
         return f"{event.get('source', '')} -> {event.get('path', '')}"
     if t == "monitor":
         return str(event.get("detail") or event.get("kind") or "")
@@ -368,17 +368,17 @@ def human(alert: dict, color: bool = False) -> str:
     parts = [
         _clock(alert.get("ts")),
         sev_text,
-        _clean(alert.get("rule", "?")),
-        f"session={_clean(alert.get('session') or '-')}",
-        f"{_clean(alert.get('comm') or '?')}[{alert.get('pid', '?')}]",
+        printable(alert.get("rule", "?")),
+        f"session={printable(alert.get('session') or '-')}",
+        f"{printable(alert.get('comm') or '?')}[{alert.get('pid', '?')}]",
     ]
     what = detail(alert.get("event") or {})
     if what:
-        parts.append(_clean(what))
+        parts.append(printable(what))
     action = alert.get("action")
     if action:
         outcome = alert.get("outcome")
-        parts.append(f"-> {_clean(action)}" + (f" ({_clean(outcome)})" if outcome else ""))
+        parts.append(f"-> {printable(action)}" + (f" ({printable(outcome)})" if outcome else ""))
     count = alert.get("count")
     if isinstance(count, int) and count > 1:
         parts.append(f"(x{count})")

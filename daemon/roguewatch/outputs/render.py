@@ -1,10 +1,24 @@
-"""Human and JSON forms of events, for the console and `roguewatch events`."""
+"""Human and JSON forms of events, for the console and `roguewatch events`.
+
+Also owns ``printable``: the one way agent-controlled text (comm, paths, command lines) is made
+safe for a terminal, for events here and for alerts (``outputs.alerts.human``).
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import time
+
+# C0 controls, DEL and C1 controls (0x9b is CSI on terminals that take 8-bit controls).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(value: object) -> str:
+    """``value`` as text with every control character shown as ``\\xNN``: agent-controlled
+    text must not drive the reader's terminal (clear it, move the cursor, fake a line)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
 
 
 def _detail(ev: dict) -> str:
@@ -34,6 +48,7 @@ def _detail(ev: dict) -> str:
 
 
 def human(ev: dict) -> str:
+    """One line: time, session, pid, comm, type, detail; control characters escaped."""
     ts = ev.get("ts", 0)
     clock = (
         time.strftime("%H:%M:%S", time.localtime(ts / 1e9)) + f".{ts % 1_000_000_000 // 1000:06d}"
@@ -41,7 +56,7 @@ def human(ev: dict) -> str:
     flags = ",".join(ev.get("flags") or [])
     ret = ev.get("ret")
     tail = f" ret={ret}" if ret not in (None, 0) else ""
-    return (
+    return printable(
         f"{clock} {ev.get('session', 0):x} {ev.get('pid', 0)} {ev.get('comm', '')} "
         f"{ev.get('type')} {_detail(ev)}{tail}{f' [{flags}]' if flags else ''}"
     )

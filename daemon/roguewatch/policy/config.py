@@ -10,9 +10,7 @@ import os
 import pwd
 from dataclasses import dataclass, field, fields
 
-import yaml
-
-from roguewatch.core import paths
+from roguewatch.core import paths, yamlfile
 from roguewatch.policy.fleetconfig import FleetConfig, FleetConfigError
 from roguewatch.policy.fleetconfig import parse as parse_fleet
 
@@ -111,15 +109,7 @@ def load(path: str | None) -> Config:
         if not os.path.exists(DEFAULT_PATH):
             return cfg
         path = DEFAULT_PATH
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
-        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    data = yamlfile.read(path, ConfigError) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values")
     for key, value in data.items():

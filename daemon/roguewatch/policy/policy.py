@@ -8,10 +8,11 @@ policies arrive with `roguewatch run`, the daemon applies one policy to every se
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-import yaml
-
+from roguewatch.core import yamlfile
 from roguewatch.policy.config import uids_of
 from roguewatch.policy.egress import parse_egress_spec
 
@@ -24,6 +25,9 @@ class StaticPolicy:
     protect: tuple[str, ...] = ()
     mode: str = "enforce"
     lists: dict[str, list[str]] = field(default_factory=dict)
+    # Where `roguewatch run` lets the agent write (Landlock); None: everywhere but the
+    # monitor's own paths, which are out of reach in any case.
+    writable: tuple[str, ...] | None = None
 
 
 class PolicyError(Exception):
@@ -75,20 +79,26 @@ def from_dict(data: object, where: str) -> StaticPolicy:
         protect=tuple(os.path.normpath(p) for p in protect),
         mode=mode,
         lists={k: [str(x) for x in v] for k, v in lists.items()},
+        writable=_writable(data.get("writable"), where),
     )
 
 
+def _writable(roots: object, where: str) -> tuple[str, ...] | None:
+    """`writable:`: absolute paths that exist (Landlock rules are built on what is there)."""
+    if roots is None:
+        return None
+    if not isinstance(roots, list):
+        raise PolicyError(f"{where}: writable: expected a list of absolute paths")
+    for i, p in enumerate(roots):
+        if not isinstance(p, str) or not p.startswith("/"):
+            raise PolicyError(f"{where}: writable[{i}]: expected an absolute path, got {p!r}")
+        if not os.path.exists(p):
+            raise PolicyError(f"{where}: writable[{i}]: {p!r} does not exist")
+    return tuple(os.path.normpath(p) for p in roots)
+
+
 def load(path: str) -> StaticPolicy:
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
-        raise PolicyError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    return from_dict(data, path)
+    return from_dict(yamlfile.read(path, PolicyError), path)
 
 
 def default() -> StaticPolicy:
@@ -122,11 +132,7 @@ def load_adoptions(directory: str) -> list[Adoption]:
         if not name.endswith((".yaml", ".yml")):
             continue
         path = os.path.join(directory, name)
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise PolicyError(f"{path}: cannot read: {exc}") from None
+        data = yamlfile.read(path, PolicyError) or {}
         if not isinstance(data, dict):
             raise PolicyError(f"{path}: expected a mapping with adopt and policy keys")
         adopt = data.pop("adopt", None) or {}
@@ -143,9 +149,23 @@ def load_adoptions(directory: str) -> list[Adoption]:
     return out
 
 
+def from_wire(d: Mapping[str, Any]) -> StaticPolicy:
+    """The policy a session was registered with (``as_dict``'s form, as the `session` start
+    event carries it on the stream and in recordings); missing keys take their defaults."""
+    writable = d.get("writable")
+    return StaticPolicy(
+        egress_allow=tuple(d.get("egress_allow", ())),
+        protect=tuple(d.get("protect", ())),
+        mode=d.get("mode", "enforce"),
+        lists=dict(d.get("lists", {})),
+        writable=None if writable is None else tuple(writable),
+    )
+
+
 def as_dict(p: StaticPolicy) -> dict:
     return {"egress_allow": list(p.egress_allow), "protect": list(p.protect), "mode": p.mode,
-            "lists": dict(p.lists)}  # fmt: skip
+            "lists": dict(p.lists),
+            "writable": None if p.writable is None else list(p.writable)}  # fmt: skip
 
 
 def load_adoption_dirs(directories: list[str]) -> list[Adoption]:

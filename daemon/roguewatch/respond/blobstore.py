@@ -1,7 +1,7 @@
 """Contents of baselined files, shared between runs: a content-addressed store and a hash cache.
 
-Every `roguewatch run` starts a private collector whose baseline snapshot (~1,060 watched
-files) must exist before the agent's first instruction. Most of that snapshot's time goes to
+Every `roguewatch run` starts a private collector whose baseline snapshot (every watched
+file) must exist before the agent's first instruction. Most of that snapshot's time goes to
 writing, and fsyncing, a copy of every small file into a fresh state directory, and to hashing
 files that did not change since the last run. This module keeps both across runs, under the
 root-only ``/var/lib/roguewatch``:

@@ -19,6 +19,7 @@ import re
 import select
 import time
 
+from roguewatch.core import procfs
 from roguewatch.core.paths import SESSION_CGROUPS
 from roguewatch.host import kernelenv
 
@@ -326,19 +327,14 @@ def list_sessions() -> list[SessionCgroup]:
 
 def cgroup_of(pid: int) -> str:
     """The cgroup v2 directory of process `pid` (its "0::" line of /proc/PID/cgroup)."""
-    try:
-        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError as e:
-        raise CgroupError(f"no such process: {pid}") from e
-    except OSError as e:
-        raise CgroupError(f"cannot read /proc/{pid}/cgroup: {e.strerror}") from e
-    for line in lines:
-        if line.startswith("0::"):
-            rel = line[3:].lstrip("/")
-            mount = _mount()
-            return os.path.join(mount, rel) if rel else mount
-    raise CgroupError(f"process {pid} has no cgroup v2 membership (no '0::' line)")
+    rel = procfs.cgroup_path(pid)
+    if rel is None:
+        raise CgroupError(f"no such process: {pid}")
+    if not rel:
+        raise CgroupError(f"process {pid} has no cgroup v2 membership (no '0::' line)")
+    mount = _mount()
+    rel = rel.lstrip("/")
+    return os.path.join(mount, rel) if rel else mount
 
 
 def enter_in_child(cg: SessionCgroup) -> None:

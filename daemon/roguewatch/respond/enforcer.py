@@ -41,7 +41,7 @@ OBSERVE = "observe mode, not enforced"
 # (pid_max 32768 would take more than 100,000 forks a second).
 START_SLACK_NS = 250_000_000
 _HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
-# How long a restore waits for the killed writer to be gone (usually 1-2 ms).
+# How long a restore waits for the killed writer to be gone (it usually is far sooner).
 RESTORE_WAIT_S = 0.05
 
 

@@ -2,13 +2,23 @@
 
 This module owns building and enforcing the agent's Landlock domain: signal and abstract-unix-
 socket scoping (the agent, root included, cannot signal, ptrace or connect to anything outside
-its domain, such as the monitor) and, optionally, a filesystem part where writes are allowed only
-beneath the policy's `writable:` roots. Reads stay allowed everywhere: read accesses are never
-handled.
+its domain, such as the monitor) and a filesystem part: writes are allowed only beneath the
+writable roots (the policy's `writable:`, or `/`), except in the subtrees it is told to keep
+out of reach (the monitor's own paths). Reads stay allowed everywhere: read accesses are never
+handled. A process in a domain with a filesystem part also cannot mount, unmount or pivot_root.
 
-It must only ever restrict the calling process: restrict_self() is meant for the forked child of
-the launcher right before exec, never for the launcher or the daemon themselves. It does not
-decide what an agent may write; the policy does.
+Landlock rules only allow, and a rule on a directory covers its whole subtree: "everything but
+X" is built by granting each sibling of X, and of each directory above X, its own rule. So in a
+directory above a denied path (`/`, `/etc`, `/run`, `/var/lib`, `/sys/fs`...) the existing files
+stay writable in place, but no entry can be created, removed or renamed directly in it: a right
+to do that would hold in the denied subtree too. Symbolic links get no rule (`/var/run -> /run`
+would otherwise grant all of /run); what they point to is judged by its own path.
+
+Building (``Ruleset.build``) and enforcing (``Ruleset.enforce``) are apart: the launcher builds
+in its own process, where a bad root is an error it can report, and the forked child enforces
+right before exec. It must only ever restrict the calling process, never the launcher or the
+daemon themselves. It does not decide what an agent may write, nor what the monitor's own paths
+are; the policy and the launcher do.
 
 Landlock syscalls are called through ctypes (the numbers 444-446 are the same on every
 architecture: they were added after the syscall tables were unified).
@@ -21,6 +31,8 @@ import errno
 import os
 import stat
 
+from roguewatch.host import kernelenv
+
 __all__ = [
     "ACCESS_FS_IOCTL_DEV",
     "ACCESS_FS_REFER",
@@ -30,6 +42,7 @@ __all__ = [
     "SCOPE_SIGNAL",
     "STD_DEVICES",
     "LandlockError",
+    "Ruleset",
     "abi",
     "restrict_self",
     "write_accesses",
@@ -38,10 +51,8 @@ __all__ = [
 _SYS_LANDLOCK_CREATE_RULESET = 444
 _SYS_LANDLOCK_ADD_RULE = 445
 _SYS_LANDLOCK_RESTRICT_SELF = 446
-_LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
 _LANDLOCK_RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
-_CAP_SYS_ADMIN = 21
 
 # Filesystem access rights (linux/landlock.h; TRUNCATE and IOCTL_DEV are newer than Debian 12's
 # header, values from the kernel documentation).
@@ -136,16 +147,7 @@ def _call(nr: int, *args: object) -> int:
 
 def abi() -> int:
     """The highest Landlock ABI version this kernel supports; 0 when Landlock is unavailable."""
-    try:
-        return _call(
-            _SYS_LANDLOCK_CREATE_RULESET,
-            None,
-            ctypes.c_size_t(0),
-            ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION),
-        )
-    except OSError:
-        # ENOSYS: not compiled in; EOPNOTSUPP: compiled in but not enabled (lsm= boot option).
-        return 0
+    return kernelenv.landlock_abi()
 
 
 def write_accesses(version: int) -> int:
@@ -161,14 +163,29 @@ def write_accesses(version: int) -> int:
 
 
 def _has_cap_sys_admin() -> bool:
+    return bool(kernelenv.effective_capabilities() & (1 << kernelenv.CAPABILITIES["CAP_SYS_ADMIN"]))
+
+
+def _beneath(path: str, top: str) -> bool:
+    """Whether `path` is `top` or inside it (both absolute and normalized)."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _add_rule(ruleset_fd: int, fd: int, path: str, access: int) -> None:
+    # A rule on a non-directory may only carry file rights.
+    if not stat.S_ISDIR(os.fstat(fd).st_mode):
+        access &= _FILE_ACCESSES
+    attr = _PathBeneathAttr(allowed_access=access, parent_fd=fd)
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) & (1 << _CAP_SYS_ADMIN))
-    except OSError:
-        pass
-    return False
+        _call(
+            _SYS_LANDLOCK_ADD_RULE,
+            ctypes.c_int(ruleset_fd),
+            ctypes.c_int(_LANDLOCK_RULE_PATH_BENEATH),
+            ctypes.byref(attr),
+            ctypes.c_uint32(0),
+        )
+    except OSError as e:
+        raise LandlockError(f"cannot add a Landlock rule for {path!r}: {e.strerror}") from e
 
 
 def _add_path_rule(ruleset_fd: int, path: str, access: int) -> None:
@@ -177,22 +194,184 @@ def _add_path_rule(ruleset_fd: int, path: str, access: int) -> None:
     except OSError as e:
         raise LandlockError(f"writable root {path!r} cannot be opened: {e.strerror}") from e
     try:
-        # A rule on a non-directory may only carry file rights.
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):
-            access &= _FILE_ACCESSES
-        attr = _PathBeneathAttr(allowed_access=access, parent_fd=fd)
+        _add_rule(ruleset_fd, fd, path, access)
+    finally:
+        os.close(fd)
+
+
+def _grant_all_but(ruleset_fd: int, top: str, denied: list[str], access: int) -> int:
+    """Rules that grant `access` everywhere beneath the directory `top` except beneath the
+    `denied` paths (each strictly inside `top`); how many rules were added.
+
+    Each entry of `top` is opened relative to its directory and without following links, so
+    what gets a rule is what was listed."""
+    added = 0
+    try:
+        dir_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise LandlockError(f"cannot list {top!r} to build the write rules: {e.strerror}") from e
+    try:
+        for name in sorted(os.listdir(dir_fd)):
+            path = os.path.join(top, name)
+            if path in denied:
+                continue
+            try:
+                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue  # removed while we listed
+            except OSError as e:
+                raise LandlockError(f"cannot open {path!r}: {e.strerror}") from e
+            try:
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISLNK(mode):
+                    continue  # judged by where it points
+                inside = [d for d in denied if _beneath(d, path)]
+                if inside and stat.S_ISDIR(mode):
+                    added += _grant_all_but(ruleset_fd, path, inside, access)
+                else:
+                    _add_rule(ruleset_fd, fd, path, access)
+                    added += 1
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dir_fd)
+    return added
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(os.path.normpath(path))
+
+
+class Ruleset:
+    """A Landlock ruleset, built (``build``) in the launcher and enforced (``enforce``) in the
+    forked child; its fd is close-on-exec, so the agent never holds it."""
+
+    def __init__(self, fd: int, version: int, handled_fs: int, rules: int) -> None:
+        self.fd = fd
+        self.version = version
+        self.handled_fs = handled_fs
+        self.rules = rules  # how many filesystem rules it holds
+
+    @classmethod
+    def build(
+        cls,
+        scope_signals: bool = True,
+        scope_abstract_unix: bool = True,
+        writable: list[str] | None = None,
+        *,
+        deny_writes: list[str] | tuple[str, ...] = (),
+        std_devices: bool = True,
+    ) -> Ruleset:
+        """A ruleset that scopes signals and abstract unix sockets (as asked), and, when
+        `writable` is given or `deny_writes` is not empty, handles every write access of the
+        running ABI:
+
+        - writes are granted beneath the `writable` roots (all of `/` when None), plus
+          STD_DEVICES when `writable` is given and `std_devices`;
+        - never beneath a `deny_writes` path, even inside a writable root (the roots around it
+          are split, see the module docstring). A writable root at or inside a denied path is
+          an error: it could only be honoured by breaking the denial.
+
+        Raises LandlockError when the kernel's ABI is too old for what was asked, or a rule
+        cannot be built (the message names the root)."""
+        fs = writable is not None or bool(deny_writes)
+        if not (scope_signals or scope_abstract_unix or fs):
+            raise LandlockError("nothing to restrict: ask for a scope or a list of writable roots")
+        version = abi()
+        if version == 0:
+            raise LandlockError(
+                "Landlock is not available on this kernel (needs CONFIG_SECURITY_LANDLOCK=y and "
+                "'landlock' in the lsm= boot parameter, Linux 5.13+)"
+            )
+        scoped = 0
+        if scope_abstract_unix:
+            scoped |= SCOPE_ABSTRACT_UNIX_SOCKET
+        if scope_signals:
+            scoped |= SCOPE_SIGNAL
+        if scoped and version < 6:
+            raise LandlockError(
+                f"signal and abstract-unix-socket scoping need Landlock ABI 6 (Linux 6.12+); "
+                f"this kernel has ABI {version}: upgrade the kernel, or run without scoping"
+            )
+        denied = sorted({_real(d) for d in deny_writes})
+        roots = ["/"] if writable is None else list(writable)
+        for root in roots:
+            real = _real(root)
+            for d in denied:
+                if _beneath(real, d):
+                    raise LandlockError(
+                        f"writable root {root!r} is inside {d}, which the agent may never write "
+                        "to (the monitor's own): remove it from writable"
+                    )
+        handled_fs = write_accesses(version) if fs else 0
+
+        attr = _RulesetAttr(handled_access_fs=handled_fs, handled_access_net=0, scoped=scoped)
+        # Pass the size that covers the fields we set (24 bytes with `scoped`, 8 with only the
+        # filesystem part), so a filesystem-only request also works on kernels before ABI 4/6,
+        # whose struct is shorter.
+        size = ctypes.sizeof(_RulesetAttr) if scoped else _RulesetAttr.handled_access_net.offset
         try:
-            _call(
-                _SYS_LANDLOCK_ADD_RULE,
-                ctypes.c_int(ruleset_fd),
-                ctypes.c_int(_LANDLOCK_RULE_PATH_BENEATH),
+            ruleset_fd = _call(
+                _SYS_LANDLOCK_CREATE_RULESET,
                 ctypes.byref(attr),
+                ctypes.c_size_t(size),
                 ctypes.c_uint32(0),
             )
         except OSError as e:
-            raise LandlockError(f"cannot add a Landlock rule for {path!r}: {e.strerror}") from e
-    finally:
-        os.close(fd)
+            raise LandlockError(f"cannot create a Landlock ruleset: {e.strerror}") from e
+        rules = 0
+        try:
+            if fs:
+                for root in roots:
+                    real = _real(root)
+                    inside = [d for d in denied if _beneath(d, real)]
+                    if inside and os.path.isdir(real):
+                        rules += _grant_all_but(ruleset_fd, real, inside, handled_fs)
+                    else:
+                        _add_path_rule(ruleset_fd, root, handled_fs)
+                        rules += 1
+                if writable is not None and std_devices:
+                    device = handled_fs & (
+                        ACCESS_FS_WRITE_FILE | ACCESS_FS_TRUNCATE | ACCESS_FS_IOCTL_DEV
+                    )
+                    for path in STD_DEVICES:
+                        if os.path.exists(path):
+                            _add_path_rule(ruleset_fd, path, device)
+                            rules += 1
+        except BaseException:
+            os.close(ruleset_fd)
+            raise
+        return cls(ruleset_fd, version, handled_fs, rules)
+
+    def enforce(self, no_new_privs: bool | None = None) -> None:
+        """Put the calling thread (and everything it later execs or forks) in the domain.
+
+        no_new_privs: None (default) sets it only when the caller lacks CAP_SYS_ADMIN, which
+        the kernel then requires. A root launcher leaves it off, so setuid programs the agent
+        runs keep working. Irreversible; in a multi-threaded process it only restricts the
+        calling thread. Closes the ruleset."""
+        try:
+            if no_new_privs is None:
+                no_new_privs = not _has_cap_sys_admin()
+            if no_new_privs and _prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+                err = ctypes.get_errno()
+                raise LandlockError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(err)}")
+            try:
+                _call(_SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(self.fd), ctypes.c_uint32(0))
+            except OSError as e:
+                hint = (
+                    "the caller needs CAP_SYS_ADMIN or no_new_privs"
+                    if e.errno == errno.EPERM
+                    else "the domain could not be enforced"
+                )
+                raise LandlockError(f"landlock_restrict_self failed: {e.strerror} ({hint})") from e
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def restrict_self(
@@ -200,85 +379,24 @@ def restrict_self(
     scope_abstract_unix: bool = True,
     writable: list[str] | None = None,
     *,
+    deny_writes: list[str] | tuple[str, ...] = (),
     std_devices: bool = True,
     no_new_privs: bool | None = None,
 ) -> None:
-    """Put the calling thread (and everything it later execs or forks) in a new Landlock domain.
+    """Build a ruleset (``Ruleset.build``, same arguments) and enforce it on the calling
+    thread at once.
 
     - scope_signals: no signal or ptrace to a process outside the domain (EPERM); the domain's
       own processes (the agent's children) can still be signalled. Needs ABI 6.
     - scope_abstract_unix: no connect to an abstract unix socket created outside the domain.
       Needs ABI 6.
-    - writable: when given (even empty), every write access of the running ABI is handled and
-      granted only beneath these roots (plus STD_DEVICES when `std_devices`); reads are untouched.
-    - no_new_privs: None (default) sets it only when the caller lacks CAP_SYS_ADMIN, which the
-      kernel then requires. A root launcher leaves it off, so setuid programs the agent runs
-      keep working.
+    - writable / deny_writes: the filesystem part (see ``Ruleset.build``).
 
-    Call it in the forked child right before exec; it is irreversible, and in a multi-threaded
-    process it only restricts the calling thread. Raises LandlockError when the kernel's ABI
-    is too old for what was asked, or a rule cannot be built.
-    """
-    if not (scope_signals or scope_abstract_unix or writable is not None):
-        raise LandlockError("nothing to restrict: ask for a scope or a list of writable roots")
-    version = abi()
-    if version == 0:
-        raise LandlockError(
-            "Landlock is not available on this kernel (needs CONFIG_SECURITY_LANDLOCK=y and "
-            "'landlock' in the lsm= boot parameter, Linux 5.13+)"
-        )
-    scoped = 0
-    if scope_abstract_unix:
-        scoped |= SCOPE_ABSTRACT_UNIX_SOCKET
-    if scope_signals:
-        scoped |= SCOPE_SIGNAL
-    if scoped and version < 6:
-        raise LandlockError(
-            f"signal and abstract-unix-socket scoping need Landlock ABI 6 (Linux 6.12+); this "
-            f"kernel has ABI {version}: upgrade the kernel, or run without scoping"
-        )
-    handled_fs = write_accesses(version) if writable is not None else 0
-
-    attr = _RulesetAttr(handled_access_fs=handled_fs, handled_access_net=0, scoped=scoped)
-    # Pass the size that covers the fields we set (24 bytes with `scoped`, 8 with only the
-    # filesystem part), so a filesystem-only request also works on kernels before ABI 4/6,
-    # whose struct is shorter.
-    size = ctypes.sizeof(_RulesetAttr) if scoped else _RulesetAttr.handled_access_net.offset
-    try:
-        ruleset_fd = _call(
-            _SYS_LANDLOCK_CREATE_RULESET,
-            ctypes.byref(attr),
-            ctypes.c_size_t(size),
-            ctypes.c_uint32(0),
-        )
-    except OSError as e:
-        raise LandlockError(f"cannot create a Landlock ruleset: {e.strerror}") from e
-    try:
-        if writable is not None:
-            for path in writable:
-                _add_path_rule(ruleset_fd, path, handled_fs)
-            if std_devices:
-                for path in STD_DEVICES:
-                    if os.path.exists(path):
-                        _add_path_rule(
-                            ruleset_fd,
-                            path,
-                            handled_fs
-                            & (ACCESS_FS_WRITE_FILE | ACCESS_FS_TRUNCATE | ACCESS_FS_IOCTL_DEV),
-                        )
-        if no_new_privs is None:
-            no_new_privs = not _has_cap_sys_admin()
-        if no_new_privs and _prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            err = ctypes.get_errno()
-            raise LandlockError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(err)}")
-        try:
-            _call(_SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset_fd), ctypes.c_uint32(0))
-        except OSError as e:
-            hint = (
-                "the caller needs CAP_SYS_ADMIN or no_new_privs"
-                if e.errno == errno.EPERM
-                else "the domain could not be enforced"
-            )
-            raise LandlockError(f"landlock_restrict_self failed: {e.strerror} ({hint})") from e
-    finally:
-        os.close(ruleset_fd)
+    Call it in a forked child; it is irreversible."""
+    Ruleset.build(
+        scope_signals,
+        scope_abstract_unix,
+        writable,
+        deny_writes=deny_writes,
+        std_devices=std_devices,
+    ).enforce(no_new_privs)

@@ -1,16 +1,20 @@
 """Keeping roguewatch's own processes alive when an agent attacks them.
 
-Owns two things: a shutdown gate (SIGTERM/SIGINT/SIGHUP are blocked and read with
-sigtimedwait, so the sender's pid is known and a signal from a watched process is ignored
-instead of obeyed), and un-stopping a component that was sent SIGSTOP. The agent that sent
-either is killed in the kernel by the probes (guard events); this makes sure the signal
-itself achieves nothing.
+Owns a shutdown gate (SIGTERM/SIGINT/SIGHUP are blocked and read with sigtimedwait, so the
+sender's pid is known and a signal from a watched process is ignored instead of obeyed),
+components that die with their parent, and the list of paths an agent must never write to
+(``write_denied_paths``: the Landlock domain of `roguewatch run` keeps them out of its
+reach). The agent that sent a signal is killed in the kernel by the probes (guard events);
+this makes sure the signal itself achieves nothing. (A component stopped by SIGSTOP is
+continued by its supervisor, ``runtime.service``.)
 """
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+
+from roguewatch.core import paths
 
 GATED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -54,3 +58,19 @@ def die_with_parent() -> None:
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def write_denied_paths() -> list[str]:
+    """Where an agent must never write, root or not: the monitor's own directories
+    (``core.paths.MONITOR_PATHS``), every cgroup filesystem mount (cgroup.procs moves a process
+    out of its session, cgroup.kill / cgroup.freeze reach any cgroup, a v1 freezer can stop
+    the monitor) and bpffs (where pinned programs and maps live), wherever they are mounted.
+    /sys/fs/bpf is in the list even while nothing is mounted there."""
+    # (imported here: every component imports this module first thing, and needs no more)
+    from roguewatch.host import kernelenv
+
+    out = list(paths.MONITOR_PATHS)
+    for fstype in ("cgroup2", "cgroup", "bpf"):
+        out += kernelenv.mount_points(fstype)
+    out.append(kernelenv.BPFFS_DEFAULT)
+    return sorted(set(out))

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 
 import zmq
 
+from roguewatch.core import procfs
+from roguewatch.respond.cgroups import CgroupError, SessionCgroup
 from roguewatch.stream.control import ControlClient, ControlError
 
 
@@ -58,46 +60,78 @@ def _signal_all(pids: list[int], sig: int) -> None:
                 pass
 
 
-def _cgroup_pids(cgroup: str) -> list[int]:
+def _alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (a zombie has ended: only its parent's wait is left)."""
+    out = set()
+    for p in pids:
+        st = procfs.stat(p)
+        if st is not None and st.state != "Z":
+            out.add(p)
+    return out
+
+
+def _cgroup(path: str) -> SessionCgroup | None:
+    """The session's cgroup, or None when it has none or it is gone (nothing left in it)."""
+    if not path:
+        return None
     try:
-        with open(os.path.join(cgroup, "cgroup.procs")) as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
+        return SessionCgroup.open(path)
+    except CgroupError:
+        if os.path.exists(path):
+            raise  # there, but no cgroup v2 directory
+        return None
+
+
+class Unverified(Exception):
+    """The kill was carried out as far as it could be, but its end cannot be verified."""
 
 
 def kill_session(client: ControlClient, s: dict, grace: float) -> tuple[int, int]:
-    """(processes ended, survivors). SIGTERM, grace, then cgroup.kill or SIGKILL rounds."""
-    sid, cgroup = s["session"], s["cgroup"]
-    first = set(_pids(client, sid)) | set(_cgroup_pids(cgroup) if cgroup else [])
-    if cgroup:
-        try:  # a frozen session cannot handle SIGTERM: thaw it first
-            with open(os.path.join(cgroup, "cgroup.freeze"), "w") as f:
-                f.write("0")
-        except OSError:
-            pass
+    """(processes ended, survivors). SIGTERM, grace, then cgroup.kill or SIGKILL rounds.
+
+    Raises CgroupError when the cgroup refuses, Unverified (after the kill) when the
+    collector stopped answering and the session has no cgroup to count its processes in."""
+    sid = s["session"]
+    cg = _cgroup(s["cgroup"])
+
+    def members() -> set[int]:
+        return set(_pids(client, sid)) | set(cg.all_pids() if cg is not None else ())
+
+    # What the listing said counts too: the collector may be gone by now.
+    first = members() | set(s["pids"]) | ({s["root"]} if s["root"] > 1 else set())
+    first = _alive(first)
+    if cg is not None:
+        cg.set_frozen(False)  # a frozen session cannot handle SIGTERM: thaw it first
     _signal_all(sorted(first), signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and (_pids(client, sid) or _cgroup_pids(cgroup)):
+    while time.monotonic() < deadline and (members() or _alive(first)):
         time.sleep(0.05)
-    if cgroup and _cgroup_pids(cgroup):
-        with open(os.path.join(cgroup, "cgroup.kill"), "w") as f:
-            f.write("1")
+    if cg is not None and cg.all_pids():
+        try:
+            cg.kill()
+        except CgroupError:
+            if os.path.isdir(cg.path):
+                raise  # (else: removed meanwhile, so empty)
     for _ in range(100):  # without a cgroup: again and again, forks included
-        left = _pids(client, sid) + (_cgroup_pids(cgroup) if cgroup else [])
+        left = members() | _alive(first)
         if not left:
             break
-        _signal_all(left, signal.SIGKILL)
+        _signal_all(sorted(left), signal.SIGKILL)
         time.sleep(0.02)
-    survivors = _pids(client, sid) + (_cgroup_pids(cgroup) if cgroup else [])
-    return len(first), len(set(survivors))
+    survivors = members() | _alive(first)
+    if id(client) in _gone and cg is None:
+        raise Unverified(
+            f"session {sid}: its collector ({client.endpoint}) stopped answering during the "
+            f"kill and the session has no cgroup: {len(first)} processes it had listed were "
+            f"ended ({len(survivors)} left), but children it had not listed cannot be found"
+        )
+    return len(first), len(survivors)
 
 
 def freeze_session(s: dict, frozen: bool = True) -> str:
     """Freeze (or thaw) the session's cgroup; what that achieved."""
-    cgroup = s.get("cgroup") or ""
-    if not cgroup:
+    cg = _cgroup(s.get("cgroup") or "")
+    if cg is None:
         return "not done: the session has no cgroup of its own (an adopted agent)"
-    with open(os.path.join(cgroup, "cgroup.freeze"), "w") as f:
-        f.write("1" if frozen else "0")
+    cg.set_frozen(frozen)
     return "frozen" if frozen else "thawed"

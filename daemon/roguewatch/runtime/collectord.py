@@ -39,9 +39,10 @@ def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
     col: Collector | None = None
 
     def on_change(ev: dict) -> None:  # watchdog's thread
-        queue.append(ev)
         if col is not None:
-            col.wake()
+            col.fs_event(ev)
+        else:  # (the collector is being built: it publishes what is queued once it runs)
+            queue.append(ev)
 
     def is_own(pid: int) -> bool:
         try:

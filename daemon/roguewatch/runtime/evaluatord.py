@@ -156,6 +156,7 @@ class EvaluatorProcess:
         })  # fmt: skip
 
     def request_reload(self, *_: object) -> None:
+        """Reload the rules at the next turn of the loop (SIGHUP, a rule file changed)."""
         self._reload = True
 
     def stop(self, *_: object) -> None:
@@ -171,7 +172,7 @@ class EvaluatorProcess:
         class _Changed(FileSystemEventHandler):
             def on_any_event(self, event) -> None:
                 if str(event.src_path).endswith((".yaml", ".yml")):
-                    owner._reload = True
+                    owner.request_reload()
 
         dirs = self.cfg.rule_dirs_in_effect()
         if not dirs:
@@ -225,9 +226,9 @@ class EvaluatorProcess:
             if gate is not None:
                 for signo in gate.poll():
                     if signo == signal.SIGHUP:
-                        self._reload = True
+                        self.request_reload()
                     else:
-                        self._stopping = True
+                        self.stop()
             bad = self.sub.malformed + ev.malformed
             if bad != self._malformed_reported:
                 n = bad - self._malformed_reported

@@ -6,8 +6,9 @@ files), the inotify watchers (``sensors.watchers``) with fanotify's writer pids 
 kernel gives them (``sensors.fanotify``), the baselines of those paths and their restore
 (``respond.baseline``), and which writes are roguewatch's own and so never changes.
 
-The snapshot of the baselines runs beside the loop from the start (a second or two for
-~1,300 files): a session waits for it (``snapshot_done``), start-up does not.
+The snapshot of the baselines runs beside the loop from the start (it takes a while: every
+watched file is read; bench/README.md): a session waits for it (``snapshot_done``), start-up
+does not.
 """
 
 from __future__ import annotations

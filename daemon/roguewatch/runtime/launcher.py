@@ -61,8 +61,9 @@ class Watcher:
     def close(self) -> None:
         self.control.close()
         if self.proc is not None and self.proc.poll() is None:
-            # No wait: detaching 115 tracepoints costs the collector seconds of RCU grace
-            # periods, which the command's user should not sit through. It exits on its own.
+            # No wait: detaching every tracepoint costs the collector RCU grace periods
+            # (seconds: bench/README.md), which the command's user should not sit through. It
+            # exits on its own.
             self.proc.terminate()
         if self.tmpdir:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
@@ -199,7 +200,7 @@ def _sweep_stale_run_dirs(keep: str, min_age_s: float = 120.0) -> None:
 
 def _seed_baselines(state: str) -> None:
     """Copies of baselined contents from earlier runs, hard-linked into the new collector's
-    baseline directory while it imports its modules (it needs them 0.3 s or more later): its
+    baseline directory while it imports its modules (it needs them well after that): its
     snapshot then writes and fsyncs only contents no run has seen. This relies on the layout
     of ``baseline.Baselines`` (``<state>/baseline/<sha256>``, an existing copy not written
     again); until Baselines uses ``blobstore`` itself, a change of that layout only makes the
@@ -283,12 +284,14 @@ def spawn_in_session(
     return pid, session
 
 
-def register_with(control: ControlClient) -> Callable[[int], int]:
+def register_with(control: ControlClient, **fields: object) -> Callable[[int], int]:
+    """A ``register`` for spawn_in_session: the collector's `register` operation, with
+    ``fields`` (name, mode, policy...) as `run` sends them."""
     from roguewatch.stream.control import ControlError
 
     def register(pid: int) -> int:
         try:
-            return int(control.request("register", pid=pid)["session"])
+            return int(control.request("register", pid=pid, **fields)["session"])
         except ControlError as exc:
             raise SessionError(f"cannot register the session: {exc}") from None
 

@@ -3,10 +3,12 @@
 Owns the launch of an agent session and its verified end. Before the agent's first
 instruction: a cgroup v2 leaf of its own, its pid in the kernel's session map, the policy's
 egress programs on that cgroup (enforce mode), a Landlock domain that keeps it from
-signalling or ptracing anything outside it, and only then the exec (as ``--user`` when
-given). The launcher is child subreaper, so double-forked descendants stay its children. At
-the end: survivors are named (rule `persistence_process_survives_session`), killed in
-enforce mode, and the summary says how many were left: zero.
+signalling or ptracing anything outside it and from writing to the monitor's own paths, the
+cgroup filesystem and bpffs (and, with the policy's ``writable:``, outside its roots), and
+only then the exec (as ``--user`` when given). The launcher is child subreaper, so
+double-forked descendants stay its children. At the end: survivors are named (rule
+`persistence_process_survives_session`), killed in enforce mode, and the summary says how
+many were left: zero.
 
 Uses the running roguewatchd when its control socket answers; otherwise it starts a
 collector and an evaluator of its own for the session's lifetime.
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import pwd
 import shutil
@@ -35,11 +36,12 @@ from roguewatch.runtime import components, launcher, readiness
 if TYPE_CHECKING:
     import zmq
 
-    from roguewatch.respond import cgroups
+    from roguewatch.outputs import alerts
+    from roguewatch.respond import cgroups, landlock
 
-# Start-up time is a bar (issue 4: start-up to the agent's exec <= 1.5 s), and its longest
-# part is the private collector's own start: run starts it first and imports the rest of
-# what it needs (ZeroMQ, msgpack, the policy parser, cgroups, Landlock) while it loads.
+# Start-up time to the agent's exec is a bar (bench/README.md), and its longest part is the
+# private collector's own start: run starts it first and imports the rest of what it needs
+# (ZeroMQ, msgpack, the policy parser, cgroups, Landlock) while it loads.
 
 PR_SET_CHILD_SUBREAPER = 36
 SERVICE_CONTROL_SOCKET = paths.CONTROL_ENDPOINT.removeprefix("ipc://")
@@ -154,14 +156,19 @@ class Summary:
         )
 
 
-def _child_setup(user: pwd.struct_passwd | None) -> None:
-    """In the forked child, before exec: Landlock, then drop to the agent's user.
+def _child_setup(ruleset: landlock.Ruleset, user: pwd.struct_passwd | None) -> None:
+    """In the forked child, before exec: the Landlock domain the launcher built, then drop to
+    the agent's user.
 
     (The launcher already moved it into the session's cgroup, before it was tracked: its
     own move is not the agent leaving a cgroup.)"""
     from roguewatch.respond import landlock
 
-    landlock.restrict_self(scope_signals=True, scope_abstract_unix=True)
+    try:
+        ruleset.enforce()
+    except landlock.LandlockError as exc:
+        os.write(2, f"roguewatch run: {exc}\n".encode())
+        os._exit(126)
     if user is not None:
         os.initgroups(user.pw_name, user.pw_gid)
         os.setgid(user.pw_gid)
@@ -198,6 +205,7 @@ class Run:
         self.session = 0  # drawn once the collector is on its way (its module is not light)
         self.summary = Summary()
         self.alert_file = open(args.alerts, "a") if args.alerts else None  # noqa: SIM115
+        self.console: alerts.Console | None = None  # (made at the first alert: start-up)
 
     def load_policy(self) -> None:
         from roguewatch.policy import policy as policy_mod
@@ -211,16 +219,31 @@ class Run:
         if self.policy.mode == "observe":
             self.mode = "observe"
 
+    def build_sandbox(self) -> landlock.Ruleset:
+        """The agent's Landlock domain, built here (a bad writable root is the launcher's
+        error, before anything runs) and enforced in the forked child. In either mode: the
+        sandbox is not a rule's action."""
+        from roguewatch.respond import landlock
+        from roguewatch.respond.selfdefense import write_denied_paths
+
+        writable = self.policy.writable
+        return landlock.Ruleset.build(
+            scope_signals=True,
+            scope_abstract_unix=True,
+            writable=None if writable is None else list(writable),
+            deny_writes=write_denied_paths(),
+        )
+
     def _print(self, alert: dict) -> None:
         from roguewatch.outputs import alerts
 
         self.summary.alerts.append(alert)
-        line = json.dumps(alert, separators=(",", ":"))
         if self.alert_file is not None:
-            self.alert_file.write(line + "\n")
+            self.alert_file.write(alerts.to_json(alert) + "\n")
             self.alert_file.flush()
-        print(line if self.args.json else alerts.human(alert, sys.stderr.isatty()),
-              file=sys.stderr, flush=True)  # fmt: skip
+        if self.console is None:
+            self.console = alerts.Console(sys.stderr, as_json=self.args.json)
+        self.console.send(alert)
 
     def _drain_alerts(self, sub: zmq.Socket, timeout_ms: int) -> int:
         import msgpack
@@ -242,9 +265,10 @@ class Run:
         # While the collector loads its probes and snapshots the baselines, and the evaluator
         # loads the rules: everything of ours that does not need them. (A bad policy is found
         # here too: the monitor just started is stopped, and no session ran.)
-        cg = sub = control = None
+        cg = sub = control = sandbox = None
         try:
             self.load_policy()
+            sandbox = self.build_sandbox()
             import zmq
 
             from roguewatch.respond import cgroups
@@ -296,9 +320,11 @@ class Run:
                 return self.session
 
             status = 0
+            ruleset = sandbox
             pid, _ = launcher.spawn_in_session(
-                self.command, register, preexec=lambda: _child_setup(self.user)
+                self.command, register, preexec=lambda: _child_setup(ruleset, self.user)
             )
+            sandbox.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda s, _f: os.kill(pid, s))
             watcher.share_baselines()  # the agent runs: for the next run's start-up
@@ -311,6 +337,8 @@ class Run:
                 self._reap()
             self._end(control, cg, sub, pid)
         finally:
+            if sandbox is not None:
+                sandbox.close()
             if control is not None:
                 try:
                     control.request("release", session=self.session)

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from roguewatch import __version__
 from roguewatch.core import paths, procfs
-from roguewatch.core.procfs import stopped
 from roguewatch.outputs import render
 from roguewatch.policy import config
 from roguewatch.respond.selfdefense import ShutdownGate
@@ -275,7 +274,7 @@ class Service:
     def unstop(self) -> None:
         """A component stopped by SIGSTOP (an agent's, or a debugger's) is continued."""
         for c in self.components:
-            if c.alive() and c.proc is not None and stopped(c.proc.pid):
+            if c.alive() and c.proc is not None and procfs.stopped(c.proc.pid):
                 log.warning("%s was stopped (SIGSTOP): continuing it", c.name)
                 os.kill(c.proc.pid, signal.SIGCONT)
 

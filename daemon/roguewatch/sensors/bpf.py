@@ -6,11 +6,11 @@ image: creating the maps, patching their fds into the bytecode, loading and atta
 programs. Also owns the typed operations on the shared maps (sessions, adoption selectors,
 the guard set, loss counters).
 
-Why an image: bcc compiles with clang at every start (about 4 s for these probes, 130 MB of
-LLVM in the process). The image is compiled once per (sources, options, kernel, bcc) in a
-subprocess and loaded in a fraction of a second, so start-up stays short and the collector
-never compiles (libbcc, which it uses for map and program syscalls, still maps LLVM's
-shared libraries: about 54 MB of its resident memory). bcc's own program loading is not
+Why an image: bcc compiles with clang at every start (seconds, and all of LLVM in the
+process: bench/README.md). The image is compiled once per (sources, options, kernel, bcc) in
+a subprocess and loaded in a fraction of that time, so start-up stays short and the
+collector never compiles (libbcc, which it uses for map and program syscalls, still maps
+LLVM's shared libraries: a good part of its resident memory). bcc's own program loading is not
 used at run time.
 
 It must not decode records (``roguewatch.probes.layout``) or poll the ring buffer
@@ -453,7 +453,7 @@ class Probes:
                     raise ProbeError(f"creating map {m.name}: {os.strerror(err)}")
                 self.map_fds[m.name] = fd
             # Two at a time: the kernel verifies each program in the loading thread, and
-            # ctypes lets go of the GIL, so both cores verify (0.24 s -> about 0.15 s here).
+            # ctypes lets go of the GIL, so both cores verify.
             with ThreadPoolExecutor(max_workers=2) as pool:
                 outcomes = list(pool.map(self._load_quietly, image.progs))
             errors = [o for o in outcomes if isinstance(o, BaseException)]
@@ -612,9 +612,6 @@ class Probes:
         """Whether this task is one of roguewatch's own (the guarded map)."""
         return self._lookup("guarded", struct.pack("<I", pid), 1) is not None
 
-    def unguard(self, pid: int) -> None:
-        self._delete("guarded", struct.pack("<I", pid))
-
     def lost_by_type(self) -> list[int]:
         """Records the kernel could not write, per event type number (summed over CPUs)."""
         m = next(m for m in self.image.maps if m.name == "lost")
@@ -723,8 +720,9 @@ class Probes:
         return next(m.max_entries for m in self.image.maps if m.name == "events")
 
     def close(self) -> None:
-        # Each tracepoint detach waits for an RCU grace period (~70 ms here): one after the
-        # other, 115 of them take 8 s. Closed from many threads, they share grace periods.
+        # Each tracepoint detach waits for an RCU grace period: one after the other, all of
+        # them take seconds (bench/README.md). Closed from many threads, they share grace
+        # periods.
         links = [a.link_fd for a in self.attached]
         if links:
             with ThreadPoolExecutor(max_workers=min(64, len(links))) as pool:

@@ -3,8 +3,9 @@
 Owns the ring buffer protocol on the user side: the consumer position page (read-write), the
 producer position page and the data area (read-only, mapped twice by the kernel so a record
 that wraps is contiguous). Reading here costs a struct unpack per record instead of bcc's
-ctypes callback per record (about 5 µs each), which is what lets one core keep up with the
-kernel. It hands out (buffer, offset, length) triples and never interprets a record.
+ctypes callback per record (several times dearer: bench/README.md), which is what lets one
+core keep up with the kernel. It hands out (buffer, offset, length) triples and never
+interprets a record.
 
 The two positions are u64 words the kernel reads and writes with single loads and stores, so
 they are accessed here through ``memoryview.cast("Q")`` (one aligned 8-byte access), never
@@ -43,9 +44,6 @@ class RingBuffer:
     @property
     def buffer(self) -> mmap.mmap:
         return self._prod
-
-    def pending_bytes(self) -> int:
-        return self._prod_pos[0] - self._cons_pos[0]
 
     def drain(self, handle: Callable[[mmap.mmap, int, int], None], limit: int = 4096) -> int:
         """Pass up to ``limit`` committed records to ``handle(buf, offset, length)``.

@@ -2,9 +2,9 @@
 
 Owns how events cross process boundaries. A message is one ZeroMQ frame holding a msgpack
 array of event maps (a *batch*): batching amortises the per-message cost of ZeroMQ and msgpack
-over many events. Batches are encoded and decoded with ormsgpack (the same msgpack format, two
-to three times faster than the msgpack package on this hot path: about 1 µs to encode and 3 µs
-to decode an 18-field event here). The publisher never blocks: it is an XPUB socket with
+over many events. Batches are encoded and decoded with ormsgpack (the same msgpack format,
+several times faster than the msgpack package on this hot path: bench/README.md). The
+publisher never blocks: it is an XPUB socket with
 ``XPUB_NODROP`` so a full subscriber queue surfaces as ``EAGAIN`` and every event that could
 not be sent is counted (a plain PUB socket would drop silently). The subscriber counts and
 drops malformed messages.

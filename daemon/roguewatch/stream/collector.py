@@ -26,6 +26,7 @@ from typing import Protocol
 import zmq
 
 from roguewatch.core import paths, procfs
+from roguewatch.core.contracts import SessionEntry
 from roguewatch.core.identity import exec_id, new_session_id
 from roguewatch.host import kernelenv
 from roguewatch.policy import policy as policy_mod
@@ -353,7 +354,7 @@ class Collector:
             self.batch.append(q.popleft())
         if self.files is not None and self.files.rescan_needed:
             # After an overflow: whatever differs from the baseline is a change we missed. The
-            # rescan (a second for ~1,300 files) is never run here, where the ring must be
+            # rescan (it reads every watched file) is never run here, where the ring must be
             # drained every millisecond: its thread queues what it finds and wakes us.
             if self._fs_rescanner is None:
                 self._fs_rescanner = _FsRescanner(
@@ -732,7 +733,7 @@ class Collector:
         })  # fmt: skip
         return {"ok": True, "survivors": survivors}
 
-    def session_list(self) -> list[dict]:
+    def session_list(self) -> list[SessionEntry]:
         """Live sessions: those registered here and those the kernel adopted by selector."""
         pids: dict[int, list[int]] = {}
         for pid, s in self.probes.tracked().items():
@@ -740,13 +741,13 @@ class Collector:
         out = []
         for sid in sorted(set(pids) | set(self.sessions)):
             info = self.sessions.get(sid, {})
-            out.append({
-                "session": f"{sid:x}", "name": info.get("name", ""),
-                "root": info.get("root", min(pids.get(sid, [0]))),
-                "cgroup": info.get("cgroup", ""), "mode": info.get("mode", "enforce"),
-                "pids": sorted(pids.get(sid, [])), "started": info.get("started", 0),
-                "adopted": sid not in self.sessions,
-            })  # fmt: skip
+            out.append(SessionEntry(
+                session=f"{sid:x}", name=info.get("name", ""),
+                root=info.get("root", min(pids.get(sid, [0]))),
+                cgroup=info.get("cgroup", ""), mode=info.get("mode", "enforce"),
+                pids=sorted(pids.get(sid, [])), started=info.get("started", 0),
+                adopted=sid not in self.sessions,
+            ))  # fmt: skip
         return out
 
     def release(self, session: int) -> None:
@@ -766,8 +767,8 @@ class Collector:
     def run(self, ready: Callable[[], None] | None = None, gate: Gate | None = None) -> None:
         # Two pollers: `idle` waits for the ring too; `busy` does not. The ring's fd is
         # readable whenever a record is there, so a collector that re-polled it after each
-        # drain would loop as fast as records arrive, a handful of events per batch (a
-        # tracked connect storm: 8.6 events per batch, 10 us of collector CPU per event).
+        # drain would loop as fast as records arrive, a handful of events per batch (and
+        # the per-message cost for each handful: bench/README.md, "events per bus message").
         # While records keep coming it drains once per BUSY_POLL_S instead, answering its
         # other sockets meanwhile: batches grow with the rate, and a record waits at most
         # that long (the kernel's wake-ups are rationed the same way: RW_WAKE_NS).

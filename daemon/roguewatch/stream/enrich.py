@@ -25,7 +25,8 @@ MAX_PROCS = 65536
 
 
 def _normal(path: str) -> str:
-    """os.path.normpath, skipped for the common path that is already normal (it costs ~1 µs)."""
+    """os.path.normpath, skipped for the common path that is already normal (where it would
+    cost more than the rest of the event's path handling)."""
     if "/." in path or "//" in path or (path.endswith("/") and path != "/"):
         return os.path.normpath(path)
     return path

@@ -19,7 +19,7 @@ from roguewatch.core import yamlfile
 from roguewatch.detect import fields as F
 from roguewatch.detect.ruleset.loader import RuleFile, default_rules_dir, read_source, rule_files
 from roguewatch.detect.ruleset.model import RuleError, RuleSet
-from roguewatch.policy.policy import StaticPolicy
+from roguewatch.policy.policy import from_wire as policy_from_wire
 
 EVENT_DEFAULTS: dict[str, Any] = {
     "ts": 1_700_000_000_000_000_000,
@@ -69,14 +69,8 @@ class FixtureResult:
 
 
 def _view(spec: Mapping[str, Any]) -> F.StaticProcessView:
-    pol = spec.get("policy") or {}
-    policy = StaticPolicy(
-        egress_allow=tuple(pol.get("egress_allow", ())),
-        protect=tuple(pol.get("protect", ())),
-        mode=pol.get("mode", "enforce"),
-    )
     return F.StaticProcessView(
-        policy=policy,
+        policy=policy_from_wire(spec.get("policy") or {}),
         default_ancestors=list(spec.get("ancestors", [])),
         processes={int(k): int(v) for k, v in (spec.get("processes") or {}).items()},
         venvs=tuple(spec.get("venvs", ())),

@@ -146,10 +146,9 @@ class RuleSet:
         self._any: tuple[Rule, ...] = tuple(r for r in enabled if r.event_types is None)
         self._any_matchers = tuple((r, r.compiled.match) for r in self._any)
         index: dict[str, list[Rule]] = {}
-        matchers: dict[str, list[tuple[Rule, C.Matcher]]] = {}
         filters: dict[str, TypeFilter[Rule]] = {}
         for t in sorted(F.EVENT_TYPE_NAMES):
-            index[t], matchers[t] = [], []
+            index[t] = []
             entries = []
             for r in enabled:
                 if r.event_types is not None and t not in r.event_types:
@@ -158,11 +157,9 @@ class RuleSet:
                 if m is None:  # its condition cannot hold for this type
                     continue
                 index[t].append(r)
-                matchers[t].append((r, m))
                 entries.append((r, m, C.specialize(r.compiled.tree, t)))
             filters[t] = TypeFilter(entries)
         self._index = {t: tuple(rs) for t, rs in index.items()}
-        self._matchers = {t: tuple(ms) for t, ms in matchers.items()}
         # Per event type, the rules gated by the values of the keys they test (the path...).
         self._filters = filters
         self._any_filter: TypeFilter[Rule] = TypeFilter(
