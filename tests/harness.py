@@ -21,6 +21,11 @@ from tests.conftest import require
 RUN = [sys.executable, "-m", "roguewatch.cli.main", "run"]
 AGENT_PYTHON = "/usr/bin/python3"
 ALLOW_LOCAL = "mode: enforce\negress:\n  allow: [127.0.0.1/32]\n"
+# An agent that may use io_uring (the sandbox refuses it by default: policy refuse:).
+ALLOW_LOCAL_IO_URING = ALLOW_LOCAL + (
+    "refuse: [bpf, prlimit_other, setpriority_other, sched_other, process_vm_writev,\n"
+    "         perf_event_open, kexec, modules]\n"
+)
 OBSERVE_LOCAL = "mode: observe\negress:\n  allow: [127.0.0.1/32]\n"
 EGRESS_RULE = "egress_unauthorized_destination"
 DENIED = "denied in kernel"

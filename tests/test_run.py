@@ -31,6 +31,7 @@ from tests.conftest import require_root
 from tests.harness import (
     AGENT_PYTHON,
     ALLOW_LOCAL,
+    ALLOW_LOCAL_IO_URING,
     DENIED,
     EGRESS_RULE,
     MSG_FASTOPEN,
@@ -222,7 +223,8 @@ def test_egress_through_io_uring_is_denied_in_kernel_and_reported(
                                  capture_output=True, text=True)
             say(res=int(out.stdout), err=out.stderr)
             """
-        )
+        ),
+        policy=ALLOW_LOCAL_IO_URING,
     )
     said = r.said()
     assert said["res"] == -errno.EPERM, r.describe()
@@ -245,7 +247,8 @@ def test_an_io_uring_denial_then_a_connect_denial_are_both_reported(
                                  capture_output=True, text=True)
             say(res=[int(x) for x in out.stdout.split()], err=out.stderr)
             """
-        )
+        ),
+        policy=ALLOW_LOCAL_IO_URING,
     )
     said = r.said()
     assert said["res"] == [-errno.EPERM, -errno.EPERM], r.describe()

@@ -267,6 +267,19 @@ def _sock_addr(cg2: str | None) -> Check:
     return Check("sock_addr", ok, True, detail, "" if ok else fix)
 
 
+def _seccomp() -> Check:
+    """`run`'s sandbox refuses syscalls with seccomp user notifications (each one reported)."""
+    from roguewatch.respond import seccomp
+
+    why = seccomp.available()
+    if why is None:
+        return Check("seccomp", True, True, "user notifications available: run refuses and "
+                     "reports bpf, io_uring, other processes' limits and memory...")  # fmt: skip
+    return Check("seccomp", False, True, why,
+                 "Linux 5.0+ with seccomp filters, and libseccomp2 (apt-get install libseccomp2);"
+                 " or a policy with `refuse: []`")  # fmt: skip
+
+
 def _landlock() -> Check:
     from roguewatch.respond import landlock
 
@@ -389,6 +402,7 @@ def run_checks(source_dir: ProbeDir = None) -> list[Check]:
         _guard("cgroup.kill", True, lambda: _cgroup_kill(cg2)),
         _guard("sock_addr", True, lambda: _sock_addr(cg2)),
         _guard("Landlock", True, _landlock),
+        _guard("seccomp", True, _seccomp),
         _guard("BPF LSM", False, _bpf_lsm),
         _guard("fanotify", False, _fanotify),
     ]

@@ -89,6 +89,7 @@ def _dedup_key(rule: Rule, ev: dict) -> tuple:
     return (
         rule.name, ev.get("session"), ev.get("exec_id"), ev.get("type"), ev.get("path"),
         ev.get("addr"), ev.get("port"), ev.get("target"), ev.get("sig"), ev.get("filename"),
+        ev.get("call"), ev.get("kind"),
     )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from roguewatch.core import yamlfile
 from roguewatch.policy.config import uids_of
 from roguewatch.policy.egress import parse_egress_spec
+from roguewatch.policy.refusals import DEFAULT_REFUSALS, REFUSALS
 
 
 @dataclass
@@ -28,13 +29,15 @@ class StaticPolicy:
     # Where `roguewatch run` lets the agent write (Landlock); None: everywhere but the
     # monitor's own paths, which are out of reach in any case.
     writable: tuple[str, ...] | None = None
+    # The syscalls `roguewatch run` refuses the agent (seccomp; policy/refusals.py).
+    refuse: tuple[str, ...] = DEFAULT_REFUSALS
 
 
 class PolicyError(Exception):
     pass
 
 
-_KEYS = {"mode", "egress", "protect", "lists", "writable", "name"}
+_KEYS = {"mode", "egress", "protect", "lists", "writable", "refuse", "name"}
 
 
 def from_dict(data: object, where: str) -> StaticPolicy:
@@ -80,7 +83,19 @@ def from_dict(data: object, where: str) -> StaticPolicy:
         mode=mode,
         lists={k: [str(x) for x in v] for k, v in lists.items()},
         writable=_writable(data.get("writable"), where),
+        refuse=_refuse(data.get("refuse", list(DEFAULT_REFUSALS)), where),
     )
+
+
+def _refuse(names: object, where: str) -> tuple[str, ...]:
+    """`refuse:`: names of policy/refusals.py (an empty list refuses nothing)."""
+    if not isinstance(names, list):
+        raise PolicyError(f"{where}: refuse: expected a list of names ({', '.join(REFUSALS)})")
+    for i, n in enumerate(names):
+        if n not in REFUSALS:
+            raise PolicyError(f"{where}: refuse[{i}]: expected one of {', '.join(REFUSALS)}, "
+                              f"got {n!r}")  # fmt: skip
+    return tuple(names)
 
 
 def _writable(roots: object, where: str) -> tuple[str, ...] | None:
@@ -159,13 +174,15 @@ def from_wire(d: Mapping[str, Any]) -> StaticPolicy:
         mode=d.get("mode", "enforce"),
         lists=dict(d.get("lists", {})),
         writable=None if writable is None else tuple(writable),
+        refuse=tuple(d.get("refuse", DEFAULT_REFUSALS)),
     )
 
 
 def as_dict(p: StaticPolicy) -> dict:
     return {"egress_allow": list(p.egress_allow), "protect": list(p.protect), "mode": p.mode,
             "lists": dict(p.lists),
-            "writable": None if p.writable is None else list(p.writable)}  # fmt: skip
+            "writable": None if p.writable is None else list(p.writable),
+            "refuse": list(p.refuse)}  # fmt: skip
 
 
 def load_adoption_dirs(directories: list[str]) -> list[Adoption]:

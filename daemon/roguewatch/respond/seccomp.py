@@ -6,7 +6,7 @@ launcher's side of it: each refused call is a seccomp *user notification*, which
 launcher answers EPERM (the agent keeps running; the call did nothing) and reports, so a
 refusal is an event and an alert, never a silence.
 
-The refused calls are data (``DEFAULT_REFUSALS``, overridable by the policy's ``refuse:``):
+The refused calls are data (``policy.refusals``: the policy's ``refuse:`` names them):
 the BPF syscall (the agent must not touch the probes or their maps), io_uring (its requests
 never pass a syscall tracepoint), resource limits, priorities and scheduling of *other*
 processes (prlimit64, setpriority, sched_setattr... with a pid other than 0), writing into
@@ -29,22 +29,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-# What a policy may name in `refuse:`, and how each one is matched (syscalls with an argument
-# test are refused only when it holds: the pid or `who` argument names another process).
-REFUSALS: dict[str, tuple[tuple[str, int | None], ...]] = {
-    "bpf": (("bpf", None),),
-    "io_uring": (("io_uring_setup", None), ("io_uring_enter", None),
-                 ("io_uring_register", None)),
-    "prlimit_other": (("prlimit64", 0),),
-    "setpriority_other": (("setpriority", 1),),
-    "sched_other": (("sched_setattr", 0), ("sched_setscheduler", 0), ("sched_setparam", 0),
-                    ("sched_setaffinity", 0)),
-    "process_vm_writev": (("process_vm_writev", None),),
-    "perf_event_open": (("perf_event_open", None),),
-    "kexec": (("kexec_load", None), ("kexec_file_load", None)),
-    "modules": (("init_module", None), ("finit_module", None), ("delete_module", None)),
-}  # fmt: skip
-DEFAULT_REFUSALS = tuple(REFUSALS)
+from roguewatch.policy.refusals import DEFAULT_REFUSALS, REFUSALS  # noqa: F401
 
 SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100  # _IOWR('!', 0, struct seccomp_notif)
 SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101  # _IOWR('!', 1, struct seccomp_notif_resp)

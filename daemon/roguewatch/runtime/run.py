@@ -22,6 +22,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     import zmq
 
     from roguewatch.outputs import alerts
-    from roguewatch.respond import cgroups, landlock
+    from roguewatch.respond import cgroups, landlock, seccomp
 
 # Start-up time to the agent's exec is a bar (bench/README.md), and its longest part is the
 # private collector's own start: run starts it first and imports the rest of what it needs
@@ -156,9 +157,13 @@ class Summary:
         )
 
 
-def _child_setup(ruleset: landlock.Ruleset, user: pwd.struct_passwd | None) -> None:
-    """In the forked child, before exec: the Landlock domain the launcher built, then drop to
-    the agent's user.
+def _child_setup(
+    ruleset: landlock.Ruleset, user: pwd.struct_passwd | None, refuse: tuple[str, ...],
+    report: socket.socket | None,
+) -> None:  # fmt: skip
+    """In the forked child, before exec: the Landlock domain the launcher built, the seccomp
+    filter (installed as root, so the agent keeps setuid programs; its notification fd goes
+    to the launcher over ``report``), then drop to the agent's user.
 
     (The launcher already moved it into the session's cgroup, before it was tracked: its
     own move is not the agent leaving a cgroup.)"""
@@ -169,6 +174,15 @@ def _child_setup(ruleset: landlock.Ruleset, user: pwd.struct_passwd | None) -> N
     except landlock.LandlockError as exc:
         os.write(2, f"roguewatch run: {exc}\n".encode())
         os._exit(126)
+    if refuse and report is not None:
+        from roguewatch.respond import seccomp
+
+        try:
+            seccomp.install(refuse, report)
+        except seccomp.SeccompError as exc:
+            os.write(2, f"roguewatch run: {exc}\n".encode())
+            os._exit(126)
+        report.close()
     if user is not None:
         os.initgroups(user.pw_name, user.pw_gid)
         os.setgid(user.pw_gid)
@@ -245,6 +259,28 @@ class Run:
             self.console = alerts.Console(sys.stderr, as_json=self.args.json)
         self.console.send(alert)
 
+    def _refusals(self, report: socket.socket, endpoint: str) -> seccomp.Responder | None:
+        """The launcher's side of the agent's seccomp filter: each refused call answered
+        EPERM and reported to the collector, as the event the probes could not see."""
+        from roguewatch.respond import seccomp
+        from roguewatch.stream.control import ControlClient, ControlError
+
+        try:
+            fd = seccomp.receive_fd(report)
+        except seccomp.SeccompError as exc:
+            print(f"roguewatch run: {exc}", file=sys.stderr, flush=True)
+            return None
+        clients: dict[str, ControlClient] = {}  # one, made in the responder's own thread
+
+        def report_refusal(r: seccomp.Refusal) -> None:
+            try:
+                client = clients.get("c") or clients.setdefault("c", ControlClient(endpoint))
+                client.request("refused", pid=r.pid, call=r.syscall, nr=r.nr, args=list(r.args))
+            except ControlError:
+                clients.pop("c", None)  # (a timed-out REQ socket cannot be used again)
+
+        return seccomp.Responder(fd, report_refusal)
+
     def _drain_alerts(self, sub: zmq.Socket, timeout_ms: int) -> int:
         import msgpack
 
@@ -265,7 +301,7 @@ class Run:
         # While the collector loads its probes and snapshots the baselines, and the evaluator
         # loads the rules: everything of ours that does not need them. (A bad policy is found
         # here too: the monitor just started is stopped, and no session ran.)
-        cg = sub = control = sandbox = None
+        cg = sub = control = sandbox = refusals = None
         try:
             self.load_policy()
             sandbox = self.build_sandbox()
@@ -321,10 +357,19 @@ class Run:
 
             status = 0
             ruleset = sandbox
+            refuse = tuple(self.policy.refuse)
+            theirs = None
+            if refuse:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             pid, _ = launcher.spawn_in_session(
-                self.command, register, preexec=lambda: _child_setup(ruleset, self.user)
-            )
+                self.command, register,
+                preexec=lambda: _child_setup(ruleset, self.user, refuse, theirs),
+            )  # fmt: skip
             sandbox.close()
+            if theirs is not None:
+                theirs.close()
+                refusals = self._refusals(ours, watcher.control.endpoint)
+                ours.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda s, _f: os.kill(pid, s))
             watcher.share_baselines()  # the agent runs: for the next run's start-up
@@ -337,6 +382,8 @@ class Run:
                 self._reap()
             self._end(control, cg, sub, pid)
         finally:
+            if refusals is not None:
+                refusals.close()
             if sandbox is not None:
                 sandbox.close()
             if control is not None:

@@ -57,6 +57,7 @@ _I_START, _I_PID = layout.I_START, layout.I_PID
 _EXEC = layout.TYPE_NUMBERS["exec"]
 _EXIT = layout.TYPE_NUMBERS["exit"]
 _KILL = layout.TYPE_NUMBERS["kill"]
+_TARGET = layout.TYPE_NUMBERS["target"]
 _PIDFD = "pidfd_send_signal"  # the one kind of kill whose target needs state
 _STATEFUL = frozenset(
     layout.TYPE_NUMBERS[n] for n in ProcessCache.HOOKS if n != "kill"
@@ -461,9 +462,20 @@ class Collector:
                 if t == _EXIT:
                     self._idents.pop(key, None)
         ev.update(ident)
+        if t == _TARGET and not self._target_other(ev):
+            return  # one of its own threads, named by its thread id: no other process
         if h[_V_FLAGS] & _F_ADOPTED and ev["session"] not in self.sessions:
             self._announce_adopted(ev)
         self.batch.append(ev)
+
+    def _target_other(self, ev: dict) -> bool:
+        """A `target` event names a task by its id: the process it belongs to instead, and
+        False when that is the caller itself (a thread library setting its own threads'
+        priorities)."""
+        tid = ev["target"]
+        tgid = int(procfs.status(tid).get("Tgid", tid) or tid)
+        ev["target"] = tgid
+        return tgid != ev["pid"] or "guard" in ev["flags"]
 
     def _identity(self, key: bytes, i: tuple) -> dict:
         d = self.cache.identity(i)
@@ -614,13 +626,28 @@ class Collector:
         for op, handler in ops.items():
             server.register(op, handler)
         server.register("restore", self._restore, threaded=True)
-        # Only roguewatch's own processes speak in the monitor's name (the service reports).
+        # Only roguewatch's own processes speak in the monitor's name (the service reports,
+        # `run`'s launcher reports what the agent's seccomp filter refused).
         server.register("announce", self._announce, needs=Standing.MONITOR)
+        server.register("refused", self._refused_call, needs=Standing.MONITOR)
 
     def _restore(self, req: dict, peer: Peer | None = None) -> dict:
         if self.files is None:
             return {"ok": True, "outcome": "not restored: the filesystem watchers are off"}
         return {"ok": True, "outcome": self.files.restore(str(req["path"]), req.get("who") or {})}
+
+    def _refused_call(self, req: dict, peer: Peer | None = None) -> dict:
+        """A call the agent's seccomp filter refused (EPERM), as the `refused` event the
+        syscall tracepoints could not see (seccomp runs before them)."""
+        tid = int(req["pid"])
+        tgid = int(procfs.status(tid).get("Tgid", tid) or tid)
+        args = [int(a) for a in (req.get("args") or [])][:6]
+        ev = {"type": "refused", "ts": time.time_ns(), "ret": -1, "flags": [],
+              "call": str(req.get("call", "")), "nr": int(req.get("nr", -1)), "args": args,
+              **self.identity_of(tgid)}  # fmt: skip
+        ev["tid"] = tid
+        self._publish_now(ev)
+        return {"ok": True}
 
     def _announce(self, req: dict, peer: Peer | None = None) -> dict:
         """The service reporting on its components (restarts), as a `monitor` event that says

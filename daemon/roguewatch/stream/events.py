@@ -320,6 +320,18 @@ EVENT_TYPES: tuple[EventType, ...] = (
         "chdir, fchdir",
     ),
     EventType(
+        "refused",
+        "`roguewatch run`'s seccomp filter refused a syscall of the agent (it failed with "
+        "EPERM and did nothing; seccomp runs before the syscall tracepoints, so the launcher "
+        "reports it)",
+        (
+            Field("call", "str", "the syscall's name (`bpf`, `io_uring_setup`, `prlimit64`...)"),
+            Field("nr", "int", "its number"),
+            Field("args", "list[int]", "its six arguments"),
+        ),
+        "seccomp user notifications, answered by the launcher",
+    ),
+    EventType(
         "cgroup_attach",
         "a session's task was moved to another cgroup (by anyone), or a session moved a task; "
         "a roguewatch task moved by anyone is a guard event (a session's mover dies in the "
