@@ -142,3 +142,67 @@ def test_a_process_the_session_writes_into_joins_the_session(agent: Agent, tmp_p
         if victim.poll() is None:
             victim.kill()
         victim.wait()
+
+
+def _private_control(run: subprocess.Popen):
+    """A client of the collector this `roguewatch run` started (its --control argument)."""
+    from roguewatch.core import procfs
+    from roguewatch.stream.control import ControlClient
+
+    for pid in procfs.pids():
+        argv = procfs.cmdline(pid) or []
+        if procfs.ppid(pid) == run.pid and "--control" in argv:
+            return ControlClient(argv[argv.index("--control") + 1], timeout_ms=5000)
+    raise AssertionError("the run's collector was not found")
+
+
+def test_what_is_undone_in_the_kernel_is_repaired_and_said(agent: Agent, tmp_path: Path) -> None:
+    """The agent's entry deleted from the session map and the egress programs detached from
+    the cgroup root (done here, from outside, as a root process the agent reached could):
+    within a second both are back, each a critical alert, and the agent's next forbidden
+    connect is refused in the kernel again."""
+    from roguewatch.sensors import bpf
+
+    go = tmp_path / "go"
+    done: dict[str, bool] = {}
+
+    def undo(proc: subprocess.Popen) -> None:
+        pid_file = tmp_path / "pid"
+        if done or not pid_file.exists():
+            return
+        pid = int(pid_file.read_text())
+        client = _private_control(proc)
+        try:
+            client.request("unregister", pid=pid)
+        finally:
+            client.close()
+        root = os.open(kernelenv.cgroup2_mount() or "/", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert bpf._detach_all_egress(root) >= 4
+        finally:
+            os.close(root)
+        done["yes"] = True
+        go.write_text("1")
+
+    r = agent.run(
+        f"""
+        with open({str(tmp_path / "pid")!r}, "w") as f:
+            f.write(str(os.getpid()))
+        deadline = time.time() + 10
+        while not os.path.exists({str(go)!r}) and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(2.5)  # the reconciler runs once a second
+        s = socket.socket()
+        say(connect=attempt(lambda: s.connect(("127.0.0.9", 9))))
+        """,
+        policy=ALLOW_LOCAL,
+        during=undo,
+    )
+    said = r.said()
+    kinds = {a["event"]["kind"] for a in r.rule("roguewatch_tampered")}
+    assert {"untracked_in_session", "egress_detached"} <= kinds, r.describe()
+    assert all(a["severity"] == "critical" for a in r.rule("roguewatch_tampered"))
+    assert said["connect"] == 1, r.describe()  # refused in the kernel again
+    assert r.one("egress_unauthorized_destination", addr="127.0.0.9")["outcome"] == (
+        "denied in kernel"
+    )

@@ -819,9 +819,16 @@ def _live_egress_progs() -> set[int]:
     return live
 
 
-def _sweep_stale_egress(root_fd: int) -> int:
+def _detach_all_egress(root_fd: int) -> int:
+    """Every roguewatch egress program off the root, live collectors' too (tests: what an
+    attacker with bpf() would do)."""
+    return _sweep_stale_egress(root_fd, live=set())
+
+
+def _sweep_stale_egress(root_fd: int, live: set[int] | None = None) -> int:
     """Detach from the root the roguewatch egress programs no live collector owns."""
-    live = _live_egress_progs()
+    if live is None:
+        live = _live_egress_progs()
     swept = 0
     for attach_type in SOCK_ADDR_PROGS.values():
         for pid in _prog_query(root_fd, attach_type):

@@ -81,6 +81,18 @@ class Losses:
         return sum(self.ring.values()) + self.pending + self.decode + self.bus + self.untracked
 
 
+def _cgroup_members(path: str) -> list[int]:
+    """The processes of a cgroup and of every cgroup below it (read only)."""
+    out: list[int] = []
+    for dirpath, _dirs, _files in os.walk(path):
+        try:
+            with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                out += [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 class Gate(Protocol):
     """The shutdown gate of the collector's process: signals to obey, read by the loop."""
 
@@ -542,6 +554,46 @@ class Collector:
         except BlockingIOError:
             pass  # a wake-up is already pending
 
+    # -- the kernel side, checked against what it should be ---------------------------------
+
+    def reconcile(self) -> None:
+        """Once a second: what an attacker could have undone in the kernel, repaired and
+        said (a `tamper` event each): the egress programs detached from the cgroup root, a
+        registered session's processes gone from the session map (a bpf() map delete), a
+        thread of ours that is not guarded."""
+        if self._egress_root_fd is not None:
+            try:
+                attached = self.probes.egress_attached()
+            except bpf.ProbeError:
+                attached = []
+            if len(attached) < len(bpf.SOCK_ADDR_PROGS):
+                self.probes.detach_egress_root()
+                self.probes.attach_egress(self._egress_root_fd)
+                # Every session lost its egress denial meanwhile: each one hears of it.
+                for sid in list(self.sessions) or [0]:
+                    self.tamper("egress_detached", "the egress programs were detached from "
+                                "the cgroup root: attached again", target="cgroup root",
+                                session=sid)  # fmt: skip
+        for sid, info in list(self.sessions.items()):
+            cgroup = info.get("cgroup") or ""
+            if not cgroup or info.get("adopted"):
+                continue
+            for pid in _cgroup_members(cgroup):
+                if self.probes.session_of(pid) is not None:
+                    continue
+                start = procfs.start_ns(pid)
+                if start is None:
+                    continue  # gone meanwhile
+                ppid = procfs.ppid(pid)
+                self.probes.register(pid, sid, start, procfs.start_ns(ppid) or 0, ppid,
+                                     observe=info.get("mode") == "observe")  # fmt: skip
+                self.tamper("untracked_in_session", f"pid {pid} of session {sid:x}'s cgroup "
+                            "was missing from the session map: tracked again",
+                            target=f"the session map (pid {pid})", session=sid)  # fmt: skip
+        for tid in procfs.threads(os.getpid()):
+            if not self.probes.is_guarded(tid):
+                self.probes.guard(tid)
+
     # -- who may speak to the monitor -------------------------------------------------------
 
     def in_any_session(self, pid: int) -> bool:
@@ -590,13 +642,16 @@ class Collector:
             "exe": procfs.readlink(pid, "exe") or "",
         }  # fmt: skip
 
-    def tamper(self, kind: str, detail: str, pid: int = 0, target: str = "") -> None:
+    def tamper(
+        self, kind: str, detail: str, pid: int = 0, target: str = "", session: int = 0
+    ) -> None:
         """A `tamper` event: something tried to blind, stop or reconfigure the monitor (``pid``
-        the offender when known). Rules decide what it costs the offender's session."""
+        the offender when known). Rules decide what it costs the offender's session. With no
+        offender known, ``session`` is the session it was done to (its report shows it)."""
         ev = {"type": "tamper", "ts": time.time_ns(), "ret": 0, "flags": [], "kind": kind,
               "target": target, "detail": detail}  # fmt: skip
         ev.update(self.identity_of(pid) if pid else
-                  {"session": 0, "pid": 0, "tid": 0, "ppid": 0, "uid": 0, "gid": 0,
+                  {"session": session, "pid": 0, "tid": 0, "ppid": 0, "uid": 0, "gid": 0,
                    "comm": "", "exec_id": "", "pexec_id": "", "exe": ""})  # fmt: skip
         self._publish_now(ev)
 
@@ -848,6 +903,7 @@ class Collector:
                 self.cache.refresh_clock()
                 self.sweep_denials()
                 self.report_losses()
+                self.reconcile()
         self.drain()
         self.report_losses()
 

@@ -447,7 +447,10 @@ EVENT_TYPES: tuple[EventType, ...] = (
                 "str",
                 "`control_refused` (a request on the control socket from a process the "
                 "operation does not accept: one in a session), `subscription_refused` (a "
-                "process in a session subscribed to the event or alert stream)",
+                "process in a session subscribed to the event or alert stream), "
+                "`egress_detached` (the egress programs were detached from the cgroup root: "
+                "attached again), `untracked_in_session` (a process of a session's cgroup was "
+                "missing from the session map: tracked again)",
             ),
             Field("target", "str", "what was aimed at: a socket and operation, a path, a pid"),
             Field("detail", "str", "human-readable explanation"),
