@@ -63,6 +63,7 @@ MONITOR_RULES = {
     "loss": "roguewatch_events_lost",
     "malformed": "roguewatch_malformed_events",
     "rules_reload_failed": "roguewatch_rules_reload_failed",
+    "rules_reload_refused": "roguewatch_rules_reload_refused",
     "restart": "roguewatch_component_restarted",
     "stopped": "roguewatch_stopped",
 }
@@ -259,6 +260,8 @@ class Evaluator:
         protects the path: a protected file changed by an unknown hand is still restored."""
         table = self.table
         session = ev.get("session", 0)
+        if session and ev.get("path"):
+            table.recent_paths.put(ev["path"], ev)  # a session's write the probes never saw
         table.use_policy_of(session)
         matched = self.rules.match(ev, table)
         for rule in matched:

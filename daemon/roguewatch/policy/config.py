@@ -72,6 +72,14 @@ class Config:
     # (a mapping of its own: roguewatch.policy.fleetconfig, docs/fleet.md). Off by default.
     fleet: FleetConfig = field(default_factory=FleetConfig)
 
+    def monitor_config_paths(self) -> list[str]:
+        """Where this configuration keeps what configures the monitor (rules, policies, the
+        fleet's copies of both): no agent may change them, wherever they are."""
+        out = [*self.rules_dirs, self.policies_dir]
+        if self.fleet.enabled:
+            out += [self.fleet.rules_dir, self.fleet.policies_dir]
+        return [os.path.normpath(p) for p in out if p]
+
     def rule_dirs_in_effect(self) -> list[str]:
         """The rule directories that exist, the fleet's last (when the fleet is on)."""
         dirs = [d for d in self.rules_dirs if os.path.isdir(d)]

@@ -30,7 +30,9 @@ from roguewatch.stream.collector import Collector
 def watch_paths(cfg: config_mod.Config, extra: list[str] | None = None) -> list[str]:
     """The persistence and oversight paths the rule packs name, with every home expanded."""
     lists = ruleset.lists_only(d for d in cfg.rules_dirs if os.path.isdir(d))
-    return watchers.watch_paths(lists, [*cfg.watch_extra, *(extra or [])])
+    return watchers.watch_paths(
+        lists, [*cfg.watch_extra, *cfg.monitor_config_paths(), *(extra or [])]
+    )
 
 
 def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:

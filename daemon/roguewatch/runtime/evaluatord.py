@@ -36,6 +36,9 @@ from roguewatch.stream import bus
 from roguewatch.stream.bus import Peer
 
 log = logging.getLogger("roguewatch.evaluator")
+# A rule file a session wrote within this long is not loaded (EvaluatorProcess.reload).
+CONFIG_TAINT_NS = 30 * 1_000_000_000
+RELOAD_SETTLE_S = 0.3
 # Events the evaluator's loop handles before it looks at anything else (EvaluatorProcess.run)
 BURST = 4096
 
@@ -93,6 +96,7 @@ class EvaluatorProcess:
         # The collector may still be loading its probes (run starts both at once).
         self.sub = bus.Subscriber(cfg.events_endpoint, wait_s=60.0)
         self._reload = False
+        self._reload_after = 0.0
         self._stopping = False
         self._malformed_reported = 0
         self._observer = None
@@ -155,9 +159,11 @@ class EvaluatorProcess:
             "pexec_id": rec.get("pexec_id", ""), "exe": rec.get("exe", ""),
         })  # fmt: skip
 
-    def request_reload(self, *_: object) -> None:
-        """Reload the rules at the next turn of the loop (SIGHUP, a rule file changed)."""
+    def request_reload(self, *_: object, settle: float = 0.0) -> None:
+        """Reload the rules at the next turn of the loop (SIGHUP), or ``settle`` seconds after
+        a rule file changed: the probe event of who changed it arrives meanwhile."""
         self._reload = True
+        self._reload_after = time.monotonic() + settle
 
     def stop(self, *_: object) -> None:
         self._stopping = True
@@ -172,7 +178,7 @@ class EvaluatorProcess:
         class _Changed(FileSystemEventHandler):
             def on_any_event(self, event) -> None:
                 if str(event.src_path).endswith((".yaml", ".yml")):
-                    owner.request_reload()
+                    owner.request_reload(settle=RELOAD_SETTLE_S)
 
         dirs = self.cfg.rule_dirs_in_effect()
         if not dirs:
@@ -183,9 +189,35 @@ class EvaluatorProcess:
         self._observer.daemon = True
         self._observer.start()
 
+    def _changed_by_a_session(self) -> list[str]:
+        """Rule files a process in a session changed within the last CONFIG_TAINT_NS (the
+        probes' last event on each path, or a watcher change the collector attributed): such
+        a change is never loaded. The rule that sees it kills the session and restores the
+        file; the reload that follows finds the old content, and loads nothing new."""
+        now = time.time_ns()
+        dirs = tuple(d.rstrip("/") + "/" for d in self.cfg.rule_dirs_in_effect())
+        out = []
+        for path, ev in list(self.evaluator.table.recent_paths.items()):
+            # (a file made and already removed again counts: what the loader would have read)
+            if (path.startswith(dirs) and ev.get("session")
+                    and now - ev.get("ts", 0) < CONFIG_TAINT_NS):  # fmt: skip
+                out.append(path)
+        return sorted(out)
+
     def reload(self) -> bool:
-        """Validate the new rule set first; on failure the old one stays, and says why."""
+        """Validate the new rule set first; on failure the old one stays, and says why. A
+        rule directory a session wrote to is not loaded at all."""
         self._reload = False
+        tainted = self._changed_by_a_session()
+        if tainted:
+            self.evaluator.monitor(
+                {"type": "monitor", "kind": "rules_reload_refused", "ts": time.time_ns(),
+                 "detail": "rules not reloaded: a process in a session changed "
+                           f"{', '.join(tainted)}; the previous set stays active"},
+                severity="critical",
+            )  # fmt: skip
+            self.reloads["refused"] = self.reloads.get("refused", 0) + 1
+            return False
         try:
             new = load_ruleset(self.cfg)
         except ruleset.RuleError as exc:
@@ -236,7 +268,7 @@ class EvaluatorProcess:
                 ev.monitor({"type": "monitor", "kind": "malformed", "ts": time.time_ns(),
                             "detail": f"{n} malformed messages or events on the event bus were "
                                       f"dropped ({bad} since start)"})  # fmt: skip
-            if self._reload:
+            if self._reload and time.monotonic() >= self._reload_after:
                 self.reload()
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + 1.0

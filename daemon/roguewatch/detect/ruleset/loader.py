@@ -12,6 +12,7 @@ import bisect
 import dataclasses
 import hashlib
 import importlib.resources
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -790,7 +791,18 @@ def load_configured(cfg: Config, extra_dirs: Sequence[str] = ()) -> RuleSet:
     configured enable and disable patterns. The evaluator loads and reloads with it, and the
     fleet validates an incoming rule file with it (``extra_dirs``), so both judge alike."""
     dirs = [*cfg.rule_dirs_in_effect(), *extra_dirs]
-    return load_rules(dirs).select(enable=cfg.rules_enable, disable=cfg.rules_disable)
+    files = rule_files(default_rules_dir())
+    for d in dirs:
+        files += rule_files(d)
+    # The monitor's own files where this configuration puts them: the rules' roguewatch_paths
+    # name the default places only.
+    own = [p for p in cfg.monitor_config_paths() if p]
+    sources = [read_source(f) for f in files]
+    if own:
+        items = ", ".join(json.dumps(p) for p in own)
+        text = f"- list: roguewatch_paths\n  append: true\n  items: [{items}]\n"
+        sources.append(("<configuration>", text))
+    return load_texts(sources).select(enable=cfg.rules_enable, disable=cfg.rules_disable)
 
 
 def digest(rules: RuleSet, selection: Sequence[str] = ()) -> str:
