@@ -154,6 +154,18 @@ static __always_inline int rw_egress6(struct bpf_sock_addr *ctx, u16 type)
     struct rw_egress_allow *a = egress_allow6.lookup(&k);
     if (a && rw_ports_allow(a, port, proto))
         return 1;
+    /* An IPv4-mapped address (::ffff:a.b.c.d, a dual-stack socket reaching an IPv4 host) is
+     * that IPv4 host: judged by the IPv4 allowlist, as the rules judge it. (The words are in
+     * network order: bytes 00 00 ff ff read as a little-endian u32.) */
+    if (w0 == 0 && w1 == 0 && w2 == 0xffff0000) {
+        struct rw_egress_key4 k4 = {};
+        k4.prefixlen = 64 + 32;
+        k4.owner = owner;
+        k4.addr = w3;
+        a = egress_allow4.lookup(&k4);
+        if (a && rw_ports_allow(a, port, proto))
+            return 1;
+    }
     return rw_egress_deny(ctx, type, port, proto, true);
 }
 

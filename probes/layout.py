@@ -169,7 +169,9 @@ def _sockaddr(raw: bytes) -> tuple[str, str, int]:
         return "inet", _ntop(AF_INET, raw[4:8]), port
     if fam == AF_INET6:
         port = (raw[2] << 8) | raw[3]
-        return "inet6", str(ipaddress.IPv6Address(raw[8:24])), port
+        ip6 = ipaddress.IPv6Address(raw[8:24])
+        mapped = ip6.ipv4_mapped  # (a dual-stack socket to an IPv4 host: said as one)
+        return "inet6", f"::ffff:{mapped}" if mapped else str(ip6), port
     if fam == AF_UNIX:
         path = raw[2:]
         if path[:1] == b"\0":  # abstract socket

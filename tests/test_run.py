@@ -300,6 +300,31 @@ def test_egress_over_ipv6_to_loopback_is_denied_in_kernel(
     assert_clean_end(r)
 
 
+def test_a_dual_stack_socket_is_judged_by_the_ipv4_allowlist(
+    agent: Agent, listeners: Listeners
+) -> None:
+    """An IPv6 socket connecting to an IPv4-mapped address reaches that IPv4 host: the allowed
+    one works (a dual-stack client is no broken workload), the forbidden one is refused."""
+    r = agent.run(
+        listeners.fmt(
+            """
+            a = socket.socket(socket.AF_INET6)
+            say(allowed=attempt(lambda: a.connect(("::ffff:127.0.0.1", ALLOWED))))
+            f = socket.socket(socket.AF_INET6)
+            say(forbidden=attempt(lambda: f.connect(("::ffff:127.0.0.9", FORBIDDEN))))
+            """
+        )
+    )
+    said = r.said()
+    assert said["allowed"] == 0 and said["forbidden"] == errno.EPERM, r.describe()
+    assert Listeners.accepted(listeners.allowed) == 1
+    assert Listeners.accepted(listeners.forbidden) == 0
+    denied = [a for a in r.rule(EGRESS_RULE) if "denied" in a["event"]["flags"]]
+    assert len(denied) == 1 and denied[0]["event"]["addr"].endswith("127.0.0.9"), r.describe()
+    assert not [a for a in r.rule(EGRESS_RULE) if a["event"]["addr"].endswith("127.0.0.1")]
+    assert_clean_end(r)
+
+
 def test_egress_by_tcp_fast_open_is_denied_in_kernel(agent: Agent, listeners: Listeners) -> None:
     r = agent.run(
         listeners.fmt(
