@@ -96,7 +96,7 @@ done
 got=$(/usr/bin/roguewatch --version) || fail "roguewatch --version failed"
 [ "$got" = "roguewatch $version" ] || fail "roguewatch --version says '$got', package is $version"
 /usr/bin/roguewatchd --version >/dev/null || fail "roguewatchd --version failed"
-/opt/roguewatch/venv/bin/python -c 'import bcc, roguewatch.collector, zmq, re2, systemd.daemon' ||
+/opt/roguewatch/venv/bin/python -c 'import bcc, roguewatch.stream.collector, zmq, re2, systemd.daemon' ||
     fail "the package's venv cannot import bcc (python3-bpfcc) or its dependencies"
 for page in /usr/share/man/man1/roguewatch.1.gz /usr/share/man/man8/roguewatchd.8.gz; do
     gzip -t "$page" || fail "$page is not a valid gzip file"
