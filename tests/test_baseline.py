@@ -247,3 +247,21 @@ def test_quarantine_cli(tmp_path, b, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(line)["released"] > 0
     assert _cli(["quarantine", "--state-dir", state]) == 2
+
+
+def test_the_monitors_own_install_becomes_the_baseline_a_restore_keeps(tmp_path, b):
+    """A policy the fleet sent is written by the monitor as the watched directory's new
+    baseline: a restore after it (an unknown writer judged while a session lives) keeps it,
+    and an agent's later edit is put back to the installed version, not removed."""
+    pol = tmp_path / "policies.d"
+    pol.mkdir()
+    b.snapshot([str(pol)])
+    path = pol / "agents.yaml"
+    assert b.install(str(path), b"mode: enforce\n") == "installed"
+    assert _read(path) == b"mode: enforce\n" and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert b.restore(str(path)) == "unchanged (matches baseline)"
+    _write(path, b"mode: monitor\n")
+    assert b.restore(str(path)).startswith("restored from baseline")
+    assert _read(path) == b"mode: enforce\n"
+    assert b.install(str(path), None) == "removed"
+    assert not path.exists() and b.restore(str(path)) == "unchanged (matches baseline)"

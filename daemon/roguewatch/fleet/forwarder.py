@@ -121,7 +121,9 @@ class Forwarder:
             self.creds.check()
         self.reader = spool.Reader(self.fc.spool_dir)
         self.gate = remote.Gate(self.fc, self.host)
-        self.store = kvwatch.PolicyStore(cfg, self.announce, self._reload_policies)
+        self.store = kvwatch.PolicyStore(
+            cfg, self.announce, self._reload_policies, self._install if local else None
+        )
         self.hour = HourCounts(os.path.join(self.fc.state_dir, "hour.json") if local else None)
         self.status_path = status_path
         self.counters = Counter(published=0, acked=0, duplicates=0, refused=0, timeouts=0,
@@ -153,6 +155,24 @@ class Forwarder:
                 client.close()
         except ControlError as exc:
             log.error("could not raise the alert %s (%s): %s", kind, detail, exc)
+
+    def _install(self, kind: str, name: str, data: bytes | None) -> None:
+        """A fleet file written by the collector (the watched paths' owner), so that its
+        watchers take it as the new baseline instead of judging a change by an unknown
+        writer; written here when the collector's watchers are off or it is away."""
+        from roguewatch.stream.control import ControlClient, ControlError
+
+        try:
+            client = ControlClient(self.cfg.control_endpoint, timeout_ms=10000)
+            try:
+                reply = client.request("install_config", kind=kind, name=name, data=data)
+            finally:
+                client.close()
+            if reply.get("outcome") != "unwatched":
+                return
+        except ControlError as exc:
+            log.warning("the collector did not install %s %s (%s): written here", kind, name, exc)
+        kvwatch.install_here(self.store.directory(kind), name, data)
 
     def _reload_policies(self) -> dict:
         from roguewatch.stream.control import ControlClient

@@ -85,9 +85,13 @@ def validate(cfg: Config, kind: str, name: str, data: bytes, label: str) -> str:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _install(directory: str, name: str, data: bytes) -> None:
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+def install_here(directory: str, name: str, data: bytes | None) -> None:
     path = os.path.join(directory, f"{name}.yaml")
+    if data is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    os.makedirs(directory, mode=0o700, exist_ok=True)
     tmp = os.path.join(directory, f".{name}.yaml.tmp")  # not *.yaml: no reader takes it
     with open(tmp, "wb") as f:
         f.write(data)
@@ -107,8 +111,14 @@ class PolicyStore:
         cfg: Config,
         announce: Callable[[str, str, str], None],
         reload_policies: Callable[[], dict],
+        install: Callable[[str, str, bytes | None], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        # Who writes a file into the fleet's directories: by default this process; the
+        # forwarder asks the collector, whose watchers then take it as the new baseline.
+        self.install = install or (
+            lambda kind, name, data: install_here(self.directory(kind), name, data)
+        )
         self.fc = cfg.fleet
         self.announce = announce
         self.reload_policies = reload_policies
@@ -120,7 +130,7 @@ class PolicyStore:
             return self.fc.rules
         return "*" in self.fc.policies or name in self.fc.policies
 
-    def _dir(self, kind: str) -> str:
+    def directory(self, kind: str) -> str:
         return self.fc.policies_dir if kind == "policy" else self.fc.rules_dir
 
     def apply(self, key: str, data: bytes | None, revision: int) -> Applied:
@@ -131,10 +141,10 @@ class PolicyStore:
             return self._note(Applied(key, revision, "ignored", error=str(exc)))
         if not self._wanted(kind, name):
             return self._note(Applied(key, revision, "ignored", error="not taken by this host"))
-        path = os.path.join(self._dir(kind), f"{name}.yaml")
+        path = os.path.join(self.directory(kind), f"{name}.yaml")
         if data is None:
             if os.path.exists(path):
-                os.unlink(path)
+                self.install(kind, name, None)
                 self._reload(kind, key)
             self.applied.pop(key, None)
             return Applied(key, revision, "removed")
@@ -153,7 +163,7 @@ class PolicyStore:
             )
             log.error("fleet %s %s (revision %d) refused: %s", kind, name, revision, error)
             return self._note(Applied(key, revision, "refused", error=error))
-        _install(self._dir(kind), name, data)
+        self.install(kind, name, data)
         self._reload(kind, key)
         log.info("fleet %s %s (revision %d) applied", kind, name, revision)
         return self._note(Applied(key, revision, "applied", self._hash(kind, name, data)))
@@ -185,7 +195,7 @@ class PolicyStore:
     def reconcile(self, keys: set[str]) -> None:
         """After the bucket's initial values: files whose key is gone from it are removed."""
         for kind in subjects.KINDS:
-            directory = self._dir(kind)
+            directory = self.directory(kind)
             if not os.path.isdir(directory):
                 continue
             for f in sorted(os.listdir(directory)):

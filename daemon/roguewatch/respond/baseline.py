@@ -521,6 +521,40 @@ class Baselines:
         finally:
             os.close(pfd)
 
+    def install(self, path: str, content: bytes | None, mode: int = 0o600) -> str:
+        """The monitor's own change of a watched file (a policy the fleet sent): written
+        atomically (``content`` None: removed) without a filesystem event, and made its new
+        baseline, so a later restore puts *this* version back. Returns what was done."""
+        with self._lock:
+            self._load()
+            key = os.path.abspath(path)
+            parent, name = os.path.split(key)
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            pfd = open_dir_nofollow(parent, create=False)
+            try:
+                self._quiet(key)
+                if content is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=pfd)
+                    done = "removed"
+                else:
+                    meta = {"uid": os.geteuid(), "gid": os.getegid(), "mode": mode}
+                    self._put_file(pfd, key, name, content, meta)
+                    done = "installed"
+            finally:
+                os.close(pfd)
+            if self._root_of(key) is not None or key in self._entries:
+                self._entries[key] = {**self._state(key, store=True), "role": "member"}
+                if key in self._roots:
+                    self._entries[key]["role"] = "root"
+                try:
+                    self._save()
+                finally:
+                    self._settle()
+            else:
+                self._settle()
+            return done
+
     def _tmp_name(self, name: str) -> str:
         return f".{name[:64]}.rw-{secrets.token_hex(4)}"
 

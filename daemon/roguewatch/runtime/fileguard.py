@@ -144,6 +144,10 @@ class FileGuard:
                 outcome = self.baselines.restore(parent, who)
         return outcome
 
+    def install(self, path: str, content: bytes | None) -> str:
+        """The monitor's own write of a watched file, made its new baseline (no event)."""
+        return self.baselines.install(path, content)
+
     def limits(self) -> dict:
         return self.watcher.limits()
 
