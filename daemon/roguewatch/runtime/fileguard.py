@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from roguewatch.core import paths as rw_paths
+from roguewatch.core.fspath import canonical
 from roguewatch.policy.config import Config
 from roguewatch.respond import baseline
 from roguewatch.sensors import fanotify, watchers
@@ -96,12 +97,19 @@ class FileGuard:
         self._rescan_skip = (alerts_dir,) if alerts_dir else ()
         self.paths = watched
 
-    def start(self) -> None:
+    def start(self, keep_baselines: bool = False) -> None:
+        """Watch, and snapshot the baselines beside the loop. ``keep_baselines`` (the last
+        collector did not end cleanly): the paths that have a baseline keep it (the gap is
+        judged against it, ``rescan``); only new paths are snapshotted."""
         self.watcher.start()
+        paths = self.paths
+        if keep_baselines:
+            known = self.baselines.roots()
+            paths = [p for p in paths if canonical(p) not in known]
 
         def snapshot() -> None:
             try:
-                self.baselines.snapshot(self.paths)
+                self.baselines.snapshot(paths)
             finally:
                 self.snapshot_done.set()
 
