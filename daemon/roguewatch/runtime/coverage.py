@@ -16,11 +16,13 @@ It must not judge events, nor free a session it did not freeze (a rule's freeze 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from roguewatch.core import procfs
 from roguewatch.core.contracts import make_alert
 
 if TYPE_CHECKING:
@@ -30,6 +32,11 @@ if TYPE_CHECKING:
 PING_EVERY_S = 0.1
 PING_TIMEOUT_MS = 300
 PINGS_LOST = 2  # this many unanswered pings in a row: the connection is broken
+
+
+def _gone(proc: subprocess.Popen) -> bool:
+    """Exited, or on its way out (a killed collector closes its BPF programs for seconds)."""
+    return proc.poll() is not None or procfs.exiting(proc.pid)
 
 
 class RunCoverage:
@@ -70,10 +77,10 @@ class RunCoverage:
         m = self.monitor
         out = []
         col = m.watcher.proc if m.watcher is not None else None
-        if col is not None and col.poll() is not None:
-            out.append(f"collector (exit {col.returncode})")
-        if m.evaluator is not None and m.evaluator.poll() is not None:
-            out.append(f"evaluator (exit {m.evaluator.returncode})")
+        for name, proc in (("collector", col), ("evaluator", m.evaluator)):
+            if proc is not None and _gone(proc):
+                code = proc.returncode
+                out.append(f"{name} (exit {'killed' if code is None else code})")
         return out
 
     def _answers(self) -> bool | None:
@@ -148,14 +155,17 @@ class RunCoverage:
         w = m.watcher
         assert w is not None
         try:
-            if w.proc is not None and w.proc.poll() is not None and w.cmd:
+            if w.proc is not None and _gone(w.proc) and w.cmd:
                 w.proc = launcher.respawn(w.cmd)
                 w.control.close()
                 w.control = ControlClient(w.control.endpoint)
                 self.guard()
-            if m.evaluator is not None and m.evaluator.poll() is not None and m.evaluator_cmd:
+            if m.evaluator is not None and _gone(m.evaluator) and m.evaluator_cmd:
                 m.evaluator = launcher.respawn(m.evaluator_cmd)
                 self.guard()
+            from roguewatch.runtime.service import wait_subscribed
+
+            wait_subscribed(w.control)
             w.control.request("resume")
         except (launcher.SessionError, ControlError) as exc:
             if not self._said_restart:

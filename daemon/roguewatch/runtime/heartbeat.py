@@ -12,7 +12,8 @@ import os
 import time
 
 BEAT_S = 0.1  # the component's loop beats at least this often
-HANG_S = 0.7  # a component silent this long is not watching: the sessions fail closed
+HANG_S = 0.8  # a component silent this long is not watching: the sessions fail closed
+GRACE_S = 2.0  # after its start, a component's first turns (the backlog) may take longer
 
 
 class Beat:
@@ -44,9 +45,10 @@ class Pulse:
         self.fd = fd
         os.set_blocking(fd, False)
         self.last = time.monotonic()  # (armed at the component's readiness)
+        self.armed = self.last
 
     def arm(self) -> None:
-        self.last = time.monotonic()
+        self.last = self.armed = time.monotonic()
 
     def silent_for(self) -> float:
         """Seconds since the last beat (reads every beat waiting)."""
@@ -57,7 +59,10 @@ class Pulse:
             pass
         except OSError:
             pass
-        return time.monotonic() - self.last
+        now = time.monotonic()
+        if now - self.armed < GRACE_S:
+            return 0.0
+        return now - self.last
 
     def close(self) -> None:
         if self.fd >= 0:

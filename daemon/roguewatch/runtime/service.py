@@ -44,7 +44,7 @@ class Component:
     args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     restarts: int = 0
-    backoff: float = 1.0
+    backoff: float = 0.0  # the first restart at once: the sessions are frozen meanwhile
     next_start: float = 0.0
     events_at_death: int | None = None
     coverage: bool = True  # the sessions are not watched without it (not the forwarder)
@@ -88,6 +88,16 @@ class Component:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def let_die(self) -> bool:
+        """A component on its way out (killed, its memory gone, its files still closing: a
+        collector's BPF programs take seconds) counts as dead from now on: it is reaped in
+        the background and a new one may start meanwhile. True when it was so."""
+        if self.proc is None or not self.alive() or not procfs.exiting(self.proc.pid):
+            return False
+        _DYING.append(self.proc)
+        self.proc = None
+        return True
 
     def stop(self) -> None:
         if self.alive():
@@ -221,9 +231,12 @@ class Service:
             self._guard(pid)
 
     def _resume(self) -> dict:
+        """Once the evaluator hears the collector (a subscriber), the collector announces its
+        sessions and judges the gap."""
         try:
             client = ControlClient(self.cfg.control_endpoint, timeout_ms=5000)
             try:
+                wait_subscribed(client)
                 return client.request("resume")
             finally:
                 client.close()
@@ -261,8 +274,9 @@ class Service:
         for c in self.components:
             if not c.coverage or c.name in self.lost or self.stopping:
                 continue
+            c.let_die()
             if not c.alive():
-                code = c.proc.returncode if c.proc else None
+                code = c.proc.returncode if c.proc else "killed"
                 why = f"the {c.name} died (exit {code})"
             else:
                 silent = c.silent_for()
@@ -282,7 +296,9 @@ class Service:
                 log.error("the %s has not answered for %.0f s: killing it to restart it",
                           c.name, HANG_KILL_S)  # fmt: skip
                 c.proc.kill()  # type: ignore[union-attr]
-                c.proc.wait()  # type: ignore[union-attr]
+                _DYING.append(c.proc)  # type: ignore[arg-type]
+                c.proc = None
+        _DYING[:] = [p for p in _DYING if p.poll() is None]
         # Back without a restart (it was stopped and continued, or just slow): the collector
         # still has every session.
         answering = all(c.alive() and c.silent_for() <= heartbeat.BEAT_S * 3
@@ -314,12 +330,12 @@ class Service:
                     spawned = self._guard if c is not self.collector else None
                     c.start(self.config_path, on_spawn=spawned)
                     self._guard_all()  # a new collector knows nobody: all of us again
-                    self._announce_restart(c)
                 except RuntimeError as exc:
                     log.error("%s", exc)
                     continue
                 if all(x.alive() for x in self.components if x.coverage):
                     self._recovered()
+                self._announce_restart(c)
 
     def _from_session(self, pid: int) -> bool:
         """Whether a signal's sender is in a session (its signal is dropped, not obeyed)."""
@@ -402,6 +418,17 @@ class Service:
 
 
 HANG_KILL_S = 5.0  # a component silent this long is killed (and restarted)
+_DYING: list[subprocess.Popen] = []  # components killed, still closing their files
+
+
+def wait_subscribed(client: ControlClient, timeout: float = 5.0) -> bool:
+    """Until the collector has a subscriber (its evaluator reconnected after a restart)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.request("ping").get("subscribers", 1) > 0:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def _read_line(fd: int) -> str:

@@ -782,7 +782,12 @@ class Collector:
 
     def _register_operations(self, server: ControlServer) -> None:
         ops: dict[str, Callable[[dict, Peer | None], dict]] = {
-            "ping": lambda req, peer: {"ok": True, "pid": os.getpid(), "resumed": self.resumed},
+            "ping": lambda req, peer: {
+                "ok": True,
+                "pid": os.getpid(),
+                "resumed": self.resumed,
+                "subscribers": self.pub.broadcast.subscriptions,
+            },
             "register": self._register,
             "attach_egress": self._attach_egress,
             "session_end": self._session_end,
