@@ -117,6 +117,17 @@ def _sessions(d: Daemon) -> list[str]:
         return []
 
 
+def _stats(d: Daemon) -> dict:
+    try:
+        ctl = ControlClient(d.control, timeout_ms=2000)
+        try:
+            return ctl.request("stats")
+        finally:
+            ctl.close()
+    except ControlError:
+        return {}
+
+
 def _standing(d: Daemon, pid: int) -> str:
     ctl = ControlClient(d.control, timeout_ms=2000)
     try:
@@ -227,6 +238,7 @@ def test_a_cron_file_written_while_no_monitor_ran_is_judged_against_the_last_bas
     cron = Path(f"/etc/cron.d/rwsec-{os.getpid()}-gap")
     d.start()
     try:
+        _wait(lambda: _stats(d).get("baseline_ready"), what="the first baseline")
         service = d.service_pid()
         d.proc.kill()  # the supervisor first (it would restart the service)
         d.proc.wait()
