@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from roguewatch.respond.cgroups import SessionCgroup
+from roguewatch.host import kernelenv
+from roguewatch.respond.cgroups import CgroupError, SessionCgroup
 from roguewatch.runtime import launcher
 from roguewatch.stream.control import ControlClient, ControlError
 
@@ -337,15 +338,15 @@ def test_run_holds_its_session_while_its_own_monitor_is_gone_and_recovers(
                     state["killed"] = int(p)
                     agent_pid = int(pid_file.read_text())
                     rel = Path(f"/proc/{agent_pid}/cgroup").read_text().split("0::", 1)[1]
-                    state["cg"] = SessionCgroup("/sys/fs/cgroup" + rel.strip())
+                    state["cg"] = SessionCgroup(f"{kernelenv.cgroup2_mount()}{rel.strip()}")
             return
         cg = state["cg"]
         assert isinstance(cg, SessionCgroup)
         try:
-            if _frozen(cg):
+            if _frozen(cg) or Path(cg.path, "cgroup.freeze").read_text().strip() == "1":
                 state["frozen"] = True
-        except Exception:
-            pass
+        except (OSError, CgroupError):
+            pass  # the session ended
         if "roguewatch_coverage_restored" in (tmp_path / "stderr").read_text():
             go.write_text("1")
 
