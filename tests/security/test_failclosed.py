@@ -376,3 +376,76 @@ def test_run_holds_its_session_while_its_own_monitor_is_gone_and_recovers(
         assert "Traceback" not in r.stderr, r.describe()
     finally:
         Path(cron).unlink(missing_ok=True)
+
+
+LOAD_AGENT = """
+import os, sys, time
+stop, scratch, prefix = sys.argv[1], sys.argv[2], sys.argv[3]
+i, last = 0, 0.0
+open(scratch, "w").close()
+while not os.path.exists(stop):
+    for _ in range(500):  # the load: open events, as fast as Python makes them
+        os.close(os.open(scratch, os.O_RDONLY))
+    if time.monotonic() - last > 0.02:  # a cron file every 20 ms, each by a child of its own
+        last, i = time.monotonic(), i + 1
+        if os.fork() == 0:
+            with open(f"{prefix}{i}", "w") as f:
+                f.write("* * * * * root true\\n")
+            os._exit(0)
+        os.waitpid(-1, os.WNOHANG)
+"""
+
+
+@pytest.mark.parametrize("component", ["collector", "evaluator", "roguewatchd"])
+def test_a_component_killed_under_load_is_alerted_the_session_froze_and_no_gap_write_stays(
+    service: Daemon, tmp_path: Path, component: str
+) -> None:
+    """A session floods the probes with open events and drops a cron file every 20 ms while
+    one component is killed: the loss is alerted critical with the session frozen, and once
+    it is over not one of the cron files (those written while nothing watched among them)
+    is left."""
+    prefix = f"/etc/cron.d/rwsec-load-{os.getpid()}-{component}-"
+    stop = tmp_path / "stop"
+    cg = SessionCgroup.create(f"rwsec-load-{component}-{os.getpid()}")
+    ctl = ControlClient(service.control)
+
+    def register(pid: int) -> int:
+        cg.add(pid)
+        return int(ctl.request("register", pid=pid, name="load", cgroup=cg.path,
+                               mode="enforce", policy={})["session"])  # fmt: skip
+
+    def left() -> list[str]:
+        return [n for n in os.listdir("/etc/cron.d") if f"/etc/cron.d/{n}".startswith(prefix)]
+
+    argv = [AGENT, "-S", "-c", LOAD_AGENT, str(stop), str(tmp_path / "scratch"), prefix]
+    pid, sid = launcher.spawn_in_session(argv, register)
+    ctl.close()
+    try:
+        _wait(lambda: _rule(service, "persistence_cron_write"), what="the load's first alert")
+        victim = (service.service_pid() if component == "roguewatchd"
+                  else service.children()[component])  # fmt: skip
+        os.kill(victim or 0, signal.SIGKILL)
+        lost = _wait(lambda: _rule(service, "roguewatch_monitor_lost"), what="the loss alert")
+        assert lost[0]["severity"] == "critical" and "frozen" in lost[0]["outcome"], lost[0]
+        _wait(lambda: _rule(service, "roguewatch_coverage_restored"), timeout=60,
+              what="the recovery")  # fmt: skip
+        assert not _frozen(cg)
+        assert f"{sid:x}" in _sessions(service)
+        stop.write_text("1")
+        os.waitpid(pid, 0)
+        _wait(lambda: not left(), timeout=60, what=f"every cron file removed ({left()})")
+    finally:
+        stop.write_text("1")
+        for n in left():
+            os.unlink(f"/etc/cron.d/{n}")
+        try:
+            cg.thaw()
+            cg.kill()
+            cg.wait_empty(5)
+            cg.remove()
+        except Exception:
+            pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass

@@ -166,7 +166,7 @@ class RunCoverage:
             from roguewatch.runtime.service import wait_subscribed
 
             wait_subscribed(w.control)
-            w.control.request("resume")
+            w.control.request("resume", rescan=True)
         except (launcher.SessionError, ControlError) as exc:
             if not self._said_restart:
                 self._said_restart = True

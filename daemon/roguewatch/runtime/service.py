@@ -230,14 +230,14 @@ class Service:
         for pid in pids:
             self._guard(pid)
 
-    def _resume(self) -> dict:
+    def _resume(self, rescan: bool = False) -> dict:
         """Once the evaluator hears the collector (a subscriber), the collector announces its
         sessions and judges the gap."""
         try:
             client = ControlClient(self.cfg.control_endpoint, timeout_ms=5000)
             try:
                 wait_subscribed(client)
-                return client.request("resume")
+                return client.request("resume", rescan=rescan)
             finally:
                 client.close()
         except ControlError as exc:
@@ -247,8 +247,11 @@ class Service:
     def _recovered(self) -> None:
         """Coverage is whole again: the collector announces its sessions to the evaluator
         (and judges the gap), and what failed closed is released."""
-        reply = self._resume()
-        if not self.failclosed.engaged and not self.lost:
+        lost = bool(self.failclosed.engaged or self.lost)
+        # After any loss, the watched paths are compared with the last good baseline: a change
+        # the stream carried while the evaluator was gone was never judged either.
+        reply = self._resume(rescan=lost)
+        if not lost:
             return
         released = self.failclosed.release()
         gap = time.monotonic() - self.lost_at if self.lost_at else 0.0

@@ -58,6 +58,7 @@ _EXEC = layout.TYPE_NUMBERS["exec"]
 _EXIT = layout.TYPE_NUMBERS["exit"]
 _KILL = layout.TYPE_NUMBERS["kill"]
 _TARGET = layout.TYPE_NUMBERS["target"]
+_MOUNT = layout.TYPE_NUMBERS["mount"]
 _PIDFD = "pidfd_send_signal"  # the one kind of kill whose target needs state
 _STATEFUL = frozenset(
     layout.TYPE_NUMBERS[n] for n in ProcessCache.HOOKS if n != "kill"
@@ -123,6 +124,8 @@ class FileSensor(Protocol):
     def restore(self, path: str, who: dict) -> str: ...
 
     def limits(self) -> dict: ...
+
+    def mount_over(self, ev: dict, cwd: str | None, undo: bool) -> tuple[str, str] | None: ...
 
     def close(self) -> None: ...
 
@@ -208,6 +211,7 @@ class Collector:
         self.recovered: list[int] = []  # sessions taken back from the previous collector
         self._beat: Callable[[], None] | None = None
         self.resumed = False  # the service said every component is up (``_resume``)
+        self._mounts: list[dict] = []  # sessions' mounts, to look at after the drain
         self.fs_queue: deque[dict] = fs_queue if fs_queue is not None else deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.files = files
@@ -346,7 +350,8 @@ class Collector:
             })  # fmt: skip
         self.flush()
         self.resumed = True
-        gap, self.gap = self.gap, False
+        # (``rescan``: the evaluator was gone; what the stream said meanwhile was not judged)
+        gap, self.gap = self.gap or bool(req.get("rescan")), False
         if gap and self.files is not None:
             files, out, wake = self.files, self.fs_queue, self.wake
 
@@ -592,6 +597,8 @@ class Collector:
             return  # one of its own threads, named by its thread id: no other process
         if h[_V_FLAGS] & _F_ADOPTED and ev["session"] not in self.sessions:
             self._announce_adopted(ev)
+        if t == _MOUNT and ev["ret"] == 0 and ev["session"] and not ev["umount"]:
+            self._mounts.append(ev)  # looked at after the drain (it reads the mount table)
         self.batch.append(ev)
 
     def _target_other(self, ev: dict) -> bool:
@@ -712,6 +719,28 @@ class Collector:
                 if not self.probes.is_guarded(tid):
                     self.probes.guard(tid)
         self.pin()
+
+    def check_mounts(self) -> None:
+        """A session's mount over a path the monitor watches blinds it there (a tmpfs over
+        /etc/cron.d, over the alert log), or changes a protected file without a write (a
+        bind mount): unmounted at once in enforce mode, and said (a `tamper` event; the rules
+        end the session)."""
+        pending, self._mounts = self._mounts, []
+        if self.files is None:
+            return
+        for ev in pending:
+            pid, sid = ev["pid"], ev["session"]
+            mode = self.sessions.get(sid, {}).get("mode", "enforce")
+            cwd = self.cache.cwd.get(pid) or procfs.readlink(pid, "cwd")
+            try:
+                found = self.files.mount_over(ev, cwd, undo=mode != "observe")
+            except OSError as exc:
+                log.warning("could not look at the mount of pid %d: %s", pid, exc)
+                continue
+            if found is not None:
+                point, detail = found
+                self.tamper("mount_over_watched_path", detail, pid=pid, target=point,
+                            session=sid)  # fmt: skip
 
     # -- who may speak to the monitor -------------------------------------------------------
 
@@ -1030,6 +1059,8 @@ class Collector:
             else:
                 drained_at = time.monotonic()
                 busy = self.drain() > 0
+                if self._mounts:
+                    self.check_mounts()
             if self.fs_queue or self._wake_r in socks:
                 self._drain_fs()
             if gate is not None and gate.poll():
