@@ -41,6 +41,7 @@ bench: deps
 	$(PY) bench/restore_bench.py
 	$(PY) bench/idle_bench.py
 	$(PY) bench/fleet_bench.py $(BENCH_ARGS)
+	$(PY) bench/failclosed_bench.py
 
 docs: deps
 	$(PY) -m roguewatch.stream.events --markdown > docs/events.md

@@ -111,6 +111,7 @@ ADOPTED_BASE = 1 << 62
 ADOPTED_PROCFS_BASE = ADOPTED_BASE | (1 << 61)
 
 AT_FDCWD = -100  # RW_AT_FDCWD
+MOUNT_UMOUNT, MOUNT_MOVE = 1, 2  # RW_MOUNT_UMOUNT, RW_MOUNT_MOVE: what a mount record is
 # RW_ARGV_ARGS: the arguments (argv[0] included) an exec record carries at most
 ARGV_ARGS = 20
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET = 1, 2, 10, 16, 17
@@ -383,10 +384,12 @@ def _setns(ev, h, s1, s2):
 
 def _mount(ev, h, s1, s2):
     ev["mount_flags"] = h[V_A0]
-    ev["umount"] = bool(h[V_A1])
+    ev["umount"] = h[V_A1] == MOUNT_UMOUNT
+    ev["move"] = h[V_A1] == MOUNT_MOVE
     ev["target"] = _cstr(s1)
     ev["source"] = _cstr(s2)
-    ev["fstype"] = _cstr(h[V_ADDR])
+    ev["fstype"] = "" if ev["move"] else _cstr(h[V_ADDR])
+    ev["dirfd"] = s32(h[V_A2]) if ev["move"] else AT_FDCWD
 
 
 def _bpf(ev, h, s1, s2):

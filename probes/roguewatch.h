@@ -26,6 +26,11 @@
 
 #define RW_PATH_MAX 4096
 #define RW_DATA_MAX (2 * RW_PATH_MAX)
+/* What a mount record's a[1] says it is: mount(2), umount2(2), or move_mount(2) (the new
+ * mount API attaching a tree made by fsmount or open_tree: a mount all the same). */
+#define RW_MOUNT_ATTACH 0
+#define RW_MOUNT_UMOUNT 1
+#define RW_MOUNT_MOVE 2
 #define RW_ARGV_ARGS 20
 #define RW_ARGV_ARG_MAX 256
 #define RW_ARGV_MAX 2048

@@ -2,6 +2,8 @@
  *
  * unshare, setns                  new or joined namespaces
  * mount, umount (umount2)         target, source, type, flags
+ * move_mount                      the new mount API's attach (fsmount, open_tree): target and
+ *                                 source paths (relative to their dirfds when not absolute)
  * bpf                             the command (an agent loading BPF is suspicious in itself);
  *                                 a session's caller dies in the kernel (enforce mode): the
  *                                 first call completes, but touching the probes' maps takes
@@ -72,12 +74,27 @@ TRACEPOINT_PROBE(syscalls, sys_enter_umount)
     if (!r)
         return 0;
     r->h.a[0] = args->flags;
-    r->h.a[1] = 1; /* umount */
+    r->h.a[1] = RW_MOUNT_UMOUNT;
     rw_str1_user(r, args->name);
     rw_stash(r);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_umount) { return rw_finish(args->ret); }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_move_mount)
+{
+    struct rw_rec *r = rw_sys_begin(RW_MOUNT);
+    if (!r)
+        return 0;
+    r->h.a[0] = args->flags;
+    r->h.a[1] = RW_MOUNT_MOVE;
+    r->h.a[2] = (u64)(s64)args->to_dfd;
+    rw_str1_user(r, args->to_pathname);
+    rw_str2_user(r, args->from_pathname);
+    rw_stash(r);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_move_mount) { return rw_finish(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_bpf)
 {

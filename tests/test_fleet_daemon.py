@@ -143,15 +143,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     f.daemon.start()
     yield f
     d = f.daemon
-    if getattr(d, "proc", None) is not None and d.proc.poll() is None:
-        children = d.children()
-        d.proc.kill()  # as test_service does: the components follow (PDEATHSIG); be sure
-        d.proc.wait()
-        for pid in children.values():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    d.kill()
     f.server.stop()
 
 
@@ -290,14 +282,7 @@ def test_the_daemon_killed_while_its_spool_holds_an_alert_delivers_it_exactly_on
                   what="the alert on the host")  # fmt: skip
     time.sleep(0.3)  # the spool commit follows the alert file's write in the same loop turn
     d = fleet.daemon
-    children = d.children()
-    d.proc.kill()
-    d.proc.wait()
-    for cpid in children.values():
-        try:
-            os.kill(cpid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    d.kill()
     time.sleep(0.5)
     fleet.server.start()
     d.start()

@@ -199,6 +199,8 @@ def test_adopted_session_numbers_start_at_the_c_base() -> None:
         ("RW_MAX_PROCS", "MAX_PROCS"),
         ("RW_EVENTS_FD", "EVENTS_FD"),
         ("RW_EGRESS_RANGES", "EGRESS_RANGES"),
+        ("RW_MOUNT_UMOUNT", "MOUNT_UMOUNT"),
+        ("RW_MOUNT_MOVE", "MOUNT_MOVE"),
     ],
 )
 def test_limits_and_numbers_are_the_c_ones(c_name: str, py_name: str) -> None:

@@ -88,3 +88,22 @@ def test_the_daemon_config_with_a_yaml_syntax_error_says_where(tmp_path: Path) -
         config.load(path)
     assert str(exc.value).startswith(f"{path}:3:8: not valid YAML: expected ',' or ']'")
     assert str(exc.value).endswith("(while parsing a flow sequence)")
+
+
+# --- on_monitor_loss: ----------------------------------------------------------------------
+
+
+def test_on_monitor_loss_defaults_to_freeze_and_travels_with_the_session(tmp_path: Path) -> None:
+    assert policy.load(write(tmp_path, "mode: enforce\n")).on_monitor_loss == "freeze"
+    loaded = policy.load(write(tmp_path, "on_monitor_loss: kill\n"))
+    assert loaded.on_monitor_loss == "kill"
+    assert policy.from_wire(policy.as_dict(loaded)).on_monitor_loss == "kill"
+
+
+def test_a_bad_on_monitor_loss_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "on_monitor_loss: pause\n")
+    with pytest.raises(PolicyError) as exc:
+        policy.load(path)
+    assert str(exc.value) == (
+        f"{path}: on_monitor_loss: expected one of freeze, kill, continue, got 'pause'"
+    )

@@ -46,6 +46,23 @@ def test_a_bad_config_key_is_named_and_the_service_does_not_start(tmp_path: Path
     assert "unknown key 'adopt_user'" in p.stderr and "Traceback" not in p.stderr
 
 
+def _procs() -> list[tuple[int, int, str]]:
+    """(pid, ppid, command line) of every process."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        out.append((int(pid), ppid, cmd))
+    return out
+
+
 class Daemon:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -60,6 +77,7 @@ class Daemon:
             f"alerts_endpoint: ipc://{run}/alerts.sock\nalerts_file: {self.alerts_file}\n"
             f"status_file: {run}/status.json\npolicies_dir: {self.policies}\n"
             f"rules_dirs: [{tmp}/rules.d]\njournald: false\nadopt_users: []\n"
+            f"state_dir: {tmp}/state\n"
         )
 
     def start(self) -> None:
@@ -85,23 +103,38 @@ class Daemon:
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
 
+    def service_pid(self) -> int | None:
+        """roguewatchd itself: the child of its supervisor (the process we started)."""
+        for pid, ppid, cmd in _procs():
+            if ppid == self.proc.pid and "roguewatch.runtime.service" in cmd:
+                return pid
+        return None
+
     def children(self) -> dict[str, int]:
+        """The components of roguewatchd (below its supervisor)."""
+        parent = self.service_pid()
         out = {}
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().decode()
-            except (OSError, ValueError):
-                continue
-            if ppid == self.proc.pid:
+        for pid, ppid, cmd in _procs():
+            if ppid == parent:
                 for name, module in COMPONENT_MODULES.items():
                     if module in cmd:
-                        out[name] = int(pid)
+                        out[name] = pid
         return out
+
+    def kill(self) -> None:
+        """Whatever is left of it: the supervisor, roguewatchd, its components."""
+        if getattr(self, "proc", None) is None:
+            return
+        service, children = self.service_pid(), self.children()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pid in [service or 0, *children.values()]:  # (components: PDEATHSIG; be sure)
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -113,15 +146,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     require_root()
     d = Daemon(tmp_path)
     yield d
-    if getattr(d, "proc", None) is not None and d.proc.poll() is None:
-        children = d.children()
-        d.proc.kill()
-        d.proc.wait()
-        for pid in children.values():  # they would stop on their own (PDEATHSIG); be sure
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    d.kill()
 
 
 def test_status_reports_a_healthy_service_and_a_dead_component_is_restarted(
@@ -236,13 +261,14 @@ def test_the_operator_stopping_the_service_is_one_info_record_of_who_did_it(
     """SIGTERM from an admin shell (this test, outside every session) is not an attack: no
     critical shutdown_signal_to_monitor, one info alert naming the sender."""
     daemon.start()
+    service = daemon.service_pid()  # (below its supervisor, the process this test started)
     assert daemon.stop() == 0
     alerts = _alerts(daemon)
     stopped = [a for a in alerts if a["rule"] == "roguewatch_stopped"]
     assert len(stopped) == 1, alerts
     assert stopped[0]["severity"] == "info", stopped[0]
     assert f"SIGTERM from pid {os.getpid()}" in stopped[0]["message"], stopped[0]
-    assert stopped[0].get("origin", "").endswith(f"(pid {daemon.proc.pid})"), stopped[0]
+    assert stopped[0].get("origin", "").endswith(f"(pid {service})"), stopped[0]
     assert not [a for a in alerts if a["rule"] == "shutdown_signal_to_monitor"], alerts
 
 

@@ -77,6 +77,4 @@ def test_a_rules_drop_in_by_an_agent_is_undone_and_never_loaded(tmp_path: Path) 
     finally:
         cron.unlink(missing_ok=True)
         evil.unlink(missing_ok=True)
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
+        d.kill()

@@ -64,6 +64,16 @@ def stopped(pid: int) -> bool:
     return st is not None and st.state == "T"
 
 
+def exiting(pid: int) -> bool:
+    """Whether a user process is gone or on its way out: its memory is released (an empty
+    cmdline) while it may still be closing its files (a collector's BPF programs: seconds)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return not f.read(1)
+    except OSError:
+        return True
+
+
 def cmdline(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -31,13 +31,20 @@ class StaticPolicy:
     writable: tuple[str, ...] | None = None
     # The syscalls `roguewatch run` refuses the agent (seccomp; policy/refusals.py).
     refuse: tuple[str, ...] = DEFAULT_REFUSALS
+    # What happens to the session while the monitor is not watching it (a component died or
+    # stopped answering): frozen until coverage is back, killed, or left running. Observe
+    # mode never acts: its sessions continue whatever this says.
+    on_monitor_loss: str = "freeze"
+
+
+ON_MONITOR_LOSS = ("freeze", "kill", "continue")
 
 
 class PolicyError(Exception):
     pass
 
 
-_KEYS = {"mode", "egress", "protect", "lists", "writable", "refuse", "name"}
+_KEYS = {"mode", "egress", "protect", "lists", "writable", "refuse", "name", "on_monitor_loss"}
 
 
 def from_dict(data: object, where: str) -> StaticPolicy:
@@ -74,6 +81,10 @@ def from_dict(data: object, where: str) -> StaticPolicy:
     for i, p in enumerate(protect):
         if not isinstance(p, str) or not p.startswith("/"):
             raise PolicyError(f"{where}: protect[{i}]: expected an absolute path, got {p!r}")
+    on_loss = data.get("on_monitor_loss", "freeze")
+    if on_loss not in ON_MONITOR_LOSS:
+        raise PolicyError(f"{where}: on_monitor_loss: expected one of "
+                          f"{', '.join(ON_MONITOR_LOSS)}, got {on_loss!r}")  # fmt: skip
     lists = data.get("lists") or {}
     if not isinstance(lists, dict) or not all(isinstance(v, list) for v in lists.values()):
         raise PolicyError(f"{where}: lists: expected a mapping of names to lists")
@@ -84,6 +95,7 @@ def from_dict(data: object, where: str) -> StaticPolicy:
         lists={k: [str(x) for x in v] for k, v in lists.items()},
         writable=_writable(data.get("writable"), where),
         refuse=_refuse(data.get("refuse", list(DEFAULT_REFUSALS)), where),
+        on_monitor_loss=on_loss,
     )
 
 
@@ -175,6 +187,7 @@ def from_wire(d: Mapping[str, Any]) -> StaticPolicy:
         lists=dict(d.get("lists", {})),
         writable=None if writable is None else tuple(writable),
         refuse=tuple(d.get("refuse", DEFAULT_REFUSALS)),
+        on_monitor_loss=str(d.get("on_monitor_loss", "freeze")),
     )
 
 
@@ -182,7 +195,7 @@ def as_dict(p: StaticPolicy) -> dict:
     return {"egress_allow": list(p.egress_allow), "protect": list(p.protect), "mode": p.mode,
             "lists": dict(p.lists),
             "writable": None if p.writable is None else list(p.writable),
-            "refuse": list(p.refuse)}  # fmt: skip
+            "refuse": list(p.refuse), "on_monitor_loss": p.on_monitor_loss}  # fmt: skip
 
 
 def load_adoption_dirs(directories: list[str]) -> list[Adoption]:

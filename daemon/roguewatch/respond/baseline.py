@@ -352,6 +352,12 @@ class Baselines:
                 self._settle()
         return n
 
+    def roots(self) -> set[str]:
+        """The paths snapshotted as roots (canonical), as the index on disk has them."""
+        with self._lock:
+            self._load()
+            return set(self._roots)
+
     def _root_of(self, path: str) -> str | None:
         best = None
         for r in self._roots:

@@ -15,12 +15,13 @@ import shutil
 import sys
 from collections import deque
 
+from roguewatch.core import sessionstate
 from roguewatch.core.paths import PRIVATE_STATE
 from roguewatch.detect import ruleset
 from roguewatch.policy import config as config_mod
 from roguewatch.policy import policy as policy_mod
 from roguewatch.respond.selfdefense import ShutdownGate, block_shutdown_signals
-from roguewatch.runtime import readiness
+from roguewatch.runtime import heartbeat, readiness
 from roguewatch.runtime.fileguard import FileGuard
 from roguewatch.sensors import bpf, watchers
 from roguewatch.stream import bus
@@ -36,7 +37,12 @@ def watch_paths(cfg: config_mod.Config, extra: list[str] | None = None) -> list[
 
 
 def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
-    """A collector with its filesystem sensor (when ``cfg.watch_files``), started."""
+    """A collector with its filesystem sensor (when ``cfg.watch_files``), started.
+
+    What the collector before it pinned is read first: after an unclean end (killed, crashed)
+    the baselines of the paths it watched are kept, not snapshotted again over the gap (a
+    cron file written meanwhile is judged against the last good baseline, not taken for it)."""
+    previous = sessionstate.read(cfg.state_dir)
     queue: deque[dict] = deque()
     col: Collector | None = None
 
@@ -55,9 +61,9 @@ def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
     files = None
     if cfg.watch_files:
         files = FileGuard(cfg, watch_paths(cfg), on_change, is_own)
-        files.start()
+        files.start(keep_baselines=not previous.clean)
     try:
-        col = Collector(cfg, max_procs=max_procs, files=files, fs_queue=queue)
+        col = Collector(cfg, max_procs=max_procs, files=files, fs_queue=queue, previous=previous)
     except BaseException:
         if files is not None:
             files.close()
@@ -95,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         help="re-resolve allowlisted host names DNS gives no TTL for every S s",
     )
     ap.add_argument("--ready-fd", type=int, help="write one byte here once probes are attached")
+    ap.add_argument("--heartbeat-fd", type=int, help="write a byte here every loop turn")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
@@ -132,10 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         col.close()
         drop_private_state(cfg.state_dir)
         return 2
+    starter = os.getppid()
     try:
-        col.run(lambda: readiness.notify(args.ready_fd), gate)
+        col.run(lambda: readiness.notify(args.ready_fd), gate, heartbeat.Beat(args.heartbeat_fd))
     finally:
-        col.close()
+        # A stop asked for by who started us (still alive: not its death's PDEATHSIG) is a
+        # clean end; anything else leaves a gap the next collector must judge.
+        col.close(clean=gate.last_sender == starter and os.getppid() == starter)
         drop_private_state(cfg.state_dir)
     return 0
 

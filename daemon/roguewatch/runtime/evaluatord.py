@@ -31,7 +31,7 @@ from roguewatch.policy.config import Config
 from roguewatch.policy.policy import StaticPolicy
 from roguewatch.respond.enforcer import Enforcer
 from roguewatch.respond.selfdefense import ShutdownGate, block_shutdown_signals
-from roguewatch.runtime import readiness
+from roguewatch.runtime import heartbeat, readiness
 from roguewatch.stream import bus
 from roguewatch.stream.bus import Peer
 
@@ -235,13 +235,18 @@ class EvaluatorProcess:
         log.info("rules reloaded: %d rules", len(new))
         return True
 
-    def run(self, ready: Callable[[], None] | None = None, gate: object = None) -> None:
+    def run(
+        self, ready: Callable[[], None] | None = None, gate: object = None,
+        beat: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
         self.sub.wait_ready(5000)
         if ready:
             ready()
         next_tick = time.monotonic() + 1.0
         ev = self.evaluator
         while not self._stopping:
+            if beat is not None:
+                beat()  # the supervisor's heartbeat: a turn is at most ~0.2 s
             batch = self.sub.recv_batch(20 if ev._fs_held else 200)
             # Whatever else is queued goes first (up to BURST events): the housekeeping
             # below runs once per burst, not per batch, when the collector sends many small
@@ -360,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-enforce", action="store_true", help="record actions, never act")
     ap.add_argument("--status-file", help="where to write live counters ('' for none)")
     ap.add_argument("--ready-fd", type=int, help="write one byte here once subscribed")
+    ap.add_argument("--heartbeat-fd", type=int, help="write a byte here every loop turn")
     ap.add_argument(
         "--fleet",
         action="store_true",
@@ -403,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     proc.watch_rule_dirs()
 
     try:
-        proc.run(lambda: readiness.notify(args.ready_fd), gate)
+        proc.run(lambda: readiness.notify(args.ready_fd), gate, heartbeat.Beat(args.heartbeat_fd))
     finally:
         proc.close()
     return 0

@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from roguewatch.core import paths as rw_paths
+from roguewatch.core.fspath import canonical
 from roguewatch.policy.config import Config
-from roguewatch.respond import baseline
+from roguewatch.respond import baseline, mounts
 from roguewatch.sensors import fanotify, watchers
 from roguewatch.stream import bus
 
@@ -95,13 +96,22 @@ class FileGuard:
         # A rescan (after an overflow) cannot tell our appends from anyone's: not there.
         self._rescan_skip = (alerts_dir,) if alerts_dir else ()
         self.paths = watched
+        self.alerts_dir = alerts_dir
+        self._protected: set[str] = set()
 
-    def start(self) -> None:
+    def start(self, keep_baselines: bool = False) -> None:
+        """Watch, and snapshot the baselines beside the loop. ``keep_baselines`` (the last
+        collector did not end cleanly): the paths that have a baseline keep it (the gap is
+        judged against it, ``rescan``); only new paths are snapshotted."""
         self.watcher.start()
+        paths = self.paths
+        if keep_baselines:
+            known = self.baselines.roots()
+            paths = [p for p in paths if canonical(p) not in known]
 
         def snapshot() -> None:
             try:
-                self.baselines.snapshot(self.paths)
+                self.baselines.snapshot(paths)
             finally:
                 self.snapshot_done.set()
 
@@ -132,6 +142,28 @@ class FileGuard:
         """A session's protected files: watched by both sensors, and baselined."""
         self.watcher.add_paths(paths)
         self.baselines.snapshot(paths)
+        self._protected.update(canonical(p) for p in paths)
+
+    def mount_over(self, ev: dict[str, Any], cwd: str | None, undo: bool) -> tuple[str, str] | None:
+        """A session's `mount` event: (mount point, what it did and what was done) when the
+        mount covers a path watched here (the rule packs' paths, protected files, the
+        monitor's own directories and alert log), unmounted when ``undo``; None otherwise."""
+        point = mounts.mount_point(ev, cwd)
+        if not point:
+            return None
+        extra = [self.alerts_dir, self.cfg.state_dir, *rw_paths.MONITOR_PATHS]
+        watched = [canonical(p) for p in [*self.paths, *self._protected, *extra] if p]
+        hidden = mounts.covers(point, watched)
+        if hidden is None:
+            return None
+        pid = int(ev.get("pid") or 0)
+        m = mounts.topmost(pid, point)
+        if m is None:
+            return None  # already gone (or in a namespace that is gone)
+        what = (f"{m.fstype} {m.source!r} mounted at {point} by pid {pid}, over the watched "
+                f"path {hidden}")  # fmt: skip
+        outcome = mounts.undo(pid, m) if undo else "left mounted (observe mode)"
+        return point, f"{what}: {outcome}"
 
     def restore(self, path: str, who: dict[str, Any]) -> str:
         outcome = self.baselines.restore(path, who)

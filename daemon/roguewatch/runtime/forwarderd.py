@@ -18,7 +18,7 @@ from roguewatch.fleet.connect import CredentialError
 from roguewatch.fleet.spool import SpoolError
 from roguewatch.policy import config as config_mod
 from roguewatch.respond.selfdefense import ShutdownGate
-from roguewatch.runtime import readiness
+from roguewatch.runtime import heartbeat, readiness
 
 log = logging.getLogger("roguewatch.forwarder")
 
@@ -37,14 +37,15 @@ def _in_a_session(control_endpoint: str, pid: int) -> bool:
     return any(pid in s.get("pids", ()) for s in sessions)
 
 
-async def _run(fwd, gate: ShutdownGate) -> None:
+async def _run(fwd, gate: ShutdownGate, beat: heartbeat.Beat) -> None:
     stop = asyncio.Event()
 
     async def watch_signals() -> None:
         while not stop.is_set():
+            beat()  # the event loop turns: the supervisor's heartbeat
             if gate.poll():  # never blocks; asks the collector only when a signal came
                 stop.set()
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(heartbeat.BEAT_S)
 
     watcher = asyncio.ensure_future(watch_signals())
     try:
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="roguewatch fleet forwarder")
     ap.add_argument("--config")
     ap.add_argument("--ready-fd", type=int, help="write one byte here once the spool is open")
+    ap.add_argument("--heartbeat-fd", type=int, help="write a byte here every loop turn")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
              cfg.fleet.spool_dir)  # fmt: skip
     readiness.notify(args.ready_fd)
     try:
-        asyncio.run(_run(fwd, gate))
+        asyncio.run(_run(fwd, gate, heartbeat.Beat(args.heartbeat_fd)))
     finally:
         fwd.reader.close()
     return 0

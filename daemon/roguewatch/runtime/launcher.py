@@ -44,6 +44,7 @@ class Watcher:
     proc: subprocess.Popen | None = None
     tmpdir: str | None = None
     state: str | None = None  # a private collector's state directory (baselines)
+    cmd: list[str] | None = None  # how a private collector was started (without --ready-fd)
 
     def share_baselines(self) -> int:
         """Once a session is registered (its baseline snapshot done): the copies this
@@ -105,6 +106,7 @@ class PendingCollector:
     events: str
     control: str
     state: str
+    cmd: list[str] | None = None
 
     def wait(self, timeout: float = 60.0) -> Watcher:
         """Until its probes are attached: then a Watcher (SessionError when it failed)."""
@@ -117,7 +119,8 @@ class PendingCollector:
             self._cleanup()
             raise SessionError(f"the collector did not start: {err.strip() or 'timed out'}")
         forward_stderr(self.proc, "collector")
-        return Watcher(self.events, ControlClient(self.control), self.proc, self.tmpdir, self.state)
+        return Watcher(self.events, ControlClient(self.control), self.proc, self.tmpdir, self.state,
+                       self.cmd)  # fmt: skip
 
     def abandon(self) -> None:
         """Not needed after all (the launcher failed before any session): stop it."""
@@ -148,13 +151,12 @@ def launch_private_collector(extra: list[str] | None = None) -> PendingCollector
     # Baselines and quarantine of a private collector are its own, and kept after it ends
     # (an operator may want the agent's version of a restored file).
     state = os.path.join(PRIVATE_STATE, os.path.basename(tmpdir))
-    cmd = [sys.executable, "-m", COLLECTOR, "--events", events,
-           "--control", control, "--no-adopt", "--state-dir", state, "--ready-fd", str(w),
-           *(extra or [])]  # fmt: skip
+    base = [sys.executable, "-m", COLLECTOR, "--events", events,
+            "--control", control, "--no-adopt", "--state-dir", state, *(extra or [])]  # fmt: skip
     try:
         proc = subprocess.Popen(
-            cmd, pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            preexec_fn=component_preexec,
+            [*base, "--ready-fd", str(w)], pass_fds=(w,), stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, preexec_fn=component_preexec,
         )  # fmt: skip
     except BaseException:
         os.close(r)
@@ -164,7 +166,27 @@ def launch_private_collector(extra: list[str] | None = None) -> PendingCollector
         os.close(w)
     _seed_baselines(state)
     _sweep_stale_run_dirs(keep=tmpdir)
-    return PendingCollector(proc, r, tmpdir, events, control, state)
+    return PendingCollector(proc, r, tmpdir, events, control, state, base)
+
+
+def respawn(cmd: list[str], timeout: float = 60.0) -> subprocess.Popen:
+    """A component started again as it was (``cmd`` without its ready fd), waited for until
+    ready; SessionError when it does not come up."""
+    r, w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [*cmd, "--ready-fd", str(w)], pass_fds=(w,), stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, preexec_fn=component_preexec,
+        )  # fmt: skip
+    finally:
+        os.close(w)
+    if not readiness.wait(r, proc, timeout):
+        proc.kill()
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        proc.wait()
+        raise SessionError(f"could not start it again: {err.strip() or 'timed out'}")
+    forward_stderr(proc, cmd[2].rsplit(".", 1)[-1].removesuffix("d"))
+    return proc
 
 
 def _sweep_stale_run_dirs(keep: str, min_age_s: float = 120.0) -> None:

@@ -66,6 +66,7 @@ class Monitor:
     pending: launcher.PendingCollector | None = None
     evaluator: subprocess.Popen | None = None
     evaluator_ready: int | None = None
+    evaluator_cmd: list[str] | None = None  # how our own evaluator was started (restarts)
 
     def wait(self) -> launcher.Watcher:
         if self.watcher is None:
@@ -119,12 +120,13 @@ def launch_monitor() -> Monitor:
     # its sockets, the evaluator's alert socket and alert file.
     endpoint = f"ipc://{pending.tmpdir}/alerts.sock"
     r, w = os.pipe()
+    cmd = [sys.executable, "-m", components.EVALUATOR, "--events", pending.events,
+           "--control", pending.control, "--alerts", endpoint,
+           "--alerts-file", f"{pending.tmpdir}/alerts.jsonl", "--no-journal",
+           "--quiet"]  # fmt: skip
     try:
         evaluator = subprocess.Popen(
-            [sys.executable, "-m", components.EVALUATOR, "--events", pending.events,
-             "--control", pending.control, "--alerts", endpoint,
-             "--alerts-file", f"{pending.tmpdir}/alerts.jsonl", "--no-journal", "--quiet",
-             "--ready-fd", str(w)],
+            [*cmd, "--ready-fd", str(w)],
             pass_fds=(w,), stderr=subprocess.PIPE, preexec_fn=components.component_preexec,
         )  # fmt: skip
     except BaseException:
@@ -133,7 +135,8 @@ def launch_monitor() -> Monitor:
         raise
     finally:
         os.close(w)
-    return Monitor(endpoint, pending=pending, evaluator=evaluator, evaluator_ready=r)
+    return Monitor(endpoint, pending=pending, evaluator=evaluator, evaluator_ready=r,
+                   evaluator_cmd=cmd)  # fmt: skip
 
 
 @dataclass
@@ -321,18 +324,23 @@ class Run:
             pol = {
                 "egress_allow": list(self.policy.egress_allow),
                 "protect": list(self.policy.protect), "mode": self.mode,
-                "lists": self.policy.lists,
+                "lists": self.policy.lists, "on_monitor_loss": self.policy.on_monitor_loss,
             }  # fmt: skip
             watcher = monitor.wait()
             control = watcher.control
+
             # The launcher and our evaluator are roguewatch too: signals and ptrace aimed at
             # them are guard events, and a session process that tries is killed in the kernel.
-            for pid in (os.getpid(), monitor.evaluator.pid if monitor.evaluator else 0):
-                if pid:
-                    try:
-                        control.request("guard", pid=pid)
-                    except ControlError:
-                        pass
+            def guard() -> None:
+                w = monitor.watcher
+                for pid in (os.getpid(), monitor.evaluator.pid if monitor.evaluator else 0):
+                    if pid and w is not None:
+                        try:
+                            w.control.request("guard", pid=pid)
+                        except ControlError:
+                            pass
+
+            guard()
             session_cg = cg
 
             def register(pid: int) -> int:
@@ -373,13 +381,23 @@ class Run:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda s, _f: os.kill(pid, s))
             watcher.share_baselines()  # the agent runs: for the next run's start-up
+            from roguewatch.runtime.coverage import RunCoverage
+
+            cover = RunCoverage(monitor, self.session, cg, self.mode,
+                                self.policy.on_monitor_loss, self._print, guard)  # fmt: skip
             while True:
-                self._drain_alerts(sub, 100)
+                self._drain_alerts(sub, 50)
                 done, st = os.waitpid(pid, os.WNOHANG)
                 if done:
                     status = launcher.exit_status(st)
                     break
                 self._reap()
+                cover.check()
+            control = watcher.control  # (a new one, if the collector was started again)
+            control.set_timeout(2000)  # the end must not hang on a monitor that is gone
+            if cover.lost:
+                print(f"roguewatch run: {cover.lost}, and the monitor is not back: the "
+                      "session ends unwatched", file=sys.stderr, flush=True)  # fmt: skip
             self._end(control, cg, sub, pid)
         finally:
             if refusals is not None:

@@ -259,6 +259,10 @@ class Subscriber:
         self._sock = ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.RCVHWM, 0)  # the subscriber itself never drops
         self._sock.setsockopt(zmq.LINGER, 0)
+        # A restarted collector is heard again within tens of milliseconds (not ZeroMQ's
+        # default 100 ms, doubling): the sessions stay frozen until it is.
+        self._sock.setsockopt(zmq.RECONNECT_IVL, 20)
+        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
         self._sock.setsockopt(zmq.SUBSCRIBE, b"")
         path = ipc_path(self.endpoint)
         deadline = time.monotonic() + self.wait_s

@@ -25,7 +25,7 @@ from typing import Protocol
 
 import zmq
 
-from roguewatch.core import paths, procfs
+from roguewatch.core import paths, procfs, sessionstate
 from roguewatch.core.contracts import SessionEntry
 from roguewatch.core.identity import exec_id, new_session_id
 from roguewatch.host import kernelenv
@@ -58,6 +58,7 @@ _EXEC = layout.TYPE_NUMBERS["exec"]
 _EXIT = layout.TYPE_NUMBERS["exit"]
 _KILL = layout.TYPE_NUMBERS["kill"]
 _TARGET = layout.TYPE_NUMBERS["target"]
+_MOUNT = layout.TYPE_NUMBERS["mount"]
 _PIDFD = "pidfd_send_signal"  # the one kind of kill whose target needs state
 _STATEFUL = frozenset(
     layout.TYPE_NUMBERS[n] for n in ProcessCache.HOOKS if n != "kill"
@@ -67,6 +68,7 @@ _STATEFUL = frozenset(
 BUSY_POLL_S = 0.001
 DENIAL_CLAIM_NS = 200_000_000  # every second: unclaimed denials older than this
 DENIAL_END_NS = 20_000_000  # at a session's end
+BEAT_MAX_S = 0.05  # with a heartbeat to give, the loop turns at least this often
 
 
 @dataclass
@@ -122,6 +124,8 @@ class FileSensor(Protocol):
     def restore(self, path: str, who: dict) -> str: ...
 
     def limits(self) -> dict: ...
+
+    def mount_over(self, ev: dict, cwd: str | None, undo: bool) -> tuple[str, str] | None: ...
 
     def close(self) -> None: ...
 
@@ -193,11 +197,21 @@ class Collector:
         max_procs: int = 65536,
         files: FileSensor | None = None,
         fs_queue: deque[dict] | None = None,
+        previous: sessionstate.Pinned | None = None,
     ) -> None:
         """``files``: the filesystem sensor, started before the probes load (its baseline
         snapshot then overlaps that), putting its changes on ``fs_queue`` and calling
-        ``wake()``."""
+        ``wake()``. ``previous``: what the collector before this one pinned (``setup``
+        takes its sessions and guards back; an unclean end means a gap to rescan)."""
         self.cfg = cfg
+        self.previous = previous or sessionstate.Pinned()
+        self.gap = not self.previous.clean  # the last collector died: changes were unseen
+        self._guards: dict[int, int] = {}  # the monitor's pids guarded on request: start ns
+        self._pinned_text = ""
+        self.recovered: list[int] = []  # sessions taken back from the previous collector
+        self._beat: Callable[[], None] | None = None
+        self.resumed = False  # the service said every component is up (``_resume``)
+        self._mounts: list[dict] = []  # sessions' mounts, to look at after the drain
         self.fs_queue: deque[dict] = fs_queue if fs_queue is not None else deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.files = files
@@ -249,9 +263,113 @@ class Collector:
         """Guard ourselves, put egress judgement in the kernel, adopt by the selectors."""
         self.guard_self()
         self.attach_egress()
+        self.recover()
         self.adoptions = policy_mod.load_adoption_dirs(self.policy_dirs())
         self._apply_selectors()
         self.scan_procfs()
+        self.pin()
+
+    # -- what outlives a collector (core.sessionstate) -------------------------------------
+
+    def recover(self) -> None:
+        """After a restart: the monitor's pids guarded again, and every session the previous
+        collector held that is still alive registered again under its own id (its root if it
+        is the same process, every process of its cgroup), with its egress allowlist back in
+        the kernel. Adopted sessions are adopted again by the selectors (``scan_procfs``)."""
+        prev = self.previous
+        for pid, start in prev.guarded:
+            if start and procfs.start_ns(pid) == start:
+                self._guard({"pid": pid})
+        for s in prev.sessions:
+            if s.adopted:
+                continue
+            pids = _cgroup_members(s.cgroup) if s.cgroup and os.path.isdir(s.cgroup) else []
+            if s.root and s.root_start and procfs.start_ns(s.root) == s.root_start:
+                pids = [s.root, *[p for p in pids if p != s.root]]
+            if not pids:
+                continue  # the session ended while no collector watched it
+            for pid in pids:
+                start = procfs.start_ns(pid)
+                if start is None:
+                    continue
+                ppid = procfs.ppid(pid)
+                self.probes.register(pid, s.session, start, procfs.start_ns(ppid) or 0, ppid,
+                                     observe=s.mode == "observe")  # fmt: skip
+            self.sessions[s.session] = {
+                "root": s.root, "root_start": s.root_start, "cgroup": s.cgroup, "fd": None,
+                "name": s.name, "mode": s.mode, "started": time.time(), "policy": s.policy,
+                "recovered": True,
+            }  # fmt: skip
+            protect = list(s.policy.get("protect", []))
+            if protect and self.files is not None:
+                self.files.protect(protect)
+            if s.allow is not None:
+                self._attach_egress({"session": s.session, "allow": s.allow,
+                                     "cgroup": s.cgroup})  # fmt: skip
+            self.recovered.append(s.session)
+
+    def pin(self, clean: bool = False) -> None:
+        """Write what the next collector (and the service, to fail closed) needs, when it
+        changed: the sessions with their pids now, the guarded pids of the monitor."""
+        by_session: dict[int, list[int]] = {}
+        for pid, sid in self.probes.tracked().items():
+            by_session.setdefault(sid, []).append(pid)
+        sessions = []
+        for sid, info in sorted(self.sessions.items()):
+            sessions.append(sessionstate.PinnedSession(
+                session=sid, root=int(info.get("root") or 0),
+                root_start=int(info.get("root_start") or 0), cgroup=info.get("cgroup") or "",
+                name=info.get("name", ""), mode=info.get("mode", "enforce"),
+                policy=dict(info.get("policy") or {}), allow=info.get("allow"),
+                pids=sorted(by_session.get(sid, [])), adopted=info.get("name") == "adopted",
+            ))  # fmt: skip
+        alive = {p: st for p, st in self._guards.items() if procfs.start_ns(p) == st}
+        self._guards = alive
+        pinned = sessionstate.Pinned(sessions, sorted(alive.items()), clean, os.getpid())
+        text = repr(pinned)
+        if text == self._pinned_text:
+            return
+        try:
+            sessionstate.write(self.cfg.state_dir, pinned)
+            self._pinned_text = text
+        except OSError as exc:
+            log.warning("cannot pin the sessions in %s: %s", self.cfg.state_dir, exc)
+
+    def _resume(self, req: dict, peer: Peer | None = None) -> dict:
+        """The service says every component is up again (the evaluator subscribed): every
+        live session is announced again (a restarted evaluator knows nothing of them), and
+        after a collector's unclean end, whatever changed in the watched paths while nobody
+        watched is judged against the last good baseline (``fs_change``, change `gap`)."""
+        for sid, info in sorted(self.sessions.items()):
+            self.batch.append({
+                "type": "session", "kind": "start", "ts": time.time_ns(), "session": sid,
+                "pid": info.get("root", 0), "flags": ["recovered"],
+                "name": info.get("name", ""), "root": info.get("root", 0),
+                "cgroup": info.get("cgroup", ""), "mode": info.get("mode", "enforce"),
+                "policy": info.get("policy") or {},
+            })  # fmt: skip
+        self.flush()
+        self.resumed = True
+        # (``rescan``: the evaluator was gone; what the stream said meanwhile was not judged)
+        gap, self.gap = self.gap or bool(req.get("rescan")), False
+        if gap and self.files is not None:
+            files, out, wake = self.files, self.fs_queue, self.wake
+
+            def rescan() -> None:
+                files.snapshot_done.wait(60)
+                try:
+                    found = files.rescan()
+                except Exception:  # a failed rescan must not end the collector
+                    log.exception("the rescan of the gap failed")
+                    return
+                for ev in found:
+                    ev["change"] = "gap"
+                    ev["flags"] = ["gap"]
+                out.extend(found)
+                wake()
+
+            threading.Thread(target=rescan, daemon=True, name="gap-rescan").start()
+        return {"ok": True, "recovered": len(self.recovered), "gap": gap}
 
     def attach_egress(self) -> None:
         """Every connect and send of the host is judged by its session's allowlist from now
@@ -385,7 +503,8 @@ class Collector:
                 pol = a.policy
                 break
         self.sessions[sid] = {"root": ev["pid"], "cgroup": "", "fd": None, "name": "adopted",
-                              "mode": pol.mode, "started": time.time()}  # fmt: skip
+                              "mode": pol.mode, "started": time.time(),
+                              "policy": policy_mod.as_dict(pol)}  # fmt: skip
         self.batch.append({
             "type": "session", "kind": "start", "ts": time.time_ns(), "session": sid,
             "pid": ev["pid"], "flags": ["adopted"], "name": "adopted", "root": ev["pid"],
@@ -478,6 +597,8 @@ class Collector:
             return  # one of its own threads, named by its thread id: no other process
         if h[_V_FLAGS] & _F_ADOPTED and ev["session"] not in self.sessions:
             self._announce_adopted(ev)
+        if t == _MOUNT and ev["ret"] == 0 and ev["session"] and not ev["umount"]:
+            self._mounts.append(ev)  # looked at after the drain (it reads the mount table)
         self.batch.append(ev)
 
     def _target_other(self, ev: dict) -> bool:
@@ -593,6 +714,33 @@ class Collector:
         for tid in procfs.threads(os.getpid()):
             if not self.probes.is_guarded(tid):
                 self.probes.guard(tid)
+        for pid in list(self._guards):  # the monitor's other processes: threads made since
+            for tid in procfs.threads(pid):
+                if not self.probes.is_guarded(tid):
+                    self.probes.guard(tid)
+        self.pin()
+
+    def check_mounts(self) -> None:
+        """A session's mount over a path the monitor watches blinds it there (a tmpfs over
+        /etc/cron.d, over the alert log), or changes a protected file without a write (a
+        bind mount): unmounted at once in enforce mode, and said (a `tamper` event; the rules
+        end the session)."""
+        pending, self._mounts = self._mounts, []
+        if self.files is None:
+            return
+        for ev in pending:
+            pid, sid = ev["pid"], ev["session"]
+            mode = self.sessions.get(sid, {}).get("mode", "enforce")
+            cwd = self.cache.cwd.get(pid) or procfs.readlink(pid, "cwd")
+            try:
+                found = self.files.mount_over(ev, cwd, undo=mode != "observe")
+            except OSError as exc:
+                log.warning("could not look at the mount of pid %d: %s", pid, exc)
+                continue
+            if found is not None:
+                point, detail = found
+                self.tamper("mount_over_watched_path", detail, pid=pid, target=point,
+                            session=sid)  # fmt: skip
 
     # -- who may speak to the monitor -------------------------------------------------------
 
@@ -663,7 +811,12 @@ class Collector:
 
     def _register_operations(self, server: ControlServer) -> None:
         ops: dict[str, Callable[[dict, Peer | None], dict]] = {
-            "ping": lambda req, peer: {"ok": True, "pid": os.getpid()},
+            "ping": lambda req, peer: {
+                "ok": True,
+                "pid": os.getpid(),
+                "resumed": self.resumed,
+                "subscribers": self.pub.broadcast.subscriptions,
+            },
             "register": self._register,
             "attach_egress": self._attach_egress,
             "session_end": self._session_end,
@@ -684,6 +837,7 @@ class Collector:
         # Only roguewatch's own processes speak in the monitor's name (the service reports,
         # `run`'s launcher reports what the agent's seccomp filter refused).
         server.register("announce", self._announce, needs=Standing.MONITOR)
+        server.register("resume", self._resume, needs=Standing.MONITOR)
         server.register("refused", self._refused_call, needs=Standing.MONITOR)
         server.register("install_config", self._install_config, needs=Standing.MONITOR)
 
@@ -749,6 +903,9 @@ class Collector:
         self.probes.guard(pid)
         for tid in procfs.threads(pid):
             self.probes.guard(tid)
+        start = procfs.start_ns(pid)
+        if start is not None and pid != os.getpid():
+            self._guards[pid] = start  # pinned: a restarted collector guards it again
         return {"ok": True}
 
     def stats(self) -> dict:
@@ -775,7 +932,10 @@ class Collector:
         A session starts only once the baselines exist: a change it makes before then would
         become the baseline (at start-up only; the snapshot takes a second or two)."""
         if self.files is not None:
-            self.files.snapshot_done.wait(30)
+            deadline = time.monotonic() + 30
+            while not self.files.snapshot_done.wait(0.05) and time.monotonic() < deadline:
+                if self._beat is not None:
+                    self._beat()  # waiting here is not hanging
         pid = int(req["pid"])
         start = procfs.start_ns(pid)
         if start is None:
@@ -791,9 +951,11 @@ class Collector:
         if protect and self.files is not None:
             self.files.protect(protect)  # the session's protected files: both sensors
         self.sessions[session] = {
-            "root": pid, "cgroup": req.get("cgroup", ""), "fd": None,
+            "root": pid, "root_start": start, "cgroup": req.get("cgroup", ""), "fd": None,
             "name": req.get("name", ""), "mode": mode, "started": time.time(),
+            "policy": req.get("policy") or {},
         }  # fmt: skip
+        self.pin()
         self._publish_now({
             "type": "session", "kind": "start", "ts": time.time_ns(), "session": session,
             "pid": pid, "flags": [], "name": req.get("name", ""), "root": pid,
@@ -813,6 +975,7 @@ class Collector:
         self.egress_owners[session] = allow
         info = self.sessions.setdefault(session, {"root": 0, "cgroup": str(req.get("cgroup", ""))})
         info["allow"] = allow
+        self.pin()
         self.hosts.track(session, egress_hosts(allow))  # kept current on their TTL
         return {"ok": True}
 
@@ -856,6 +1019,7 @@ class Collector:
         if self.egress_owners.pop(session, None) is not None:
             self.hosts.untrack(session)
             self.probes.forget_egress(session)
+        self.pin()
 
     def _publish_now(self, ev: dict) -> None:
         self.flush()
@@ -865,7 +1029,13 @@ class Collector:
     def stop(self, *_: object) -> None:
         self._stopping = True
 
-    def run(self, ready: Callable[[], None] | None = None, gate: Gate | None = None) -> None:
+    def run(
+        self, ready: Callable[[], None] | None = None, gate: Gate | None = None,
+        beat: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
+        """The loop, until stopped. ``beat()`` is called every turn, and a turn is at most
+        BEAT_MAX_S long when it is given (the supervisor's heartbeat)."""
+        self._beat = beat
         # Two pollers: `idle` waits for the ring too; `busy` does not. The ring's fd is
         # readable whenever a record is there, so a collector that re-polled it after each
         # drain would loop as fast as records arrive, a handful of events per batch (and
@@ -892,6 +1062,9 @@ class Collector:
             timeout = max(0.0, next_tick - now)
             if busy:
                 timeout = min(timeout, max(0.0, drained_at + BUSY_POLL_S - now))
+            if beat is not None:
+                beat()
+                timeout = min(timeout, BEAT_MAX_S)
             try:
                 # in whole milliseconds (ZeroMQ's unit), rounded up: a wait rounded down to 0
                 # would spin until the millisecond is over
@@ -905,6 +1078,8 @@ class Collector:
             else:
                 drained_at = time.monotonic()
                 busy = self.drain() > 0
+                if self._mounts:
+                    self.check_mounts()
             if self.fs_queue or self._wake_r in socks:
                 self._drain_fs()
             if gate is not None and gate.poll():
@@ -926,7 +1101,12 @@ class Collector:
         self.drain()
         self.report_losses()
 
-    def close(self) -> None:
+    def close(self, clean: bool = False) -> None:
+        """``clean``: the stop was asked for by who started us (the service, `run`): the
+        next collector snapshots the baselines afresh; otherwise it keeps the last good ones
+        and judges the gap against them."""
+        if clean:
+            self.pin(clean=True)
         self.hosts.close()
         if self._egress_root_fd is not None:
             self.probes.detach_egress_root()

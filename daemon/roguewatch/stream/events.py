@@ -290,15 +290,17 @@ EVENT_TYPES: tuple[EventType, ...] = (
     ),
     EventType(
         "mount",
-        "mount() or umount2()",
+        "mount(), umount2() or move_mount() (the new mount API's attach)",
         (
-            Field("target", "str", "mount point"),
-            Field("source", "str", "device or source"),
+            Field("target", "str", "mount point (move_mount: relative to `dirfd` if not absolute)"),
+            Field("source", "str", "device or source (move_mount: the tree's path)"),
             Field("fstype", "str", "file system type"),
-            Field("mount_flags", "int", "MS_* flags (MNT_* for umount)"),
+            Field("mount_flags", "int", "MS_* flags (MNT_* for umount, MOVE_MOUNT_* for a move)"),
             Field("umount", "bool", "this is an unmount"),
+            Field("move", "bool", "move_mount(): a tree of the new mount API attached"),
+            Field("dirfd", "int", "move_mount's target directory fd (-100: AT_FDCWD)"),
         ),
-        "mount, umount2",
+        "mount, umount2, move_mount",
     ),
     EventType("bpf", "bpf() syscall", (Field("cmd", "int", "BPF_* command"),), "bpf"),
     EventType(
@@ -380,7 +382,8 @@ EVENT_TYPES: tuple[EventType, ...] = (
                 "change",
                 "str",
                 "`created`, `modified`, `deleted`, `moved`, `attrib`, "
-                "`rescan` (found changed after an overflow)",
+                "`rescan` (found changed after an overflow), `gap` (found changed after the "
+                "monitor was lost: judged against the last good baseline)",
             ),
             Field(
                 "writer",
@@ -450,7 +453,8 @@ EVENT_TYPES: tuple[EventType, ...] = (
                 "process in a session subscribed to the event or alert stream), "
                 "`egress_detached` (the egress programs were detached from the cgroup root: "
                 "attached again), `untracked_in_session` (a process of a session's cgroup was "
-                "missing from the session map: tracked again)",
+                "missing from the session map: tracked again), `mount_over_watched_path` (a "
+                "session mounted over a path the monitor watches: unmounted in enforce mode)",
             ),
             Field("target", "str", "what was aimed at: a socket and operation, a path, a pid"),
             Field("detail", "str", "human-readable explanation"),

@@ -1,0 +1,70 @@
+"""The heartbeat between a component (collector, evaluator, forwarder) and its supervisor.
+
+Owns one pipe per component: the component writes a byte at least every ``BEAT_S`` from its
+loop (``Beat``), the supervisor reads them (``Pulse``) and calls a component whose last beat
+is older than ``HANG_S`` hung: stopped, frozen, starved, or stuck in a call. A dead one closes
+the pipe (and is seen by its exit first). Neither side ever blocks on the pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+BEAT_S = 0.1  # the component's loop beats at least this often
+HANG_S = 0.8  # a component silent this long is not watching: the sessions fail closed
+GRACE_S = 2.0  # after its start, a component's first turns (the backlog) may take longer
+
+
+class Beat:
+    """The component's side: ``beat()`` from its loop (rate-limited, never blocks)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self._last = 0.0
+        if fd is not None:
+            os.set_blocking(fd, False)
+
+    def __call__(self) -> None:
+        if self.fd is None:
+            return
+        now = time.monotonic()
+        if now - self._last < BEAT_S / 2:
+            return
+        self._last = now
+        try:
+            os.write(self.fd, b".")
+        except (BlockingIOError, BrokenPipeError):
+            pass  # the supervisor is behind (it drains), or gone
+
+
+class Pulse:
+    """The supervisor's side of one component's pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self.last = time.monotonic()  # (armed at the component's readiness)
+        self.armed = self.last
+
+    def arm(self) -> None:
+        self.last = self.armed = time.monotonic()
+
+    def silent_for(self) -> float:
+        """Seconds since the last beat (reads every beat waiting)."""
+        try:
+            while os.read(self.fd, 4096):
+                self.last = time.monotonic()
+        except BlockingIOError:
+            pass
+        except OSError:
+            pass
+        now = time.monotonic()
+        if now - self.armed < GRACE_S:
+            return 0.0
+        return now - self.last
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
