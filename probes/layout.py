@@ -339,6 +339,13 @@ def _kill(ev, h, s1, s2):
     ev["target_tid"] = ((h[V_A1] + 0x80000000) & 0xFFFFFFFF) - 0x80000000
     ev["sig"] = h[V_A2]
     ev["call"] = KILL_CALLS[h[V_A3]] if h[V_A3] < len(KILL_CALLS) else str(h[V_A3])
+    # The target's comm, filled in the kernel when the signal was generated (else empty).
+    a = h[V_ADDR]
+    if a[0]:
+        n = a.find(0, 0, 16)
+        ev["target_comm"] = a[: n if n >= 0 else 16].decode(errors="replace")
+    else:
+        ev["target_comm"] = ""
 
 
 def _sigaction(ev, h, s1, s2):

@@ -333,3 +333,22 @@ def test_default_packs_load_and_extra_dirs_extend_them(tmp_path: Path) -> None:
         assert r.desc and r.output and r.tags, r.name
         assert all(t.startswith("T") for t in r.tags), r.name
         assert r.event_types is not None, f"{r.name} is evaluated for every event type"
+
+
+FILE_EVENT_TYPES = {"open", "rename", "link", "symlink", "truncate", "unlink", "chmod", "chown",
+                    "fs_change"}  # fmt: skip
+
+
+def test_every_persistence_and_oversight_rule_on_a_file_undoes_the_change() -> None:
+    """Containment means the effect is gone: a persistence or oversight rule that can match a
+    change to a file restores it (``action: restore``, or ``restore: true`` beside a kill).
+    Timestamps (``utimes``) only are exempt: the forged times are what is alerted, a log's
+    content is not what changed."""
+    rs = R.load_rules()
+    missing = [
+        r.name for r in rs
+        if r.category in ("persistence", "oversight_tampering")
+        and (r.event_types or frozenset()) & FILE_EVENT_TYPES
+        and not (r.action == "restore" or r.restore)
+    ]  # fmt: skip
+    assert missing == []

@@ -240,6 +240,12 @@ EVENT_TYPES: tuple[EventType, ...] = (
             Field("target_tid", "int", "target thread for tgkill/tkill"),
             Field("sig", "int", "signal number"),
             Field("call", "str", "`kill`, `tkill`, `tgkill`, `pidfd_send_signal` or `generate`"),
+            Field(
+                "target_comm",
+                "str",
+                "the target's comm when the signal was generated (in the "
+                "kernel, while it existed; empty when none was: a failed or signal-0 kill)",
+            ),
         ),
         "kill, tkill, tgkill, pidfd_send_signal; signal:signal_generate for guard events",
     ),
