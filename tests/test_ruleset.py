@@ -352,3 +352,23 @@ def test_every_persistence_and_oversight_rule_on_a_file_undoes_the_change() -> N
         and not (r.action == "restore" or r.restore)
     ]  # fmt: skip
     assert missing == []
+
+
+def test_the_coverage_table_in_docs_names_real_rules_and_their_techniques() -> None:
+    """docs/rules.md's coverage table (hand-written, kept by `make docs`): every rule it
+    names exists, and every technique of a row is a tag of one of that row's rules."""
+    import re
+
+    doc = (Path(__file__).parent.parent / "docs" / "rules.md").read_text()
+    table = doc.split("## Coverage", 1)[1].split("\n## ", 1)[0].split("<!--", 1)[0]
+    rows = [r for r in table.splitlines() if r.startswith("| T")]
+    assert len(rows) >= 20
+    rs = R.load_rules()
+    names = {r.name for r in rs}
+    for row in rows:
+        technique, _, rules = (c.strip() for c in row.strip("|").split(" | "))
+        listed = [n.strip() for n in rules.split(",")]
+        assert set(listed) <= names, (row, set(listed) - names)
+        tags = {t for n in listed for t in rs.get(n).tags}
+        ids = re.findall(r"T\d{4}(?:\.\d{3})?", technique)
+        assert ids and set(ids) <= tags, (technique, set(ids) - tags)

@@ -178,6 +178,9 @@ class FileGuard:
     def restore(self, path: str, who: dict[str, Any]) -> str:
         started = int(who.get("started_ns") or 0)
         outcome = self.baselines.restore(path, who)
+        if outcome.startswith("no baseline copy"):
+            # Too large to copy at baseline, so only quarantined: the package may have it.
+            return self._from_package(path, who) or outcome
         if not outcome.startswith("not baselined"):
             return outcome
         # A new file in a watched directory: the directory's baseline removes it.
@@ -191,11 +194,18 @@ class FileGuard:
         except (OSError, baseline.BaselineError) as exc:
             return f"not restored: no baseline, and {exc}"
 
+    def _from_package(
+        self, path: str, who: dict[str, Any], pkg: packages.Packaged | None = None
+    ) -> str | None:
+        return restore_from_package(self.baselines, path, who, pkg)
+
     def _unbaselined(self, path: str, who: dict[str, Any], started: int) -> str:
         """A path no baseline covers: undo what can be told apart from what was there."""
         if not os.path.lexists(path):
             if who.get("event") == "unlink":
-                return "not restored: deleted, and there was no baseline copy to put back"
+                return self._from_package(path, who) or (
+                    "not restored: deleted, and there was no baseline copy to put back"
+                )
             return "not restored: no baseline, and nothing is at the path now"
         born = baseline.birth_ns(path)
         if born is not None and started and born >= started - BIRTH_SLACK_NS:
@@ -203,16 +213,10 @@ class FileGuard:
             return (f"removed (made during the session, no baseline); agent's version "
                     f"quarantined as {qid}")  # fmt: skip
         pkg = packages.owner(os.path.realpath(path)) or packages.owner(path)
-        if pkg is not None and pkg.md5 and packages.md5_of(path) not in (pkg.md5, None):
-            orig = packages.pristine(pkg, os.path.realpath(path)) or packages.pristine(pkg, path)
-            if orig is not None:
-                qid = self.baselines.replace_content(path, orig[0], orig[1], who)
-                return (f"restored from package {pkg.name} {pkg.version}; agent's version "
-                        f"quarantined as {qid}")  # fmt: skip
-            qid = self.baselines.quarantine_path(path, who, remove=False)
-            return (f"not restored: a file of package {pkg.name} was changed and its archive "
-                    f"is not in apt's cache (apt-get install --reinstall {pkg.name}); agent's "
-                    f"version quarantined as {qid}")  # fmt: skip
+        if pkg is not None:
+            done = self._from_package(path, who, pkg)
+            if done:
+                return done
         if who.get("event") in ("chmod", "open") and int(who.get("mode") or 0) & 0o6000:
             if pkg is None:
                 mode = self.baselines.clear_setid(path)
@@ -230,6 +234,26 @@ class FileGuard:
 
     def close(self) -> None:
         self.watcher.stop()
+
+
+def restore_from_package(
+    baselines: baseline.Baselines, path: str, who: dict[str, Any],
+    pkg: packages.Packaged | None = None,
+) -> str | None:  # fmt: skip
+    """A changed (or removed) packaged file put back from its package archive, the agent's
+    version quarantined; None when ``path`` is no changed file of a package."""
+    pkg = pkg or packages.owner(os.path.realpath(path)) or packages.owner(path)
+    if pkg is None or not pkg.md5 or packages.md5_of(path) == pkg.md5:
+        return None  # (missing: quarantined whole by the baseline's restore, put back here)
+    orig = packages.pristine(pkg, os.path.realpath(path)) or packages.pristine(pkg, path)
+    if orig is not None:
+        qid = baselines.replace_content(path, orig[0], orig[1], who)
+        kept = f"; agent's version quarantined as {qid}" if qid else ""
+        return f"restored from package {pkg.name} {pkg.version}{kept}"
+    qid = baselines.quarantine_path(path, who, remove=False) or "before"
+    return (f"not restored: a file of package {pkg.name} was changed and its archive is not "
+            f"in apt's cache (apt-get install --reinstall {pkg.name}); agent's version "
+            f"quarantined as {qid} (copy)")  # fmt: skip
 
 
 def python_hook_files(homes: Iterable[str]) -> list[str]:
