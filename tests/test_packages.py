@@ -34,9 +34,9 @@ def cached_package_file() -> tuple[str, str]:
             for line in md5s.read_text().splitlines():
                 rel = line.split(None, 1)[1]
                 p = "/" + rel
-                if rel.startswith("usr/share/doc/") and os.path.isfile(p) and not os.path.islink(p):
-                    if os.path.getsize(p) < 64 << 10:
-                        return name, p
+                doc = rel.startswith("usr/share/doc/") and not os.path.islink(p)
+                if doc and os.path.isfile(p) and os.path.getsize(p) < 64 << 10:
+                    return name, p
     require(False, "no cached archive of an installed package")
     return "", ""
 
