@@ -161,6 +161,11 @@ def s32(v: int) -> int:
     return v - 0x100000000 if v & 0x80000000 else v
 
 
+def s64(v: int) -> int:
+    v &= 0xFFFFFFFFFFFFFFFF
+    return v - 0x10000000000000000 if v & 0x8000000000000000 else v
+
+
 def _sockaddr(raw: bytes) -> tuple[str, str, int]:
     """(family, address, port) of a copied sockaddr."""
     fam = raw[0] | (raw[1] << 8)
@@ -331,6 +336,8 @@ def _truncate(ev, h, s1, s2):
 
 def _utimes(ev, h, s1, s2):
     _path_at(ev, h, s1, s2)
+    ev["given"] = bool(h[V_A1])
+    ev["time"] = s64(h[V_A2]) if h[V_A1] else 0
 
 
 def _kill(ev, h, s1, s2):
