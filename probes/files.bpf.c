@@ -241,24 +241,56 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ftruncate)
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_ftruncate) { return rw_finish_path(args->ret); }
 
+/* The time a utimes call sets, when it is given (not the current time, as `touch` without
+ * -d asks: a NULL array or UTIME_NOW): 1 and its seconds in *secs (the mtime's, else the
+ * atime's); 0 when it is now or nothing. Both structs are two 16-byte {seconds, fraction}
+ * pairs on 64-bit; only timespec's fraction can say UTIME_NOW or UTIME_OMIT. */
+#define RW_UTIME_NOW ((1LL << 30) - 1)
+#define RW_UTIME_OMIT ((1LL << 30) - 2)
+static __always_inline u64 rw_given_time(const void *p, int timespec, u64 *secs)
+{
+    s64 t[4] = {};
+    if (!p || bpf_probe_read_user(t, sizeof(t), p))
+        return 0;
+    if (!timespec) {
+        *secs = t[2];
+        return 1;
+    }
+    if (t[3] != RW_UTIME_NOW && t[3] != RW_UTIME_OMIT) {
+        *secs = t[2];
+        return 1;
+    }
+    if (t[1] != RW_UTIME_NOW && t[1] != RW_UTIME_OMIT) {
+        *secs = t[0];
+        return 1;
+    }
+    return 0;
+}
+
 TRACEPOINT_PROBE(syscalls, sys_enter_utimensat)
 {
+    u64 secs = 0;
+    u64 given = rw_given_time(args->utimes, 1, &secs);
     /* utimensat(fd, NULL, ...) is futimens(): the fd itself is the file. */
     if (!args->filename)
-        return rw_fd_op(RW_UTIMES, args->dfd, 0, 0);
-    return rw_path_op(RW_UTIMES, args->dfd, args->filename, args->flags, 0, 0);
+        return rw_fd_op(RW_UTIMES, args->dfd, given, secs);
+    return rw_path_op(RW_UTIMES, args->dfd, args->filename, given, secs, 0);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_utimensat) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_utimes)
 {
-    return rw_path_op(RW_UTIMES, RW_AT_FDCWD, args->filename, 0, 0, 0);
+    u64 secs = 0;
+    u64 given = rw_given_time(args->utimes, 0, &secs);
+    return rw_path_op(RW_UTIMES, RW_AT_FDCWD, args->filename, given, secs, 0);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_utimes) { return rw_finish_path(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_futimesat)
 {
-    return rw_path_op(RW_UTIMES, args->dfd, args->filename, 0, 0, 0);
+    u64 secs = 0;
+    u64 given = rw_given_time(args->utimes, 0, &secs);
+    return rw_path_op(RW_UTIMES, args->dfd, args->filename, given, secs, 0);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_futimesat) { return rw_finish_path(args->ret); }
 

@@ -162,6 +162,11 @@ def s32(v: int) -> int:
     return v - 0x100000000 if v & 0x80000000 else v
 
 
+def s64(v: int) -> int:
+    v &= 0xFFFFFFFFFFFFFFFF
+    return v - 0x10000000000000000 if v & 0x8000000000000000 else v
+
+
 def _sockaddr(raw: bytes) -> tuple[str, str, int]:
     """(family, address, port) of a copied sockaddr."""
     fam = raw[0] | (raw[1] << 8)
@@ -332,6 +337,8 @@ def _truncate(ev, h, s1, s2):
 
 def _utimes(ev, h, s1, s2):
     _path_at(ev, h, s1, s2)
+    ev["given"] = bool(h[V_A1])
+    ev["time"] = s64(h[V_A2]) if h[V_A1] else 0
 
 
 def _kill(ev, h, s1, s2):
@@ -340,6 +347,13 @@ def _kill(ev, h, s1, s2):
     ev["target_tid"] = ((h[V_A1] + 0x80000000) & 0xFFFFFFFF) - 0x80000000
     ev["sig"] = h[V_A2]
     ev["call"] = KILL_CALLS[h[V_A3]] if h[V_A3] < len(KILL_CALLS) else str(h[V_A3])
+    # The target's comm, filled in the kernel when the signal was generated (else empty).
+    a = h[V_ADDR]
+    if a[0]:
+        n = a.find(0, 0, 16)
+        ev["target_comm"] = a[: n if n >= 0 else 16].decode(errors="replace")
+    else:
+        ev["target_comm"] = ""
 
 
 def _sigaction(ev, h, s1, s2):

@@ -6,7 +6,8 @@
  * setsid, setpgid, prctl, ptrace           detaching, renaming, tracing
  * task:task_rename                         comm changes, /proc/PID/comm writes included
  * signal:signal_generate                   guard: a user signal that reaches a roguewatch
- *                                          task, from ANY process (tracked or not)
+ *                                          task, from ANY process (tracked or not); and the
+ *                                          comm of a tracked process's kill's target
  * ptrace aimed at a roguewatch task is also a guard event from any process.
  */
 
@@ -107,6 +108,12 @@ TRACEPOINT_PROBE(signal, signal_generate)
      * SIGCHLD, and only when the target is one of ours. */
     if (args->code > 0 || args->sig == RW_SIGCHLD || args->sig <= 0)
         return 0;
+    /* Inside a tracked process's kill syscall (its record is pending): the target's comm, in
+     * the record's unused address bytes, while the target surely exists (a SIGKILLed auditd
+     * is gone before user space could look it up). The first target of a group kill. */
+    struct rw_hdr *pend = rw_pending_hdr();
+    if (pend && pend->type == RW_KILL && !pend->addr[0])
+        bpf_probe_read_kernel(pend->addr, TASK_COMM_LEN, args->comm);
     u32 target = args->pid;
     if (!guarded.lookup(&target))
         return 0;

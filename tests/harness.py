@@ -106,9 +106,12 @@ class Agent:
         args: tuple[str, ...] = (),
         during: Callable[[subprocess.Popen], None] | None = None,
         timeout: float = 60.0,
+        cwd: Path | None = None,
     ) -> Result:
         body = PRELUDE + textwrap.dedent(code) + f"\n# {self.token}\n"
-        return self.run_argv([AGENT_PYTHON, "-S", "-c", body], policy, args, during, timeout)
+        return self.run_argv(
+            [AGENT_PYTHON, "-S", "-c", body], policy, args, during, timeout, cwd=cwd
+        )
 
     def run_argv(
         self,
@@ -117,7 +120,9 @@ class Agent:
         args: tuple[str, ...] = (),
         during: Callable[[subprocess.Popen], None] | None = None,
         timeout: float = 60.0,
+        cwd: Path | None = None,
     ) -> Result:
+        """``cwd``: where `roguewatch run` (and so the agent) starts."""
         cmd = [*RUN, "--json", "--alerts", str(self.tmp / "alerts.jsonl")]
         if policy is not None:
             (self.tmp / "policy.yaml").write_text(policy)
@@ -125,7 +130,7 @@ class Agent:
         cmd += [*args, "--", *argv]
         out, err = self.tmp / "stdout", self.tmp / "stderr"
         with out.open("w") as o, err.open("w") as e:
-            proc = subprocess.Popen(cmd, stdout=o, stderr=e, start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=o, stderr=e, start_new_session=True, cwd=cwd)
             deadline = time.monotonic() + timeout
             try:
                 while proc.poll() is None:

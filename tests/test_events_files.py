@@ -100,6 +100,8 @@ def test_mode_owner_size_and_time_changes(stream: Stream) -> None:
         os.chown(p, 1, 2)
         os.truncate(p, 10)
         os.utime(p, (0, 0))
+        os.utime(p, ns=(1_600_000_000_000_000_000, 1_500_000_000_000_000_000))
+        os.utime(p)  # now: what plain `touch` does
         wfd = os.open(p, os.O_WRONLY)
         os.ftruncate(wfd, 0)
         time.sleep(0.5)  # fd-based changes are resolved through /proc while we live
@@ -112,7 +114,9 @@ def test_mode_owner_size_and_time_changes(stream: Stream) -> None:
     assert (own["owner"], own["group"]) == (1, 2)
     lengths = [e["length"] for e in s.of_type("truncate", path=path)]
     assert lengths == [10, 0]
-    s.one("utimes", path=path)
+    # The time given, from the call's own argument (the mtime's), or none for "now".
+    given = [(e["given"], e["time"]) for e in s.of_type("utimes", path=path)]
+    assert given == [(True, 0), (True, 1_500_000_000), (False, 0)], given
 
 
 def test_a_failed_operation_carries_its_errno(stream: Stream) -> None:

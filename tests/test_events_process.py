@@ -61,6 +61,28 @@ def test_fork_child_inherits_the_session_and_exit_reports_a_fatal_signal(stream:
     assert died["pexec_id"] == fork["exec_id"]
     kill = s.one("kill", pid=s.pid)
     assert (kill["target"], kill["sig"], kill["ret"]) == (child, signal.SIGKILL, 0)
+    # Named in the kernel as the signal was generated: the child was gone right after.
+    assert kill["target_comm"] == "python3"
+
+
+def test_a_kill_names_its_target_as_the_kernel_saw_it(stream: Stream, tmp_path: Path) -> None:
+    """The target's comm is taken at signal_generate, inside the sender's kill: a target
+    renamed just before (auditd, say) is named as it was then, though it is gone at once."""
+    s = stream.python(
+        """
+        import ctypes, os, signal, time
+        pid = os.fork()
+        if pid == 0:
+            ctypes.CDLL(None).prctl(15, b"auditd", 0, 0, 0)  # PR_SET_NAME
+            time.sleep(5)
+            os._exit(0)
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        """
+    )
+    kill = s.one("kill", pid=s.pid, sig=signal.SIGKILL)
+    assert kill["target_comm"] == "auditd", kill
 
 
 def test_grandchild_after_double_fork_and_setsid_is_still_tracked(stream: Stream) -> None:

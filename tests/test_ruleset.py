@@ -333,3 +333,42 @@ def test_default_packs_load_and_extra_dirs_extend_them(tmp_path: Path) -> None:
         assert r.desc and r.output and r.tags, r.name
         assert all(t.startswith("T") for t in r.tags), r.name
         assert r.event_types is not None, f"{r.name} is evaluated for every event type"
+
+
+FILE_EVENT_TYPES = {"open", "rename", "link", "symlink", "truncate", "unlink", "chmod", "chown",
+                    "fs_change"}  # fmt: skip
+
+
+def test_every_persistence_and_oversight_rule_on_a_file_undoes_the_change() -> None:
+    """Containment means the effect is gone: a persistence or oversight rule that can match a
+    change to a file restores it (``action: restore``, or ``restore: true`` beside a kill).
+    Timestamps (``utimes``) only are exempt: the forged times are what is alerted, a log's
+    content is not what changed."""
+    rs = R.load_rules()
+    missing = [
+        r.name for r in rs
+        if r.category in ("persistence", "oversight_tampering")
+        and (r.event_types or frozenset()) & FILE_EVENT_TYPES
+        and not (r.action == "restore" or r.restore)
+    ]  # fmt: skip
+    assert missing == []
+
+
+def test_the_coverage_table_in_docs_names_real_rules_and_their_techniques() -> None:
+    """docs/rules.md's coverage table (hand-written, kept by `make docs`): every rule it
+    names exists, and every technique of a row is a tag of one of that row's rules."""
+    import re
+
+    doc = (Path(__file__).parent.parent / "docs" / "rules.md").read_text()
+    table = doc.split("## Coverage", 1)[1].split("\n## ", 1)[0].split("<!--", 1)[0]
+    rows = [r for r in table.splitlines() if r.startswith("| T")]
+    assert len(rows) >= 20
+    rs = R.load_rules()
+    names = {r.name for r in rs}
+    for row in rows:
+        technique, _, rules = (c.strip() for c in row.strip("|").split(" | "))
+        listed = [n.strip() for n in rules.split(",")]
+        assert set(listed) <= names, (row, set(listed) - names)
+        tags = {t for n in listed for t in rs.get(n).tags}
+        ids = re.findall(r"T\d{4}(?:\.\d{3})?", technique)
+        assert ids and set(ids) <= tags, (technique, set(ids) - tags)

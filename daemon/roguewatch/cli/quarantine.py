@@ -1,5 +1,9 @@
 """`roguewatch quarantine list|show ID|release ID`: the operator's view of the quarantine.
 
+Every quarantine on the host: roguewatchd's (``/var/lib/roguewatch/quarantine``) and those of
+the private collectors of `roguewatch run` (``/var/lib/roguewatch/private/*/quarantine``,
+kept after the run ends). ``release`` (alias ``restore``) is the operator's deliberate undo.
+
 Owns the command line only; the quarantine itself (where the agent's versions of restored files
 are kept, with a JSON sidecar saying who changed what and which rule restored it) is
 ``roguewatch.respond.baseline``'s.
@@ -14,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+from roguewatch.core.paths import PRIVATE_STATE
 from roguewatch.respond.baseline import STATE_DIR, BaselineError, Baselines
 
 PREVIEW_BYTES = 4096
@@ -31,7 +36,8 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     q.add_argument("id")
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_show)
-    q = qs.add_parser("release", help="put the agent's version back and make it the new baseline")
+    q = qs.add_parser("release", aliases=["restore"],
+                      help="put the agent's version back and make it the new baseline")  # fmt: skip
     q.add_argument("id")
     q.set_defaults(fn=cmd_release)
 
@@ -42,15 +48,42 @@ def _usage(p: argparse.ArgumentParser) -> int:
 
 
 def _open(args: argparse.Namespace) -> Baselines | None:
+    stores = _stores(args)
+    return stores[0] if stores else None
+
+
+def _stores(args: argparse.Namespace) -> list[Baselines]:
+    """The service's store, then every private collector's that holds a quarantine."""
     if os.geteuid() != 0:
         print("roguewatch: needs root (the state directory is root-only): use sudo",
               file=sys.stderr)  # fmt: skip
-        return None
+        return []
     try:
-        return Baselines(args.state_dir)
+        out = [Baselines(args.state_dir)]
     except (OSError, BaselineError, ValueError) as exc:
         print(f"roguewatch: cannot open {args.state_dir}: {exc}", file=sys.stderr)
-        return None
+        return []
+    private = os.path.join(args.state_dir, os.path.relpath(PRIVATE_STATE, STATE_DIR))
+    try:
+        names = sorted(os.listdir(private))
+    except OSError:
+        names = []
+    for n in names:
+        d = os.path.join(private, n)
+        q = os.path.join(d, "quarantine")
+        if os.path.isdir(q) and not os.path.islink(d) and os.listdir(q):
+            try:
+                out.append(Baselines(d))
+            except (OSError, BaselineError, ValueError):
+                continue
+    return out
+
+
+def _find(args: argparse.Namespace, qid: str) -> Baselines | None:
+    for b in _stores(args):
+        if os.path.isfile(os.path.join(b.quarantine_dir, qid, "meta.json")):
+            return b
+    return None
 
 
 def _when(ns: int) -> str:
@@ -65,10 +98,11 @@ def _who(w: dict[str, Any]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    b = _open(args)
-    if b is None:
+    stores = _stores(args)
+    if not stores:
         return 1
-    entries = b.quarantine_list()
+    entries = sorted((e for b in stores for e in b.quarantine_list()),
+                     key=lambda e: (e.get("ts", 0), e.get("id", "")))  # fmt: skip
     if args.json:
         for e in entries:
             print(json.dumps(e, sort_keys=True))
@@ -76,16 +110,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not entries:
         print("quarantine is empty")
         return 0
-    print(f"{'ID':<26} {'WHEN':<19} {'STATE':<9} {'PATH':<40} WHO")
+    print(f"{'ID':<26} {'WHEN':<19} {'STATE':<8} {'SESSION':<16} {'RULE':<34} {'PATH':<40} WHO")
     for e in entries:
         state = "released" if e.get("released") else "held"
-        print(f"{e['id']:<26} {_when(e.get('ts', 0)):<19} {state:<9} {e.get('path', ''):<40} "
-              f"{_who(e.get('who') or {})}")  # fmt: skip
+        who = dict(e.get("who") or {})
+        session, rule = str(who.pop("session", "") or "-"), str(who.pop("rule", "") or "-")
+        for k in ("started_ns", "source", "mode"):
+            who.pop(k, None)
+        print(f"{e['id']:<26} {_when(e.get('ts', 0)):<19} {state:<8} {session:<16} {rule:<34} "
+              f"{e.get('path', ''):<40} {_who(who)}")  # fmt: skip
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    b = _open(args)
+    b = _find(args, args.id) or _open(args)
     if b is None:
         return 1
     try:
@@ -143,7 +181,7 @@ def _as_roguewatch() -> None:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    b = _open(args)
+    b = _find(args, args.id) or _open(args)
     if b is None:
         return 1
     _as_roguewatch()

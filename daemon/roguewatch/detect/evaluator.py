@@ -15,6 +15,8 @@ runs only the rules whose gate the event's values pass (``roguewatch.detect.pref
 from __future__ import annotations
 
 import base64
+import errno
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +28,7 @@ from roguewatch.core.timefmt import rfc3339
 from roguewatch.detect.fields import Policy, is_protected
 from roguewatch.detect.proctable import _NO_SESSION, ProcessTable
 from roguewatch.detect.ruleset import Rule, RuleSet
+from roguewatch.detect.ruleset.model import SEVERITIES
 from roguewatch.policy import egress
 from roguewatch.policy.hostnames import HostRefresher
 from roguewatch.policy.policy import StaticPolicy
@@ -52,7 +55,7 @@ class Enforcement(Protocol):
 
     killed: int  # processes ended so far
 
-    def act(self, action: str, ev: dict) -> str: ...
+    def act(self, action: str, ev: dict, rule: str = "") -> str: ...
 
     def start_session(self, sid: int, root: int, name: str, cgroup: str, mode: str) -> None: ...
 
@@ -84,6 +87,34 @@ _COMMON = {f.name for f in ev_types.COMMON_FIELDS} - {"type", "ret", "flags", "t
 def event_summary(ev: dict) -> dict:
     """The triggering event for the alert: its type and own fields, JSON-ready."""
     return {k: _jsonable(v) for k, v in ev.items() if k not in _COMMON}
+
+
+# Changes to a file whose syscall can fail (EACCES, EPERM, EROFS...): a failed one changed
+# nothing, and is an attempt.
+_FILE_CHANGE_TYPES = frozenset(
+    ("open", "rename", "link", "symlink", "truncate", "unlink", "chmod", "chown", "utimes")
+)
+
+
+def failed_attempt(ev: dict) -> int:
+    """The errno of a file change that failed (an unprivileged agent's open-for-write of
+    /etc/cron.d/x: EACCES), else 0."""
+    ret = ev.get("ret")
+    if ev.get("type") in _FILE_CHANGE_TYPES and isinstance(ret, int) and ret < 0:
+        return -ret
+    return 0
+
+
+def attempt_outcome(err: int) -> str:
+    name = errno.errorcode.get(err, str(err))
+    return f"attempt failed ({name}: {os.strerror(err).lower()}): nothing changed"
+
+
+def lower_severity(severity: str) -> str:
+    """One step lower, never below low: a failed attempt is less than a change, still more
+    than nothing."""
+    i = SEVERITIES.index(severity) if severity in SEVERITIES else 0
+    return SEVERITIES[i - 1] if i > 1 else severity
 
 
 def _dedup_key(rule: Rule, ev: dict) -> tuple:
@@ -321,7 +352,10 @@ class Evaluator:
 
     def _fire(self, rule: Rule, ev: dict) -> None:
         now = self.clock()
-        suppressible = rule.action not in KILL_ACTIONS and not rule.restore
+        failed = failed_attempt(ev)
+        # A failed attempt is alerted, never acted on: it changed nothing (and a loop of them
+        # folds into one alert with a count).
+        suppressible = failed or (rule.action not in KILL_ACTIONS and not rule.restore)
         key = _dedup_key(rule, ev)
         if suppressible:
             seen = self._seen.get(key)
@@ -330,7 +364,11 @@ class Evaluator:
                 self.suppressed += 1
                 return
         alert = self.build(rule, ev)
-        self._enforce(alert, rule, ev)
+        if failed:
+            alert["severity"] = lower_severity(rule.severity)
+            alert["action"], alert["outcome"] = "alert", attempt_outcome(failed)
+        else:
+            self._enforce(alert, rule, ev)
         self._publish(alert)
         if suppressible:
             self._seen[key] = _Seen(alert, now)
@@ -343,7 +381,7 @@ class Evaluator:
         if self.enforcer is None:
             return
         before = self.enforcer.killed
-        outcome = self.enforcer.act(rule.action, ev)
+        outcome = self.enforcer.act(rule.action, ev, rule.name)
         self.actions[rule.action] = self.actions.get(rule.action, 0) + 1
         killed = self.enforcer.killed - before
         if "killed" in flags:
@@ -352,7 +390,7 @@ class Evaluator:
         if rule.restore and rule.action != "restore" and (ev.get("path") or ev.get("source")):
             # The effect undone too, not only its writer: the file back to its baseline (a
             # new one quarantined). The restore's own kill finds the writer gone or kills it.
-            restored = self.enforcer.act("restore", ev)
+            restored = self.enforcer.act("restore", ev, rule.name)
             if restored != outcome:
                 outcome = f"{outcome}; {restored}"
             killed = self.enforcer.killed - before or killed

@@ -428,6 +428,45 @@ def _args(e: dict, ctx: Any) -> str | None:
     return parts[1] if len(parts) > 1 else ""
 
 
+# systemd unit types: a unit is named ``NAME[@INSTANCE].TYPE``; its drop-ins live in
+# ``NAME.TYPE.d/`` and its enablement links in ``*.wants/`` and ``*.requires/``.
+_UNIT_SUFFIX = re.compile(
+    r"(@[^/]*)?\.(service|socket|timer|path|mount|automount|target|slice|scope|swap|device)$"
+)
+
+
+def unit_stem(word: str) -> str | None:
+    """``auditd`` for ``auditd.service``, ``getty`` for ``getty@tty1.service``; None when
+    ``word`` is no unit name."""
+    m = _UNIT_SUFFIX.search(word)
+    return word[: m.start()] if m and m.start() > 0 else None
+
+
+def _unit_of_path(p: str) -> str | None:
+    """The unit a path under a unit directory configures: the file's own name
+    (``/etc/systemd/system/auditd.service``, a ``*.wants/`` link) or its drop-in
+    directory's (``/etc/systemd/system/auditd.service.d/override.conf``)."""
+    c = _cleaned(p)
+    stem = unit_stem(_base_of(c))
+    if stem is None:
+        d = _base_of(_dir_of(c))
+        if d.endswith(".d"):
+            stem = unit_stem(d[:-2])
+    return stem
+
+
+def _argv_units(e: dict, ctx: Any) -> list[str] | None:
+    """The arguments after argv[0], each with a unit suffix (``.service``...) removed."""
+    argv = _own_argv(e, ctx)
+    if argv is None:
+        return None
+    return [unit_stem(a) or a for a in argv[1:]]
+
+
+def _sets_id(mode: int) -> bool:
+    return bool(mode & 0o6000)
+
+
 def _argv0_differs(e: dict, ctx: Any) -> bool | None:
     argv, filename = _own_argv(e, ctx), e.get("filename") or e.get("exe")
     if not argv or filename is None:
@@ -633,6 +672,13 @@ _add(
     _argv0_differs,
 )
 _add("proc.args", "str", "the arguments after argv[0], joined by spaces", _args)
+_add(
+    "proc.argv_units",
+    "list[str]",
+    "the arguments after argv[0] with a systemd unit suffix removed (`auditd.service`, "
+    "`auditd`, `getty@tty1.service`: `auditd`, `auditd`, `getty`)",
+    _argv_units,
+)
 _add("proc.cwd", "str", "working directory (at exec)", _own("cwd"))
 _add("proc.exec_id", "str", "stable process identity (`pid-start`)", key="exec_id")
 _add("proc.pexec_id", "str", "exec id of the parent", key="pexec_id")
@@ -755,6 +801,23 @@ _add_derived(
     "`O_APPEND`, `O_TMPFILE`",
     "open_flags",
     lambda v: _flag_names(v, OPEN_FLAGS),
+)
+
+_add_derived(
+    "fd.unit",
+    "str",
+    "the systemd unit a path configures, without its suffix: `auditd` for "
+    "`/etc/systemd/system/auditd.service`, its drop-ins (`auditd.service.d/x.conf`) and its "
+    "`*.wants/` links; absent for other paths",
+    "path",
+    _unit_of_path,
+)
+_add_derived(
+    "fd.sets_id",
+    "bool",
+    "the mode a chmod sets, or a creating open gives, has the setuid or setgid bit",
+    "mode",
+    _sets_id,
 )
 
 # fd: sockets

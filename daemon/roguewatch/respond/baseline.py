@@ -14,6 +14,10 @@ This module owns the root-only state directory's ``baseline/`` and ``quarantine/
   directory, or removes a file that did not exist.
 - ``quarantine_list/show/release``: the operator's view; release puts the agent's version back
   and makes it the new baseline.
+- For a path with no baseline: ``quarantine_path`` (the agent's version kept, and removed when
+  it is new), ``replace_content`` (a pristine copy from elsewhere: the package archive) and
+  ``clear_setid``; ``birth_ns`` says when a file was made (statx), so a caller can tell a file
+  the session made from one that was there before it.
 
 It does not decide *when* to restore (a rule's ``action: restore``, after the offending process
 is killed, and never in observe mode): that is the enforcer's business.
@@ -27,6 +31,7 @@ symlink quarantined, not ``/etc/shadow`` overwritten.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import json
@@ -60,6 +65,41 @@ class BaselineError(Exception):
 
 class UnsafePath(BaselineError):
     """A directory on the way to a path is a symlink (or not a directory): refused."""
+
+
+# statx(2): the birth time of a file (ext4, xfs, btrfs, tmpfs record it).
+_STATX_BTIME = 0x800
+_AT_SYMLINK_NOFOLLOW = 0x100
+_STATX_BTIME_OFF = 80  # struct statx: stx_btime after 64 bytes of fields and stx_atime
+
+
+_LIBC: list[Any] = []
+
+
+def _statx() -> Any:
+    if not _LIBC:
+        try:
+            _LIBC.append(ctypes.CDLL(None, use_errno=True).statx)
+        except (OSError, AttributeError):
+            _LIBC.append(None)
+    return _LIBC[0]
+
+
+def birth_ns(path: str) -> int | None:
+    """When ``path`` (never followed) was created, in ns since the epoch; None when the
+    filesystem or the C library cannot say."""
+    fn = _statx()
+    if fn is None:
+        return None
+    buf = ctypes.create_string_buffer(256)
+    if fn(-100, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, _STATX_BTIME, buf) != 0:
+        return None
+    mask = int.from_bytes(buf.raw[0:4], "little")
+    if not mask & _STATX_BTIME:
+        return None
+    sec = int.from_bytes(buf.raw[_STATX_BTIME_OFF : _STATX_BTIME_OFF + 8], "little", signed=True)
+    nsec = int.from_bytes(buf.raw[_STATX_BTIME_OFF + 8 : _STATX_BTIME_OFF + 12], "little")
+    return sec * 1_000_000_000 + nsec
 
 
 def _kind(mode: int) -> str:
@@ -560,6 +600,72 @@ class Baselines:
             else:
                 self._settle()
             return done
+
+    # -- paths with no baseline ---------------------------------------------------------------
+
+    def quarantine_path(self, path: str, who: dict[str, Any], *, remove: bool) -> str | None:
+        """Keep the current version of ``path`` (never followed) in a new quarantine entry, and
+        remove it when ``remove``; the entry's id, or None when there is nothing there."""
+        key = os.path.abspath(path)
+        parent, name = os.path.split(key)
+        with self._lock:
+            try:
+                pfd = open_dir_nofollow(parent)
+            except (OSError, UnsafePath):
+                return None
+            try:
+                if _lstat_at(pfd, name) is None:
+                    return None
+                return self._quarantine(pfd, key, name, who, remove=remove)
+            finally:
+                os.close(pfd)
+                self._settle()
+
+    def replace_content(
+        self, path: str, content: bytes, mode: int, who: dict[str, Any]
+    ) -> str:  # fmt: skip
+        """Put ``content`` (a pristine copy) at ``path`` with ``mode`` and its current owner,
+        the agent's version quarantined first; the quarantine id."""
+        key = os.path.abspath(path)
+        parent, name = os.path.split(key)
+        with self._lock:
+            pfd = open_dir_nofollow(parent)
+            try:
+                st = _lstat_at(pfd, name)
+                uid, gid = (st.st_uid, st.st_gid) if st is not None else (0, 0)
+                qid = self._quarantine(pfd, key, name, who, remove=False) if st else ""
+                self._put_file(pfd, key, name, content, {"uid": uid, "gid": gid, "mode": mode})
+                return qid
+            finally:
+                os.close(pfd)
+                self._settle()
+
+    def clear_setid(self, path: str) -> int | None:
+        """Remove the setuid and setgid bits of regular file ``path`` (never followed); the
+        new mode, or None when it is no regular file with one of them."""
+        key = os.path.abspath(path)
+        parent, name = os.path.split(key)
+        with self._lock:
+            try:
+                pfd = open_dir_nofollow(parent)
+            except (OSError, UnsafePath):
+                return None
+            try:
+                st = _lstat_at(pfd, name)
+                if st is None or not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o6000:
+                    return None
+                mode = stat.S_IMODE(st.st_mode) & ~0o6000
+                self._quiet(key)
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=pfd)  # fmt: skip
+                try:
+                    os.fchmod(fd, mode)
+                finally:
+                    os.close(fd)
+                return mode
+            finally:
+                os.close(pfd)
+                self._settle()
 
     def _tmp_name(self, name: str) -> str:
         return f".{name[:64]}.rw-{secrets.token_hex(4)}"

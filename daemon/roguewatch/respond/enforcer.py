@@ -131,8 +131,8 @@ class Enforcer:
     def _in_session(self, pid: int, sid: int) -> bool:
         return self.table.in_session(pid, sid) is not False  # unknown: the kernel said so
 
-    def act(self, action: str, ev: dict) -> str:
-        """Do ``action`` for the event; the outcome, in words, for the alert."""
+    def act(self, action: str, ev: dict, rule: str = "") -> str:
+        """Do ``action`` for the event (for ``rule``); the outcome, in words, for the alert."""
         if action == "alert":
             return "alert"
         sid = ev.get("session", 0)
@@ -140,7 +140,7 @@ class Enforcer:
         if info is not None and info.mode == "observe":
             return OBSERVE
         if action == "restore":
-            return self.restore(ev, info)
+            return self.restore(ev, info, rule)
         if sid == 0:
             return "not enforced: the process is in no session"
         if info is not None:
@@ -167,7 +167,7 @@ class Enforcer:
             return self.freeze(sid)
         return f"not enforced: unknown action {action!r}"
 
-    def restore(self, ev: dict, info: SessionInfo | None) -> str:
+    def restore(self, ev: dict, info: SessionInfo | None, rule: str = "") -> str:
         """Kill the writer first and let it be gone (it cannot race the restore), then put
         the file back."""
         sid, pid, path = ev.get("session", 0), ev.get("pid", 0), ev.get("path", "")
@@ -180,7 +180,8 @@ class Enforcer:
         if self.restorer is None:
             return "; ".join([*parts, "not restored: no restorer (watchers off)"])
         who = {"session": f"{sid:x}", "pid": pid, "exe": ev.get("exe", ""),
-               "comm": ev.get("comm", ""), "event": ev.get("type", "")}  # fmt: skip
+               "comm": ev.get("comm", ""), "event": ev.get("type", ""), "rule": rule,
+               "source": ev.get("source", "") or "", "mode": ev.get("mode", 0) or 0}  # fmt: skip
         parts.append(self.restorer(path, who))
         return "; ".join(parts)
 

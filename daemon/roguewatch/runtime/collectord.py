@@ -36,6 +36,18 @@ def watch_paths(cfg: config_mod.Config, extra: list[str] | None = None) -> list[
     )
 
 
+def workspace_files(cfg: config_mod.Config) -> list[str]:
+    """Files a session's working directory may hold that rules name by glob (an agent's own
+    permission configuration: ``*/.claude/settings.json`` is ``.claude/settings.json``)."""
+    lists = ruleset.lists_only(d for d in cfg.rules_dirs if os.path.isdir(d))
+    out = []
+    for item in lists.get("agent_permission_globs", ()):
+        rel = str(item)
+        if rel.startswith("*/") and not any(c in rel[2:] for c in "*?["):
+            out.append(rel[2:])
+    return out
+
+
 def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
     """A collector with its filesystem sensor (when ``cfg.watch_files``), started.
 
@@ -60,7 +72,8 @@ def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
 
     files = None
     if cfg.watch_files:
-        files = FileGuard(cfg, watch_paths(cfg), on_change, is_own)
+        files = FileGuard(cfg, watch_paths(cfg), on_change, is_own,
+                          workspace_files=workspace_files(cfg))  # fmt: skip
         files.start(keep_baselines=not previous.clean)
     try:
         col = Collector(cfg, max_procs=max_procs, files=files, fs_queue=queue, previous=previous)

@@ -8,11 +8,20 @@ kernel gives them (``sensors.fanotify``), the baselines of those paths and their
 
 The snapshot of the baselines runs beside the loop from the start (it takes a while: every
 watched file is read; bench/README.md): a session waits for it (``snapshot_done``), start-up
-does not.
+does not. When a session starts, the files near it that it could turn into start-up hooks are
+baselined too (``session_start``): the agent permission files of its working directory and
+the Python start-up hooks of every interpreter's site directories.
+
+A restore of a path with no baseline (``restore``) still ends the effect where it can: a file
+made during the session (its birth time says so) is quarantined and removed; a packaged file
+that was changed is put back from the package archive (``respond.packages``); a setuid or
+setgid bit set on an unpackaged file is cleared. Otherwise the agent's version is copied to
+quarantine and the outcome says why it could not be restored.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import threading
@@ -22,11 +31,24 @@ from typing import Any
 from roguewatch.core import paths as rw_paths
 from roguewatch.core.fspath import canonical
 from roguewatch.policy.config import Config
-from roguewatch.respond import baseline, mounts
+from roguewatch.respond import baseline, mounts, packages
 from roguewatch.sensors import fanotify, watchers
 from roguewatch.stream import bus
 
 log = logging.getLogger("roguewatch.fileguard")
+
+# A file born this long before its session started is still the session's: the birth time
+# comes from the kernel's coarse clock, a session's start from the collector's.
+BIRTH_SLACK_NS = 50_000_000
+# Where interpreters keep their start-up hooks (*.pth, sitecustomize.py, usercustomize.py):
+# each interpreter's lib/pythonX.Y and its site directories; `~/` is every home.
+PYTHON_LIB_GLOBS = (
+    "/usr/lib/python3*", "/usr/local/lib/python3*", "/opt/*/lib/python3*",
+    "/opt/*/*/lib/python3*", "~/.local/lib/python3*", "~/.pyenv/versions/*/lib/python3*",
+    "~/miniconda3/lib/python3*", "~/anaconda3/lib/python3*", "/etc/python3*",
+)  # fmt: skip
+PYTHON_HOOK_NAMES = ("sitecustomize.py", "usercustomize.py")
+MAX_HOOK_FILES = 2000
 
 
 class FileGuard:
@@ -41,8 +63,13 @@ class FileGuard:
         paths: Iterable[str],
         on_event: Callable[[dict], None],
         is_own: Callable[[int], bool],
+        workspace_files: Iterable[str] = (),
+        homes: Iterable[str] = (),
     ) -> None:
         self.cfg = cfg
+        # Relative to a session's working directory: baselined as the session starts.
+        self.workspace_files = [w.lstrip("/") for w in workspace_files if w.strip("/")]
+        self.homes = list(homes) or watchers.home_dirs()
         self.snapshot_done = threading.Event()
         # Not our own state (baselines, quarantine: thousands of files that we write): the
         # probes still see an agent that touches it.
@@ -165,16 +192,74 @@ class FileGuard:
         outcome = mounts.undo(pid, m) if undo else "left mounted (observe mode)"
         return point, f"{what}: {outcome}"
 
+    def session_start(self, cwd: str) -> int:
+        """Baseline what a session starting in ``cwd`` could turn into a hook and that no
+        watched list names: its workspace's agent permission files (absent ones too: a new
+        one is then removed) and every interpreter's Python start-up hooks. The number of
+        paths recorded."""
+        paths: list[str] = []
+        if cwd.startswith("/"):
+            paths += [os.path.normpath(os.path.join(cwd, w)) for w in self.workspace_files]
+        paths += python_hook_files(self.homes)
+        try:
+            return self.baselines.snapshot(dict.fromkeys(paths))
+        except (OSError, baseline.BaselineError) as exc:
+            log.warning("session baselines near %s: %s", cwd, exc)
+            return 0
+
     def restore(self, path: str, who: dict[str, Any]) -> str:
+        started = int(who.get("started_ns") or 0)
         outcome = self.baselines.restore(path, who)
-        if outcome.startswith("not baselined"):
-            # A new file in a watched directory: the directory's baseline removes it.
-            parent = os.path.dirname(path)
-            while parent not in ("/", "") and self.baselines.baseline(parent) is None:
-                parent = os.path.dirname(parent)
-            if parent not in ("/", ""):
-                outcome = self.baselines.restore(parent, who)
-        return outcome
+        if outcome.startswith("no baseline copy"):
+            # Too large to copy at baseline, so only quarantined: the package may have it.
+            return self._from_package(path, who) or outcome
+        if not outcome.startswith("not baselined"):
+            return outcome
+        # A new file in a watched directory: the directory's baseline removes it.
+        parent = os.path.dirname(path)
+        while parent not in ("/", "") and self.baselines.baseline(parent) is None:
+            parent = os.path.dirname(parent)
+        if parent not in ("/", ""):
+            return self.baselines.restore(parent, who)
+        try:
+            return self._unbaselined(path, who, started)
+        except (OSError, baseline.BaselineError) as exc:
+            return f"not restored: no baseline, and {exc}"
+
+    def _from_package(
+        self, path: str, who: dict[str, Any], pkg: packages.Packaged | None = None
+    ) -> str | None:
+        return restore_from_package(self.baselines, path, who, pkg)
+
+    def _unbaselined(self, path: str, who: dict[str, Any], started: int) -> str:
+        """A path no baseline covers: undo what can be told apart from what was there."""
+        if not os.path.lexists(path):
+            if who.get("event") == "unlink":
+                return self._from_package(path, who) or (
+                    "not restored: deleted, and there was no baseline copy to put back"
+                )
+            return "not restored: no baseline, and nothing is at the path now"
+        born = baseline.birth_ns(path)
+        if born is not None and started and born >= started - BIRTH_SLACK_NS:
+            qid = self.baselines.quarantine_path(path, who, remove=True)
+            return (f"removed (made during the session, no baseline); agent's version "
+                    f"quarantined as {qid}")  # fmt: skip
+        pkg = packages.owner(os.path.realpath(path)) or packages.owner(path)
+        if pkg is not None:
+            done = self._from_package(path, who, pkg)
+            if done:
+                return done
+        if who.get("event") in ("chmod", "open") and int(who.get("mode") or 0) & 0o6000:
+            if pkg is None:
+                mode = self.baselines.clear_setid(path)
+                if mode is not None:
+                    return f"setuid/setgid bits cleared (now {mode:04o}; no baseline of its mode)"
+            else:
+                return (f"not restored: a file of package {pkg.name}, whose packaged mode is "
+                        "not known here (dpkg --verify, or reinstall it)")  # fmt: skip
+        qid = self.baselines.quarantine_path(path, who, remove=False)
+        return (f"not restored: it existed before the session and has no baseline; agent's "
+                f"version quarantined as {qid} (copy)")  # fmt: skip
 
     def install(self, path: str, content: bytes | None) -> str:
         """The monitor's own write of a watched file, made its new baseline (no event)."""
@@ -185,3 +270,57 @@ class FileGuard:
 
     def close(self) -> None:
         self.watcher.stop()
+
+
+def restore_from_package(
+    baselines: baseline.Baselines, path: str, who: dict[str, Any],
+    pkg: packages.Packaged | None = None,
+) -> str | None:  # fmt: skip
+    """A changed (or removed) packaged file put back from its package archive, the agent's
+    version quarantined; None when ``path`` is no changed file of a package."""
+    pkg = pkg or packages.owner(os.path.realpath(path)) or packages.owner(path)
+    if pkg is None or not pkg.md5 or packages.md5_of(path) == pkg.md5:
+        return None  # (missing: quarantined whole by the baseline's restore, put back here)
+    orig = packages.pristine(pkg, os.path.realpath(path)) or packages.pristine(pkg, path)
+    if orig is not None:
+        qid = baselines.replace_content(path, orig[0], orig[1], who)
+        kept = f"; agent's version quarantined as {qid}" if qid else ""
+        return f"restored from package {pkg.name} {pkg.version}{kept}"
+    qid = baselines.quarantine_path(path, who, remove=False) or "before"
+    return (f"not restored: a file of package {pkg.name} was changed and its archive is not "
+            f"in apt's cache (apt-get install --reinstall {pkg.name}); agent's version "
+            f"quarantined as {qid} (copy)")  # fmt: skip
+
+
+def python_hook_files(homes: Iterable[str]) -> list[str]:
+    """Every Python start-up hook of the host's interpreters: the ``*.pth`` files of their
+    site directories, and ``sitecustomize.py``/``usercustomize.py`` there and in each
+    ``lib/pythonX.Y`` (present or not: a new one is then removed). Virtual environments are
+    the session's own and are not among them."""
+    dirs: list[str] = []
+    for pattern in PYTHON_LIB_GLOBS:
+        expanded = (
+            [os.path.join(h, pattern[2:]) for h in homes] if pattern[:2] == "~/" else [pattern]
+        )
+        for pat in expanded:
+            for lib in glob.glob(pat):
+                if not os.path.isdir(lib) or os.path.islink(lib):
+                    continue
+                dirs.append(lib)
+                dirs += [d for d in (f"{lib}/site-packages", f"{lib}/dist-packages")
+                         if os.path.isdir(d)]  # fmt: skip
+    out: dict[str, None] = {}
+    for d in dict.fromkeys(dirs):
+        for n in PYTHON_HOOK_NAMES:
+            out.setdefault(os.path.join(d, n), None)
+        if d.endswith(("-packages",)) or os.path.basename(d).startswith("python"):
+            try:
+                names = os.listdir(d)
+            except OSError:
+                continue
+            for n in names:
+                if n.endswith(".pth"):
+                    out.setdefault(os.path.join(d, n), None)
+        if len(out) > MAX_HOOK_FILES:
+            break
+    return list(out)[:MAX_HOOK_FILES]

@@ -121,6 +121,8 @@ class FileSensor(Protocol):
 
     def protect(self, paths: list[str]) -> None: ...
 
+    def session_start(self, cwd: str) -> int: ...
+
     def restore(self, path: str, who: dict) -> str: ...
 
     def limits(self) -> dict: ...
@@ -588,7 +590,11 @@ class Collector:
             ident = self._identity(key, i)
         else:
             ident = self._idents.get(key) or self._identity(key, _IDENT.unpack(key))
-            if t in _STATEFUL or "_path" in ev or (t == _KILL and ev["call"] == _PIDFD):
+            if (
+                t in _STATEFUL
+                or "_path" in ev
+                or (t == _KILL and (ev["call"] == _PIDFD or (not ev["target_comm"] and ev["sig"])))
+            ):
                 self.cache.after(ev, ident["pid"])
                 if t == _EXIT:
                     self._idents.pop(key, None)
@@ -862,7 +868,15 @@ class Collector:
     def _restore(self, req: dict, peer: Peer | None = None) -> dict:
         if self.files is None:
             return {"ok": True, "outcome": "not restored: the filesystem watchers are off"}
-        return {"ok": True, "outcome": self.files.restore(str(req["path"]), req.get("who") or {})}
+        who = dict(req.get("who") or {})
+        try:
+            info = self.sessions.get(int(str(who.get("session") or "0"), 16))
+        except ValueError:
+            info = None
+        if info is not None and info.get("started"):
+            # A file born after this was made by the session (a restore with no baseline).
+            who["started_ns"] = int(info["started"] * 1e9)
+        return {"ok": True, "outcome": self.files.restore(str(req["path"]), who)}
 
     def _refused_call(self, req: dict, peer: Peer | None = None) -> dict:
         """A call the agent's seccomp filter refused (EPERM), as the `refused` event the
@@ -950,6 +964,9 @@ class Collector:
         protect = list((req.get("policy") or {}).get("protect", []))
         if protect and self.files is not None:
             self.files.protect(protect)  # the session's protected files: both sensors
+        if self.files is not None:
+            # What it could turn into a hook near where it works: baselined before it runs.
+            self.files.session_start(procfs.readlink(pid, "cwd") or "")
         self.sessions[session] = {
             "root": pid, "root_start": start, "cgroup": req.get("cgroup", ""), "fd": None,
             "name": req.get("name", ""), "mode": mode, "started": time.time(),

@@ -104,6 +104,10 @@ class ProcessCache:
             resolved = ev["target_tid"]
             ev["target"] = resolved if resolved > 0 else self._pidfd_target(pid, ev["target"])
             ev["target_tid"] = 0
+        if not ev.get("target_comm") and ev["target"] > 0 and ev["sig"]:
+            # Not generated (refused: EPERM, or the signal went nowhere): the target, alive
+            # still if it was refused, by its comm now.
+            ev["target_comm"] = procfs.comm(ev["target"]) or ""
 
     def after(self, ev: dict, pid: int) -> None:
         """State kept across events, and absolute paths."""

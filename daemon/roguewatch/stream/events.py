@@ -231,7 +231,21 @@ EVENT_TYPES: tuple[EventType, ...] = (
         (_PATH, Field("length", "int", "new length")),
         "truncate, ftruncate",
     ),
-    EventType("utimes", "timestamp change", (_PATH,), "utimensat, utimes, futimesat"),
+    EventType(
+        "utimes",
+        "timestamp change",
+        (
+            _PATH,
+            Field("given", "bool", "a time was given (touch -d, a copy's times kept), not now"),
+            Field(
+                "time",
+                "int",
+                "the time given, seconds since the epoch (the mtime's, else "
+                "the atime's; 0 when none was)",
+            ),
+        ),
+        "utimensat, utimes, futimesat",
+    ),
     EventType(
         "kill",
         "a signal sent; with `guard` in flags, a user signal that reached a roguewatch process",
@@ -240,6 +254,12 @@ EVENT_TYPES: tuple[EventType, ...] = (
             Field("target_tid", "int", "target thread for tgkill/tkill"),
             Field("sig", "int", "signal number"),
             Field("call", "str", "`kill`, `tkill`, `tgkill`, `pidfd_send_signal` or `generate`"),
+            Field(
+                "target_comm",
+                "str",
+                "the target's comm when the signal was generated (in the "
+                "kernel, while it existed; empty when none was: a failed or signal-0 kill)",
+            ),
         ),
         "kill, tkill, tgkill, pidfd_send_signal; signal:signal_generate for guard events",
     ),

@@ -7,6 +7,7 @@ case's context, and running a case against a rule set.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.abc import Traversable
@@ -79,12 +80,31 @@ def _view(spec: Mapping[str, Any]) -> F.StaticProcessView:
     )
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with the 1.2 spellings of octal and hexadecimal integers (``0o644``, ``0x20``),
+    as the rules' values allow: PyYAML's 1.1 resolver would read ``0o1101`` as a string, and
+    a flag test on a string matches nothing (a fixture that could not fail)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?0[oO][0-7_]+$"), list("-+0")
+)
+_Loader.add_constructor(
+    "tag:yaml.org,2002:int",
+    lambda loader, node: (
+        int(v.replace("_", ""), 8 if v.lstrip("+-")[1:2] in "oO" else 0)
+        if (v := loader.construct_scalar(node)).lstrip("+-")[:2].lower() == "0o"
+        else yaml.SafeLoader.construct_yaml_int(loader, node)
+    ),
+)
+
+
 def load_fixtures(path: RuleFile) -> list[FixtureCase]:
     """Cases of a fixture file (format in docs/rules.md)."""
     name, text = read_source(path)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text) or {}
+        root = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader) or {}
     except yaml.YAMLError as e:
         line, column, detail = yamlfile.position(e)
         raise RuleError(f"expected valid YAML: {detail}", name, line, column) from None
