@@ -31,6 +31,7 @@ examples:
 COMMANDS = {
     "run": "run",
     "sessions": "sessions", "kill": "sessions", "thaw": "sessions",
+    "drill": "drill",
     "tail": "tail",
     "events": "events",
     "record": "record",

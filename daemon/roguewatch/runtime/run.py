@@ -142,6 +142,7 @@ class Summary:
     survivors_found: list[int] = field(default_factory=list)
     survivors_left: int = 0
     swept: int = 0
+    drill: str = ""  # the shutdown drill's record in one line (`--drill-after`)
 
     def text(self, mode: str, status: int) -> str:
         by_cat = Counter(a["category"] for a in self.alerts)
@@ -154,6 +155,7 @@ class Summary:
             f"Alerts: {len(self.alerts)} ({cats}). Actions: {acts}. "
             f"Processes killed: {killed}. Still alive when the agent's root exited: "
             f"{len(self.survivors_found)}; survivors now: {self.survivors_left}."
+            + (f" Drill: {self.drill}." if self.drill else "")
         )
 
 
@@ -218,6 +220,7 @@ class Run:
         self.name = args.name or os.path.basename(self.command[0])
         self.session = 0  # drawn once the collector is on its way (its module is not light)
         self.summary = Summary()
+        self._root_status: int | None = None  # the agent's root's wait status, once it exited
         self.alert_file = open(args.alerts, "a") if args.alerts else None  # noqa: SIM115
         self.console: alerts.Console | None = None  # (made at the first alert: start-up)
 
@@ -373,13 +376,16 @@ class Run:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda s, _f: os.kill(pid, s))
             watcher.share_baselines()  # the agent runs: for the next run's start-up
+            after = getattr(self.args, "drill_after", None)
+            drill_at = None if after is None else time.monotonic() + after
             while True:
                 self._drain_alerts(sub, 100)
-                done, st = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    status = launcher.exit_status(st)
+                if self._poll_root(pid):
+                    status = launcher.exit_status(self._root_status)
                     break
-                self._reap()
+                if drill_at is not None and time.monotonic() >= drill_at:
+                    drill_at = None
+                    self._drill(watcher, cg, pid, sub)
             self._end(control, cg, sub, pid)
         finally:
             if refusals is not None:
@@ -404,6 +410,40 @@ class Run:
                 self.alert_file.close()
         print(self.summary.text(self.mode, status), file=sys.stderr, flush=True)
         return status
+
+    def _poll_root(self, root: int) -> bool:
+        """Whether the agent's root has exited (its wait status kept), our other children
+        reaped meanwhile."""
+        if self._root_status is None:
+            done, st = os.waitpid(root, os.WNOHANG)
+            if done:
+                self._root_status = st
+        if self._root_status is None:
+            self._reap()
+        return self._root_status is not None
+
+    def _drill(self, watcher: launcher.Watcher, cg: cgroups.SessionCgroup, root: int,
+               sub: zmq.Socket) -> None:  # fmt: skip
+        """`--drill-after`: a shutdown drill now (respond/drill.py), our loop's work (alerts,
+        the root's wait status) done while it watches."""
+        from roguewatch.respond import drill
+
+        entry = {"session": f"{self.session:x}", "name": self.name, "root": root,
+                 "cgroup": cg.path}  # fmt: skip
+        try:
+            record, _ = drill.drill_session(
+                watcher.control, entry, events=watcher.events,
+                deadline=getattr(self.args, "drill_deadline", 10.0),
+                shutdown=list(self.policy.shutdown), protect=self.policy.protect,
+                tick=lambda: (self._drain_alerts(sub, 0), self._poll_root(root)),
+                monitor_pids=[os.getpid()],
+            )  # fmt: skip
+        except (drill.DrillError, cgroups.CgroupError) as exc:
+            self.summary.drill = f"the drill could not be carried out: {exc}"
+            return
+        from roguewatch.outputs.render import printable
+
+        self.summary.drill = printable(record.summary())
 
     def _reap(self) -> None:
         """As subreaper we inherit the agent's orphans: collect their exit statuses."""
