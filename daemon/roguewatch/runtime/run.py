@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from roguewatch.outputs import alerts
     from roguewatch.respond import cgroups, landlock, seccomp
+    from roguewatch.stream import sessionstore
 
 # Start-up time to the agent's exec is a bar (bench/README.md), and its longest part is the
 # private collector's own start: run starts it first and imports the rest of what it needs
@@ -143,6 +144,7 @@ class Summary:
     survivors_left: int = 0
     swept: int = 0
     drill: str = ""  # the shutdown drill's record in one line (`--drill-after`)
+    record: str = ""  # the session whose record was kept (`roguewatch report SESSION`)
 
     def text(self, mode: str, status: int) -> str:
         by_cat = Counter(a["category"] for a in self.alerts)
@@ -156,6 +158,7 @@ class Summary:
             f"Processes killed: {killed}. Still alive when the agent's root exited: "
             f"{len(self.survivors_found)}; survivors now: {self.survivors_left}."
             + (f" Drill: {self.drill}." if self.drill else "")
+            + (f" Report: roguewatch report {self.record}." if self.record else "")
         )
 
 
@@ -221,6 +224,8 @@ class Run:
         self.session = 0  # drawn once the collector is on its way (its module is not light)
         self.summary = Summary()
         self._root_status: int | None = None  # the agent's root's wait status, once it exited
+        self.recorder: sessionstore.Recorder | None = None  # the session's kept record
+        self.record_alerts: alerts.AlertFile | None = None
         self.alert_file = open(args.alerts, "a") if args.alerts else None  # noqa: SIM115
         self.console: alerts.Console | None = None  # (made at the first alert: start-up)
 
@@ -255,6 +260,8 @@ class Run:
         from roguewatch.outputs import alerts
 
         self.summary.alerts.append(alert)
+        if self.record_alerts is not None:
+            self.record_alerts.send(alert)
         if self.alert_file is not None:
             self.alert_file.write(alerts.to_json(alert) + "\n")
             self.alert_file.flush()
@@ -364,6 +371,7 @@ class Run:
             theirs = None
             if refuse:
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self._keep_record(watcher)
             pid, _ = launcher.spawn_in_session(
                 self.command, register,
                 preexec=lambda: _child_setup(ruleset, self.user, refuse, theirs),
@@ -405,11 +413,33 @@ class Run:
                     pass
             if sub is not None:
                 sub.close(0)
+            self._close_record()
             monitor.close()
             if self.alert_file is not None:
                 self.alert_file.close()
         print(self.summary.text(self.mode, status), file=sys.stderr, flush=True)
         return status
+
+    def _keep_record(self, watcher: launcher.Watcher) -> None:
+        """The session's kept record (stream/sessionstore.py): its events and alerts, for
+        `roguewatch report SESSION` after it ended."""
+        from roguewatch.outputs import alerts
+        from roguewatch.stream import sessionstore
+
+        self.recorder = sessionstore.Recorder.start(watcher.events, self.session, self.command)
+        if self.recorder is not None:
+            try:
+                self.record_alerts = alerts.AlertFile(self.recorder.alerts_path, chained=True,
+                                                      max_bytes=1 << 40)  # fmt: skip
+            except OSError:
+                self.record_alerts = None
+
+    def _close_record(self) -> None:
+        if self.record_alerts is not None:
+            self.record_alerts.close()
+        if self.recorder is not None:
+            self.recorder.stop()
+            self.summary.record = f"{self.session:x}"
 
     def _poll_root(self, root: int) -> bool:
         """Whether the agent's root has exited (its wait status kept), our other children
