@@ -148,7 +148,7 @@ def read(path: str) -> tuple[dict, Iterator[dict]]:
 
 @dataclass
 class Integrity:
-    status: str  # intact, truncated, altered, unchained
+    status: str  # intact, truncated, altered, unchained, unverified (another key's)
     detail: str
     events: int = 0
     sealed: int = 0  # events covered by a good seal
@@ -176,7 +176,8 @@ def _verify(path: str, f: BinaryIO, unpacker: msgpack.Unpacker, header: dict,
         return Integrity("unchained", "a version 1 recording: it has no hash chain")
     key = key if key is not None else chain.load_key(create=False)
     stated_key = str((header.get("chain") or {}).get("key") or "")
-    if key is not None and stated_key and chain.key_id(key) != stated_key:
+    foreign = key is not None and chain.key_id(key) != stated_key
+    if foreign:
         key = None  # chained with another host's (or an older) key: digests only
     macs = True if key is not None and stated_key else None
     raw = open(path, "rb")  # noqa: SIM115 - closed below: the bytes each object was packed from
@@ -222,6 +223,11 @@ def _verify(path: str, f: BinaryIO, unpacker: msgpack.Unpacker, header: dict,
                     if rest:
                         return Integrity("altered", f"data after the final seal (byte {pos})",
                                          events, sealed, macs)  # fmt: skip
+                    if foreign:
+                        return Integrity("unverified", f"{events} events in {seq} seals, "
+                                         f"chained with another key ({stated_key or 'none'}), "
+                                         "not this monitor's: only the digests could be "
+                                         "checked", events, sealed, None)  # fmt: skip
                     how = "MACs checked" if macs else "digests checked (no key: MACs not)"
                     return Integrity("intact", f"{events} events in {seq} seals; {how}",
                                      events, sealed, macs)  # fmt: skip
