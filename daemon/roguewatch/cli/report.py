@@ -57,39 +57,43 @@ def build(path: str, alerts_file: str | None = None, rules_dirs: list[str] | Non
     from roguewatch.outputs.report import ReportBuilder
     from roguewatch.stream import recording, sessionstore
 
-    integrity = recording.verify(path)
-    header, events = recording.read(path)
+    reader = recording.Reader(path)  # one pass: the events, and the chain checked
+    header, events = reader.header, reader.events()
     builder = ReportBuilder(header, {"kind": "recording", "path": os.path.abspath(path)})
     sid = f"{int(header.get('session') or 0):x}"
     alerts_file = alerts_file or sessionstore.alerts_of(path)
+    found: list[dict] = []
     if alerts_file:
         log = alertchain.verify(alerts_file)
+        found = _read_alerts(alerts_file, sid)
+        add = builder.add
+        for ev in events:
+            add(ev)
+    else:
+        from roguewatch.cli import replay
+        from roguewatch.cli import rules as rules_cli
+        from roguewatch.policy.policy import StaticPolicy
+
+        rules = rules_cli.load(rules_dirs)
+
+        def tee():
+            for ev in events:
+                builder.add(ev)
+                yield ev
+
+        started = header.get("started")
+        replay.run(tee(), rules, StaticPolicy(), found.append,
+                   start_ns=started if isinstance(started, int) else 0)  # fmt: skip
+        for a in found:
+            if a.get("outcome") == "alert":
+                a["outcome"] = "found by replaying the rules over the recording"
+    assert reader.integrity is not None
+    integrity = reader.integrity.as_dict()
+    if alerts_file:
         integrity["alert_log"] = {"path": alerts_file, **log}
         if log["status"] != "intact" and integrity["status"] == "intact":
             integrity["status"] = log["status"]
             integrity["detail"] = f"the alert log {alerts_file}: {log['detail']}"
-        found = _read_alerts(alerts_file, sid)
-        for ev in events:
-            builder.add(ev)
-        return builder.finish(found, integrity)
-    from roguewatch.cli import replay
-    from roguewatch.cli import rules as rules_cli
-    from roguewatch.policy.policy import StaticPolicy
-
-    found: list[dict] = []
-    rules = rules_cli.load(rules_dirs)
-
-    def tee():
-        for ev in events:
-            builder.add(ev)
-            yield ev
-
-    started = header.get("started")
-    replay.run(tee(), rules, StaticPolicy(), found.append,
-               start_ns=started if isinstance(started, int) else 0)  # fmt: skip
-    for a in found:
-        if a.get("outcome") == "alert":
-            a["outcome"] = "found by replaying the rules over the recording"
     return builder.finish(found, integrity)
 
 

@@ -44,6 +44,11 @@ _NS_TYPES = frozenset({"unshare", "setns", "mount"})
 # Written by every program, never the agent leaving its workspace.
 _PSEUDO = ("/dev/null", "/dev/tty", "/dev/pts/", "/dev/stdout", "/dev/stderr", "/dev/shm/",
            "/proc/self/", "/dev/fd/")  # fmt: skip
+_TIMELINE_TYPES = _NET_TYPES | _NS_TYPES | {"kill", "ptrace", "cgroup_attach", "refused",
+                                            "tamper"}  # fmt: skip
+_SPECIAL = frozenset({"fork", "exec", "exit", "session", "monitor", "drill"})
+_MISS = object()
+_FAST_MAX = 200_000
 LANES = ("network", "files", "signals", "ptrace", "namespaces", "cgroups", "monitor")
 
 
@@ -164,6 +169,8 @@ class ReportBuilder:
         self.items_dropped = 0
         self.workspace: tuple[str, ...] = ()
         self._root_cwd = ""
+        self._inside_prefixes: tuple[str, ...] = ()
+        self._fast: dict[tuple, _Item | None] = {}
 
     # -- the one pass ----------------------------------------------------------------------------
 
@@ -178,15 +185,27 @@ class ReportBuilder:
         return n
 
     def add(self, ev: dict) -> None:
+        """One event (the report's one pass: keep the common case, a write inside the
+        workspace or an event the report only counts, a few dict operations)."""
         t = ev.get("type")
         self.events += 1
-        self.by_type[t] += 1
+        by_type = self.by_type
+        by_type[t] = by_type.get(t, 0) + 1
         ts = ev.get("ts") or 0
-        if ts:
-            if not self.first_ns or ts < self.first_ns:
-                self.first_ns = ts
-            if ts > self.last_ns:
-                self.last_ns = ts
+        if ts > self.last_ns:
+            self.last_ns = ts
+        if ts and (ts < self.first_ns or not self.first_ns):
+            self.first_ns = ts
+        if t in _WRITE_TYPES:
+            path = ev.get("path")
+            if (path and path.startswith(self._inside_prefixes) and not ev.get("source")
+                    and ev.get("pid") in self.nodes):  # fmt: skip
+                return  # written inside the workspace, by a process the tree has
+        elif t not in _SPECIAL and t not in _TIMELINE_TYPES:
+            pid = ev.get("pid") or 0
+            if pid and pid not in self.nodes:
+                self._stranger(ev, pid, ts)
+            return
         pid = ev.get("pid") or 0
         if t == "fork":
             if ev.get("thread"):
@@ -216,6 +235,7 @@ class ReportBuilder:
                 n.exec_ids.add(ev["exec_id"])
             if not self._root_cwd and (n.parent is None) and ev.get("cwd"):
                 self._root_cwd = str(ev["cwd"])
+                self._set_roots()
             return
         if t == "exit":
             n = self.nodes.get(pid)
@@ -232,6 +252,7 @@ class ReportBuilder:
                 writable = (ev.get("policy") or {}).get("writable")
                 if writable:
                     self.workspace = tuple(os.path.normpath(w) for w in writable)
+                    self._set_roots()
                 root = ev.get("root") or 0
                 if root and root not in self.nodes:
                     self._node(root, ts)
@@ -260,21 +281,45 @@ class ReportBuilder:
             self.drills.append(ev)
             return
         if pid and pid not in self.nodes:
-            n = self._node(pid, ts, ev.get("ppid") or 0)
-            n.comm = ev.get("comm", "")
-            n.exe = ev.get("exe", "")
-        key = item_key(ev, pid, self._roots(), self._inside())
-        if key is None:
-            return
-        k = (*key, pid)
-        it = self.items.get(k)
-        if it is not None:
+            self._stranger(ev, pid, ts)
+        # The same action again (the common case of a loop): one lookup.
+        fast = (t, pid, ev.get("path"), ev.get("addr"), ev.get("port"), ev.get("target"),
+                ev.get("sig"), (ev.get("ret") or 0) < 0, "denied" in (ev.get("flags") or ()))
+        it = self._fast.get(fast, _MISS)
+        if it is None:
+            return  # seen before: not an action that leaves the workspace
+        if it is not _MISS:
             it.count += 1
-            it.last_ns = max(it.last_ns, ts)
-        elif len(self.items) < MAX_TIMELINE * 4:
-            self.items[k] = _Item(key[0], _short(key[1]), key[2], pid, ev.get("comm", ""), ts, ts)
-        else:
-            self.items_dropped += 1
+            if ts > it.last_ns:
+                it.last_ns = ts
+            return
+        key = item_key(ev, pid, self._roots(), self._inside())
+        it = None
+        if key is not None:
+            k = (*key, pid)
+            it = self.items.get(k)
+            if it is not None:
+                it.count += 1
+                it.last_ns = max(it.last_ns, ts)
+            elif len(self.items) >= MAX_TIMELINE * 4:
+                self.items_dropped += 1
+                return
+            else:
+                it = self.items[k] = _Item(key[0], _short(key[1]), key[2], pid,
+                                           ev.get("comm", ""), ts, ts)  # fmt: skip
+        if len(self._fast) < _FAST_MAX:
+            self._fast[fast] = it
+
+    def _stranger(self, ev: dict, pid: int, ts: int) -> None:
+        """A process first seen acting (not seen starting: tracked from /proc)."""
+        n = self._node(pid, ts, ev.get("ppid") or 0)
+        n.comm = ev.get("comm", "")
+        n.exe = ev.get("exe", "")
+
+    def _set_roots(self) -> None:
+        roots = self._roots()
+        self._inside_prefixes = tuple(r.rstrip("/") + "/" for r in roots)
+        self._fast.clear()
 
     def _roots(self) -> tuple[str, ...]:
         return self.workspace or ((self._root_cwd,) if self._root_cwd else ())

@@ -123,27 +123,8 @@ def _open(path: str) -> tuple[BinaryIO, msgpack.Unpacker, dict]:
 def read(path: str) -> tuple[dict, Iterator[dict]]:
     """(header, events) of a recording (seals skipped: ``verify`` checks them);
     RecordingError names the problem."""
-    f, unpacker, header = _open(path)
-
-    def events() -> Iterator[dict]:
-        n = 0
-        try:
-            for obj in unpacker:
-                n += 1
-                if not isinstance(obj, dict):
-                    raise RecordingError(f"{path}: object {n} after the header is not an event")
-                if "seal" in obj and "type" not in obj:
-                    n -= 1
-                    continue
-                yield obj
-        except msgpack.exceptions.ExtraData as exc:
-            raise RecordingError(f"{path}: corrupt after event {n}: {exc}") from None
-        except ValueError as exc:
-            raise RecordingError(f"{path}: corrupt after event {n}: {exc}") from None
-        finally:
-            f.close()
-
-    return header, events()
+    r = Reader(path, check=False)
+    return r.header, r.events()
 
 
 @dataclass
@@ -163,80 +144,133 @@ def verify(path: str, key: bytes | None = None) -> dict:
     """Whether the recording at ``path`` is intact, truncated or altered, and where (as a
     dict: status, detail, events, sealed, macs_checked). RecordingError for a file that is
     not a recording at all."""
-    f, unpacker, header = _open(path)
-    try:
-        return _verify(path, f, unpacker, header, key).as_dict()
-    finally:
-        f.close()
+    r = Reader(path, key=key)
+    for _ in r.events():
+        pass
+    assert r.integrity is not None
+    return r.integrity.as_dict()
 
 
-def _verify(path: str, f: BinaryIO, unpacker: msgpack.Unpacker, header: dict,
-            key: bytes | None) -> Integrity:  # fmt: skip
-    if header.get("version") == 1 or not header.get("chain"):
-        return Integrity("unchained", "a version 1 recording: it has no hash chain")
-    key = key if key is not None else chain.load_key(create=False)
-    stated_key = str((header.get("chain") or {}).get("key") or "")
-    foreign = key is not None and chain.key_id(key) != stated_key
-    if foreign:
-        key = None  # chained with another host's (or an older) key: digests only
-    macs = True if key is not None and stated_key else None
-    raw = open(path, "rb")  # noqa: SIM115 - closed below: the bytes each object was packed from
-    try:
+class Reader:
+    """One pass over a recording: its events (``events()``, seals skipped) and, with
+    ``check``, its chain verified on the way (``integrity``, once the events are read: the
+    first problem found, the events after it still given). A batch's bytes are read and
+    hashed once per seal, not per event."""
+
+    def __init__(self, path: str, key: bytes | None = None, check: bool = True) -> None:
+        self.path = path
+        self._f, self._unpacker, self.header = _open(path)
+        self.check = check
+        self.integrity: Integrity | None = None
+        self._key = key
+
+    def events(self) -> Iterator[dict]:
+        path, unpacker, header = self.path, self._unpacker, self.header
+        chained = self.check and header.get("version") != 1 and bool(header.get("chain"))
+        key = stated = ""
+        foreign = False
+        macs: bool | None = None
+        raw: BinaryIO | None = None
+        if chained:
+            key = self._key if self._key is not None else chain.load_key(create=False)
+            stated = str((header.get("chain") or {}).get("key") or "")
+            foreign = key is not None and chain.key_id(key) != stated
+            if foreign:
+                key = None  # chained with another host's (or an older) key: digests only
+            macs = True if key and stated else None
+            raw = open(path, "rb")  # noqa: SIM115 - closed below
+        problem: Integrity | None = None
+        events = sealed = seq = n = 0
+        final = False
         pos = unpacker.tell()
-        digest = chain.link(chain.GENESIS, raw.read(pos))
-        batch: list[bytes] = []
-        events = sealed = seq = 0
-        while True:
-            try:
-                obj = next(unpacker)
-            except StopIteration:
-                break
-            except Exception as exc:  # msgpack's several errors: the bytes are bad
-                return Integrity("altered", f"unreadable after event {events} (byte {pos}): "
-                                 f"{exc}", events, sealed, macs)  # fmt: skip
-            end = unpacker.tell()
-            data = raw.read(end - pos)
-            pos = end
-            if isinstance(obj, dict) and "seal" in obj and "type" not in obj:
-                seq += 1
-                final = bool(obj.get("final"))
-                n = len(batch)
-                digest = chain.link(digest, b"".join(batch) + _seal_data(seq, n, final))
-                first = events - n + 1
-                where = f"events {first}-{events}" if n else f"after event {events}"
-                if obj.get("seal") != seq or obj.get("n") != n:
-                    return Integrity("altered", f"seal {obj.get('seal')} at {where} is out of "
-                                     f"order (expected seal {seq} of {n} events): events were "
-                                     "removed, added or moved", events, sealed, macs)  # fmt: skip
-                if obj.get("digest") != digest.hex():
-                    return Integrity("altered", f"{where} (seal {seq}) do not match their seal: "
-                                     "changed after they were written", events, sealed,
-                                     macs)  # fmt: skip
-                if macs and not chain.mac_ok(key, digest, str(obj.get("mac") or "")):
-                    return Integrity("altered", f"seal {seq} ({where}) does not carry the "
-                                     "monitor's MAC: the file was rewritten and resealed "
-                                     "without the key", events, sealed, macs)  # fmt: skip
-                batch = []
-                sealed = events
-                if final:
-                    rest = raw.read(1)
-                    if rest:
-                        return Integrity("altered", f"data after the final seal (byte {pos})",
-                                         events, sealed, macs)  # fmt: skip
-                    if foreign:
-                        return Integrity("unverified", f"{events} events in {seq} seals, "
-                                         f"chained with another key ({stated_key or 'none'}), "
-                                         "not this monitor's: only the digests could be "
-                                         "checked", events, sealed, None)  # fmt: skip
-                    how = "MACs checked" if macs else "digests checked (no key: MACs not)"
-                    return Integrity("intact", f"{events} events in {seq} seals; {how}",
-                                     events, sealed, macs)  # fmt: skip
-                continue
-            events += 1
-            batch.append(data)
-        return Integrity("truncated", f"ends after event {events} without its final seal: "
-                         f"events 1-{sealed} are sealed, {events - sealed} after them are not "
-                         "(the writer stopped, or the end was cut off)", events, sealed,
-                         macs)  # fmt: skip
-    finally:
-        raw.close()
+        last = pos  # the end of the last seal (or of the header)
+        digest = chain.link(chain.GENESIS, raw.read(pos)) if raw is not None else b""
+        try:
+            while True:
+                try:
+                    obj = next(unpacker)
+                except StopIteration:
+                    break
+                except (msgpack.exceptions.ExtraData, ValueError, msgpack.UnpackException) as exc:
+                    problem = problem or Integrity(
+                        "altered", f"unreadable after event {events} (byte {pos}): {exc}",
+                        events, sealed, macs)  # fmt: skip
+                    if not self.check:
+                        raise RecordingError(
+                            f"{path}: corrupt after event {events}: {exc}") from None
+                    break
+                end = unpacker.tell()
+                if type(obj) is not dict:
+                    raise RecordingError(
+                        f"{path}: object {events + seq + 1} after the header is not an event")
+                if "seal" in obj and "type" not in obj:
+                    seq += 1
+                    if raw is not None and problem is None:
+                        problem = self._seal(obj, raw, pos - last, seq, n, events, sealed,
+                                             macs, key, digest)  # fmt: skip
+                        if problem is None:
+                            digest = self._digest
+                            sealed = events
+                            if final:
+                                problem = Integrity("altered", f"a seal after the final one "
+                                                    f"(byte {pos})", events, sealed, macs)
+                            final = bool(obj.get("final"))
+                        raw.seek(end)
+                    last = end
+                    n = 0
+                else:
+                    if final and problem is None:
+                        problem = Integrity("altered", f"events after the final seal (byte "
+                                            f"{pos})", events, sealed, macs)  # fmt: skip
+                    events += 1
+                    n += 1
+                    yield obj
+                pos = end
+        finally:
+            self._f.close()
+            if raw is not None:
+                raw.close()
+        if not self.check:
+            return
+        if problem is not None:
+            self.integrity = problem
+        elif not chained:
+            self.integrity = Integrity("unchained", "a version 1 recording: it has no hash "
+                                       "chain", events)  # fmt: skip
+        elif not final:
+            self.integrity = Integrity(
+                "truncated", f"ends after event {events} without its final seal: events "
+                f"1-{sealed} are sealed, {events - sealed} after them are not (the writer "
+                "stopped, or the end was cut off)", events, sealed, macs)  # fmt: skip
+        elif foreign:
+            self.integrity = Integrity(
+                "unverified", f"{events} events in {seq} seals, chained with another key "
+                f"({stated or 'none'}), not this monitor's: only the digests could be checked",
+                events, sealed, None)  # fmt: skip
+        else:
+            how = "MACs checked" if macs else "digests checked (no key: MACs not)"
+            self.integrity = Integrity("intact", f"{events} events in {seq} seals; {how}",
+                                       events, sealed, macs)  # fmt: skip
+
+    def _seal(self, obj: dict, raw: BinaryIO, size: int, seq: int, n: int, events: int,
+              sealed: int, macs: bool | None, key: bytes | None,
+              digest: bytes) -> Integrity | None:  # fmt: skip
+        """The seal ``obj`` checked against the ``size`` bytes of its batch (read here);
+        None when it holds (the new digest in ``_digest``)."""
+        final = bool(obj.get("final"))
+        new = chain.link(digest, raw.read(size) + _seal_data(seq, n, final))
+        first = events - n + 1
+        where = f"events {first}-{events}" if n else f"after event {events}"
+        if obj.get("seal") != seq or obj.get("n") != n:
+            return Integrity("altered", f"seal {obj.get('seal')} at {where} is out of order "
+                             f"(expected seal {seq} of {n} events): events were removed, added "
+                             "or moved", events, sealed, macs)  # fmt: skip
+        if obj.get("digest") != new.hex():
+            return Integrity("altered", f"{where} (seal {seq}) do not match their seal: "
+                             "changed after they were written", events, sealed, macs)
+        if macs and not chain.mac_ok(key, new, str(obj.get("mac") or "")):
+            return Integrity("altered", f"seal {seq} ({where}) does not carry the monitor's "
+                             "MAC: the file was rewritten and resealed without the key",
+                             events, sealed, macs)  # fmt: skip
+        self._digest = new
+        return None
