@@ -283,8 +283,17 @@ class ReportBuilder:
         if pid and pid not in self.nodes:
             self._stranger(ev, pid, ts)
         # The same action again (the common case of a loop): one lookup.
-        fast = (t, pid, ev.get("path"), ev.get("addr"), ev.get("port"), ev.get("target"),
-                ev.get("sig"), (ev.get("ret") or 0) < 0, "denied" in (ev.get("flags") or ()))
+        fast = (
+            t,
+            pid,
+            ev.get("path"),
+            ev.get("addr"),
+            ev.get("port"),
+            ev.get("target"),
+            ev.get("sig"),
+            (ev.get("ret") or 0) < 0,
+            "denied" in (ev.get("flags") or ()),
+        )
         it = self._fast.get(fast, _MISS)
         if it is None:
             return  # seen before: not an action that leaves the workspace

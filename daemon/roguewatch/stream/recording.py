@@ -197,12 +197,14 @@ class Reader:
                         events, sealed, macs)  # fmt: skip
                     if not self.check:
                         raise RecordingError(
-                            f"{path}: corrupt after event {events}: {exc}") from None
+                            f"{path}: corrupt after event {events}: {exc}"
+                        ) from None
                     break
                 end = unpacker.tell()
                 if type(obj) is not dict:
                     raise RecordingError(
-                        f"{path}: object {events + seq + 1} after the header is not an event")
+                        f"{path}: object {events + seq + 1} after the header is not an event"
+                    )
                 if "seal" in obj and "type" not in obj:
                     seq += 1
                     if raw is not None and problem is None:
@@ -212,8 +214,13 @@ class Reader:
                             digest = self._digest
                             sealed = events
                             if final:
-                                problem = Integrity("altered", f"a seal after the final one "
-                                                    f"(byte {pos})", events, sealed, macs)
+                                problem = Integrity(
+                                    "altered",
+                                    f"a seal after the final one (byte {pos})",
+                                    events,
+                                    sealed,
+                                    macs,
+                                )
                             final = bool(obj.get("final"))
                         raw.seek(end)
                     last = end
@@ -266,8 +273,13 @@ class Reader:
                              f"(expected seal {seq} of {n} events): events were removed, added "
                              "or moved", events, sealed, macs)  # fmt: skip
         if obj.get("digest") != new.hex():
-            return Integrity("altered", f"{where} (seal {seq}) do not match their seal: "
-                             "changed after they were written", events, sealed, macs)
+            return Integrity(
+                "altered",
+                f"{where} (seal {seq}) do not match their seal: changed after they were written",
+                events,
+                sealed,
+                macs,
+            )
         if macs and not chain.mac_ok(key, new, str(obj.get("mac") or "")):
             return Integrity("altered", f"seal {seq} ({where}) does not carry the monitor's "
                              "MAC: the file was rewritten and resealed without the key",
