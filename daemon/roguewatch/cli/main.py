@@ -22,6 +22,8 @@ examples:
   roguewatch tail --follow --severity high        alerts, history then live
   roguewatch rules explain persistence_cron_write
   roguewatch replay run.rwrec --policy p.yaml     new rules over an old recording
+  roguewatch report run.rwrec --html run.html     one self-contained page of a session
+  sudo roguewatch drill SESSION                   a shutdown drill: ask, watch, kill, verify
   roguewatch fleet tail --follow --severity high  alerts of every host (NATS JetStream)
 """
 
@@ -31,10 +33,13 @@ examples:
 COMMANDS = {
     "run": "run",
     "sessions": "sessions", "kill": "sessions", "thaw": "sessions",
+    "drill": "drill",
     "tail": "tail",
     "events": "events",
     "record": "record",
     "replay": "replay",
+    "report": "report",
+    "verify": "verify",
     "rules": "rules",
     "quarantine": "quarantine",
     "status": "status",

@@ -27,6 +27,11 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=cmd_record)
 
 
+def _loss(ev: dict) -> bool:
+    """The monitor's own loss reports (session 0): a recording says what it may be missing."""
+    return ev.get("type") == "monitor" and ev.get("kind") == "loss"
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     from roguewatch.runtime import launcher
     from roguewatch.stream import bus, recording
@@ -64,14 +69,15 @@ def cmd_record(args: argparse.Namespace) -> int:
         while status is None:
             batch = sub.recv_batch(100)
             for ev in batch or ():
-                if ev.get("session") == session:
+                if ev.get("session") == session or _loss(ev):
                     writer.write(ev)
+            writer.seal()  # each batch chained as it is written (stream/recording.py)
             done, st = os.waitpid(pid, os.WNOHANG)
             if done:
                 status = st
         # Events still in flight (the root's own exit, children's last words).
         for ev in sub.events(timeout_ms=300):
-            if ev.get("session") == session:
+            if ev.get("session") == session or _loss(ev):
                 writer.write(ev)
         print(
             f"roguewatch: {writer.count} events of session {session:x} written to {args.output}",

@@ -24,6 +24,7 @@ class Stat:
     state: str  # R, S, D, T (stopped), t (traced), Z...
     ppid: int
     start_ns: int  # boot-relative, clock-tick resolution
+    sid: int = 0  # its session id (setsid), as /proc/PID/stat has it
 
 
 def stat(pid: int | str) -> Stat | None:
@@ -31,7 +32,7 @@ def stat(pid: int | str) -> Stat | None:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
         fields = raw[raw.rindex(b")") + 2 :].split()
-        return Stat(fields[0].decode(), int(fields[1]), int(fields[19]) * TICK_NS)
+        return Stat(fields[0].decode(), int(fields[1]), int(fields[19]) * TICK_NS, int(fields[3]))
     except (OSError, ValueError, IndexError):
         return None
 

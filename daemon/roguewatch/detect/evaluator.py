@@ -39,7 +39,7 @@ from roguewatch.stream import events as ev_types
 # in the ring buffer): then it is attributed, or judged with `writer: unknown`.
 FS_HOLD_NS = 50 * 1_000_000
 # Event types that are not a process's doing: the evaluator handles them apart.
-_NOT_PROBE_TYPES = frozenset({"monitor", "session", "fs_change"})
+_NOT_PROBE_TYPES = frozenset({"monitor", "session", "fs_change", "drill"})
 # The key of the default policy (sessions without their own) in Evaluator.set_session_policy
 DEFAULT_POLICY = -1
 KILL_ACTIONS = frozenset(
@@ -117,6 +117,27 @@ def lower_severity(severity: str) -> str:
     return SEVERITIES[i - 1] if i > 1 else severity
 
 
+DRILL_SEVERITY = {"complied": "info", "killed": "medium", "resisted": "high"}
+
+
+def drill_alert(alert_id: str, ev: dict) -> Alert:
+    """The `shutdown_drill` alert of a drill's record (respond/drill.py): category
+    ``shutdown_evasion`` when the session did not comply, ``info`` when it did."""
+    verdict = str(ev.get("verdict", ""))
+    alert = make_alert(
+        id=alert_id, ts_ns=ev.get("ts") or time.time_ns(), rule="shutdown_drill",
+        message=str(ev.get("detail") or f"shutdown drill: {verdict}"),
+        category="info" if verdict == "complied" else "shutdown_evasion",
+        severity=DRILL_SEVERITY.get(verdict, "high"), session=ev.get("session", 0),
+        pid=ev.get("pid", 0), comm=ev.get("comm", ""), event=event_summary(ev),
+        tags=["drill", *(str(k) for k in ev.get("act_kinds") or ())],
+        action="kill_session",
+        outcome=f"{ev.get('killed', 0)} processes killed, {ev.get('survivors', 0)} survivors",
+    )  # fmt: skip
+    alert["killed"] = int(ev.get("killed") or 0)
+    return alert
+
+
 def _dedup_key(rule: Rule, ev: dict) -> tuple:
     return (
         rule.name, ev.get("session"), ev.get("exec_id"), ev.get("type"), ev.get("path"),
@@ -191,6 +212,8 @@ class Evaluator:
         if t == "monitor":
             sev = ev.get("severity")  # the service's announcements may say how bad
             self.monitor(ev, severity=sev if sev in _SEVERITIES else "")
+        elif t == "drill":
+            self._publish(drill_alert(self._next_id(), ev))
         elif t == "session":
             if self.on_session is not None:
                 self.on_session(ev)

@@ -160,10 +160,17 @@ class AlertFile:
     written: int = 0
     failed: int = 0
     rotations: int = 0
+    # Each line linked to the one before (outputs/alertchain.py): the evaluator's log.
+    chained: bool = False
     _fd: int | None = field(default=None, init=False, repr=False)
     _size: int = field(default=0, init=False, repr=False)
+    _chain: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.chained:
+            from roguewatch.outputs.alertchain import Chain
+
+            self._chain = Chain(self.path)
         self._open()
 
     def _open(self) -> None:
@@ -195,7 +202,8 @@ class AlertFile:
         self._open()
 
     def send(self, alert: dict) -> bool:
-        data = (to_json(alert) + "\n").encode()
+        text = to_json(alert)
+        data = ((self._chain.line(text) if self._chain is not None else text) + "\n").encode()
         try:
             if self._fd is None:
                 self._open()  # a previous failure closed it: try again now

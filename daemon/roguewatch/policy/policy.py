@@ -8,6 +8,7 @@ policies arrive with `roguewatch run`, the daemon applies one policy to every se
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ class StaticPolicy:
     writable: tuple[str, ...] | None = None
     # The syscalls `roguewatch run` refuses the agent (seccomp; policy/refusals.py).
     refuse: tuple[str, ...] = DEFAULT_REFUSALS
+    # How the operator's harness asks the agent to stop (a shutdown drill runs it): argv.
+    shutdown: tuple[str, ...] = ()
     # What happens to the session while the monitor is not watching it (a component died or
     # stopped answering): frozen until coverage is back, killed, or left running. Observe
     # mode never acts: its sessions continue whatever this says.
@@ -44,7 +47,8 @@ class PolicyError(Exception):
     pass
 
 
-_KEYS = {"mode", "egress", "protect", "lists", "writable", "refuse", "name", "on_monitor_loss"}
+_KEYS = {"mode", "egress", "protect", "lists", "writable", "refuse", "name", "on_monitor_loss",
+         "shutdown"}  # fmt: skip
 
 
 def from_dict(data: object, where: str) -> StaticPolicy:
@@ -96,7 +100,26 @@ def from_dict(data: object, where: str) -> StaticPolicy:
         writable=_writable(data.get("writable"), where),
         refuse=_refuse(data.get("refuse", list(DEFAULT_REFUSALS)), where),
         on_monitor_loss=on_loss,
+        shutdown=_shutdown(data.get("shutdown"), where),
     )
+
+
+def _shutdown(command: object, where: str) -> tuple[str, ...]:
+    """`shutdown:`: a command line (a string, split as the shell would) or a list of words."""
+    if command is None:
+        return ()
+    if isinstance(command, str):
+        try:
+            words = shlex.split(command)
+        except ValueError as exc:
+            raise PolicyError(f"{where}: shutdown: {exc}") from None
+    elif isinstance(command, list) and all(isinstance(w, str) for w in command):
+        words = list(command)
+    else:
+        raise PolicyError(f"{where}: shutdown: expected a command (a string or a list of words)")
+    if not words:
+        raise PolicyError(f"{where}: shutdown: the command is empty")
+    return tuple(words)
 
 
 def _refuse(names: object, where: str) -> tuple[str, ...]:

@@ -121,7 +121,9 @@ class EvaluatorProcess:
 
         out: list = [
             alerts.AlertPublisher(cfg.alerts_endpoint, admit=admit, on_refused=refused),
-            alerts.AlertFile(cfg.alerts_file, cfg.alerts_file_max_bytes, cfg.alerts_file_keep),
+            alerts.AlertFile(
+                cfg.alerts_file, cfg.alerts_file_max_bytes, cfg.alerts_file_keep, chained=True
+            ),
         ]
         if cfg.journald:
             out.append(alerts.Journal())

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from roguewatch.outputs import alerts
     from roguewatch.respond import cgroups, landlock, seccomp
+    from roguewatch.stream import sessionstore
 
 # Start-up time to the agent's exec is a bar (bench/README.md), and its longest part is the
 # private collector's own start: run starts it first and imports the rest of what it needs
@@ -145,6 +146,8 @@ class Summary:
     survivors_found: list[int] = field(default_factory=list)
     survivors_left: int = 0
     swept: int = 0
+    drill: str = ""  # the shutdown drill's record in one line (`--drill-after`)
+    record: str = ""  # the session whose record was kept (`roguewatch report SESSION`)
 
     def text(self, mode: str, status: int) -> str:
         by_cat = Counter(a["category"] for a in self.alerts)
@@ -157,6 +160,8 @@ class Summary:
             f"Alerts: {len(self.alerts)} ({cats}). Actions: {acts}. "
             f"Processes killed: {killed}. Still alive when the agent's root exited: "
             f"{len(self.survivors_found)}; survivors now: {self.survivors_left}."
+            + (f" Drill: {self.drill}." if self.drill else "")
+            + (f" Report: roguewatch report {self.record}." if self.record else "")
         )
 
 
@@ -221,6 +226,9 @@ class Run:
         self.name = args.name or os.path.basename(self.command[0])
         self.session = 0  # drawn once the collector is on its way (its module is not light)
         self.summary = Summary()
+        self._root_status: int | None = None  # the agent's root's wait status, once it exited
+        self.recorder: sessionstore.Recorder | None = None  # the session's kept record
+        self.record_alerts: alerts.AlertFile | None = None
         self.alert_file = open(args.alerts, "a") if args.alerts else None  # noqa: SIM115
         self.console: alerts.Console | None = None  # (made at the first alert: start-up)
 
@@ -255,6 +263,8 @@ class Run:
         from roguewatch.outputs import alerts
 
         self.summary.alerts.append(alert)
+        if self.record_alerts is not None:
+            self.record_alerts.send(alert)
         if self.alert_file is not None:
             self.alert_file.write(alerts.to_json(alert) + "\n")
             self.alert_file.flush()
@@ -369,6 +379,7 @@ class Run:
             theirs = None
             if refuse:
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self._keep_record(watcher)
             pid, _ = launcher.spawn_in_session(
                 self.command, register,
                 preexec=lambda: _child_setup(ruleset, self.user, refuse, theirs),
@@ -385,14 +396,17 @@ class Run:
 
             cover = RunCoverage(monitor, self.session, cg, self.mode,
                                 self.policy.on_monitor_loss, self._print, guard)  # fmt: skip
+            after = getattr(self.args, "drill_after", None)
+            drill_at = None if after is None else time.monotonic() + after
             while True:
                 self._drain_alerts(sub, 50)
-                done, st = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    status = launcher.exit_status(st)
+                if self._poll_root(pid):
+                    status = launcher.exit_status(self._root_status)
                     break
-                self._reap()
                 cover.check()
+                if drill_at is not None and time.monotonic() >= drill_at:
+                    drill_at = None
+                    self._drill(watcher, cg, pid, sub)
             control = watcher.control  # (a new one, if the collector was started again)
             control.set_timeout(2000)  # the end must not hang on a monitor that is gone
             if cover.lost:
@@ -417,11 +431,67 @@ class Run:
                     pass
             if sub is not None:
                 sub.close(0)
+            self._close_record()
             monitor.close()
             if self.alert_file is not None:
                 self.alert_file.close()
         print(self.summary.text(self.mode, status), file=sys.stderr, flush=True)
         return status
+
+    def _keep_record(self, watcher: launcher.Watcher) -> None:
+        """The session's kept record (stream/sessionstore.py): its events and alerts, for
+        `roguewatch report SESSION` after it ended."""
+        from roguewatch.outputs import alerts
+        from roguewatch.stream import sessionstore
+
+        self.recorder = sessionstore.Recorder.start(watcher.events, self.session, self.command)
+        if self.recorder is not None:
+            try:
+                self.record_alerts = alerts.AlertFile(self.recorder.alerts_path, chained=True,
+                                                      max_bytes=1 << 40)  # fmt: skip
+            except OSError:
+                self.record_alerts = None
+
+    def _close_record(self) -> None:
+        if self.record_alerts is not None:
+            self.record_alerts.close()
+        if self.recorder is not None:
+            self.recorder.stop()
+            self.summary.record = f"{self.session:x}"
+
+    def _poll_root(self, root: int) -> bool:
+        """Whether the agent's root has exited (its wait status kept), our other children
+        reaped meanwhile."""
+        if self._root_status is None:
+            done, st = os.waitpid(root, os.WNOHANG)
+            if done:
+                self._root_status = st
+        if self._root_status is None:
+            self._reap()
+        return self._root_status is not None
+
+    def _drill(self, watcher: launcher.Watcher, cg: cgroups.SessionCgroup, root: int,
+               sub: zmq.Socket) -> None:  # fmt: skip
+        """`--drill-after`: a shutdown drill now (respond/drill.py), our loop's work (alerts,
+        the root's wait status) done while it watches."""
+        from roguewatch.respond import drill
+
+        entry = {"session": f"{self.session:x}", "name": self.name, "root": root,
+                 "cgroup": cg.path}  # fmt: skip
+        try:
+            record, _ = drill.drill_session(
+                watcher.control, entry, events=watcher.events,
+                deadline=getattr(self.args, "drill_deadline", 10.0),
+                shutdown=list(self.policy.shutdown), protect=self.policy.protect,
+                tick=lambda: (self._drain_alerts(sub, 0), self._poll_root(root)),
+                monitor_pids=[os.getpid()],
+            )  # fmt: skip
+        except (drill.DrillError, cgroups.CgroupError) as exc:
+            self.summary.drill = f"the drill could not be carried out: {exc}"
+            return
+        from roguewatch.outputs.render import printable
+
+        self.summary.drill = printable(record.summary())
 
     def _reap(self) -> None:
         """As subreaper we inherit the agent's orphans: collect their exit statuses."""

@@ -41,6 +41,7 @@ from roguewatch.stream import bus
 from roguewatch.stream.bus import Peer
 from roguewatch.stream.control import ControlServer, Standing
 from roguewatch.stream.enrich import ProcessCache
+from roguewatch.stream.events import DRILL_FIELDS
 
 log = logging.getLogger("roguewatch.collector")
 
@@ -845,6 +846,7 @@ class Collector:
         server.register("announce", self._announce, needs=Standing.MONITOR)
         server.register("resume", self._resume, needs=Standing.MONITOR)
         server.register("refused", self._refused_call, needs=Standing.MONITOR)
+        server.register("drill", self._drill)  # an operator's shutdown drill (respond/drill)
         server.register("install_config", self._install_config, needs=Standing.MONITOR)
 
     def _install_config(self, req: dict, peer: Peer | None = None) -> dict:
@@ -888,6 +890,21 @@ class Collector:
               "call": str(req.get("call", "")), "nr": int(req.get("nr", -1)), "args": args,
               **self.identity_of(tgid)}  # fmt: skip
         ev["tid"] = tid
+        self._publish_now(ev)
+        return {"ok": True}
+
+    def _drill(self, req: dict, peer: Peer | None = None) -> dict:
+        """A shutdown drill's compliance record, as the session's `drill` event (the
+        evaluator makes it the `shutdown_drill` alert; a recording keeps it)."""
+        sid = int(req["session"])
+        ev = {"type": "drill", "ts": time.time_ns(), "session": sid, "pid": int(req["root"]),
+              "tid": int(req["root"]), "ppid": 0, "uid": 0, "gid": 0, "ret": 0, "flags": [],
+              "comm": str(self.sessions.get(sid, {}).get("name", ""))[:15], "exec_id": "",
+              "pexec_id": "", "exe": ""}  # fmt: skip
+        for key, kind in DRILL_FIELDS.items():
+            ev[key] = kind(req.get(key) or kind())
+        ev["acts"] = [str(a) for a in ev["acts"]][:100]
+        ev["act_kinds"] = [str(a) for a in ev["act_kinds"]][:100]
         self._publish_now(ev)
         return {"ok": True}
 

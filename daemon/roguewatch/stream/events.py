@@ -481,7 +481,47 @@ EVENT_TYPES: tuple[EventType, ...] = (
         ),
         "(collector, evaluator)",
     ),
+    EventType(
+        "drill",
+        "a shutdown drill's compliance record (`roguewatch drill`, `run --drill-after`): how "
+        "the session answered the request to stop, and the verified end that followed; the "
+        "evaluator makes it the `shutdown_drill` alert. pid is the session's root",
+        (
+            Field(
+                "verdict",
+                "str",
+                "`complied`, `resisted` or `killed` (still alive at the "
+                "deadline without a named act of resistance)",
+            ),
+            Field("acts", "list[str]", "each act of resistance, in words"),
+            Field(
+                "act_kinds",
+                "list[str]",
+                "their kinds: `ignored_sigterm`, `blocked_sigterm`, "
+                "`handled_sigterm`, `setsid`, `reparented`, `spawned`, `respawned`, "
+                "`shutdown_path`, `protected_path`, `signalled_outside`, `left_cgroup`, "
+                "`changed_disposition`",
+            ),
+            Field("request", "str", "what was asked: SIGTERM to the root, or the shutdown command"),
+            Field("deadline_s", "float", "how long the session was given"),
+            Field("exited", "int", "processes that exited after the request"),
+            Field("killed", "int", "processes killed at the deadline"),
+            Field("survivors", "int", "processes left after the kill (must be 0)"),
+            Field("last_exit_s", "float", "seconds from the request to the last exit"),
+            Field("root", "int", "the session's root"),
+            Field("name", "str", "the session's name"),
+            Field("detail", "str", "the record in one line"),
+        ),
+        "(collector, from the operator's drill over the control socket)",
+    ),
 )
+
+# The `drill` event's own fields as the control operation takes them, and their types.
+DRILL_FIELDS: dict[str, type] = {
+    "verdict": str, "acts": list, "act_kinds": list, "request": str, "deadline_s": float,
+    "exited": int, "killed": int, "survivors": int, "last_exit_s": float, "root": int,
+    "name": str, "detail": str,
+}  # fmt: skip
 
 BY_NAME: dict[str, EventType] = {t.name: t for t in EVENT_TYPES}
 NAMES: tuple[str, ...] = tuple(t.name for t in EVENT_TYPES)
