@@ -450,3 +450,57 @@ def test_a_component_killed_under_load_is_alerted_the_session_froze_and_no_gap_w
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
+
+
+def test_a_collector_moved_into_a_frozen_cgroup_is_thawed_and_said(service: Daemon) -> None:
+    """The cgroup filesystem is out of a `run` agent's reach (Landlock) and a session's mover
+    dies in the kernel (guard): this is what an operator's slip, or a helper outside every
+    session, would do. The service thaws it and raises a critical alert."""
+    root = kernelenv.cgroup2_mount()
+    assert root
+    cg = SessionCgroup(os.path.join(root, f"rwsec-frozen-{os.getpid()}"))
+    os.mkdir(cg.path)
+    collector = service.children()["collector"]
+    try:
+        cg.add(collector)
+        cg.set_frozen(True)
+        hit = _wait(lambda: _rule(service, "roguewatch_component_frozen"), what="the alert")
+        assert hit[0]["severity"] == "critical" and "collector" in hit[0]["message"], hit[0]
+        assert hit[0]["outcome"] == "thawed", hit[0]
+        _wait(lambda: not _frozen(cg), what="the thaw")
+        assert _stats(service).get("events", 0) > 0  # it answers again
+    finally:
+        cg.set_frozen(False)
+        with open(os.path.join(root, "cgroup.procs"), "w") as f:
+            f.write(str(collector))
+        os.rmdir(cg.path)
+
+
+def test_an_adopted_session_without_a_cgroup_is_stopped_and_continued(tmp_path: Path) -> None:
+    """A session the service adopted by its comm has no cgroup of its own: its processes are
+    stopped (SIGSTOP) while the collector is gone, and continued once it is back."""
+    import shutil
+
+    require_root()
+    d = Daemon(tmp_path)
+    (d.policies / "agents.yaml").write_text(
+        "adopt:\n  comms: [rw-fc-adopt]\nmode: enforce\negress:\n  allow: [127.0.0.1/32]\n"
+    )
+    agent = tmp_path / "rw-fc-adopt"
+    shutil.copy("/usr/bin/python3", agent)
+    d.start()
+    proc = subprocess.Popen([str(agent), "-S", "-c", "import time\nwhile True: time.sleep(0.01)"])
+    try:
+        _wait(lambda: any(s != "0" for s in _sessions(d)), what="the adoption")
+        time.sleep(1.5)  # pinned with its pids (the collector's next second)
+        os.kill(d.children()["collector"], signal.SIGKILL)
+        _wait(lambda: Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+              == "T", what="the adopted agent stopped")  # fmt: skip
+        _wait(lambda: _rule(d, "roguewatch_coverage_restored"), what="the recovery")
+        state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert state != "T", state
+        assert not (tmp_path / "state/failclosed.json").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+        d.kill()
