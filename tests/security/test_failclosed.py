@@ -504,3 +504,41 @@ def test_an_adopted_session_without_a_cgroup_is_stopped_and_continued(tmp_path: 
         proc.kill()
         proc.wait()
         d.kill()
+
+
+def test_run_with_on_monitor_loss_kill_ends_the_session_when_its_collector_dies(
+    agent: Agent, tmp_path: Path
+) -> None:
+    require_root()
+    no_service()
+    pid_file = tmp_path / "pid"
+    killed: dict[str, int] = {}
+
+    def during(proc: subprocess.Popen) -> None:
+        if killed or not pid_file.exists():
+            return
+        for p in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                cmd = Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+            except (OSError, ValueError):
+                continue
+            if ppid == proc.pid and "roguewatch.runtime.collectord" in cmd:
+                os.kill(int(p), signal.SIGKILL)
+                killed["pid"] = int(p)
+
+    r = agent.run(
+        f"""
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        time.sleep(30)
+        """,
+        policy=ALLOW_LOCAL + "on_monitor_loss: kill\n",
+        during=during,
+        timeout=60,
+    )
+    assert killed, r.describe()
+    assert r.status == 137, r.describe()  # SIGKILL: the session was ended, not waited for
+    lost = r.one("roguewatch_monitor_lost")
+    assert lost["severity"] == "critical" and "session killed" in lost["outcome"], lost
+    assert "survivors now: 0." in r.summary and "Traceback" not in r.stderr, r.describe()
