@@ -151,6 +151,29 @@ def test_file_rotates_by_size_keeping_keep_files(tmp_path) -> None:
     assert f.rotations == 4
 
 
+def test_rotation_never_drops_an_alert_another_sink_did_not_deliver(tmp_path) -> None:
+    """A sink that failed on alert 12 (a full subscriber queue, say): the file that holds it
+    leaves the numbered chain at its rotation and is kept; the others rotate as before."""
+    path = tmp_path / "alerts.jsonl"
+    line_len = len(alerts.to_json(make_alert(10))) + 1
+    f = alerts.AlertFile(str(path), max_bytes=2 * line_len, keep=1)
+
+    def flaky(alert: dict) -> bool:
+        return alert["id"].split("-")[1] != "12"
+
+    sinks = alerts.Sinks([f, flaky])
+    try:
+        for seq in range(10, 20):
+            sinks.emit(make_alert(seq))
+    finally:
+        sinks.close()
+    kept = [n for n in os.listdir(tmp_path) if ".undelivered-" in n]
+    assert len(kept) == 1 and f.kept == 1, os.listdir(tmp_path)
+    ids = [json.loads(x)["id"].split("-")[1] for x in (tmp_path / kept[0]).read_text().splitlines()]
+    assert "12" in ids
+    assert (tmp_path / "alerts.jsonl.1").exists() and not (tmp_path / "alerts.jsonl.2").exists()
+
+
 def test_file_write_failure_is_counted_not_raised(tmp_path) -> None:
     path = tmp_path / "alerts.jsonl"
     f = alerts.AlertFile(str(path))

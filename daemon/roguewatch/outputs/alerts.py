@@ -151,7 +151,10 @@ class AlertFile:
     reader never sees half an alert from a crash of ours and every alert is on disk as soon as
     ``send`` returns (in the page cache: ``fsync`` per alert would cost a disk flush each).
     Rotation renames ``path`` to ``path.1``, ``path.1`` to ``path.2``... keeping ``keep`` rotated
-    files (the oldest is dropped), so a reader following the file sees the inode change.
+    files (the oldest is dropped), so a reader following the file sees the inode change. A file
+    that holds an alert another sink did not deliver (``hold``: a subscriber's full queue, a
+    failing journald or fleet spool) is never dropped: it leaves the numbered chain at its
+    rotation, as ``path.undelivered-<ns>``, kept until an operator has it delivered.
     """
 
     path: str = ALERTS_FILE
@@ -160,11 +163,17 @@ class AlertFile:
     written: int = 0
     failed: int = 0
     rotations: int = 0
+    kept: int = 0  # files kept out of the chain for their undelivered alerts
     # Each line linked to the one before (outputs/alertchain.py): the evaluator's log.
     chained: bool = False
     _fd: int | None = field(default=None, init=False, repr=False)
     _size: int = field(default=0, init=False, repr=False)
     _chain: Any = field(default=None, init=False, repr=False)
+    _holding: bool = field(default=False, init=False, repr=False)
+
+    def hold(self) -> None:
+        """The current file holds an alert another sink did not deliver: rotation keeps it."""
+        self._holding = True
 
     def __post_init__(self) -> None:
         if self.chained:
@@ -187,7 +196,14 @@ class AlertFile:
 
     def _rotate(self) -> None:
         self._close_fd()
-        if self.keep <= 0:
+        if self._holding:
+            held = f"{self.path}.undelivered-{time.time_ns()}"
+            os.rename(self.path, held)
+            log.warning("alert file rotated: %s holds alerts another sink did not deliver, "
+                        "kept as %s", self.path, held)  # fmt: skip
+            self._holding = False
+            self.kept += 1
+        elif self.keep <= 0:
             os.unlink(self.path)
         else:
             oldest = f"{self.path}.{self.keep}"
@@ -454,17 +470,25 @@ class Sinks:
 
     def emit(self, alert: dict) -> None:
         self.emitted += 1
+        undelivered = False
         for sink, name in zip(self.sinks, self.names, strict=True):
             try:
                 send = getattr(sink, "send", None)
-                if send is not None:
-                    send(alert)
-                else:
-                    sink(alert)
+                ok = send(alert) if send is not None else sink(alert)
+                # (a sink that is off, such as journald on a host without it, delivers nothing
+                # by design: not a loss)
+                if ok is False and getattr(sink, "available", True):
+                    undelivered = True
             except Exception as exc:  # isolation is the point: any sink, any failure
+                undelivered = True
                 self.failures[name] += 1
                 if self.failures[name] == 1:
                     log.warning("alert sink %s failed: %s: %s", name, type(exc).__name__, exc)
+        if undelivered:  # the alert files keep it through their rotation
+            for sink in self.sinks:
+                hold = getattr(sink, "hold", None)
+                if hold is not None:
+                    hold()
 
     # Sinks is itself a sink: ``Sinks.send`` and calling it are the same as ``emit``.
     send = emit

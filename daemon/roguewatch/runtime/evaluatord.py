@@ -276,6 +276,8 @@ class EvaluatorProcess:
                             "detail": f"{n} malformed messages or events on the event bus were "
                                       f"dropped ({bad} since start)"})  # fmt: skip
             if self._reload and time.monotonic() >= self._reload_after:
+                if isinstance(beat, heartbeat.Beat):
+                    beat.long()  # (a rule set takes a few tenths of a second to load)
                 self.reload()
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + 1.0

@@ -14,6 +14,7 @@ import time
 BEAT_S = 0.1  # the component's loop beats at least this often
 HANG_S = 0.8  # a component silent this long is not watching: the sessions fail closed
 GRACE_S = 2.0  # after its start, a component's first turns (the backlog) may take longer
+LONG_S = 5.0  # a component that said it starts a long step (``Beat.long``) may be this silent
 
 
 class Beat:
@@ -32,8 +33,17 @@ class Beat:
         if now - self._last < BEAT_S / 2:
             return
         self._last = now
+        self._write(b".")
+
+    def long(self) -> None:
+        """A long step starts (a rule reload): silence up to LONG_S is not a hang."""
+        if self.fd is not None:
+            self._last = time.monotonic()
+            self._write(b"+")
+
+    def _write(self, b: bytes) -> None:
         try:
-            os.write(self.fd, b".")
+            os.write(self.fd, b)  # type: ignore[arg-type]
         except (BlockingIOError, BrokenPipeError):
             pass  # the supervisor is behind (it drains), or gone
 
@@ -46,6 +56,7 @@ class Pulse:
         os.set_blocking(fd, False)
         self.last = time.monotonic()  # (armed at the component's readiness)
         self.armed = self.last
+        self.long_step = False
 
     def arm(self) -> None:
         self.last = self.armed = time.monotonic()
@@ -53,16 +64,19 @@ class Pulse:
     def silent_for(self) -> float:
         """Seconds since the last beat (reads every beat waiting)."""
         try:
-            while os.read(self.fd, 4096):
+            while True:
+                got = os.read(self.fd, 4096)
+                if not got:
+                    break
                 self.last = time.monotonic()
-        except BlockingIOError:
-            pass
-        except OSError:
+                self.long_step = got[-1:] == b"+"
+        except OSError:  # (BlockingIOError: nothing more waiting)
             pass
         now = time.monotonic()
         if now - self.armed < GRACE_S:
             return 0.0
-        return now - self.last
+        silent = now - self.last
+        return max(0.0, silent - (LONG_S - HANG_S)) if self.long_step else silent
 
     def close(self) -> None:
         if self.fd >= 0:

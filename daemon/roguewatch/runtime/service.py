@@ -403,11 +403,24 @@ class Service:
             log.warning("could not announce the stop: %s", exc)
 
     def unstop(self) -> None:
-        """A component stopped by SIGSTOP (an agent's, or a debugger's) is continued."""
+        """A component stopped by SIGSTOP (an agent's, or a debugger's) is continued; one in a
+        frozen cgroup (cgroup.freeze, written by whoever moved it there) is thawed, and said."""
         for c in self.components:
             if c.alive() and c.proc is not None and procfs.stopped(c.proc.pid):
                 log.warning("%s was stopped (SIGSTOP): continuing it", c.name)
                 os.kill(c.proc.pid, signal.SIGCONT)
+            if c.alive() and c.proc is not None:
+                where = _frozen_cgroup(c.proc.pid)
+                if where:
+                    try:
+                        with open(os.path.join(where, "cgroup.freeze"), "w") as f:
+                            f.write("0")
+                        done = "thawed"
+                    except OSError as exc:
+                        done = f"could not thaw it: {exc.strerror}"
+                    supervisor.report(self.cfg, "component_frozen",
+                                      f"the {c.name} (pid {c.proc.pid}) was in a frozen cgroup "
+                                      f"({where}): {done}", outcome=done)  # fmt: skip
 
     def shutdown(self) -> None:
         for c in reversed(self.components):
@@ -422,6 +435,34 @@ class Service:
 
 HANG_KILL_S = 5.0  # a component silent this long is killed (and restarted)
 _DYING: list[subprocess.Popen] = []  # components killed, still closing their files
+
+
+def _frozen_cgroup(pid: int) -> str:
+    """The cgroup v2 directory of ``pid`` when it (or an ancestor: one level up is enough for
+    a move-and-freeze) is frozen; '' otherwise."""
+    from roguewatch.host import kernelenv
+
+    rel, mount = procfs.cgroup_path(pid), kernelenv.cgroup2_mount()
+    if not rel or not mount:
+        return ""
+    path = os.path.join(mount, rel.lstrip("/"))
+    try:
+        with open(os.path.join(path, "cgroup.events")) as f:
+            frozen = "frozen 1" in f.read()
+    except OSError:
+        return ""
+    if not frozen:
+        return ""
+    # The one that asks for it: this cgroup, or the ancestor whose cgroup.freeze says 1.
+    while path.startswith(mount) and path != mount:
+        try:
+            with open(os.path.join(path, "cgroup.freeze")) as f:
+                if f.read().strip() == "1":
+                    return path
+        except OSError:
+            return ""
+        path = os.path.dirname(path)
+    return ""
 
 
 def wait_subscribed(client: ControlClient, timeout: float = 5.0) -> bool:
