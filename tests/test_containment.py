@@ -319,3 +319,37 @@ def test_quarantine_list_shows_run_sessions_entries_with_session_rule_and_path(
         # shared host may undo it again, as it should.)
         if os.path.exists(path):
             assert Path(path).read_bytes() == kept
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "rule"),
+    [
+        (
+            "/proc/sys/kernel/core_pattern",
+            "|/tmp/rwtest-crash-handler %p",
+            "persistence_kernel_helper",
+        ),
+        ("/proc/sys/kernel/randomize_va_space", "0", "oversight_kernel_hardening_change"),
+    ],
+)
+def test_a_kernel_setting_is_written_back_to_its_value_at_session_start(
+    agent: Agent, setting: str, value: str, rule: str
+) -> None:
+    """/proc/sys has no baseline file and no inotify: the settings the rules name are read as
+    the session starts, and a restore writes the value back."""
+    before = Path(setting).read_bytes()
+    try:
+        r = agent.run(f"""
+            fd = os.open("{setting}", os.O_WRONLY | os.O_TRUNC)
+            os.write(fd, b"{value}\\n")
+            time.sleep(5)
+            """)
+        assert r.status == 137, r.describe()
+        a = r.one(rule, path=setting)
+        assert "restored to its value at session start" in a["outcome"] or (
+            "unchanged (matches the value at session start)" in a["outcome"]
+        ), outcomes(r)
+        assert Path(setting).read_bytes() == before
+    finally:
+        if Path(setting).read_bytes() != before:
+            Path(setting).write_bytes(before)
