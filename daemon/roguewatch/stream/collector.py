@@ -785,9 +785,10 @@ class Collector:
         protect = list((req.get("policy") or {}).get("protect", []))
         if protect and self.files is not None:
             self.files.protect(protect)  # the session's protected files: both sensors
+        cwd = procfs.readlink(pid, "cwd") or ""
         if self.files is not None:
             # What it could turn into a hook near where it works: baselined before it runs.
-            self.files.session_start(procfs.readlink(pid, "cwd") or "")
+            self.files.session_start(cwd)
         self.sessions[session] = {
             "root": pid, "cgroup": req.get("cgroup", ""), "fd": None,
             "name": req.get("name", ""), "mode": mode, "started": time.time(),
@@ -796,6 +797,7 @@ class Collector:
             "type": "session", "kind": "start", "ts": time.time_ns(), "session": session,
             "pid": pid, "flags": [], "name": req.get("name", ""), "root": pid,
             "cgroup": req.get("cgroup", ""), "mode": mode, "policy": req.get("policy") or {},
+            "cwd": cwd,
         })  # fmt: skip
         return {"ok": True, "session": session}
 
