@@ -388,10 +388,16 @@ class Collector:
                 break
         self.sessions[sid] = {"root": ev["pid"], "cgroup": "", "fd": None, "name": "adopted",
                               "mode": pol.mode, "started": time.time()}  # fmt: skip
+        cwd = procfs.readlink(ev["pid"], "cwd") or ""
+        if self.files is not None and cwd:
+            # Its hooks' baselines, beside the loop (the process already runs: as soon as we
+            # can, never holding up the ring).
+            threading.Thread(target=self.files.session_start, args=(cwd,), daemon=True,
+                             name="session-baselines").start()  # fmt: skip
         self.batch.append({
             "type": "session", "kind": "start", "ts": time.time_ns(), "session": sid,
             "pid": ev["pid"], "flags": ["adopted"], "name": "adopted", "root": ev["pid"],
-            "cgroup": "", "mode": pol.mode, "policy": policy_mod.as_dict(pol),
+            "cgroup": "", "mode": pol.mode, "policy": policy_mod.as_dict(pol), "cwd": cwd,
         })  # fmt: skip
 
     def guard_self(self) -> None:
