@@ -372,3 +372,18 @@ def test_the_coverage_table_in_docs_names_real_rules_and_their_techniques() -> N
         tags = {t for n in listed for t in rs.get(n).tags}
         ids = re.findall(r"T\d{4}(?:\.\d{3})?", technique)
         assert ids and set(ids) <= tags, (technique, set(ids) - tags)
+
+
+def test_a_site_adds_its_own_security_service_in_a_local_file(tmp_path: Path) -> None:
+    (tmp_path / "local.yaml").write_text(
+        "- list: security_services\n  append: true\n  items: [my-edr]\n"
+        "- list: security_service_comms\n  append: true\n  items: [my-edr-agent]\n"
+    )
+    rs = R.load_rules([tmp_path])
+    stop = {"type": "exec", "comm": "systemctl", "session": 1,
+            "argv": ["systemctl", "stop", "my-edr.service"]}  # fmt: skip
+    kill = {"type": "kill", "comm": "sh", "session": 1, "target": 99, "target_tid": 0,
+            "sig": 9, "call": "kill", "target_comm": "my-edr-agent", "flags": []}  # fmt: skip
+    assert [r.name for r in rs.match(stop, CTX)] == ["oversight_security_service_stop"]
+    assert [r.name for r in rs.match(kill, CTX)] == ["oversight_security_service_kill"]
+    assert R.load_rules().match(stop, CTX) == []

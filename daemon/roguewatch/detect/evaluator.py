@@ -229,6 +229,8 @@ class Evaluator:
                 self.set_session_policy(sid, policy_from_wire(pol))
             if ev.get("cgroup"):
                 self.table.set_session_cgroup(sid, str(ev["cgroup"]))
+            if ev.get("cwd"):
+                self.table.set_workspace(sid, str(ev["cwd"]))
             if self.enforcer is not None:
                 self.enforcer.start_session(
                     sid, ev.get("root", 0), ev.get("name", ""), ev.get("cgroup", ""),

@@ -72,6 +72,8 @@ class ProcessView(Protocol):
 
     def session_cgroup(self, session: int) -> str | None: ...
 
+    def workspace(self, session: int) -> str | None: ...
+
 
 @lru_cache(maxsize=4096)
 def _venv_root_on_disk(directory: str) -> str | None:
@@ -111,6 +113,10 @@ class BaseProcessView:
         """The session's own cgroup, relative to the cgroup v2 root (None: none known)."""
         return None
 
+    def workspace(self, session: int) -> str | None:
+        """The session's workspace: its root's working directory at start (None: unknown)."""
+        return None
+
 
 @dataclass
 class StaticProcessView(BaseProcessView):
@@ -130,9 +136,13 @@ class StaticProcessView(BaseProcessView):
     records: dict[int, dict] = field(default_factory=dict)
     lists: Mapping[str, Sequence[str]] = field(default_factory=dict)
     session_cgroups: dict[int, str] = field(default_factory=dict)
+    workspaces: dict[int, str] = field(default_factory=dict)
 
     def session_cgroup(self, session: int) -> str | None:
         return self.session_cgroups.get(session)
+
+    def workspace(self, session: int) -> str | None:
+        return self.workspaces.get(session)
 
     def process(self, event: dict) -> dict | None:
         return self.records.get(event.get("pid", -1))
@@ -560,6 +570,17 @@ def _in_venv(e: dict, ctx: Any) -> bool | None:
     return ctx.venv_root(p) is not None
 
 
+def _in_workspace(e: dict, ctx: Any) -> bool | None:
+    p = _path(e, ctx)
+    ws = ctx.workspace(e.get("session", 0)) if p is not None else None
+    if ws is None:
+        return None
+    ws = ws.rstrip("/")
+    if not ws:
+        return None  # started in /: no workspace to speak of
+    return p == ws or p.startswith(ws + "/")
+
+
 def _first_of(*keys: str) -> Extractor:
     def extract(e: dict, ctx: Any) -> Any:
         for k in keys:
@@ -779,6 +800,14 @@ _add(
     "bool",
     "`fd.name` lies inside a Python virtual environment (a parent holds `pyvenv.cfg`)",
     _in_venv,
+)
+_add(
+    "fd.in_workspace",
+    "bool",
+    "`fd.name` lies in the session's workspace (its root's working directory when it "
+    "started); absent when the session's is unknown",
+    _in_workspace,
+    inputs=("path", "session"),
 )
 _add(
     "fd.protected",

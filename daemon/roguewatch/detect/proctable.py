@@ -57,6 +57,7 @@ class ProcessTable(BaseProcessView):
         # within ATTRIBUTION_NS names that event's session and process as the writer.
         self.recent_paths: BoundedDict[str, dict] = BoundedDict(RECENT_PATHS_MAX)
         self._session_cgroups: dict[int, str] = {}  # session -> its cgroup, from the v2 root
+        self._workspaces: dict[int, str] = {}  # session -> its root's cwd at start
 
     def writer_of(self, fs_ev: dict) -> dict | None:
         """The probe event (of a session) that made this watcher change, if one did."""
@@ -205,6 +206,13 @@ class ProcessTable(BaseProcessView):
 
     def session_cgroup(self, session: int) -> str | None:
         return self._session_cgroups.get(session)
+
+    def set_workspace(self, session: int, cwd: str) -> None:
+        if cwd.startswith("/"):
+            self._workspaces[session] = cwd
+
+    def workspace(self, session: int) -> str | None:
+        return self._workspaces.get(session)
 
     def session_of_tree(self, pid: int) -> int | None:
         """The session of a live process or of its nearest ancestor in one (None: none)."""

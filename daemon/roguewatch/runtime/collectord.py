@@ -48,6 +48,13 @@ def workspace_files(cfg: config_mod.Config) -> list[str]:
     return out
 
 
+def sysctls(cfg: config_mod.Config) -> list[str]:
+    """The kernel settings rules name (lists ``*_sysctls``): read as a session starts, so a
+    restore can write them back."""
+    lists = ruleset.lists_only(d for d in cfg.rules_dirs if os.path.isdir(d))
+    return [str(i) for n, items in lists.items() if n.endswith("_sysctls") for i in items]
+
+
 def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
     """A collector with its filesystem sensor (when ``cfg.watch_files``), started.
 
@@ -73,7 +80,8 @@ def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
     files = None
     if cfg.watch_files:
         files = FileGuard(cfg, watch_paths(cfg), on_change, is_own,
-                          workspace_files=workspace_files(cfg))  # fmt: skip
+        files = FileGuard(cfg, watch_paths(cfg), on_change, is_own,
+                          workspace_files=workspace_files(cfg), sysctls=sysctls(cfg))  # fmt: skip
         files.start(keep_baselines=not previous.clean)
     try:
         col = Collector(cfg, max_procs=max_procs, files=files, fs_queue=queue, previous=previous)

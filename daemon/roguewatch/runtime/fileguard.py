@@ -49,6 +49,9 @@ PYTHON_LIB_GLOBS = (
 )  # fmt: skip
 PYTHON_HOOK_NAMES = ("sitecustomize.py", "usercustomize.py")
 MAX_HOOK_FILES = 2000
+PROC_SYS = "/proc/sys"
+BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
+BINFMT_REGISTER = f"{BINFMT_DIR}/register"
 
 
 class FileGuard:
@@ -65,11 +68,17 @@ class FileGuard:
         is_own: Callable[[int], bool],
         workspace_files: Iterable[str] = (),
         homes: Iterable[str] = (),
+        sysctls: Iterable[str] = (),
     ) -> None:
         self.cfg = cfg
         # Relative to a session's working directory: baselined as the session starts.
         self.workspace_files = [w.lstrip("/") for w in workspace_files if w.strip("/")]
         self.homes = list(homes) or watchers.home_dirs()
+        # Kernel settings (/proc/sys) read as a session starts, written back by a restore;
+        # and the binfmt_misc handlers there were then.
+        self.sysctls = [p for p in sysctls if p.startswith(PROC_SYS)]
+        self._sysctl_base: dict[str, bytes] = {}
+        self._binfmt_base: set[str] | None = None
         self.snapshot_done = threading.Event()
         # Not our own state (baselines, quarantine: thousands of files that we write): the
         # probes still see an agent that touches it.
@@ -201,14 +210,66 @@ class FileGuard:
         if cwd.startswith("/"):
             paths += [os.path.normpath(os.path.join(cwd, w)) for w in self.workspace_files]
         paths += python_hook_files(self.homes)
+        self._read_sysctls()
         try:
             return self.baselines.snapshot(dict.fromkeys(paths))
         except (OSError, baseline.BaselineError) as exc:
             log.warning("session baselines near %s: %s", cwd, exc)
             return 0
 
+    def _read_sysctls(self) -> None:
+        for p in self.sysctls:
+            if p == BINFMT_REGISTER:
+                continue
+            try:
+                with open(p, "rb") as f:
+                    self._sysctl_base[p] = f.read(4096)
+            except OSError:
+                continue
+        try:
+            self._binfmt_base = set(os.listdir(BINFMT_DIR))
+        except OSError:
+            self._binfmt_base = None
+
+    def _restore_sysctl(self, path: str) -> str | None:
+        """A kernel setting back to its value when the session started; None when ``path``
+        is no setting read then."""
+        if path == BINFMT_REGISTER or (path.startswith(BINFMT_DIR + "/")
+                                       and self._binfmt_base is not None):  # fmt: skip
+            if self._binfmt_base is None:
+                return "not restored: binfmt_misc was not mounted when the session started"
+            try:
+                new = sorted(set(os.listdir(BINFMT_DIR)) - self._binfmt_base - {"register",
+                             "status"})  # fmt: skip
+                for n in new:
+                    with open(os.path.join(BINFMT_DIR, n), "wb") as f:
+                        f.write(b"-1")
+            except OSError as exc:
+                return f"not restored: binfmt_misc handlers: {exc.strerror or exc}"
+            if not new:
+                return "unchanged (no binfmt_misc handler was added)"
+            return f"restored: binfmt_misc handler(s) {', '.join(new)} removed"
+        old = self._sysctl_base.get(path)
+        if old is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                if f.read(4096) == old:
+                    return "unchanged (matches the value at session start)"
+            with open(path, "wb") as f:
+                f.write(old)
+        except OSError as exc:
+            return f"not restored: writing {path}: {exc.strerror or exc}"
+        shown = old.decode(errors="replace").strip()[:80]
+        return f"restored to its value at session start ({shown!r})"
+
     def restore(self, path: str, who: dict[str, Any]) -> str:
         started = int(who.get("started_ns") or 0)
+        if path.startswith(PROC_SYS + "/"):
+            done = self._restore_sysctl(path)
+            if done is not None:
+                return done
+            return "not restored: a kernel setting not read when the session started"
         outcome = self.baselines.restore(path, who)
         if outcome.startswith("no baseline copy"):
             # Too large to copy at baseline, so only quarantined: the package may have it.

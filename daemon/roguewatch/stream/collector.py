@@ -508,10 +508,16 @@ class Collector:
         self.sessions[sid] = {"root": ev["pid"], "cgroup": "", "fd": None, "name": "adopted",
                               "mode": pol.mode, "started": time.time(),
                               "policy": policy_mod.as_dict(pol)}  # fmt: skip
+        cwd = procfs.readlink(ev["pid"], "cwd") or ""
+        if self.files is not None and cwd:
+            # Its hooks' baselines, beside the loop (the process already runs: as soon as we
+            # can, never holding up the ring).
+            threading.Thread(target=self.files.session_start, args=(cwd,), daemon=True,
+                             name="session-baselines").start()  # fmt: skip
         self.batch.append({
             "type": "session", "kind": "start", "ts": time.time_ns(), "session": sid,
             "pid": ev["pid"], "flags": ["adopted"], "name": "adopted", "root": ev["pid"],
-            "cgroup": "", "mode": pol.mode, "policy": policy_mod.as_dict(pol),
+            "cgroup": "", "mode": pol.mode, "policy": policy_mod.as_dict(pol), "cwd": cwd,
         })  # fmt: skip
 
     def guard_self(self) -> None:
@@ -981,9 +987,10 @@ class Collector:
         protect = list((req.get("policy") or {}).get("protect", []))
         if protect and self.files is not None:
             self.files.protect(protect)  # the session's protected files: both sensors
+        cwd = procfs.readlink(pid, "cwd") or ""
         if self.files is not None:
             # What it could turn into a hook near where it works: baselined before it runs.
-            self.files.session_start(procfs.readlink(pid, "cwd") or "")
+            self.files.session_start(cwd)
         self.sessions[session] = {
             "root": pid, "root_start": start, "cgroup": req.get("cgroup", ""), "fd": None,
             "name": req.get("name", ""), "mode": mode, "started": time.time(),
@@ -994,6 +1001,7 @@ class Collector:
             "type": "session", "kind": "start", "ts": time.time_ns(), "session": session,
             "pid": pid, "flags": [], "name": req.get("name", ""), "root": pid,
             "cgroup": req.get("cgroup", ""), "mode": mode, "policy": req.get("policy") or {},
+            "cwd": cwd,
         })  # fmt: skip
         return {"ok": True, "session": session}
 

@@ -425,6 +425,9 @@ EVENT_TYPES: tuple[EventType, ...] = (
             Field("cgroup", "str", "the session's cgroup v2 directory (empty: none)"),
             Field("mode", "str", "`enforce` or `observe`"),
             Field("policy", "dict", "the session's policy: egress_allow, protect, mode, lists"),
+            Field(
+                "cwd", "str", "at `start`: the root's working directory, the session's workspace"
+            ),
             Field("survivors", "list[int]", "at `end`: pids still tracked in the session"),
         ),
         "(collector, on register and on session end)",

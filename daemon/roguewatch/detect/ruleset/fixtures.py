@@ -77,6 +77,7 @@ def _view(spec: Mapping[str, Any]) -> F.StaticProcessView:
         venvs=tuple(spec.get("venvs", ())),
         fork_rates={int(k): float(v) for k, v in (spec.get("fork_rates") or {}).items()},
         session_cgroups={int(k): str(v) for k, v in (spec.get("session_cgroups") or {}).items()},
+        workspaces={int(k): str(v) for k, v in (spec.get("workspaces") or {}).items()},
     )
 
 
