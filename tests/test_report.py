@@ -4,6 +4,7 @@ no network request, and the hash chains that show a record was cut or rewritten.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -14,7 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from roguewatch.core import chain
+from roguewatch.core import chain, paths
 from roguewatch.outputs import alertchain, alerts
 from roguewatch.stream import recording
 
@@ -100,6 +101,9 @@ def test_the_report_of_a_real_session_renders_in_a_real_browser(agent, tmp_path:
         f"""
         c = socket.socket()
         say(denied=attempt(lambda: c.connect(("127.0.0.9", 9))))
+        # the key of the records' chains is out of the session's reach; the rest is not
+        say(key=attempt(lambda: open({paths.CHAIN_KEY!r}, "rb").read()),
+            other=attempt(lambda: open("/etc/os-release").read()))
         open({outside!r}, "w").write("x")
         import subprocess
         subprocess.run(["/bin/sh", "-c", "echo '<script>alert(1)</script>' > /dev/null; exit 3"])
@@ -110,6 +114,7 @@ def test_the_report_of_a_real_session_renders_in_a_real_browser(agent, tmp_path:
     )
     try:
         assert r.said().get("ready") is True, r.describe()
+        assert r.said()["key"] == errno.EACCES and r.said()["other"] == 0, r.said()
         m = re.search(r"Report: roguewatch report ([0-9a-f]+)\.", r.summary)
         assert m, r.summary
         sid = m.group(1)

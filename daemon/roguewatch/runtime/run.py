@@ -245,15 +245,18 @@ class Run:
         """The agent's Landlock domain, built here (a bad writable root is the launcher's
         error, before anything runs) and enforced in the forked child. In either mode: the
         sandbox is not a rule's action."""
+        from roguewatch.core import chain
         from roguewatch.respond import landlock
         from roguewatch.respond.selfdefense import write_denied_paths
 
         writable = self.policy.writable
+        chain.load_key()  # (made now if new: its directory is what the agent may not read)
         return landlock.Ruleset.build(
             scope_signals=True,
             scope_abstract_unix=True,
             writable=None if writable is None else list(writable),
             deny_writes=write_denied_paths(),
+            deny_reads=[paths.KEYS_DIR],
         )
 
     def _print(self, alert: dict) -> None:
