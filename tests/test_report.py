@@ -265,3 +265,58 @@ def test_report_of_a_missing_session_or_a_bad_file_is_a_message(tmp_path: Path) 
     out = subprocess.run([*CLI, "report", str(bad)], capture_output=True, text=True)
     assert out.returncode == 2 and "not a roguewatch recording" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_kept_session_record_is_bounded_says_so_and_rotates(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from roguewatch.cli import report as report_cli
+    from roguewatch.stream import bus, sessionstore
+
+    base = tmp_path / "sessions"
+    for i in range(3):  # older sessions' records, beyond what is kept
+        base.mkdir(exist_ok=True)
+        (base / f"{i + 1:x}.rwrec").write_bytes(b"x")
+        os.utime(base / f"{i + 1:x}.rwrec", (i, i))
+    endpoint = f"ipc://{tmp_path}/run/ev.sock"
+    pub = bus.Publisher(endpoint)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            pub.drain_subscriptions()
+            time.sleep(0.005)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        old = sessionstore.KEEP_SESSIONS
+        sessionstore.KEEP_SESSIONS = 3
+        try:
+            rec = sessionstore.Recorder.start(endpoint, 0xAB, ["agent"], base=str(base),
+                                              max_events=10)  # fmt: skip
+        finally:
+            sessionstore.KEEP_SESSIONS = old
+        assert rec is not None
+        assert sorted(os.listdir(base)) == ["2.rwrec", "3.rwrec", "ab.rwrec"]  # 1 was oldest
+        evs = [{"type": "open", "ts": 10 + i, "session": 0xAB, "pid": 7, "flags": [],
+                "path": f"/tmp/o{i}"} for i in range(30)]  # fmt: skip
+        evs.append({"type": "exit", "ts": 99, "session": 0xAB, "pid": 7, "code": 0,
+                    "signal": 0, "flags": []})  # fmt: skip
+        evs.append({"type": "open", "ts": 5, "session": 0xCD, "pid": 8, "path": "/x"})
+        pub.publish(evs)
+        time.sleep(0.3)
+        path = rec.stop()
+    finally:
+        stop.set()
+        t.join()
+        pub.close()
+    assert sessionstore.find("0xab", str(base)) == path
+    _, kept = recording.read(path)
+    kept = list(kept)
+    assert [e["type"] for e in kept] == ["open"] * 10 + ["exit", "monitor"], kept
+    assert kept[-1]["record_left_out"] == 20
+    assert recording.verify(path)["status"] == "intact"
+    rep = report_cli.build(path, rules_dirs=None)
+    assert rep["summary"]["losses_total"] == 20 and "20 events were lost" in rep["problems"][0]
