@@ -49,6 +49,8 @@ PR_SET_CHILD_SUBREAPER = 36
 SERVICE_CONTROL_SOCKET = paths.CONTROL_ENDPOINT.removeprefix("ipc://")
 # How long the launcher waits for its alert subscription to be live before the agent's exec.
 WELCOME_TIMEOUT_S = 1.0
+# How long a drill's end waits for its `shutdown_drill` alert to come back from the evaluator.
+DRILL_ALERT_WAIT_S = 5.0
 
 
 class RunError(Exception):
@@ -464,7 +466,7 @@ class Run:
         entry = {"session": f"{self.session:x}", "name": self.name, "root": root,
                  "cgroup": cg.path}  # fmt: skip
         try:
-            record, _ = drill.drill_session(
+            record, delivered = drill.drill_session(
                 watcher.control, entry, events=watcher.events,
                 deadline=getattr(self.args, "drill_deadline", 10.0),
                 shutdown=list(self.policy.shutdown), protect=self.policy.protect,
@@ -477,6 +479,16 @@ class Run:
         from roguewatch.outputs.render import printable
 
         self.summary.drill = printable(record.summary())
+        # Its alert (the evaluator's, from the collector's `drill` event) in this session's
+        # summary and alert file: wait for it a little (the session has ended meanwhile).
+        until = time.monotonic() + DRILL_ALERT_WAIT_S
+        while (
+            delivered
+            and time.monotonic() < until
+            and not any(a.get("rule") == "shutdown_drill" for a in self.summary.alerts)
+        ):
+            self._drain_alerts(sub, 100)
+            self._poll_root(root)
 
     def _reap(self) -> None:
         """As subreaper we inherit the agent's orphans: collect their exit statuses."""
