@@ -22,6 +22,7 @@ from roguewatch.stream import recording
 from tests.conftest import SCRATCH, require
 
 CLI = [sys.executable, "-m", "roguewatch.cli.main"]
+OUTPUT = Path(__file__).resolve().parent.parent / "build" / "test-output"
 # Only the page's own behaviour is under test: the browser's background services are off,
 # and it runs in a network namespace of its own (nothing it tries can leave this host).
 CHROMIUM_FLAGS = [
@@ -96,6 +97,7 @@ def test_the_report_of_a_real_session_renders_in_a_real_browser(agent, tmp_path:
 
     no_service()
     os.makedirs(SCRATCH, exist_ok=True)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
     outside = f"{SCRATCH}/report-<b>bold&{os.getpid()}.txt"
     r = agent.run(
         f"""
@@ -154,9 +156,11 @@ def test_the_report_of_a_real_session_renders_in_a_real_browser(agent, tmp_path:
         assert "svg" in dom.tags and "circle" in dom.tags  # the timeline is drawn
         refs = [a.get("src") or a.get("href") for a in dom.attrs if a.get("src") or a.get("href")]
         assert all(ref.startswith("#") for ref in refs), refs  # nothing outside the page
-        chromium(tmp_path, page, f"--screenshot={tmp_path / 'report.png'}",
+        # The page and its screenshot are kept in the tests' output (build/, not committed).
+        shutil.copy(page, OUTPUT / "report.html")
+        chromium(tmp_path, page, f"--screenshot={OUTPUT / 'report.png'}",
                  "--window-size=1200,1800")  # fmt: skip
-        assert (tmp_path / "report.png").stat().st_size > 10_000
+        assert (OUTPUT / "report.png").stat().st_size > 10_000
     finally:
         Path(outside).unlink(missing_ok=True)
 
