@@ -4,6 +4,7 @@ no network request, and the hash chains that show a record was cut or rewritten.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -14,13 +15,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from roguewatch.core import chain
+from roguewatch.core import chain, paths
 from roguewatch.outputs import alertchain, alerts
 from roguewatch.stream import recording
 
 from tests.conftest import SCRATCH, require
 
 CLI = [sys.executable, "-m", "roguewatch.cli.main"]
+OUTPUT = Path(__file__).resolve().parent.parent / "build" / "test-output"
 # Only the page's own behaviour is under test: the browser's background services are off,
 # and it runs in a network namespace of its own (nothing it tries can leave this host).
 CHROMIUM_FLAGS = [
@@ -95,11 +97,15 @@ def test_the_report_of_a_real_session_renders_in_a_real_browser(agent, tmp_path:
 
     no_service()
     os.makedirs(SCRATCH, exist_ok=True)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
     outside = f"{SCRATCH}/report-<b>bold&{os.getpid()}.txt"
     r = agent.run(
         f"""
         c = socket.socket()
         say(denied=attempt(lambda: c.connect(("127.0.0.9", 9))))
+        # the key of the records' chains is out of the session's reach; the rest is not
+        say(key=attempt(lambda: open({paths.CHAIN_KEY!r}, "rb").read()),
+            other=attempt(lambda: open("/etc/os-release").read()))
         open({outside!r}, "w").write("x")
         import subprocess
         subprocess.run(["/bin/sh", "-c", "echo '<script>alert(1)</script>' > /dev/null; exit 3"])
@@ -110,6 +116,7 @@ def test_the_report_of_a_real_session_renders_in_a_real_browser(agent, tmp_path:
     )
     try:
         assert r.said().get("ready") is True, r.describe()
+        assert r.said()["key"] == errno.EACCES and r.said()["other"] == 0, r.said()
         m = re.search(r"Report: roguewatch report ([0-9a-f]+)\.", r.summary)
         assert m, r.summary
         sid = m.group(1)
@@ -149,9 +156,11 @@ def test_the_report_of_a_real_session_renders_in_a_real_browser(agent, tmp_path:
         assert "svg" in dom.tags and "circle" in dom.tags  # the timeline is drawn
         refs = [a.get("src") or a.get("href") for a in dom.attrs if a.get("src") or a.get("href")]
         assert all(ref.startswith("#") for ref in refs), refs  # nothing outside the page
-        chromium(tmp_path, page, f"--screenshot={tmp_path / 'report.png'}",
+        # The page and its screenshot are kept in the tests' output (build/, not committed).
+        shutil.copy(page, OUTPUT / "report.html")
+        chromium(tmp_path, page, f"--screenshot={OUTPUT / 'report.png'}",
                  "--window-size=1200,1800")  # fmt: skip
-        assert (tmp_path / "report.png").stat().st_size > 10_000
+        assert (OUTPUT / "report.png").stat().st_size > 10_000
     finally:
         Path(outside).unlink(missing_ok=True)
 
@@ -260,3 +269,58 @@ def test_report_of_a_missing_session_or_a_bad_file_is_a_message(tmp_path: Path) 
     out = subprocess.run([*CLI, "report", str(bad)], capture_output=True, text=True)
     assert out.returncode == 2 and "not a roguewatch recording" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_kept_session_record_is_bounded_says_so_and_rotates(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from roguewatch.cli import report as report_cli
+    from roguewatch.stream import bus, sessionstore
+
+    base = tmp_path / "sessions"
+    for i in range(3):  # older sessions' records, beyond what is kept
+        base.mkdir(exist_ok=True)
+        (base / f"{i + 1:x}.rwrec").write_bytes(b"x")
+        os.utime(base / f"{i + 1:x}.rwrec", (i, i))
+    endpoint = f"ipc://{tmp_path}/run/ev.sock"
+    pub = bus.Publisher(endpoint)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            pub.drain_subscriptions()
+            time.sleep(0.005)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        old = sessionstore.KEEP_SESSIONS
+        sessionstore.KEEP_SESSIONS = 3
+        try:
+            rec = sessionstore.Recorder.start(endpoint, 0xAB, ["agent"], base=str(base),
+                                              max_events=10)  # fmt: skip
+        finally:
+            sessionstore.KEEP_SESSIONS = old
+        assert rec is not None
+        assert sorted(os.listdir(base)) == ["2.rwrec", "3.rwrec", "ab.rwrec"]  # 1 was oldest
+        evs = [{"type": "open", "ts": 10 + i, "session": 0xAB, "pid": 7, "flags": [],
+                "path": f"/tmp/o{i}"} for i in range(30)]  # fmt: skip
+        evs.append({"type": "exit", "ts": 99, "session": 0xAB, "pid": 7, "code": 0,
+                    "signal": 0, "flags": []})  # fmt: skip
+        evs.append({"type": "open", "ts": 5, "session": 0xCD, "pid": 8, "path": "/x"})
+        pub.publish(evs)
+        time.sleep(0.3)
+        path = rec.stop()
+    finally:
+        stop.set()
+        t.join()
+        pub.close()
+    assert sessionstore.find("0xab", str(base)) == path
+    _, kept = recording.read(path)
+    kept = list(kept)
+    assert [e["type"] for e in kept] == ["open"] * 10 + ["exit", "monitor"], kept
+    assert kept[-1]["record_left_out"] == 20
+    assert recording.verify(path)["status"] == "intact"
+    rep = report_cli.build(path, rules_dirs=None)
+    assert rep["summary"]["losses_total"] == 20 and "20 events were lost" in rep["problems"][0]

@@ -113,8 +113,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     path = _resolve(args.target)
     if path is None:
+        from roguewatch.stream import sessionstore
+
+        kept = sessionstore.newest(5)
+        hint = f"; the newest kept: {', '.join(kept)}" if kept else ""
         return die(f"report: {args.target!r} is neither a recording file nor a session with a "
-                   "kept record (see `roguewatch sessions --ended`)")  # fmt: skip
+                   f"kept record (in {sessionstore.SESSION_RECORDS}){hint}")  # fmt: skip
     try:
         report = build(path, args.alerts, args.rules)
     except (recording.RecordingError, RuleError, ValueError) as exc:

@@ -198,6 +198,7 @@ class Tail:
         if not isinstance(alert, dict):
             self.malformed_lines += 1
             return
+        alert.pop("chain", None)  # the log's hash chain (outputs/alertchain.py), not the alert's
         if remember and isinstance(alert.get("id"), str):
             self._seen.add(alert["id"])
         self._emit(alert)

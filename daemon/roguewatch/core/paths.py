@@ -23,7 +23,8 @@ POLICIES_DIR = f"{CONFIG_DIR}/policies.d"
 
 STATE_DIR = "/var/lib/roguewatch"  # baselines, quarantine, the shared blob store
 PRIVATE_STATE = f"{STATE_DIR}/private"  # a private collector's baselines and quarantine
-CHAIN_KEY = f"{STATE_DIR}/keys/chain.key"  # the HMAC key of the records' hash chains (0600)
+KEYS_DIR = f"{STATE_DIR}/keys"  # the monitor's keys: no session may read them (Landlock)
+CHAIN_KEY = f"{KEYS_DIR}/chain.key"  # the HMAC key of the records' hash chains (0600)
 SESSION_RECORDS = f"{STATE_DIR}/sessions"  # the record `run` keeps of each session (bounded)
 CACHE_DIR = "/var/cache/roguewatch"  # compiled probe images
 LOG_DIR = "/var/log/roguewatch"

@@ -151,7 +151,7 @@ class ReportBuilder:
 
     def __init__(self, header: dict | None = None, source: dict | None = None) -> None:
         self.header = dict(header or {})
-        self.source = dict(source or {})
+        self.source = {"kind": "recording", "path": "", **(source or {})}
         self.session = int(self.header.get("session") or 0)
         self.events = 0
         self.by_type: Counter = Counter()

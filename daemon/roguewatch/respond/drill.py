@@ -62,7 +62,7 @@ class Act:
 
     kind: str  # ignored_sigterm, blocked_sigterm, handled_sigterm, setsid, reparented,
     #            spawned, respawned, shutdown_path, protected_path, signalled_outside,
-    #            left_cgroup, changed_disposition
+    #            signalled_monitor, left_cgroup, changed_disposition
     pid: int
     detail: str
 
@@ -294,7 +294,7 @@ class Drill:
         elif t == "kill" and ev.get("sig"):
             target = int(ev.get("target") or 0)
             if "guard" in (ev.get("flags") or ()) or target in self.monitor_pids:
-                self._act("signalled_outside", pid,
+                self._act("signalled_monitor", pid,
                           f"sent signal {ev.get('sig')} to the monitor (pid {target})")  # fmt: skip
             elif target <= 0 or target not in self._members_cache:
                 what = f"process group {-target}" if target < 0 else f"pid {target}"

@@ -260,6 +260,7 @@ class Ruleset:
         writable: list[str] | None = None,
         *,
         deny_writes: list[str] | tuple[str, ...] = (),
+        deny_reads: list[str] | tuple[str, ...] = (),
         std_devices: bool = True,
     ) -> Ruleset:
         """A ruleset that scopes signals and abstract unix sockets (as asked), and, when
@@ -270,11 +271,13 @@ class Ruleset:
           STD_DEVICES when `writable` is given and `std_devices`;
         - never beneath a `deny_writes` path, even inside a writable root (the roots around it
           are split, see the module docstring). A writable root at or inside a denied path is
-          an error: it could only be honoured by breaking the denial.
+          an error: it could only be honoured by breaking the denial;
+        - with `deny_reads`, reading files is handled too: granted everywhere but beneath those
+          paths (the monitor's keys), split the same way.
 
         Raises LandlockError when the kernel's ABI is too old for what was asked, or a rule
         cannot be built (the message names the root)."""
-        fs = writable is not None or bool(deny_writes)
+        fs = writable is not None or bool(deny_writes) or bool(deny_reads)
         if not (scope_signals or scope_abstract_unix or fs):
             raise LandlockError("nothing to restrict: ask for a scope or a list of writable roots")
         version = abi()
@@ -303,7 +306,9 @@ class Ruleset:
                         f"writable root {root!r} is inside {d}, which the agent may never write "
                         "to (the monitor's own): remove it from writable"
                     )
-        handled_fs = write_accesses(version) if fs else 0
+        writes = write_accesses(version) if fs else 0
+        handled_fs = writes | (ACCESS_FS_READ_FILE if deny_reads else 0)
+        unreadable = sorted({_real(d) for d in deny_reads})
 
         attr = _RulesetAttr(handled_access_fs=handled_fs, handled_access_net=0, scoped=scoped)
         # Pass the size that covers the fields we set (24 bytes with `scoped`, 8 with only the
@@ -326,10 +331,12 @@ class Ruleset:
                     real = _real(root)
                     inside = [d for d in denied if _beneath(d, real)]
                     if inside and os.path.isdir(real):
-                        rules += _grant_all_but(ruleset_fd, real, inside, handled_fs)
+                        rules += _grant_all_but(ruleset_fd, real, inside, writes)
                     else:
-                        _add_path_rule(ruleset_fd, root, handled_fs)
+                        _add_path_rule(ruleset_fd, root, writes)
                         rules += 1
+                if unreadable:
+                    rules += _grant_all_but(ruleset_fd, "/", unreadable, ACCESS_FS_READ_FILE)
                 if writable is not None and std_devices:
                     device = handled_fs & (
                         ACCESS_FS_WRITE_FILE | ACCESS_FS_TRUNCATE | ACCESS_FS_IOCTL_DEV

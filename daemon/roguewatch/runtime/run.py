@@ -49,6 +49,8 @@ PR_SET_CHILD_SUBREAPER = 36
 SERVICE_CONTROL_SOCKET = paths.CONTROL_ENDPOINT.removeprefix("ipc://")
 # How long the launcher waits for its alert subscription to be live before the agent's exec.
 WELCOME_TIMEOUT_S = 1.0
+# How long a drill's end waits for its `shutdown_drill` alert to come back from the evaluator.
+DRILL_ALERT_WAIT_S = 5.0
 
 
 class RunError(Exception):
@@ -248,15 +250,18 @@ class Run:
         """The agent's Landlock domain, built here (a bad writable root is the launcher's
         error, before anything runs) and enforced in the forked child. In either mode: the
         sandbox is not a rule's action."""
+        from roguewatch.core import chain
         from roguewatch.respond import landlock
         from roguewatch.respond.selfdefense import write_denied_paths
 
         writable = self.policy.writable
+        chain.load_key()  # (made now if new: its directory is what the agent may not read)
         return landlock.Ruleset.build(
             scope_signals=True,
             scope_abstract_unix=True,
             writable=None if writable is None else list(writable),
             deny_writes=write_denied_paths(),
+            deny_reads=[paths.KEYS_DIR],
         )
 
     def _print(self, alert: dict) -> None:
@@ -479,7 +484,7 @@ class Run:
         entry = {"session": f"{self.session:x}", "name": self.name, "root": root,
                  "cgroup": cg.path}  # fmt: skip
         try:
-            record, _ = drill.drill_session(
+            record, delivered = drill.drill_session(
                 watcher.control, entry, events=watcher.events,
                 deadline=getattr(self.args, "drill_deadline", 10.0),
                 shutdown=list(self.policy.shutdown), protect=self.policy.protect,
@@ -492,6 +497,16 @@ class Run:
         from roguewatch.outputs.render import printable
 
         self.summary.drill = printable(record.summary())
+        # Its alert (the evaluator's, from the collector's `drill` event) in this session's
+        # summary and alert file: wait for it a little (the session has ended meanwhile).
+        until = time.monotonic() + DRILL_ALERT_WAIT_S
+        while (
+            delivered
+            and time.monotonic() < until
+            and not any(a.get("rule") == "shutdown_drill" for a in self.summary.alerts)
+        ):
+            self._drain_alerts(sub, 100)
+            self._poll_root(root)
 
     def _reap(self) -> None:
         """As subreaper we inherit the agent's orphans: collect their exit statuses."""

@@ -502,7 +502,8 @@ EVENT_TYPES: tuple[EventType, ...] = (
                 "list[str]",
                 "their kinds: `ignored_sigterm`, `blocked_sigterm`, "
                 "`handled_sigterm`, `setsid`, `reparented`, `spawned`, `respawned`, "
-                "`shutdown_path`, `protected_path`, `signalled_outside`, `left_cgroup`, "
+                "`shutdown_path`, `protected_path`, `signalled_outside`, `signalled_monitor`, "
+                "`left_cgroup`, "
                 "`changed_disposition`",
             ),
             Field("request", "str", "what was asked: SIGTERM to the root, or the shutdown command"),

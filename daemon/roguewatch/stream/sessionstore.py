@@ -45,6 +45,12 @@ def find(key: str, base: str = SESSION_RECORDS) -> str | None:
     return path if os.path.isfile(path) else None
 
 
+def newest(n: int, base: str = SESSION_RECORDS) -> list[str]:
+    """The ids of the ``n`` sessions whose records were kept last."""
+    recs = sorted(glob.glob(os.path.join(base, "*.rwrec")), key=_mtime, reverse=True)
+    return [os.path.basename(p).removesuffix(".rwrec") for p in recs[:n]]
+
+
 def alerts_of(recording_path: str) -> str | None:
     """The alert log kept beside a kept recording, when there is one."""
     path = recording_path.removesuffix(".rwrec") + ".alerts.jsonl"
