@@ -41,6 +41,7 @@ from roguewatch.stream import bus
 from roguewatch.stream.bus import Peer
 from roguewatch.stream.control import ControlServer, Standing
 from roguewatch.stream.enrich import ProcessCache
+from roguewatch.stream.sigstate import SignalWatch
 
 log = logging.getLogger("roguewatch.collector")
 
@@ -58,6 +59,10 @@ _EXEC = layout.TYPE_NUMBERS["exec"]
 _EXIT = layout.TYPE_NUMBERS["exit"]
 _KILL = layout.TYPE_NUMBERS["kill"]
 _TARGET = layout.TYPE_NUMBERS["target"]
+# Types that may change or reveal signal dispositions: the deferred checks (stream/sigstate).
+_SIGWATCH = frozenset(
+    layout.TYPE_NUMBERS[n] for n in ("exec", "exit", "rt_sigaction", "sigprocmask", "signal_sent")
+)
 _PIDFD = "pidfd_send_signal"  # the one kind of kill whose target needs state
 _STATEFUL = frozenset(
     layout.TYPE_NUMBERS[n] for n in ProcessCache.HOOKS if n != "kill"
@@ -224,6 +229,7 @@ class Collector:
             )  # fmt: skip
             self._register_operations(self.control)
         self.cache = ProcessCache()
+        self.sigwatch = SignalWatch(self.identity_of)
         self.batch: list[dict] = []
         self._idents: dict[bytes, dict] = {}  # identity bytes of a header → identity fields
         self.events_total = 0
@@ -478,7 +484,17 @@ class Collector:
             return  # one of its own threads, named by its thread id: no other process
         if h[_V_FLAGS] & _F_ADOPTED and ev["session"] not in self.sessions:
             self._announce_adopted(ev)
+        if t in _SIGWATCH:
+            self.sigwatch.note(ev)
         self.batch.append(ev)
+
+    def check_signals(self) -> None:
+        """The deferred signal-disposition checks whose time came, published."""
+        if self.sigwatch.next_due_ns() is not None:
+            found = self.sigwatch.due()
+            if found:
+                self.batch.extend(found)
+                self.flush()
 
     def _target_other(self, ev: dict) -> bool:
         """A `target` event names a task by its id: the process it belongs to instead, and
@@ -581,9 +597,10 @@ class Collector:
             for pid in _cgroup_members(cgroup):
                 if self.probes.session_of(pid) is not None:
                     continue
-                start = procfs.start_ns(pid)
-                if start is None:
-                    continue  # gone meanwhile
+                st = procfs.stat(pid)
+                if st is None or st.exiting:
+                    continue  # gone meanwhile, or dying: its exit took it off the map
+                start = st.start_ns
                 ppid = procfs.ppid(pid)
                 self.probes.register(pid, sid, start, procfs.start_ns(ppid) or 0, ppid,
                                      observe=info.get("mode") == "observe")  # fmt: skip
@@ -871,6 +888,9 @@ class Collector:
         while not self._stopping:
             now = time.monotonic()
             timeout = max(0.0, next_tick - now)
+            due = self.sigwatch.next_due_ns()
+            if due is not None:
+                timeout = min(timeout, max(0.0, due / 1e9 - now))
             if busy:
                 timeout = min(timeout, max(0.0, drained_at + BUSY_POLL_S - now))
             try:
@@ -886,6 +906,7 @@ class Collector:
             else:
                 drained_at = time.monotonic()
                 busy = self.drain() > 0
+            self.check_signals()
             if self.fs_queue or self._wake_r in socks:
                 self._drain_fs()
             if gate is not None and gate.poll():
