@@ -68,6 +68,8 @@ class ProcessView(Protocol):
 
     def fork_rate(self, session: int) -> float | None: ...
 
+    def live_processes(self, session: int) -> int | None: ...
+
     def process(self, event: dict) -> dict | None: ...
 
     def session_cgroup(self, session: int) -> str | None: ...
@@ -104,6 +106,10 @@ class BaseProcessView:
     def fork_rate(self, session: int) -> float | None:
         return None
 
+    def live_processes(self, session: int) -> int | None:
+        """Processes of the session alive now (None: unknown)."""
+        return None
+
     def process(self, event: dict) -> dict | None:
         return None
 
@@ -127,6 +133,7 @@ class StaticProcessView(BaseProcessView):
     processes: dict[int, int] = field(default_factory=dict)
     venvs: tuple[str, ...] = ()
     fork_rates: dict[int, float] = field(default_factory=dict)
+    live: dict[int, int] = field(default_factory=dict)
     records: dict[int, dict] = field(default_factory=dict)
     lists: Mapping[str, Sequence[str]] = field(default_factory=dict)
     session_cgroups: dict[int, str] = field(default_factory=dict)
@@ -153,6 +160,9 @@ class StaticProcessView(BaseProcessView):
 
     def fork_rate(self, session: int) -> float | None:
         return self.fork_rates.get(session)
+
+    def live_processes(self, session: int) -> int | None:
+        return self.live.get(session)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -685,6 +695,12 @@ _add(
     "float",
     "forks per second in the session recently (from the evaluator's counters)",
     lambda e, c: c.fork_rate(e["session"]) if e.get("session") is not None else None,
+)
+_add(
+    "session.processes",
+    "int",
+    "processes of the session alive now (from the evaluator's process table)",
+    lambda e, c: c.live_processes(e["session"]) if e.get("session") is not None else None,
 )
 
 # fd: files

@@ -46,6 +46,7 @@ class ProcessTable(BaseProcessView):
         self.by_pid: dict[int, str] = {}
         self._exited: deque[tuple[int, str]] = deque()
         self._forks: dict[int, deque[int]] = {}
+        self._live: dict[int, int] = {}  # session -> processes alive in it (by the table)
         self.grace_ns = grace_ns
         self.evicted = 0
         self.default_policy = self.policy
@@ -105,6 +106,9 @@ class ProcessTable(BaseProcessView):
             "start": ev.get("ts", 0),
             "exited": 0,
         }
+        if exec_id not in self.procs:
+            session = rec["session"]
+            self._live[session] = self._live.get(session, 0) + 1
         self.procs[exec_id] = rec
         self.by_pid[pid] = exec_id
         return rec
@@ -160,6 +164,15 @@ class ProcessTable(BaseProcessView):
         if rec is not None and not rec["exited"]:
             rec["exited"] = ts or 1
             self._exited.append((ts, eid))
+            self._gone(rec)
+
+    def _gone(self, rec: ProcessRecord) -> None:
+        session = rec["session"]
+        n = self._live.get(session, 0) - 1
+        if n > 0:
+            self._live[session] = n
+        else:
+            self._live.pop(session, None)
 
     def sweep(self, now_ns: int) -> None:
         """Forget exited processes after the grace period; stay under MAX_PROCS."""
@@ -174,6 +187,8 @@ class ProcessTable(BaseProcessView):
             eid = next(iter(self.procs))
             rec = self.procs.pop(eid)
             self.evicted += 1
+            if not rec["exited"]:
+                self._gone(rec)
             if self.by_pid.get(rec["pid"]) == eid:
                 del self.by_pid[rec["pid"]]
 
@@ -227,6 +242,10 @@ class ProcessTable(BaseProcessView):
                 return False
             return None
         return self.procs[eid]["session"] == session
+
+    def live_processes(self, session: int) -> int | None:
+        """Processes of the session alive now, as far as the table saw them start and end."""
+        return self._live.get(session, 0)
 
     def fork_rate(self, session: int) -> float | None:
         """Forks in the session's last second (of event time). Old entries are dropped as
