@@ -19,7 +19,7 @@ from types import MappingProxyType
 from roguewatch.core import procfs
 from roguewatch.core.cache import BoundedDict
 from roguewatch.core.contracts import ProcessRecord
-from roguewatch.detect.fields import BaseProcessView, Policy
+from roguewatch.detect.fields import DEFAULT_PATH, BaseProcessView, Policy, split_path
 from roguewatch.host import kernelenv
 from roguewatch.policy.policy import StaticPolicy
 
@@ -34,6 +34,7 @@ RECENT_PATHS_MAX = 16384
 _NO_SESSION = object()  # ProcessTable.policy_session before any pick (and after set_policy)
 MAX_PROCS = 65536
 MAX_LINEAGE = 64
+MAX_SESSION_PATHS = 32  # distinct PATH values remembered per session
 
 
 class ProcessTable(BaseProcessView):
@@ -47,6 +48,8 @@ class ProcessTable(BaseProcessView):
         self._exited: deque[tuple[int, str]] = deque()
         self._forks: dict[int, deque[int]] = {}
         self._live: dict[int, int] = {}  # session -> processes alive in it (by the table)
+        # session -> the PATHs its processes were exec'd with (the system default first)
+        self._paths: dict[int, list[tuple[str, ...]]] = {}
         self.grace_ns = grace_ns
         self.evicted = 0
         self.default_policy = self.policy
@@ -139,6 +142,9 @@ class ProcessTable(BaseProcessView):
             rec["cmdline"] = ev.get("cmdline", "")
             rec["argv"] = ev.get("argv", [])
             rec["cwd"] = ev.get("cwd", "")
+            env_path = ev.get("env_path")
+            if env_path:
+                self._learn_path(rec["session"], env_path)
             if old and old != eid and old in self.procs:  # the pre-exec image is gone
                 self._mark_exited(old, ev.get("ts", 0))
             return
@@ -242,6 +248,17 @@ class ProcessTable(BaseProcessView):
                 return False
             return None
         return self.procs[eid]["session"] == session
+
+    def _learn_path(self, session: int, value: str) -> None:
+        paths = self._paths.get(session)
+        if paths is None:
+            paths = self._paths[session] = [DEFAULT_PATH]
+        entries = split_path(value)
+        if entries not in paths and len(paths) < MAX_SESSION_PATHS:
+            paths.append(entries)
+
+    def search_paths(self, session: int) -> list[tuple[str, ...]] | tuple[tuple[str, ...], ...]:
+        return self._paths.get(session) or (DEFAULT_PATH,)
 
     def live_processes(self, session: int) -> int | None:
         """Processes of the session alive now, as far as the table saw them start and end."""
