@@ -66,7 +66,7 @@ TYPE_NAMES: tuple[str, ...] = (
     "open", "rename", "unlink", "link", "symlink", "chmod", "chown", "truncate", "utimes",
     "kill", "rt_sigaction", "setsid", "setpgid", "prctl", "task_rename", "ptrace",
     "unshare", "setns", "mount", "bpf", "module_load", "memfd_create", "chdir",
-    "cgroup_attach", "target",
+    "cgroup_attach", "target", "sigprocmask", "signal_sent",
 )  # fmt: skip
 TYPE_NUMBERS = {name: i for i, name in enumerate(TYPE_NAMES) if name}
 
@@ -120,6 +120,10 @@ FAMILY_NAMES = {AF_UNIX: "unix", AF_INET: "inet", AF_INET6: "inet6", AF_NETLINK:
 SOCK_PROTO = {1: "tcp", 2: "udp", 3: "raw", 5: "seqpacket"}
 # enum rw_kill_call, in order: what made a kill record (its a[3])
 KILL_CALLS = ("kill", "tkill", "tgkill", "pidfd_send_signal", "generate")
+# rt_sigprocmask's `how` (SIG_BLOCK, SIG_UNBLOCK, SIG_SETMASK), in order
+SIGMASK_HOW = ("block", "unblock", "setmask")
+# signal:signal_generate's result (enum trace_signal_result in the kernel), in order
+SIGNAL_RESULTS = ("delivered", "ignored", "already_pending", "overflow_fail", "lose_info")
 # enum rw_target_call, in order: what a `target` record's call reached in another process
 TARGET_CALLS = (
     "prlimit64",
@@ -361,6 +365,19 @@ def _sigaction(ev, h, s1, s2):
     ev["handler"] = {0: "SIG_DFL", 1: "SIG_IGN"}.get(h[V_A1], "handler")
 
 
+def _sigprocmask(ev, h, s1, s2):
+    ev["how"] = SIGMASK_HOW[h[V_A0]] if h[V_A0] < len(SIGMASK_HOW) else str(h[V_A0])
+    ev["mask"] = h[V_A1]
+
+
+def _signal_sent(ev, h, s1, s2):
+    ev["target"] = s32(h[V_A0])
+    ev["sig"] = h[V_A1]
+    r = s32(h[V_A2])
+    ev["result"] = SIGNAL_RESULTS[r] if 0 <= r < len(SIGNAL_RESULTS) else str(r)
+    ev["target_session"] = h[V_A3]
+
+
 def _setsid(ev, h, s1, s2):
     pass
 
@@ -452,6 +469,7 @@ BUILDERS: dict[int, Builder] = {
         "unshare": _unshare, "setns": _setns, "mount": _mount, "bpf": _bpf,
         "module_load": _module, "memfd_create": _memfd, "chdir": _chdir,
         "cgroup_attach": _cgroup_attach, "target": _target,
+        "sigprocmask": _sigprocmask, "signal_sent": _signal_sent,
     }.items()
 }  # fmt: skip
 

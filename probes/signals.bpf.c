@@ -3,6 +3,11 @@
  * kill, tkill, tgkill, pidfd_send_signal   target and signal, with the result
  * rt_sigaction                             SIG_IGN or a handler for SIGHUP, SIGINT, SIGTERM
  *                                          (SIG_DFL is filtered out here)
+ * rt_sigprocmask                           blocking SIGHUP, SIGINT or SIGTERM: one record per
+ *                                          process per RW_SIGMASK_NS (see below)
+ * signal:signal_generate                   also: SIGHUP, SIGINT or SIGTERM sent by a user task
+ *                                          to a tracked process (a shutdown attempted), with
+ *                                          the kernel's result (`ignored`...)
  * setsid, setpgid, prctl, ptrace           detaching, renaming, tracing
  * task:task_rename                         comm changes, /proc/PID/comm writes included
  * signal:signal_generate                   guard: a user signal that reaches a roguewatch
@@ -100,6 +105,25 @@ TRACEPOINT_PROBE(syscalls, sys_enter_pidfd_send_signal)
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_send_signal) { return rw_finish_hdr(args->ret); }
 
+/* A termination signal sent to a tracked process: user space confirms from /proc what its
+ * dispositions are now (stream/sigstate.py). The sender may be untracked (the harness, the
+ * operator): the record names the target's session. */
+static __always_inline void rw_signal_sent(u32 target, int sig, int result)
+{
+    struct rw_proc *tp = sessions.lookup(&target);
+    if (!tp)
+        return;
+    u64 session = tp->session;
+    struct rw_rec *r = rw_begin(RW_SIGNAL_SENT, rw_current_proc());
+    if (!r)
+        return;
+    r->h.a[0] = target;
+    r->h.a[1] = sig;
+    r->h.a[2] = (u32)result;
+    r->h.a[3] = session;
+    rw_emit(r);
+}
+
 TRACEPOINT_PROBE(signal, signal_generate)
 {
     /* A fatal signal to a tracked process: what its exit will say (process.bpf.c). */
@@ -115,6 +139,8 @@ TRACEPOINT_PROBE(signal, signal_generate)
     if (pend && pend->type == RW_KILL && !pend->addr[0])
         bpf_probe_read_kernel(pend->addr, TASK_COMM_LEN, args->comm);
     u32 target = args->pid;
+    if (args->sig == 1 || args->sig == 2 || args->sig == 15)
+        rw_signal_sent(target, args->sig, args->result);
     if (!guarded.lookup(&target))
         return 0;
     u32 self = bpf_get_current_pid_tgid() >> 32;
@@ -158,6 +184,48 @@ TRACEPOINT_PROBE(syscalls, sys_enter_rt_sigaction)
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_rt_sigaction) { return rw_finish_hdr(args->ret); }
+
+/* Blocking SIGHUP (bit 0), SIGINT (bit 1) or SIGTERM (bit 14). Spawning a child blocks
+ * every signal for an instant (glibc's posix_spawn, CPython's subprocess, make, timeout):
+ * only what still stands a moment later counts, and user space reads that from /proc after
+ * a delay longer than RW_SIGMASK_NS (stream/sigstate.py). So one record per process per
+ * RW_SIGMASK_NS (and image) is enough: a block that stands was either recorded, or fell
+ * within RW_SIGMASK_NS of a record whose check comes after it. */
+#define RW_TERM_SIGMASK ((1ULL << 0) | (1ULL << 1) | (1ULL << 14))
+#define RW_SIGMASK_NS 250000000ULL
+/* tgid -> the last record's time and the image it was of (a new image records at once) */
+struct rw_sigmask_last {
+    u64 ts;
+    u64 start_ns;
+};
+BPF_TABLE("lru_hash", u32, struct rw_sigmask_last, sigmask_last, 16384);
+
+TRACEPOINT_PROBE(syscalls, sys_enter_rt_sigprocmask)
+{
+    if (args->how == 1 /* SIG_UNBLOCK */ || !args->nset)
+        return 0;
+    struct rw_proc *p = rw_current_proc();
+    if (!p)
+        return 0;
+    u64 set = 0; /* sigset_t starts with the word of signals 1-64 (user ABI) */
+    bpf_probe_read_user(&set, sizeof(set), args->nset);
+    if (!(set & RW_TERM_SIGMASK))
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 now = bpf_ktime_get_boot_ns();
+    struct rw_sigmask_last *last = sigmask_last.lookup(&tgid);
+    if (last && last->start_ns == p->start_ns && now - last->ts < RW_SIGMASK_NS)
+        return 0;
+    struct rw_sigmask_last mark = {.ts = now, .start_ns = p->start_ns};
+    sigmask_last.update(&tgid, &mark);
+    struct rw_rec *r = rw_begin(RW_SIGPROCMASK, p);
+    if (!r)
+        return 0;
+    r->h.a[0] = args->how;
+    r->h.a[1] = set;
+    rw_emit(r);
+    return 0;
+}
 
 TRACEPOINT_PROBE(syscalls, sys_enter_setsid)
 {

@@ -421,7 +421,7 @@ def test_an_agent_ignoring_sigterm_is_killed(agent: Agent) -> None:
         say(survived=True)
         """
     )
-    alert = r.one("shutdown_ignore_termination_signal", sig=15)
+    alert = r.one("shutdown_ignore_termination_signal", reason="change", ignored=["SIGTERM"])
     assert alert["category"] == "shutdown_evasion" and "killed" in alert["outcome"], alert
     assert r.status == 128 + signal.SIGKILL, r.describe()
     assert "survived" not in r.said()

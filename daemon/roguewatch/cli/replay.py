@@ -112,6 +112,7 @@ def run(
         # Close every open dedup window, as the live evaluator would once time passes.
         clock.now += evaluator.window_ns
         evaluator.tick()
+        evaluator.flush_folds(everything=True)
         stats.events = evaluator.events
         stats.alerts = evaluator.alerts
         stats.suppressed = evaluator.suppressed

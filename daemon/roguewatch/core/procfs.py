@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PF_EXITING = 0x4
 TICK_NS = 1_000_000_000 // CLK_TCK
 
 
@@ -25,6 +26,12 @@ class Stat:
     ppid: int
     start_ns: int  # boot-relative, clock-tick resolution
     sid: int = 0  # its session id (setsid), as /proc/PID/stat has it
+    flags: int = 0  # the task's PF_* flags (PF_EXITING: it is dying)
+
+    @property
+    def exiting(self) -> bool:
+        """Dying or dead: past its exit (a zombie, or between exit and release)."""
+        return self.state in ("Z", "X", "x") or bool(self.flags & PF_EXITING)
 
 
 def stat(pid: int | str) -> Stat | None:
@@ -32,7 +39,8 @@ def stat(pid: int | str) -> Stat | None:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
         fields = raw[raw.rindex(b")") + 2 :].split()
-        return Stat(fields[0].decode(), int(fields[1]), int(fields[19]) * TICK_NS, int(fields[3]))
+        return Stat(fields[0].decode(), int(fields[1]), int(fields[19]) * TICK_NS,
+                    sid=int(fields[3]), flags=int(fields[6]))
     except (OSError, ValueError, IndexError):
         return None
 
@@ -157,3 +165,77 @@ def pids() -> list[int]:
     import psutil
 
     return psutil.pids()
+
+
+@dataclass(frozen=True)
+class SignalMasks:
+    """Signal sets of a process (signal N is bit N-1), as ``/proc/PID/status`` shows them."""
+
+    ignored: int  # SigIgn: dispositions set to SIG_IGN (shared by every thread)
+    caught: int  # SigCgt: a handler installed
+    blocked: int  # SigBlk, and-ed over every thread: blocked for the process as a whole
+
+
+def _status_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _status_hex(text: str, key: str) -> int:
+    """The hexadecimal value of one ``key:`` line of a status text (0: absent)."""
+    i = text.find("\n" + key + ":")
+    if i < 0:
+        return 0
+    i += len(key) + 2
+    end = text.find("\n", i)
+    try:
+        return int(text[i : end if end >= 0 else len(text)].strip(), 16)
+    except ValueError:
+        return 0
+
+
+def signal_masks(pid: int) -> SignalMasks | None:
+    """The process's ignored, caught and blocked signals now; None when it is gone.
+
+    A signal sent to a process waits only while *every* thread blocks it (any other thread
+    takes it), so the blocked set is the intersection over ``/proc/PID/task/*/status``; a
+    thread inside sigsuspend or pselect shows the mask it waits with."""
+    text = _status_text(f"/proc/{pid}/status")
+    if text is None:
+        return None
+    blocked = _status_hex(text, "SigBlk")
+    if "\nThreads:\t1\n" not in text and blocked:
+        for tid in threads(pid):
+            if tid != pid:
+                t = _status_text(f"/proc/{pid}/task/{tid}/status")
+                if t is not None:
+                    blocked &= _status_hex(t, "SigBlk")
+    return SignalMasks(_status_hex(text, "SigIgn"), _status_hex(text, "SigCgt"), blocked)
+
+
+def environ_vars(pid: int, names: tuple[bytes, ...]) -> dict[str, str]:
+    """The values of some variables of ``/proc/PID/environ`` (the environment the process
+    was exec'd with); empty when it is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    for name in names:
+        key = name + b"="
+        if data.startswith(key):
+            i = 0
+        else:
+            i = data.find(b"\0" + key)
+            if i < 0:
+                continue
+            i += 1
+        end = data.find(b"\0", i)
+        out[name.decode()] = data[i + len(key) : end if end >= 0 else len(data)].decode(
+            errors="replace"
+        )
+    return out

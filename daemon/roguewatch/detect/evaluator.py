@@ -46,6 +46,13 @@ KILL_ACTIONS = frozenset(
     {"kill_process", "kill_tree", "kill_session", "freeze", "block", "restore"}
 )
 _SEVERITIES = frozenset({"info", "low", "medium", "high", "critical"})
+# Rules with `fold: session`: every match of the rule in a session within FOLD_NS is one
+# alert, published when the time is up (or the session ends) with the count. The first
+# match acts at once; later ones act too when the action is the process's own (a session-wide
+# freeze or kill needs doing once).
+FOLD_NS = 1_000_000_000
+_PER_PROCESS_ACTIONS = frozenset({"kill_process", "kill_tree", "restore"})
+FOLD_PIDS_MAX = 64  # the pids a folded alert lists
 NOT_ENFORCED = "recorded only: no enforcer (replay, or enforce: false)"
 
 
@@ -147,6 +154,16 @@ def _dedup_key(rule: Rule, ev: dict) -> tuple:
 
 
 @dataclass
+class _Fold:
+    alert: dict
+    rule: Rule
+    first_ns: int
+    count: int = 1
+    killed: int = 0
+    pids: list[int] | None = None
+
+
+@dataclass
 class _Seen:
     alert: dict
     first_ns: int
@@ -172,6 +189,7 @@ class Evaluator:
         self.clock = clock
         self.ids = AlertIds(clock())
         self._seen: dict[tuple, _Seen] = {}
+        self._folds: dict[tuple[str, int], _Fold] = {}
         self.events = 0
         self.alerts = 0
         self.suppressed = 0
@@ -255,6 +273,7 @@ class Evaluator:
             self.table.use_policy_of(sid)
             for rule in self.rules.match(synth, self.table):
                 self._fire(rule, synth)
+        self.flush_folds(session=sid)  # one alert per rule for all the survivors, now
 
     # -- host names in egress allowlists ------------------------------------------------------
 
@@ -378,6 +397,9 @@ class Evaluator:
     def _fire(self, rule: Rule, ev: dict) -> None:
         now = self.clock()
         failed = failed_attempt(ev)
+        if rule.fold == "session" and not failed:
+            self._fold(rule, ev, now)
+            return
         # A failed attempt is alerted, never acted on: it changed nothing (and a loop of them
         # folds into one alert with a count).
         suppressible = failed or (rule.action not in KILL_ACTIONS and not rule.restore)
@@ -397,6 +419,52 @@ class Evaluator:
         self._publish(alert)
         if suppressible:
             self._seen[key] = _Seen(alert, now)
+
+    def _fold(self, rule: Rule, ev: dict, now: int) -> None:
+        key = (rule.name, ev.get("session", 0))
+        fold = self._folds.get(key)
+        pid = ev.get("pid", 0)
+        if fold is None:
+            alert = self.build(rule, ev)
+            self._enforce(alert, rule, ev)
+            self._folds[key] = _Fold(alert, rule, now, killed=alert.get("killed", 0), pids=[pid])
+            return
+        fold.count += 1
+        if fold.pids is not None and len(fold.pids) < FOLD_PIDS_MAX and pid not in fold.pids:
+            fold.pids.append(pid)
+        if rule.action in _PER_PROCESS_ACTIONS or rule.restore:
+            probe = dict(fold.alert)
+            self._enforce(probe, rule, ev)
+            fold.killed += probe.get("killed", 0)
+
+    def flush_folds(
+        self, now_ns: int | None = None, session: int | None = None, everything: bool = False
+    ) -> None:
+        """Publish the folded alerts whose time is up (all of a session's when it ended;
+        all of them when the evaluator stops)."""
+        if not self._folds:
+            return
+        now = now_ns if now_ns is not None else self.clock()
+        for key in list(self._folds):
+            fold = self._folds[key]
+            if not everything and key[1] != session and now - fold.first_ns < FOLD_NS:
+                continue
+            del self._folds[key]
+            alert = fold.alert
+            alert["count"] = fold.count
+            if "killed" in alert:
+                alert["killed"] = fold.killed
+            if fold.count > 1:
+                pids = fold.pids or []
+                more = "" if len(pids) < FOLD_PIDS_MAX else f", the first {len(pids)}"
+                alert["message"] = (
+                    f"{alert['message']} ({fold.count} times in the session within "
+                    f"{max(now - fold.first_ns, 0) / 1e9:.1f} s; pids {pids}{more})"
+                )
+                alert["event"] = {**alert["event"], "pids": pids}
+                if fold.killed and "killed" in alert.get("outcome", ""):
+                    alert["outcome"] = f"{fold.killed} processes killed"
+            self._publish(alert)
 
     def _enforce(self, alert: dict, rule: Rule, ev: dict) -> None:
         flags = ev.get("flags") or ()
@@ -454,6 +522,7 @@ class Evaluator:
         now = self.clock()
         self._refresh_host_policies()
         self.flush_fs(now)
+        self.flush_folds(now)
         expired = [k for k, s in self._seen.items() if now - s.first_ns >= self.window_ns]
         for k in expired:
             seen = self._seen.pop(k)

@@ -68,6 +68,10 @@ class ProcessView(Protocol):
 
     def fork_rate(self, session: int) -> float | None: ...
 
+    def live_processes(self, session: int) -> int | None: ...
+
+    def search_paths(self, session: int) -> Sequence[tuple[str, ...]]: ...
+
     def process(self, event: dict) -> dict | None: ...
 
     def session_cgroup(self, session: int) -> str | None: ...
@@ -106,6 +110,15 @@ class BaseProcessView:
     def fork_rate(self, session: int) -> float | None:
         return None
 
+    def live_processes(self, session: int) -> int | None:
+        """Processes of the session alive now (None: unknown)."""
+        return None
+
+    def search_paths(self, session: int) -> Sequence[tuple[str, ...]]:
+        """The PATHs the host and the session run commands by: the system's default, and
+        each PATH the session's processes were exec'd with."""
+        return (DEFAULT_PATH,)
+
     def process(self, event: dict) -> dict | None:
         return None
 
@@ -133,6 +146,8 @@ class StaticProcessView(BaseProcessView):
     processes: dict[int, int] = field(default_factory=dict)
     venvs: tuple[str, ...] = ()
     fork_rates: dict[int, float] = field(default_factory=dict)
+    live: dict[int, int] = field(default_factory=dict)
+    env_paths: dict[int, list[str]] = field(default_factory=dict)
     records: dict[int, dict] = field(default_factory=dict)
     lists: Mapping[str, Sequence[str]] = field(default_factory=dict)
     session_cgroups: dict[int, str] = field(default_factory=dict)
@@ -164,10 +179,65 @@ class StaticProcessView(BaseProcessView):
     def fork_rate(self, session: int) -> float | None:
         return self.fork_rates.get(session)
 
+    def live_processes(self, session: int) -> int | None:
+        return self.live.get(session)
+
+    def search_paths(self, session: int) -> Sequence[tuple[str, ...]]:
+        return (DEFAULT_PATH, *(split_path(p) for p in self.env_paths.get(session, ())))
+
 
 # ---------------------------------------------------------------------------------------------
 # Policy helpers: egress allowlist and protected paths
 # ---------------------------------------------------------------------------------------------
+
+
+# The PATH a host runs commands by when nothing says otherwise (systemd's, and Debian's
+# login default for root): /usr/local comes first, so a tool placed there shadows /usr/bin's.
+DEFAULT_PATH: tuple[str, ...] = (
+    "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin",
+)  # fmt: skip
+# Where a login shell's start-up puts a user's own bin directories: ahead of everything
+# (Debian's ~/.profile, when they exist at login).
+LOGIN_BIN_HOMEPATHS = ("~/.local/bin", "~/bin")
+
+
+@lru_cache(maxsize=256)
+def split_path(value: str) -> tuple[str, ...]:
+    """A PATH value as its absolute, normalized directories, in order (relative ones, which
+    depend on the cwd, are left out)."""
+    return tuple(normalize_prefix(d) for d in value.split(":") if d.startswith("/"))
+
+
+@lru_cache(maxsize=4096)
+def _real_dir(d: str) -> str:
+    return os.path.realpath(d)
+
+
+def shadows_on_path(directory: str, name: str, paths: Sequence[tuple[str, ...]]) -> bool:
+    """Whether ``directory/name`` comes, on one of ``paths``, before another directory that
+    holds a ``name`` (the one the command meant): a later directory that is the same one
+    (``/bin`` is ``/usr/bin`` on a merged /usr) is not another."""
+    real = _real_dir(directory)
+    for entries in paths:
+        try:
+            i = entries.index(directory)
+        except ValueError:
+            continue
+        for later in entries[i + 1 :]:
+            if _real_dir(later) != real and os.path.lexists(f"{later}/{name}"):
+                return True
+    return False
+
+
+def _shadows(e: dict, c: Any) -> bool | None:
+    p = _path(e, c)
+    if p is None:
+        return None
+    directory, name = posixpath.dirname(p), posixpath.basename(p)
+    paths = list(c.search_paths(e.get("session", 0)))
+    if _home_of(directory) in LOGIN_BIN_HOMEPATHS:
+        paths.append((directory, *DEFAULT_PATH))
+    return shadows_on_path(directory, name, paths)
 
 
 def egress_allowed(policy: Policy | None, addr: str, port: int, proto: str = "") -> bool | None:
@@ -753,6 +823,12 @@ _add(
     "forks per second in the session recently (from the evaluator's counters)",
     lambda e, c: c.fork_rate(e["session"]) if e.get("session") is not None else None,
 )
+_add(
+    "session.processes",
+    "int",
+    "processes of the session alive now (from the evaluator's process table)",
+    lambda e, c: c.live_processes(e["session"]) if e.get("session") is not None else None,
+)
 
 # fd: files
 _add_derived(
@@ -794,6 +870,14 @@ _add_derived(
     "`evt.arg.source` relative to a home directory, like `fd.homepath`",
     "source",
     _home_of,
+)
+_add(
+    "fd.shadows_on_path",
+    "bool",
+    "`fd.name` comes, on the system's default PATH, on a PATH the session's processes were "
+    "exec'd with, or in a home's `~/.local/bin` or `~/bin` (which login shells put first), "
+    "before another directory holding a file of the same name: it shadows that command",
+    _shadows,
 )
 _add(
     "fd.in_venv",

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from roguewatch.core import procfs
 from roguewatch.core.cache import BoundedDict
 from roguewatch.core.contracts import ProcessRecord
-from roguewatch.detect.fields import BaseProcessView, Policy
+from roguewatch.detect.fields import DEFAULT_PATH, BaseProcessView, Policy, split_path
 from roguewatch.host import kernelenv
 from roguewatch.policy.policy import StaticPolicy
 
@@ -34,6 +34,7 @@ RECENT_PATHS_MAX = 16384
 _NO_SESSION = object()  # ProcessTable.policy_session before any pick (and after set_policy)
 MAX_PROCS = 65536
 MAX_LINEAGE = 64
+MAX_SESSION_PATHS = 32  # distinct PATH values remembered per session
 
 
 class ProcessTable(BaseProcessView):
@@ -46,6 +47,9 @@ class ProcessTable(BaseProcessView):
         self.by_pid: dict[int, str] = {}
         self._exited: deque[tuple[int, str]] = deque()
         self._forks: dict[int, deque[int]] = {}
+        self._live: dict[int, int] = {}  # session -> processes alive in it (by the table)
+        # session -> the PATHs its processes were exec'd with (the system default first)
+        self._paths: dict[int, list[tuple[str, ...]]] = {}
         self.grace_ns = grace_ns
         self.evicted = 0
         self.default_policy = self.policy
@@ -106,6 +110,9 @@ class ProcessTable(BaseProcessView):
             "start": ev.get("ts", 0),
             "exited": 0,
         }
+        if exec_id not in self.procs:
+            session = rec["session"]
+            self._live[session] = self._live.get(session, 0) + 1
         self.procs[exec_id] = rec
         self.by_pid[pid] = exec_id
         return rec
@@ -136,6 +143,9 @@ class ProcessTable(BaseProcessView):
             rec["cmdline"] = ev.get("cmdline", "")
             rec["argv"] = ev.get("argv", [])
             rec["cwd"] = ev.get("cwd", "")
+            env_path = ev.get("env_path")
+            if env_path:
+                self._learn_path(rec["session"], env_path)
             if old and old != eid and old in self.procs:  # the pre-exec image is gone
                 self._mark_exited(old, ev.get("ts", 0))
             return
@@ -161,6 +171,15 @@ class ProcessTable(BaseProcessView):
         if rec is not None and not rec["exited"]:
             rec["exited"] = ts or 1
             self._exited.append((ts, eid))
+            self._gone(rec)
+
+    def _gone(self, rec: ProcessRecord) -> None:
+        session = rec["session"]
+        n = self._live.get(session, 0) - 1
+        if n > 0:
+            self._live[session] = n
+        else:
+            self._live.pop(session, None)
 
     def sweep(self, now_ns: int) -> None:
         """Forget exited processes after the grace period; stay under MAX_PROCS."""
@@ -175,6 +194,8 @@ class ProcessTable(BaseProcessView):
             eid = next(iter(self.procs))
             rec = self.procs.pop(eid)
             self.evicted += 1
+            if not rec["exited"]:
+                self._gone(rec)
             if self.by_pid.get(rec["pid"]) == eid:
                 del self.by_pid[rec["pid"]]
 
@@ -235,6 +256,21 @@ class ProcessTable(BaseProcessView):
                 return False
             return None
         return self.procs[eid]["session"] == session
+
+    def _learn_path(self, session: int, value: str) -> None:
+        paths = self._paths.get(session)
+        if paths is None:
+            paths = self._paths[session] = [DEFAULT_PATH]
+        entries = split_path(value)
+        if entries not in paths and len(paths) < MAX_SESSION_PATHS:
+            paths.append(entries)
+
+    def search_paths(self, session: int) -> list[tuple[str, ...]] | tuple[tuple[str, ...], ...]:
+        return self._paths.get(session) or (DEFAULT_PATH,)
+
+    def live_processes(self, session: int) -> int | None:
+        """Processes of the session alive now, as far as the table saw them start and end."""
+        return self._live.get(session, 0)
 
     def fork_rate(self, session: int) -> float | None:
         """Forks in the session's last second (of event time). Old entries are dropped as

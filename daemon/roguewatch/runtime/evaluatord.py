@@ -285,6 +285,7 @@ class EvaluatorProcess:
                 self.publish_status()
             if self.fleet is not None:
                 self.commit_fleet()
+        ev.flush_folds(everything=True)  # a fold still open is said before the end
 
     def commit_fleet(self) -> None:
         """This turn's fleet records made durable (one fsync); what the spool's bound dropped

@@ -42,6 +42,7 @@ from roguewatch.stream.bus import Peer
 from roguewatch.stream.control import ControlServer, Standing
 from roguewatch.stream.enrich import ProcessCache
 from roguewatch.stream.events import DRILL_FIELDS
+from roguewatch.stream.sigstate import SignalWatch
 
 log = logging.getLogger("roguewatch.collector")
 
@@ -60,6 +61,10 @@ _EXIT = layout.TYPE_NUMBERS["exit"]
 _KILL = layout.TYPE_NUMBERS["kill"]
 _TARGET = layout.TYPE_NUMBERS["target"]
 _MOUNT = layout.TYPE_NUMBERS["mount"]
+# Types that may change or reveal signal dispositions: the deferred checks (stream/sigstate).
+_SIGWATCH = frozenset(
+    layout.TYPE_NUMBERS[n] for n in ("exec", "exit", "rt_sigaction", "sigprocmask", "signal_sent")
+)
 _PIDFD = "pidfd_send_signal"  # the one kind of kill whose target needs state
 _STATEFUL = frozenset(
     layout.TYPE_NUMBERS[n] for n in ProcessCache.HOOKS if n != "kill"
@@ -241,6 +246,7 @@ class Collector:
             )  # fmt: skip
             self._register_operations(self.control)
         self.cache = ProcessCache()
+        self.sigwatch = SignalWatch(self.identity_of)
         self.batch: list[dict] = []
         self._idents: dict[bytes, dict] = {}  # identity bytes of a header → identity fields
         self.events_total = 0
@@ -612,7 +618,17 @@ class Collector:
             self._announce_adopted(ev)
         if t == _MOUNT and ev["ret"] == 0 and ev["session"] and not ev["umount"]:
             self._mounts.append(ev)  # looked at after the drain (it reads the mount table)
+        if t in _SIGWATCH:
+            self.sigwatch.note(ev)
         self.batch.append(ev)
+
+    def check_signals(self) -> None:
+        """The deferred signal-disposition checks whose time came, published."""
+        if self.sigwatch.next_due_ns() is not None:
+            found = self.sigwatch.due()
+            if found:
+                self.batch.extend(found)
+                self.flush()
 
     def _target_other(self, ev: dict) -> bool:
         """A `target` event names a task by its id: the process it belongs to instead, and
@@ -715,9 +731,10 @@ class Collector:
             for pid in _cgroup_members(cgroup):
                 if self.probes.session_of(pid) is not None:
                     continue
-                start = procfs.start_ns(pid)
-                if start is None:
-                    continue  # gone meanwhile
+                st = procfs.stat(pid)
+                if st is None or st.exiting:
+                    continue  # gone meanwhile, or dying: its exit took it off the map
+                start = st.start_ns
                 ppid = procfs.ppid(pid)
                 self.probes.register(pid, sid, start, procfs.start_ns(ppid) or 0, ppid,
                                      observe=info.get("mode") == "observe")  # fmt: skip
@@ -1102,6 +1119,9 @@ class Collector:
         while not self._stopping:
             now = time.monotonic()
             timeout = max(0.0, next_tick - now)
+            due = self.sigwatch.next_due_ns()
+            if due is not None:
+                timeout = min(timeout, max(0.0, due / 1e9 - now))
             if busy:
                 timeout = min(timeout, max(0.0, drained_at + BUSY_POLL_S - now))
             if beat is not None:
@@ -1122,6 +1142,7 @@ class Collector:
                 busy = self.drain() > 0
                 if self._mounts:
                     self.check_mounts()
+            self.check_signals()
             if self.fs_queue or self._wake_r in socks:
                 self._drain_fs()
             if gate is not None and gate.poll():

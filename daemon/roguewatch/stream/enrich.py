@@ -22,6 +22,8 @@ from roguewatch.probes import layout
 from roguewatch.probes.layout import AT_FDCWD
 
 MAX_PROCS = 65536
+_ENV_VARS = (b"HOME", b"XDG_CONFIG_HOME", b"PATH")
+_ENV_FIELDS = {"HOME": "home", "XDG_CONFIG_HOME": "xdg_config_home", "PATH": "env_path"}
 
 
 def _normal(path: str) -> str:
@@ -146,6 +148,10 @@ class ProcessCache:
             fn = ev["filename"]
             exe = os.path.realpath(fn if fn.startswith("/") or not cwd else _join(cwd, fn))
         self.exe[pid] = exe
+        # What the new image reads its configuration by (its home, its PATH): rules mean
+        # those homes by `~/`, and a tool placed ahead on that PATH shadows the real one.
+        for k, v in procfs.environ_vars(pid, _ENV_VARS).items():
+            ev[_ENV_FIELDS[k]] = v
         argv = ev["argv"]
         if "truncated" in ev["flags"] or not argv:
             # The kernel could not copy it whole (too long, or in memory it could not read

@@ -97,8 +97,15 @@ EVENT_TYPES: tuple[EventType, ...] = (
             Field("argv", "list[str]", "arguments as copied in the kernel (up to 20)"),
             Field("cmdline", "str", "full command line (argv joined by spaces)"),
             Field("cwd", "str", "working directory at exec"),
+            Field("home", "str", "`$HOME` of the new image's environment (absent: unset)"),
+            Field(
+                "xdg_config_home",
+                "str",
+                "`$XDG_CONFIG_HOME` of the new image's environment (absent: unset)",
+            ),
+            Field("env_path", "str", "`$PATH` of the new image's environment (absent: unset)"),
         ),
-        "sched:sched_process_exec, execve/execveat for argv",
+        "sched:sched_process_exec, execve/execveat for argv; /proc/PID/environ",
     ),
     EventType(
         "exit",
@@ -271,6 +278,59 @@ EVENT_TYPES: tuple[EventType, ...] = (
             Field("handler", "str", "`SIG_DFL`, `SIG_IGN` or `handler`"),
         ),
         "rt_sigaction",
+    ),
+    EventType(
+        "sigprocmask",
+        "SIGHUP, SIGINT or SIGTERM blocked (rt_sigprocmask SIG_BLOCK or SIG_SETMASK); at most "
+        "one a quarter second per process: what stands is `signal_state`'s to say",
+        (
+            Field("how", "str", "`block` or `setmask`"),
+            Field("mask", "int", "the set given, signal N as bit N-1"),
+        ),
+        "rt_sigprocmask",
+    ),
+    EventType(
+        "signal_sent",
+        "SIGHUP, SIGINT or SIGTERM sent by a user task (tracked or not: the identity fields "
+        "are the sender's, zero when untracked) to a process of a session: a shutdown "
+        "attempted",
+        (
+            Field("target", "int", "pid the signal was sent to"),
+            Field("sig", "int", "signal number"),
+            Field(
+                "result",
+                "str",
+                "the kernel's: `delivered` (queued: a blocked signal waits), `ignored` (its "
+                "disposition is SIG_IGN: dropped), `already_pending`, `overflow_fail`, "
+                "`lose_info`",
+            ),
+            Field("target_session", "int", "session of the target"),
+        ),
+        "signal:signal_generate",
+    ),
+    EventType(
+        "signal_state",
+        "what stands: SIGHUP, SIGINT or SIGTERM ignored (SIG_IGN) or blocked in every thread, "
+        "read from /proc/PID/status a moment after the process changed them, a moment after "
+        "an exec that inherited them, or when a termination signal was sent to it; made only "
+        "when one of them is ignored or blocked",
+        (
+            Field("ignored", "list[str]", "of SIGHUP, SIGINT, SIGTERM: those set to SIG_IGN"),
+            Field(
+                "blocked",
+                "list[str]",
+                "of SIGHUP, SIGINT, SIGTERM: those blocked by every "
+                "thread (a signal sent to the process waits)",
+            ),
+            Field(
+                "reason",
+                "str",
+                "`change` (after rt_sigaction SIG_IGN or rt_sigprocmask), `exec` (the image "
+                "started with them: inherited), `shutdown` (a termination signal was sent)",
+            ),
+            Field("after_ms", "int", "milliseconds between the trigger and the reading"),
+        ),
+        "(collector: /proc/PID/status and /proc/PID/task/*/status, stream/sigstate.py)",
     ),
     EventType("setsid", "setsid(): a new session and process group", (), "setsid"),
     EventType(

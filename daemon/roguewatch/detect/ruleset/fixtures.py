@@ -76,6 +76,8 @@ def _view(spec: Mapping[str, Any]) -> F.StaticProcessView:
         processes={int(k): int(v) for k, v in (spec.get("processes") or {}).items()},
         venvs=tuple(spec.get("venvs", ())),
         fork_rates={int(k): float(v) for k, v in (spec.get("fork_rates") or {}).items()},
+        live={int(k): int(v) for k, v in (spec.get("live") or {}).items()},
+        env_paths={int(k): list(v) for k, v in (spec.get("env_paths") or {}).items()},
         session_cgroups={int(k): str(v) for k, v in (spec.get("session_cgroups") or {}).items()},
         workspaces={int(k): str(v) for k, v in (spec.get("workspaces") or {}).items()},
     )

@@ -30,6 +30,7 @@ from roguewatch.detect.ruleset.model import (
     _FIELD_REF,
     ACTIONS,
     CATEGORIES,
+    FOLDS,
     SEVERITIES,
     Rule,
     RuleError,
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
 _RULE_KEYS = {
     "rule", "desc", "condition", "output", "severity", "category", "tags", "action", "enabled",
-    "exceptions", "append", "override", "restore",
+    "exceptions", "append", "override", "restore", "fold",
 }  # fmt: skip
 _RULE_REQUIRED = ("desc", "condition", "output", "severity", "category")
 _RULE_APPENDABLE = {"condition", "exceptions", "tags"}
@@ -366,9 +367,10 @@ class _Loader:
                 segments.append(Segment(text, src, vnode))
             elif k in ("desc", "output"):
                 props[k] = self._scalar(src, vnode, str, k, name, "rule").strip()
-            elif k in ("severity", "category", "action"):
+            elif k in ("severity", "category", "action", "fold"):
                 v = self._scalar(src, vnode, str, k, name, "rule")
-                allowed = {"severity": SEVERITIES, "category": CATEGORIES, "action": ACTIONS}[k]
+                allowed = {"severity": SEVERITIES, "category": CATEGORIES, "action": ACTIONS,
+                           "fold": FOLDS}[k]  # fmt: skip
                 if v not in allowed:
                     raise self._err(
                         src, vnode, f"expected {k} one of {', '.join(allowed)}, got {v!r}",
@@ -401,6 +403,7 @@ class _Loader:
             props.setdefault("action", "alert")
             props.setdefault("enabled", True)
             props.setdefault("restore", False)
+            props.setdefault("fold", "event")
             d = _RuleDef(name, _loc(src, item), segments, props, prop_locs, exceptions)
             if existing is not None:
                 d.loc = existing.loc  # a redefinition keeps its place and first location
@@ -645,6 +648,7 @@ class _Loader:
             action=p["action"],
             enabled=p["enabled"],
             restore=p.get("restore", False),
+            fold=p.get("fold", "event"),
             exceptions=tuple(excs),
             source=f"{d.loc.file}:{d.loc.line}",
             compiled=compiled,

@@ -22,6 +22,10 @@ from roguewatch.detect.prefilter import TypeFilter
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 CATEGORIES = ("egress", "persistence", "shutdown_evasion", "oversight_tampering", "monitor")
 ACTIONS = ("alert", "kill_process", "kill_tree", "kill_session", "freeze", "restore")
+# How alerts of a rule are folded: `event` (identical events within the dedup window, for
+# rules without an action), `session` (every match in a session within FOLD_NS is one alert
+# with the count: a fork burst, the survivors of a session's end).
+FOLDS = ("event", "session")
 
 
 class RuleError(Exception):
@@ -74,6 +78,7 @@ class Rule:
     action: str
     enabled: bool
     restore: bool  # after the action: the file of the event back to its baseline (enforce)
+    fold: str  # `event` or `session` (FOLDS)
     exceptions: tuple[RuleException, ...]
     source: str  # file:line of the first definition
     compiled: C.CompiledCondition = field(repr=False, compare=False)
