@@ -110,11 +110,11 @@ static __always_inline int rw_egress_deny(struct bpf_sock_addr *ctx, u16 type, u
      * rather than overwritten. */
     struct rw_hdr *old = egress_denied.lookup(&tid);
     if (old)
-        rw_output(old, sizeof(*old), old->type);
+        rw_write(old, sizeof(*old), old->type);
     /* For the refused syscall's sys_exit to claim. With the map full, said now: the
      * syscall's own record then comes too, unflagged (twice, never lost). */
     if (egress_denied.update(&tid, &r->h) != 0)
-        rw_emit(r);
+        rw_emit_nofold(r);
     return 0;
 }
 

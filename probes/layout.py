@@ -67,6 +67,7 @@ TYPE_NAMES: tuple[str, ...] = (
     "kill", "rt_sigaction", "setsid", "setpgid", "prctl", "task_rename", "ptrace",
     "unshare", "setns", "mount", "bpf", "module_load", "memfd_create", "chdir",
     "cgroup_attach", "target", "sigprocmask", "signal_sent",
+    "repeats",
 )  # fmt: skip
 TYPE_NUMBERS = {name: i for i, name in enumerate(TYPE_NAMES) if name}
 
@@ -102,6 +103,7 @@ class Counter(IntEnum):
     ADOPTED_NEXT = 0  # the next adopted session number
     PENDING_OVERFLOW = 1  # records lost to a full pending map or task storage
     UNTRACKED_FORKS = 2  # forks whose child could not be tracked (the session map was full)
+    FOLDED = 3  # records folded into a `repeats` record (each counted once)
 
 
 # Session numbers: those the kernel adopts count up from ADOPTED_BASE (RW_SESSION_ADOPTED_BASE);
@@ -135,6 +137,24 @@ TARGET_CALLS = (
     "process_vm_writev",
     "process_vm_readv",
 )
+
+# Repeats folded in the kernel (roguewatch.h, "Repeats folded"): an identical record of one of
+# FOLDABLE_TYPES from the same thread within FOLD_NS (RW_FOLD_NS) of the one sent is only
+# counted; the count comes as a record of type REPEATS (not an event: the collector turns it
+# into a copy of the event it repeats, with `repeats`): a[0] the folded type, a[1] the count,
+# a[2] the ts of the record repeated, a[3] the first repeat's ts (its own ts: the last's).
+# FOLD_KEY: struct rw_fold_key, the 128-bit SipHash key of the strings' comparison, which the
+# loader writes at each load (the map fold_key).
+FOLD_NS = 200_000_000
+REPEATS = TYPE_NUMBERS["repeats"]
+FOLDABLE_TYPES = frozenset(
+    TYPE_NUMBERS[n] for n in ("open", "chmod", "chown", "truncate", "utimes", "connect",
+                              "sendto", "sendmsg", "socket", "bind", "listen", "kill")
+)  # fmt: skip
+FOLD_KEY = struct.Struct("<QQ")
+# Record types that are not events on the stream (the collector consumes them)
+INTERNAL_TYPES = frozenset({REPEATS})
+INTERNAL_TYPES_NAMES = frozenset(TYPE_NAMES[t] for t in INTERNAL_TYPES)
 
 # RW_MAX_PROCS: the session map's size when the loader passes no other
 MAX_PROCS = 65536
@@ -457,6 +477,14 @@ def _target(ev, h, s1, s2):
     ev["tainted"] = bool(h[V_A2])
 
 
+def _repeats(ev, h, s1, s2):
+    ev["of"] = h[V_A0]  # the folded type's number
+    ev["repeats"] = h[V_A1]
+    ev["_repeated_ts"] = h[V_A2]  # boot-time ns of the record repeated (how it is found)
+    ev["first_ts"] = h[V_A3]  # boot-time ns here: the collector makes both wall-clock
+    ev["last_ts"] = h[V_TS]
+
+
 BUILDERS: dict[int, Builder] = {
     TYPE_NUMBERS[name]: fn
     for name, fn in {
@@ -469,7 +497,7 @@ BUILDERS: dict[int, Builder] = {
         "unshare": _unshare, "setns": _setns, "mount": _mount, "bpf": _bpf,
         "module_load": _module, "memfd_create": _memfd, "chdir": _chdir,
         "cgroup_attach": _cgroup_attach, "target": _target,
-        "sigprocmask": _sigprocmask, "signal_sent": _signal_sent,
+        "sigprocmask": _sigprocmask, "signal_sent": _signal_sent, "repeats": _repeats,
     }.items()
 }  # fmt: skip
 

@@ -305,6 +305,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
+    rw_fold_end(); /* this thread's folded repeats, before its exit */
     guarded.delete(&tid); /* a pid that roguewatch had will be someone else's next */
     pending.delete(&tid);
     clone_flags.delete(&tid);

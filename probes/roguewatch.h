@@ -47,6 +47,7 @@ enum rw_type {
     RW_KILL, RW_RT_SIGACTION, RW_SETSID, RW_SETPGID, RW_PRCTL, RW_TASK_RENAME, RW_PTRACE,
     RW_UNSHARE, RW_SETNS, RW_MOUNT, RW_BPF, RW_MODULE_LOAD, RW_MEMFD_CREATE, RW_CHDIR,
     RW_CGROUP_ATTACH, RW_TARGET, RW_SIGPROCMASK, RW_SIGNAL_SENT,
+    RW_REPEATS, /* not an event: the repeats of a thread's last record, folded (below) */
     RW_TYPE_MAX
 };
 
@@ -139,6 +140,7 @@ enum rw_counter {
     RW_COUNTER_ADOPTED_NEXT = 0, /* the next adopted session number */
     RW_COUNTER_PENDING_OVERFLOW, /* records lost to a full pending map or task storage */
     RW_COUNTER_UNTRACKED_FORKS,  /* forks whose child could not be tracked (map full) */
+    RW_COUNTER_FOLDED,           /* records folded into an RW_REPEATS record */
     RW_COUNTER_MAX
 };
 BPF_ARRAY(counters, u64, RW_COUNTER_MAX);
@@ -269,25 +271,267 @@ static __always_inline u64 rw_wake_flags(void)
  * which the loader relocates to `events` (sensors/bpf.py; layout.py: EVENTS_FD). */
 #define RW_EVENTS_FD 0x7eadbee
 
-static __always_inline bool rw_shed(struct rw_hdr *h, u16 type)
+/* Whether a record of this type, flags and a[2] (a kill's signal) gives way now. */
+static __always_inline bool rw_shed_as(u16 type, u16 flags, u64 a2)
 {
     u64 bit = type < 64 ? 1ULL << type : 0;
-    if ((bit & RW_VITAL) || (h->flags & RW_F_GUARD))
+    if ((bit & RW_VITAL) || (flags & RW_F_GUARD))
         return false;
     u64 size = (u64)RW_RINGBUF_PAGES * 4096, limit = size / 16 * 15;
-    if ((bit & RW_FILE_BULK) || (type == RW_KILL && h->a[2] == 0))
+    if ((bit & RW_FILE_BULK) || (type == RW_KILL && a2 == 0))
         limit = size / 4 * 3;
     else if (bit & RW_NET_BULK)
         limit = size / 8 * 7;
     return bpf_ringbuf_query((void *)bpf_pseudo_fd(1, RW_EVENTS_FD), BPF_RB_AVAIL_DATA) > limit;
 }
 
+static __always_inline bool rw_shed(struct rw_hdr *h, u16 type)
+{
+    return rw_shed_as(type, h->flags, h->a[2]);
+}
+
 /* One write into the ring buffer; a failed (or shed) write is counted per event type. */
-static __always_inline void rw_output(void *rec, u32 size, u16 type)
+static __always_inline bool rw_write(void *rec, u32 size, u16 type)
 {
     if (rw_shed((struct rw_hdr *)rec, type) ||
-        events.ringbuf_output(rec, size, rw_wake_flags()) != 0)
+        events.ringbuf_output(rec, size, rw_wake_flags()) != 0) {
         rw_count_lost(type);
+        return false;
+    }
+    return true;
+}
+
+/* Repeats folded in the kernel. A loop that makes the same call again and again (the same
+ * path opened for write, the same closed port connected to, kill(pid, 0)) would write the
+ * same record by the hundred thousand a second: more than the collector decodes, and the
+ * records that give way first when the ring fills. So each thread keeps (in its task
+ * storage) what its last record was; an identical record of a foldable type within
+ * RW_FOLD_NS of the one that was sent is only counted, and the count goes out as one small
+ * RW_REPEATS record, which the collector turns into a copy of the repeated event with its
+ * `repeats`. The first occurrence is always sent at once.
+ *
+ * Identical: the same type, flags, result, a[0..3], sockaddr, string lengths, uid and gid,
+ * and the same strings, compared by a SipHash-1-3 keyed with 128 random bits the loader
+ * writes at each load (fold_key), so that no agent can make two different paths look alike.
+ * Foldable: the types that give way first (the file and socket tiers of rw_shed, kill with
+ * signal 0); never a vital type, a guard event, a denial or a record whose sender was killed.
+ *
+ * The fold is flushed (its RW_REPEATS written, before the record that ends it) at the
+ * thread's next record of any kind that is not one more repeat: a different one, or the same
+ * after the window; and when the thread exits (sched_process_exit). A thread that stops
+ * making records keeps its count until it makes one or exits. RW_REPEATS (header only):
+ * ts = the last repeat's; a[0] the folded type, a[1] the count, a[2] the ts of the record
+ * repeated (the collector finds it by it), a[3] the first repeat's ts. Lost (shed, or the
+ * ring full), it is counted as a[1] records of the folded type lost. (layout.py: FOLD_*.) */
+#define RW_FOLD_NS 200000000ULL
+#define RW_FOLDABLE (RW_FILE_BULK | RW_NET_BULK | (1ULL << RW_KILL))
+#define RW_NOFOLD_FLAGS (RW_F_GUARD | RW_F_DENIED | RW_F_KILLED)
+
+struct rw_fold {
+    u64 ts;      /* ts of the record sent that the repeats repeat (0: nothing to repeat) */
+    u64 first;   /* the first repeat's ts */
+    u64 last;    /* the last repeat's ts */
+    u64 count;   /* repeats folded and not yet written (0: none) */
+    u64 hash;    /* of the strings */
+    s64 ret;
+    u64 a[4];
+    u8 addr[28];
+    u16 type;
+    u16 flags;
+    u64 ugid;    /* uid | gid << 32 */
+    u16 len1;
+    u16 len2;
+    u32 pad;
+};
+BPF_TASK_STORAGE(fold, struct rw_fold);
+/* The SipHash key (written by the loader before any program is attached; layout.py:
+ * FOLD_KEY). */
+struct rw_fold_key {
+    u64 k0;
+    u64 k1;
+};
+BPF_ARRAY(fold_key, struct rw_fold_key, 1);
+
+#define RW_ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define RW_SIPROUND                                                                   \
+    do {                                                                              \
+        v0 += v1; v1 = RW_ROTL(v1, 13); v1 ^= v0; v0 = RW_ROTL(v0, 32);             \
+        v2 += v3; v3 = RW_ROTL(v3, 16); v3 ^= v2;                                    \
+        v0 += v3; v3 = RW_ROTL(v3, 21); v3 ^= v0;                                    \
+        v2 += v1; v1 = RW_ROTL(v1, 17); v1 ^= v2; v2 = RW_ROTL(v2, 32);             \
+    } while (0)
+
+/* The length of a record's strings, read from the record (volatile: a value of its own to
+ * clang and the verifier, apart from any other copy), at most RW_PATH_MAX. */
+static __always_inline u32 rw_strings_len(struct rw_hdr *h)
+{
+    u32 len = (u32)*(volatile u16 *)&h->len1 + (u32)*(volatile u16 *)&h->len2;
+    return len > RW_PATH_MAX ? RW_PATH_MAX : len;
+}
+
+/* SipHash-1-3 of a record's strings (data: room for RW_PATH_MAX bytes; at most that many
+ * are hashed). The loop runs over the bytes used only. Its exit bounds the loop's values to
+ * the iteration it left at: the code after it reads the length afresh, or every exit would
+ * be a state of its own to the verifier (512 of them, each with the rest of the program). */
+static __always_inline u64 rw_fold_hash(struct rw_hdr *h, const char *data)
+{
+    u32 zero = 0;
+    struct rw_fold_key *k = fold_key.lookup(&zero);
+    u64 k0 = k ? k->k0 : 0, k1 = k ? k->k1 : 0;
+    u64 v0 = k0 ^ 0x736f6d6570736575ULL, v1 = k1 ^ 0x646f72616e646f6dULL;
+    u64 v2 = k0 ^ 0x6c7967656e657261ULL, v3 = k1 ^ 0x7465646279746573ULL;
+    u32 words = rw_strings_len(h) / 8;
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < RW_PATH_MAX / 8; i++) {
+        /* A copy opaque to clang, which would otherwise fold the two exits into one trip
+         * count the verifier cannot bound (and walk a pointer instead of the index). */
+        u32 j = i;
+        asm volatile("" : "+r"(j));
+        if (j >= words)
+            break;
+        u64 m = *(u64 *)(data + ((j * 8) & (RW_PATH_MAX - 8)));
+        v3 ^= m;
+        RW_SIPROUND;
+        v0 ^= m;
+    }
+    u32 len = rw_strings_len(h);
+    u64 b = (u64)len << 56;
+    u32 rem = len & 7;
+    if (rem) {
+        u64 m = *(u64 *)(data + (len & (RW_PATH_MAX - 8)));
+        b |= m & ((1ULL << (rem * 8)) - 1);
+    }
+    v3 ^= b;
+    RW_SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    RW_SIPROUND;
+    RW_SIPROUND;
+    RW_SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static __always_inline bool rw_foldable(struct rw_hdr *h, u16 type)
+{
+    u64 bit = type < 64 ? 1ULL << type : 0;
+    if (!(bit & RW_FOLDABLE) || (h->flags & RW_NOFOLD_FLAGS))
+        return false;
+    return type != RW_KILL || h->a[2] == 0;
+}
+
+static __always_inline bool rw_fold_same(struct rw_fold *f, struct rw_hdr *h, u16 type,
+                                         u64 hash)
+{
+    return f->type == type && f->flags == h->flags && f->ret == h->ret &&
+           f->a[0] == h->a[0] && f->a[1] == h->a[1] && f->a[2] == h->a[2] &&
+           f->a[3] == h->a[3] && f->len1 == h->len1 && f->len2 == h->len2 &&
+           f->hash == hash && f->ugid == ((u64)h->uid | ((u64)h->gid << 32)) &&
+           *(u64 *)f->addr == *(u64 *)h->addr && *(u64 *)(f->addr + 8) == *(u64 *)(h->addr + 8) &&
+           *(u64 *)(f->addr + 16) == *(u64 *)(h->addr + 16) &&
+           *(u32 *)(f->addr + 24) == *(u32 *)(h->addr + 24);
+}
+
+/* Write the thread's folded repeats, if any, as their RW_REPEATS record. */
+static __always_inline void rw_fold_flush(struct rw_fold *f)
+{
+    u64 n = f->count;
+    if (!n)
+        return;
+    f->count = 0;
+    u32 type = f->type;
+    if (type >= RW_TYPE_MAX)
+        return;
+    struct rw_hdr *s = 0;
+    if (!rw_shed_as(type, f->flags, f->a[2]))
+        s = events.ringbuf_reserve(sizeof(struct rw_hdr));
+    if (!s) {
+        u64 *lostn = lost.lookup(&type);
+        if (lostn)
+            *lostn += n;
+        return;
+    }
+    u64 id = bpf_get_current_pid_tgid();
+    __builtin_memset(s, 0, sizeof(*s));
+    s->ts = f->last;
+    s->tid = (u32)id;
+    s->pid = id >> 32;
+    s->type = RW_REPEATS;
+    s->a[0] = type;
+    s->a[1] = n;
+    s->a[2] = f->ts;
+    s->a[3] = f->first;
+    events.ringbuf_submit(s, rw_wake_flags());
+    u32 k = RW_COUNTER_FOLDED;
+    u64 *c = counters.lookup(&k);
+    if (c)
+        __sync_fetch_and_add(c, n);
+}
+
+/* The thread's fold ends (it exits): its repeats are written. */
+static __always_inline void rw_fold_end(void)
+{
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+    struct rw_fold *f = fold.task_storage_get(t, 0, 0);
+    if (f) {
+        rw_fold_flush(f);
+        f->ts = 0;
+    }
+}
+
+/* A record of a tracepoint program: folded, or written (after the repeats it ends).
+ * str: its strings (len1 + len2 bytes at most RW_PATH_MAX of which are hashed: data with
+ * room for RW_PATH_MAX), or NULL for a header-only record. */
+static __always_inline void rw_output_fold(void *rec, u32 size, u16 type, const char *str)
+{
+    struct rw_hdr *h = rec;
+    bool foldable = rw_foldable(h, type);
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+    struct rw_fold *f =
+        fold.task_storage_get(t, 0, foldable ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+    if (!f) {
+        rw_write(rec, size, type);
+        return;
+    }
+    u64 hash = 0;
+    if (foldable && str && (h->len1 || h->len2))
+        hash = rw_fold_hash(h, str);
+    if (f->ts) {
+        if (foldable && h->ts - f->ts < RW_FOLD_NS && rw_fold_same(f, h, type, hash)) {
+            if (!f->count)
+                f->first = h->ts;
+            f->count++;
+            f->last = h->ts;
+            return;
+        }
+        rw_fold_flush(f);
+        f->ts = 0;
+    }
+    if (!rw_write(rec, size, type) || !foldable)
+        return; /* (a record lost is never repeated: the collector would not have it) */
+    f->ts = h->ts;
+    f->count = 0;
+    f->type = type;
+    f->flags = h->flags;
+    f->ret = h->ret;
+    f->a[0] = h->a[0];
+    f->a[1] = h->a[1];
+    f->a[2] = h->a[2];
+    f->a[3] = h->a[3];
+    __builtin_memcpy(f->addr, h->addr, sizeof(f->addr));
+    f->len1 = h->len1;
+    f->len2 = h->len2;
+    f->hash = hash;
+    f->ugid = (u64)h->uid | ((u64)h->gid << 32);
+}
+
+static __always_inline void rw_output(void *rec, u32 size, u16 type)
+{
+    rw_output_fold(rec, size, type, (const char *)rec + sizeof(struct rw_hdr));
+}
+
+static __always_inline void rw_output_hdr(struct rw_hdr *h)
+{
+    rw_output_fold(h, sizeof(*h), h->type, 0);
 }
 
 static __always_inline void rw_emit(struct rw_rec *r)
@@ -298,6 +542,17 @@ static __always_inline void rw_emit(struct rw_rec *r)
     if (size > sizeof(struct rw_rec))
         return;
     rw_output(r, size, r->h.type);
+}
+
+/* The same for the cgroup sock_addr programs (egress.bpf.c), which have no task storage and
+ * whose records (denials) are never folded. */
+static __always_inline void rw_emit_nofold(struct rw_rec *r)
+{
+    u32 size = rw_size(r);
+    size &= 0x3fff;
+    if (size > sizeof(struct rw_rec))
+        return;
+    rw_write(r, size, r->h.type);
 }
 
 static __always_inline void rw_count_pending_overflow(u16 type)
@@ -399,7 +654,7 @@ static __always_inline int rw_emit_pending_hdr(struct rw_hdr *h, long ret)
 {
     h->ret = ret;
     rw_claim_denial(h);
-    rw_output(h, sizeof(*h), h->type);
+    rw_output_hdr(h);
     h->type = 0; /* used */
     return 0;
 }

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from roguewatch.probes import layout
+from roguewatch.stream import events
 
 from tests.conftest import require_root
 
@@ -170,6 +171,31 @@ def test_counter_slots_are_the_c_enum_and_the_c_uses_them_by_name() -> None:
         assert key.startswith("RW_COUNTER_"), f"counters[{key}]: index it by its enum name"
 
 
+def test_the_folded_types_and_the_window_are_the_c_ones() -> None:
+    """RW_FOLDABLE (the file and socket tiers, and kill) is what layout, the collector and
+    docs/events.md say the kernel folds; never a vital type."""
+    src = c_source()
+    nums = dict(enum("rw_type"))
+
+    joined = src.replace("\\\n", " ")  # continuation lines joined
+
+    def bits(macro: str) -> set[int]:
+        """The type numbers a mask macro sets: its `1ULL << RW_X` and the masks it names."""
+        body = re.search(rf"^\s*#define {macro}\b(.*)$", joined, re.M)
+        assert body, f"#define {macro} not found"
+        out = {nums[n] for n in re.findall(r"1ULL << (RW_\w+)", body.group(1))}
+        for other in re.findall(r"\b(RW_\w+_BULK)\b", body.group(1)):
+            out |= bits(other)
+        return out
+
+    foldable = bits("RW_FOLDABLE")
+    assert foldable == set(layout.FOLDABLE_TYPES)
+    assert {layout.TYPE_NAMES[t] for t in foldable} == set(events.FOLDABLE)
+    assert not foldable & bits("RW_VITAL")
+    assert defines()["RW_FOLD_NS"] == layout.FOLD_NS
+    assert enum("rw_type")[-2] == ("RW_REPEATS", layout.REPEATS)
+
+
 def test_kill_calls_are_the_c_enum() -> None:
     members = enum("rw_kill_call")
     assert [(n[len("RW_KILL_CALL_") :].lower(), v) for n, v in members] == [
@@ -258,6 +284,7 @@ MIRRORED_STRUCTS = {
     "rw_egress_key4": lambda: (layout.EGRESS_KEY.format + "4s", None),
     "rw_egress_key6": lambda: (layout.EGRESS_KEY.format + "16s", None),
     "rw_egress_allow": lambda: (layout.EGRESS_ALLOW.format, None),
+    "rw_fold_key": lambda: (layout.FOLD_KEY.format, None),
 }
 
 

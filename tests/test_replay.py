@@ -140,6 +140,33 @@ def test_replay_follows_recorded_time_for_dedup(
     assert "2 duplicates folded" in captured.err
 
 
+def test_replay_carries_the_repeats_the_kernel_folded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folded event (the kernel's count of identical calls) is recorded and replayed as it
+    came: the alert on it carries the count, and the dedup window's summary counts its calls."""
+    d = tmp_path / "rules.d"
+    d.mkdir()
+    (d / "local.yaml").write_text(
+        "- rule: egress_unauthorized_destination\n  action: alert\n  override: {action: replace}\n"
+    )
+    first = connect_ev(T0 + SEC)
+    folded = {**first, "ts": T0 + SEC + 200_000_000, "repeats": 40,
+              "first_ts": T0 + SEC + 1_000, "last_ts": T0 + SEC + 200_000_000}  # fmt: skip
+    late = {**folded, "ts": T0 + 30 * SEC, "first_ts": T0 + 29 * SEC, "last_ts": T0 + 30 * SEC}
+    rec = make_recording(tmp_path / "fold.rwrec", [exec_ev(T0), first, folded, late])
+    _, back = recording.read(str(rec))
+    assert [e.get("repeats") for e in back] == [None, None, 40, 40]
+    assert cli(str(rec), "--rules", str(d), "--json") == 0
+    alerts = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(a["rule"], a["count"]) for a in alerts] == [
+        ("egress_unauthorized_destination", 1),
+        ("egress_unauthorized_destination", 40),  # the window's summary: the 40 calls folded
+        ("egress_unauthorized_destination", 40),  # a folded event alone: its own count
+    ]
+    assert alerts[2]["event"]["repeats"] == 40 and "40 identical calls" in alerts[2]["message"]
+
+
 def test_replay_run_api(rec: Path) -> None:
     header, events = recording.read(str(rec))
     out: list[dict] = []

@@ -71,7 +71,10 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"({st['uptime']:.0f} s)")  # fmt: skip
     print(f"  probes:   {st['probes']} attached")
     print(f"  sessions: {len(sessions)} live, {st['tracked']} processes tracked")
-    print(f"  events:   {st['events']} published, {st.get('rate', 0)}/s now")
+    print(
+        f"  events:   {st['events']} published, {st.get('rate', 0)}/s now; "
+        f"{st.get('folded', 0)} repeats folded in the kernel"
+    )
     if ev is not None:
         sev = ", ".join(f"{n} {s}" for s, n in sorted(ev["alerts_by_severity"].items()))
         print(f"  alerts:   {ev['alerts']} ({sev or 'none'}), {ev['suppressed']} folded as "

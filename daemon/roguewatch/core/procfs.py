@@ -39,8 +39,13 @@ def stat(pid: int | str) -> Stat | None:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
         fields = raw[raw.rindex(b")") + 2 :].split()
-        return Stat(fields[0].decode(), int(fields[1]), int(fields[19]) * TICK_NS,
-                    sid=int(fields[3]), flags=int(fields[6]))
+        return Stat(
+            fields[0].decode(),
+            int(fields[1]),
+            int(fields[19]) * TICK_NS,
+            sid=int(fields[3]),
+            flags=int(fields[6]),
+        )
     except (OSError, ValueError, IndexError):
         return None
 

@@ -407,10 +407,14 @@ class Evaluator:
         if suppressible:
             seen = self._seen.get(key)
             if seen is not None and now - seen.first_ns < self.window_ns:
-                seen.suppressed += 1
+                seen.suppressed += ev.get("repeats", 1)  # the calls a folded event stands for
                 self.suppressed += 1
                 return
         alert = self.build(rule, ev)
+        repeats = ev.get("repeats", 1)
+        if repeats > 1:  # an event the kernel folded: the alert stands for all its calls
+            alert["count"] = repeats
+            alert["message"] += f" ({repeats} identical calls)"
         if failed:
             alert["severity"] = lower_severity(rule.severity)
             alert["action"], alert["outcome"] = "alert", attempt_outcome(failed)

@@ -681,6 +681,14 @@ _add(
     inputs=("ret",),
 )
 _add("evt.ts", "int", "event time, nanoseconds since the Unix epoch", key="ts")
+_add(
+    "evt.repeats",
+    "int",
+    "how many identical calls the event stands for: more than 1 on an event the kernel folded "
+    "(the repeats of the event before it; see docs/events.md), else 1",
+    lambda e, c: e.get("repeats", 1),
+    inputs=("repeats",),
+)
 _add("evt.flags", "list[str]", "the event's markers: `guard`, `procfs`, `adopted`...", key="flags")
 _add(
     "evt.guard",

@@ -56,6 +56,10 @@ def human(ev: dict) -> str:
     flags = ",".join(ev.get("flags") or [])
     ret = ev.get("ret")
     tail = f" ret={ret}" if ret not in (None, 0) else ""
+    repeats = ev.get("repeats")
+    if repeats:  # folded in the kernel: the calls it stands for, and over how long
+        span = (ev.get("last_ts") or 0) - (ev.get("first_ts") or 0)
+        tail += f" (repeated x{repeats} in {span / 1e6:.1f} ms)"
     return printable(
         f"{clock} {ev.get('session', 0):x} {ev.get('pid', 0)} {ev.get('comm', '')} "
         f"{ev.get('type')} {_detail(ev)}{tail}{f' [{flags}]' if flags else ''}"

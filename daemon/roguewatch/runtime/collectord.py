@@ -80,7 +80,6 @@ def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
     files = None
     if cfg.watch_files:
         files = FileGuard(cfg, watch_paths(cfg), on_change, is_own,
-        files = FileGuard(cfg, watch_paths(cfg), on_change, is_own,
                           workspace_files=workspace_files(cfg), sysctls=sysctls(cfg))  # fmt: skip
         files.start(keep_baselines=not previous.clean)
     try:

@@ -291,7 +291,7 @@ def optional_macros() -> tuple[list[str], list[str]]:
 
 # The layout of an image as this loader writes and reads it (the programs' categories...):
 # a change makes every cached image a stale one.
-IMAGE_FORMAT = "2"
+IMAGE_FORMAT = "3"
 
 
 def image_key(opts: BuildOptions) -> str:
@@ -452,6 +452,12 @@ class Probes:
                     err = ct.get_errno()
                     raise ProbeError(f"creating map {m.name}: {os.strerror(err)}")
                 self.map_fds[m.name] = fd
+            # The key of the folding's string hash: fresh at each load, before any program
+            # runs (roguewatch.h, "Repeats folded"), so that no agent can know it.
+            if "fold_key" not in self.map_fds:
+                raise ProbeError("the probe image has no fold_key map (rebuild it)")
+            self._update("fold_key", struct.pack("<I", 0), layout.FOLD_KEY.pack(
+                *struct.unpack("<QQ", os.urandom(16))))  # fmt: skip
             # Two at a time: the kernel verifies each program in the loading thread, and
             # ctypes lets go of the GIL, so both cores verify.
             with ThreadPoolExecutor(max_workers=2) as pool:
@@ -629,6 +635,10 @@ class Probes:
 
     def pending_overflows(self) -> int:
         return self._counter(layout.Counter.PENDING_OVERFLOW)
+
+    def folded(self) -> int:
+        """Records the kernel folded into `repeats` records (roguewatch.h)."""
+        return self._counter(layout.Counter.FOLDED)
 
     def untracked_forks(self) -> int:
         """Children that escaped tracking because the session map was full."""

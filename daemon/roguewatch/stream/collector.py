@@ -26,6 +26,7 @@ from typing import Protocol
 import zmq
 
 from roguewatch.core import paths, procfs, sessionstate
+from roguewatch.core.cache import BoundedDict
 from roguewatch.core.contracts import SessionEntry
 from roguewatch.core.identity import exec_id, new_session_id
 from roguewatch.host import kernelenv
@@ -65,6 +66,11 @@ _MOUNT = layout.TYPE_NUMBERS["mount"]
 _SIGWATCH = frozenset(
     layout.TYPE_NUMBERS[n] for n in ("exec", "exit", "rt_sigaction", "sigprocmask", "signal_sent")
 )
+_REPEATS = layout.REPEATS
+_FOLDABLE = layout.FOLDABLE_TYPES
+# The last event of a foldable type of each thread, for the `repeats` record that may follow
+# it (a thread's repeats come before its next record: only its last one can be repeated).
+LAST_FOLDABLE_MAX = 65536
 _PIDFD = "pidfd_send_signal"  # the one kind of kill whose target needs state
 _STATEFUL = frozenset(
     layout.TYPE_NUMBERS[n] for n in ProcessCache.HOOKS if n != "kill"
@@ -249,6 +255,9 @@ class Collector:
         self.sigwatch = SignalWatch(self.identity_of)
         self.batch: list[dict] = []
         self._idents: dict[bytes, dict] = {}  # identity bytes of a header → identity fields
+        # tid → (boot-time ts, event): each thread's last event of a foldable type
+        self._last_foldable: BoundedDict[int, tuple[int, dict]] = BoundedDict(LAST_FOLDABLE_MAX)
+        self.repeats_unmatched = 0  # repeats records whose event was not at hand (counted lost)
         self.events_total = 0
         self.lost_decode = 0
         self._reported = Losses({}, 0, 0, 0)
@@ -593,6 +602,9 @@ class Collector:
             self.lost_decode += 1
             return
         t = h[_V_TYPE]
+        if t == _REPEATS:
+            self._repeats(h)
+            return
         ev = {"type": TYPE_NAMES[t], "ts": h[_V_TS] + self.cache.offset, "tid": h[_V_TID],
               "ret": h[_V_RET], "flags": _FLAGS[h[_V_FLAGS] & 0xFF]}  # fmt: skip
         build(ev, h, s1, s2)
@@ -620,6 +632,11 @@ class Collector:
             self._mounts.append(ev)  # looked at after the drain (it reads the mount table)
         if t in _SIGWATCH:
             self.sigwatch.note(ev)
+        if t in _FOLDABLE:
+            last = self._last_foldable
+            if len(last) >= LAST_FOLDABLE_MAX:
+                last.clear()
+            last[h[_V_TID]] = (h[_V_TS], ev)
         self.batch.append(ev)
 
     def check_signals(self) -> None:
@@ -629,6 +646,26 @@ class Collector:
             if found:
                 self.batch.extend(found)
                 self.flush()
+
+    def _repeats(self, h: tuple) -> None:
+        """A `repeats` record (roguewatch.h, "Repeats folded"): the thread's last event again,
+        with how many times the kernel folded it and when. Without that event at hand (a
+        collector restarted since; never otherwise), the repeats are counted as lost."""
+        ev = {}
+        layout.BUILDERS[_REPEATS](ev, h, b"", b"")
+        found = self._last_foldable.get(h[_V_TID])
+        of = ev["of"]
+        if (found is None or found[0] != ev["_repeated_ts"] or of not in _FOLDABLE
+                or found[1]["type"] != TYPE_NAMES[of]):  # fmt: skip
+            self.repeats_unmatched += ev["repeats"]
+            return
+        out = dict(found[1])
+        off = self.cache.offset
+        out["ts"] = ev["last_ts"] + off
+        out["repeats"] = ev["repeats"]
+        out["first_ts"] = ev["first_ts"] + off
+        out["last_ts"] = ev["last_ts"] + off
+        self.batch.append(out)
 
     def _target_other(self, ev: dict) -> bool:
         """A `target` event names a task by its id: the process it belongs to instead, and
@@ -674,7 +711,8 @@ class Collector:
 
     def losses(self) -> Losses:
         ring = {TYPE_NAMES[t]: c for t, c in enumerate(self.probes.lost_by_type()) if c and t}
-        return Losses(ring, self.probes.pending_overflows(), self.lost_decode, self.pub.lost_events,
+        return Losses(ring, self.probes.pending_overflows(),
+                      self.lost_decode + self.repeats_unmatched, self.pub.lost_events,
                       self.probes.untracked_forks())  # fmt: skip
 
     def report_losses(self) -> Losses | None:
@@ -969,7 +1007,7 @@ class Collector:
             "events": self.events_total, "batches": self.pub.sent_batches,
             "uptime": time.time() - self.started,
             "lost_ring": loss.ring, "lost_pending": loss.pending, "lost_decode": loss.decode,
-            "untracked_forks": loss.untracked,
+            "untracked_forks": loss.untracked, "folded": self.probes.folded(),
             "lost_bus": loss.bus, "probes": len(self.probes.attached), "rate": self.rate,
             "probes_failed": [f for f, _ in self.probes.failed],
             "baseline_ready": files is None or files.snapshot_done.is_set(),

@@ -69,6 +69,20 @@ COMMON_FIELDS: tuple[Field, ...] = (
     ),
 )
 
+# Fields of a folded event only (see markdown(): "Repeats folded in the kernel").
+FOLD_FIELDS: tuple[Field, ...] = (
+    Field(
+        "repeats",
+        "int",
+        "how many occurrences this event stands for (absent: 1). A folded event is a copy of the "
+        "event before it from the same thread (every field the same but `ts`), standing for the "
+        "identical calls the kernel counted after it instead of sending them; the first call "
+        "came as that event. The rule field `evt.repeats` reads it (1 on unfolded events)",
+    ),
+    Field("first_ts", "int", "wall-clock time of the first call folded into this event (ns)"),
+    Field("last_ts", "int", "wall-clock time of the last call folded into this event (ns; `ts`)"),
+)
+
 _PATH = Field("path", "str", "absolute path acted on (as given when `unresolved` is in flags)")
 _ADDR = Field("addr", "str", "IP address (v4 or v6) or unix socket path")
 _PORT = Field("port", "int", "port (0 when not an IP socket)")
@@ -509,7 +523,12 @@ EVENT_TYPES: tuple[EventType, ...] = (
                 "events, which only a full ring loses",
             ),
             Field("lost_bus", "int", "events ZeroMQ could not send"),
-            Field("lost_decode", "int", "malformed records dropped"),
+            Field(
+                "lost_decode",
+                "int",
+                "malformed records dropped, and folded repeats whose event the collector did "
+                "not have (each repeat counted)",
+            ),
             Field("lost_pending", "int", "syscall records dropped for a full pending map"),
             Field("untracked_forks", "int", "forked children the full session map could not track"),
             Field("detail", "str", "human-readable explanation"),
@@ -588,6 +607,11 @@ DRILL_FIELDS: dict[str, type] = {
 }  # fmt: skip
 
 BY_NAME: dict[str, EventType] = {t.name: t for t in EVENT_TYPES}
+# The event types the kernel folds (probes/roguewatch.h: RW_FOLDABLE; a test keeps them equal)
+FOLDABLE: tuple[str, ...] = (
+    "open", "chmod", "chown", "truncate", "utimes", "connect", "sendto", "sendmsg", "socket",
+    "bind", "listen", "kill",
+)  # fmt: skip
 NAMES: tuple[str, ...] = tuple(t.name for t in EVENT_TYPES)
 
 
@@ -609,6 +633,25 @@ def markdown() -> str:
         "| --- | --- | --- |",
     ]
     out += [f"| `{f.name}` | {f.type} | {f.doc} |" for f in COMMON_FIELDS]
+    out += [
+        "",
+        "## Repeats folded in the kernel",
+        "",
+        "Identical records of one thread (the same type, path or destination, arguments, flags",
+        "and result) within 0.2 s of the one sent are folded in the kernel, for the types a loop",
+        "makes fastest: " + ", ".join(f"`{n}`" for n in FOLDABLE) + " (`kill` with signal 0",
+        "only). Never folded: any other type (fork, exec, exit, ptrace, namespaces, mounts, bpf,",
+        "module loads...), guard events, denials, and records whose sender was killed. The first",
+        "occurrence always comes at once, as an ordinary event; the ones folded after it come as",
+        "one more copy of that event with the fields below, when the window ends, when the",
+        "thread does anything else, or when it exits. Rules see `evt.repeats` (1 when absent);",
+        "an alert on a folded event carries the count; the sum of `repeats` over a session's",
+        "events (1 for each unfolded one) is the number of calls made.",
+        "",
+        "| field | type | meaning |",
+        "| --- | --- | --- |",
+    ]
+    out += [f"| `{f.name}` | {f.type} | {f.doc} |" for f in FOLD_FIELDS]
     out.append("")
     out.append("## Event types")
     for t in EVENT_TYPES:
