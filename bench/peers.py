@@ -110,17 +110,22 @@ def uptime() -> str:
     return sh("uptime").strip()
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and all its descendants now alive."""
-    total, todo = 0.0, [pid]
+def tree(pid: int) -> list[int]:
+    """A process and all its descendants now alive."""
+    out, todo = [], [pid]
     while todo:
         p = todo.pop()
-        total += proc_cpu(p)
+        out.append(p)
         with contextlib.suppress(OSError):
             for tid in os.listdir(f"/proc/{p}/task"):
                 with contextlib.suppress(OSError), open(f"/proc/{p}/task/{tid}/children") as f:
                     todo += [int(c) for c in f.read().split()]
-    return total
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and all its descendants now alive."""
+    return sum(proc_cpu(p) for p in tree(pid))
 
 
 def kthread(comm: str) -> int | None:
@@ -410,6 +415,8 @@ class Roguewatch(Monitor):
             f"state_dir: {d}/state\njournald: false\nprint_alerts: false\n"
         )
         self.control_ep = f"ipc://{d}/run/control.sock"
+        self.alerts_file = Path(d) / "log" / "alerts.jsonl"
+        self.alerts_seen = 0
         self.status_file = Path(d) / "run" / "status.json"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(f"{d}/notify.sock")
@@ -475,6 +482,19 @@ class Roguewatch(Monitor):
         self.s0 = self.counters()
         self.sessions = 0
 
+    def alerts_by_rule(self) -> dict[str, int]:
+        """The rules of the alerts written since the last call (the JSON-lines alert file)."""
+        by_rule: dict[str, int] = {}
+        lines = []
+        with contextlib.suppress(OSError):
+            lines = self.alerts_file.read_text().splitlines()
+        for line in lines[self.alerts_seen :]:
+            with contextlib.suppress(ValueError):
+                a = json.loads(line)
+                by_rule[a.get("rule", "?")] = by_rule.get(a.get("rule", "?"), 0) + 1
+        self.alerts_seen = len(lines)
+        return by_rule
+
     def stop(self) -> dict:
         """The counters since start() (or begin()); the service keeps running."""
         # The evaluator writes its status file once a second: wait for it to settle.
@@ -486,6 +506,7 @@ class Roguewatch(Monitor):
             "seen": d["events"],
             "evaluated": d["evaluated"],
             "alerts": d["alerts"],
+            "alerts_by_rule": self.alerts_by_rule(),
             "lost": lost + d["evaluator_lost"],
             "lost_detail": {k: v for k, v in d.items() if k.startswith(("lost", "evaluator"))},
             "sessions": self.sessions,
@@ -570,10 +591,12 @@ def run_block(i: int, monitors: dict[str, Monitor], wl: Workloads, result: dict)
             "block": i,
             "config": cfg,
             "loadavg_before": loadavg(),
-            "foreign_bpf": foreign_bpf_holders({os.getpid()}),
+            # Other processes holding tracepoint programs (other people's tests), ours left out.
+            "foreign_bpf": foreign_bpf_holders(
+                {os.getpid(), *(tree(rw.pid) if (rw := monitors["rw-untracked"]).pid else [])}
+            ),
         }
         if isinstance(mon, Roguewatch):
-            rw = monitors["rw-untracked"]
             if not rw_running:  # one service for both of roguewatch's configurations
                 rw.start()
                 rw_running = True
