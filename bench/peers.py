@@ -52,7 +52,7 @@ from pathlib import Path
 
 from benchlib import log, proc_cpu
 from roguewatch.stream.control import ControlClient
-from run import foreign_bpf_holders, machine
+from run import foreign_bpf_holders, machine, system_busy
 from workloads import LOADGEN, OUT, ROOT, build_loadgen, children_cpu, command
 from workloads import prepare_workloads as prepare_real
 
@@ -560,7 +560,7 @@ class Workloads:
                 cwd=cwd, env=env,
             )  # fmt: skip
             session = mon.register(p.pid)
-            c0 = children_cpu()
+            c0, m0, me0, b0 = children_cpu(), mon.cpu(), proc_cpu(os.getpid()), system_busy()
             t0 = time.monotonic()
             p.stdin.write(b"go\n")
             p.stdin.close()
@@ -568,12 +568,24 @@ class Workloads:
             out, err = p.communicate()
             wall = time.monotonic() - t0
             cpu = children_cpu() - c0
+            b1, m1, me1 = system_busy(), mon.cpu(), proc_cpu(os.getpid())
         finally:
             if name == "create":
                 sh("umount", str(self.mnt), check=False)
         if p.returncode != 0:
             raise RuntimeError(f"workload {name} exited {p.returncode}: {err.decode()[-1000:]}")
-        r = {"wall_s": round(wall, 4), "cpu_s": round(cpu, 4), "session": session}
+        # What other work on the machine took meanwhile (CPU time that was neither the
+        # workload's, nor the monitor's, nor ours), in % of one core: the disturbance.
+        ncpu = os.cpu_count() or 1
+        busy = (b1[0] - b0[0]) / max(b1[1] - b0[1], 1) * ncpu * wall
+        other = max(0.0, busy - cpu - (m1 - m0) - (me1 - me0))
+        r = {
+            "wall_s": round(wall, 4),
+            "cpu_s": round(cpu, 4),
+            "monitor_cpu_s": round(m1 - m0, 4),
+            "other_pct": round(other / wall * 100, 1) if wall else 0.0,
+            "session": session,
+        }
         if name in STORMS:
             g = json.loads(out)
             r.update(ok=g["ok"], failed=g["failed"], inner_s=round(g["elapsed_s"], 4))
@@ -634,10 +646,12 @@ def summarise(result: dict) -> dict:
     seen: dict[str, list[int]] = {c: [] for c in CONFIGS}
     lost: dict[str, int] = dict.fromkeys(CONFIGS, 0)
     mcpu: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    other: dict[str, list[float]] = {c: [] for c in CONFIGS}
     for b in blocks:
         for w, r in b["runs"].items():
             walls[b["config"]][w].append(r["wall_s"])
             cpus[b["config"]][w].append(r["cpu_s"])
+            other[b["config"]].append(r.get("other_pct", 0.0))
         seen[b["config"]].append(b["events"].get("seen", 0))
         lost[b["config"]] += b["events"].get("lost", 0)
         mcpu[b["config"]].append(b["monitor_cpu_s"])
@@ -659,6 +673,7 @@ def summarise(result: dict) -> dict:
             "events_seen_per_block_median": int(statistics.median(seen[c])),
             "events_lost_all_blocks": lost[c],
             "monitor_cpu_s_per_block_median": round(statistics.median(mcpu[c]), 2),
+            "other_work_pct_median": round(statistics.median(other[c]), 1),
             "runs": walls[c],
         }
     return out
@@ -667,6 +682,7 @@ def summarise(result: dict) -> dict:
 def table(summary: dict, blocks: int) -> str:
     head = ["configuration", "watches", *(f"{TITLES[w]}" for w in WORKLOADS)]
     head += ["events seen (per block)", "events lost (all blocks)", "monitor CPU s (per block)"]
+    head += ["other work (% of a core)"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for c in CONFIGS:
         s = summary[c]
@@ -676,6 +692,7 @@ def table(summary: dict, blocks: int) -> str:
             f"{s['events_seen_per_block_median']:,}" if c != "unmonitored" else "—",
             f"{s['events_lost_all_blocks']:,}" if c != "unmonitored" else "—",
             f"{s['monitor_cpu_s_per_block_median']:.1f}" if c != "unmonitored" else "—",
+            f"{s['other_work_pct_median']:.0f} %",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     base = summary["unmonitored"]["median_wall_s"]
