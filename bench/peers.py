@@ -174,6 +174,20 @@ AUDIT_RULES = [
 ]
 
 
+def count_audit_log(path: Path) -> tuple[int, dict[str, int]]:
+    """(records, events by type) in an audit log: an event is a SYSCALL record of our keys."""
+    by_key = dict.fromkeys(AUDIT_KEYS.values(), 0)
+    records = 0
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        for line in f:
+            records += 1
+            if line.startswith(b"type=SYSCALL"):
+                m = re.search(rb'key="(\w+)"', line)
+                if m and m.group(1).decode() in AUDIT_KEYS:
+                    by_key[AUDIT_KEYS[m.group(1).decode()]] += 1
+    return records, by_key
+
+
 def audit_status() -> dict[str, int]:
     out = {}
     for line in sh("auditctl", "-s").splitlines():
@@ -254,16 +268,8 @@ class Auditd(Monitor):
         # against the (now empty) rules, and the other configurations would pay for it.
         self.restore_enabled()
         self.pid = None
-        by_key = dict.fromkeys(AUDIT_KEYS.values(), 0)
-        records = 0
         log_file = self.log_dir / "audit.log"
-        with contextlib.suppress(OSError), open(log_file, "rb") as f:
-            for line in f:
-                records += 1
-                if line.startswith(b"type=SYSCALL"):
-                    m = re.search(rb'key="(\w+)"', line)
-                    if m and m.group(1).decode() in AUDIT_KEYS:
-                        by_key[AUDIT_KEYS[m.group(1).decode()]] += 1
+        records, by_key = count_audit_log(log_file)
         size = log_file.stat().st_size if log_file.exists() else 0
         for f in self.log_dir.iterdir():
             f.unlink()
