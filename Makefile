@@ -34,7 +34,23 @@ format: deps
 	$(VENV)/bin/ruff check --fix .
 
 # Benchmarks (not timed tests): figures and bars in bench/README.md. BENCH_ARGS=--quick
-bench: deps
+# bench/peers.py compares roguewatch with auditd and bpftrace (installed here when missing;
+# the bench stops auditd and deletes its rules after) and draws a chart with matplotlib.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: deps $(BENCH_STAMP)
+	@for p in auditd bpftrace; do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || \
+			missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+		case "$$missing" in *auditd*) systemctl disable --now auditd 2>/dev/null || true;; esac; \
+	fi
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/evaluator_bench.py $(BENCH_ARGS)
 	$(PY) bench/enforcement_bench.py $(BENCH_ARGS)
@@ -42,6 +58,7 @@ bench: deps
 	$(PY) bench/idle_bench.py
 	$(PY) bench/fleet_bench.py $(BENCH_ARGS)
 	$(PY) bench/failclosed_bench.py
+	$(PY) bench/peers.py $(BENCH_ARGS)
 
 docs: deps
 	$(PY) -m roguewatch.stream.events --markdown > docs/events.md

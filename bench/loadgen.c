@@ -12,8 +12,9 @@
  *       (a UDP socket to a closed loopback port), rt_sigaction (a SIGTERM handler).
  *   loadgen [-w] storm NAME ITERS [PATH]
  *       wall time of a syscall storm: connect (TCP socket+connect to a closed loopback port
- *       +close), open (openat O_WRONLY|O_CREAT|O_TRUNC of PATH + close), forkexec (fork,
- *       exec /bin/true, wait).
+ *       +close), open (openat O_WRONLY|O_CREAT|O_TRUNC of PATH + close), create (a new file
+ *       PATH/fN each time: openat O_WRONLY|O_CREAT|O_EXCL, a 64-byte write, close; PATH is a
+ *       directory, best a tmpfs), forkexec (fork, exec /bin/true, wait).
  *
  * -w: read one byte from stdin before starting, so the caller can first put this process
  * in a session. Every mode prints one JSON object on stdout: the count of calls that
@@ -229,6 +230,24 @@ static int storm_mode(const char *what, long iters, const char *path)
                 continue;
             }
             ok++;
+            close(fd);
+        }
+    } else if (!strcmp(what, "create")) {
+        if (!path)
+            usage();
+        char name[4096];
+        static const char line[64] = "loadgen create storm: sixty-four bytes of file content.....\n";
+        for (long i = 0; i < iters; i++) {
+            snprintf(name, sizeof(name), "%s/f%ld", path, i);
+            int fd = openat(AT_FDCWD, name, O_WRONLY | O_CREAT | O_EXCL, 0644);
+            if (fd < 0) {
+                failed++;
+                continue;
+            }
+            if (write(fd, line, sizeof(line)) == (ssize_t)sizeof(line))
+                ok++;
+            else
+                failed++;
             close(fd);
         }
     } else if (!strcmp(what, "forkexec")) {

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import re
-import resource
 import select
 import shutil
 import signal
@@ -33,12 +32,20 @@ from pathlib import Path
 import msgpack
 import zmq
 from benchlib import CLK_TCK, log, proc_cpu
+from workloads import (
+    BENCH,
+    LAST_CPU,
+    LOADGEN,
+    OUT,
+    PY,
+    REAL,
+    ROOT,
+    build_loadgen,
+    children_cpu,
+    prepare_workloads,
+    run_workload,
+)
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-OUT = BENCH / "out"
-PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
-LOADGEN = OUT / "loadgen"
 SECTIONS = ("throughput", "overhead", "storm", "startup")
 
 # Targets from issue 2's "Performance" section.
@@ -126,11 +133,6 @@ def wait_quiet(
         if quiet or waited >= max_wait_s or waited >= PATIENCE_S[0]:
             PATIENCE_S[0] -= max(0.0, waited - 0.2)
             return {"busy_pct": round(busy, 1), "foreign": foreign}
-
-
-def children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
 
 
 DISTURBED = 0.20  # other work took more than this share of one core during a run: redo it
@@ -378,14 +380,6 @@ class Subscriber:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-def build_loadgen() -> None:
-    OUT.mkdir(exist_ok=True)
-    src = BENCH / "loadgen.c"
-    subprocess.run(
-        ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(LOADGEN), str(src)], check=True, cwd=ROOT
-    )
 
 
 def loadgen(*args: object, col: Collector | None = None) -> tuple[dict, int | None]:
@@ -717,142 +711,6 @@ def section_throughput(args: argparse.Namespace, work: Path, result: dict) -> No
 # -- 2. overhead for untracked processes, 3. tracked storms ------------------------------------
 
 MICRO = ("getppid", "kill", "openat", "connect", "rt_sigaction")
-
-C_FILE = """\
-#include <stdio.h>
-#include <string.h>
-#include <stdlib.h>
-struct item_{i} {{ int id; double weight; char name[32]; struct item_{i} *next; }};
-static int cmp_{i}(const void *a, const void *b) {{
-    const struct item_{i} *x = a, *y = b;
-    return (x->weight > y->weight) - (x->weight < y->weight);
-}}
-double work_{i}(int n) {{
-    struct item_{i} *v = calloc(n, sizeof(*v));
-    double s = 0;
-    for (int k = 0; k < n; k++) {{
-        v[k].id = k; v[k].weight = (k * 7919 % 1000) / 3.0;
-        snprintf(v[k].name, sizeof(v[k].name), "item-%d-%d", {i}, k);
-    }}
-    qsort(v, n, sizeof(*v), cmp_{i});
-    for (int k = 0; k < n; k++) s += v[k].weight * (double)strlen(v[k].name);
-    free(v);
-    return s;
-}}
-"""
-
-PY_TEST = """\
-import json
-import re
-
-import pytest
-
-
-@pytest.mark.parametrize("n", range(20))
-def test_roundtrip_{i}(n, tmp_path):
-    data = {{"n": n, "items": [str(k) * 3 for k in range(n * 10)]}}
-    p = tmp_path / "d.json"
-    p.write_text(json.dumps(data))
-    assert json.loads(p.read_text()) == data
-
-
-@pytest.mark.parametrize("word", ["alpha", "beta", "gamma", "delta"])
-def test_regex_{i}(word):
-    assert re.fullmatch(r"[a-z]+", word * {i_plus})
-
-
-def test_sum_{i}():
-    assert sum(range(10_000)) == 49_995_000
-"""
-
-GIT_SCRIPT = r"""
-set -e
-cd "$1"
-git init -q repo
-cd repo
-for i in $(seq 1 300); do
-    d=dir$((i % 10)); mkdir -p $d
-    printf 'file %d\nline two\nline three %d\n' $i $((i * 7)) > $d/f$i.txt
-done
-git add -A
-git commit -qm "three hundred files"
-for i in $(seq 1 300 3); do echo change >> dir$((i % 10))/f$i.txt; done
-git commit -qam "a change"
-git checkout -qb topic
-for i in $(seq 1 50); do echo topic >> dir$((i % 10))/f$i.txt; done
-git commit -qam "topic"
-git checkout -q -
-for k in 1 2 3 4 5; do
-    git status --short > /dev/null
-    git log --oneline --stat > /dev/null
-    git diff HEAD~1 --stat > /dev/null
-done
-git gc -q
-"""
-
-
-def prepare_workloads(work: Path) -> dict:
-    cdir = work / "cbuild"
-    cdir.mkdir(parents=True)
-    for i in range(50):
-        (cdir / f"m{i}.c").write_text(C_FILE.format(i=i))
-    objs = " ".join(f"m{i}.o" for i in range(50))
-    (cdir / "main.c").write_text(
-        "double work_0(int);\nint main(void) { return work_0(100) < 0; }\n"
-    )
-    (cdir / "Makefile").write_text(
-        f"CFLAGS = -O2 -Wall\nprog: main.o {objs}\n\t$(CC) -o $@ $^\n"
-        "%.o: %.c\n\t$(CC) $(CFLAGS) -c -o $@ $<\nclean:\n\trm -f *.o prog\n"
-    )
-    pdir = work / "pytests"
-    pdir.mkdir()
-    for i in range(15):
-        (pdir / f"test_gen_{i}.py").write_text(PY_TEST.format(i=i, i_plus=i + 1))
-    (work / "git.sh").write_text(GIT_SCRIPT)
-    env = dict(os.environ)
-    env.update(
-        HOME=str(work),
-        GIT_CONFIG_NOSYSTEM="1",
-        GIT_AUTHOR_NAME="bench",
-        GIT_AUTHOR_EMAIL="bench@example.invalid",
-        GIT_COMMITTER_NAME="bench",
-        GIT_COMMITTER_EMAIL="bench@example.invalid",
-    )
-    return {"cdir": cdir, "pdir": pdir, "env": env}
-
-
-def run_workload(name: str, work: Path, w: dict, wrap: list[str] | None = None) -> float:
-    env = w["env"]
-    if name == "git":
-        gdir = work / "gitrun"
-        shutil.rmtree(gdir, ignore_errors=True)
-        gdir.mkdir()
-        cmd, cwd = ["bash", str(work / "git.sh"), str(gdir)], work
-    elif name == "c-build":
-        subprocess.run(["make", "-s", "clean"], cwd=w["cdir"], check=True, env=env)
-        cmd, cwd = ["make", "-s", "-j2"], w["cdir"]
-    else:
-        cmd = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(w["pdir"])]
-        cmd += ["-o", "addopts=", str(w["pdir"])]
-        cwd = w["pdir"]
-    cmd = [*(wrap or []), *cmd]
-    c0 = children_cpu()
-    t0 = time.monotonic()
-    p = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    t = time.monotonic() - t0
-    LAST_CPU[name] = children_cpu() - c0
-    if p.returncode != 0:
-        raise RuntimeError(f"workload {name} failed: {p.stderr.decode()[-1000:]}")
-    return t
-
-
-# The CPU time (user + system, the workload and all its children) of each workload's last
-# run: the probes' cost is CPU spent in the workload's own syscalls, and CPU time does not
-# move when other work on the machine delays the workload, as wall time does.
-LAST_CPU: dict[str, float] = {}
-
-
-REAL = ("git", "c-build", "pytest")
 
 
 def traced_syscalls() -> set[str]:
