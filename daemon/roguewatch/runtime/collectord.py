@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     starter = os.getppid()
     try:
-        col.run(lambda: readiness.notify(args.ready_fd), gate, heartbeat.Beat(args.heartbeat_fd))
+        beat = heartbeat.Beat(args.heartbeat_fd) if args.heartbeat_fd is not None else None
+        col.run(lambda: readiness.notify(args.ready_fd), gate, beat)
     finally:
         # A stop asked for by who started us (still alive: not its death's PDEATHSIG) is a
         # clean end; anything else leaves a gap the next collector must judge.
