@@ -554,3 +554,46 @@ def test_run_with_on_monitor_loss_kill_ends_the_session_when_its_collector_dies(
     lost = r.one("roguewatch_monitor_lost")
     assert lost["severity"] == "critical" and "session killed" in lost["outcome"], lost
     assert "survivors now: 0." in r.summary and "Traceback" not in r.stderr, r.describe()
+
+
+def test_runs_launcher_holds_its_session_when_the_services_collector_breaks_away(
+    service: Daemon, tmp_path: Path
+) -> None:
+    """`run` on a running roguewatchd: its launcher's own watch (runtime.coverage) sees the
+    control connection break, holds the session itself, says so in the session's report, and
+    lets go once the new collector holds the session again."""
+    from roguewatch.runtime.coverage import RunCoverage
+    from roguewatch.runtime.run import Monitor
+
+    s = ServiceSession(service, tmp_path, "launcher")
+    said: list[dict] = []
+    monitor = Monitor(
+        "", launcher.Watcher(f"ipc://{tmp_path}/run/events.sock", ControlClient(service.control))
+    )
+    cover = RunCoverage(monitor, s.sid, s.cg, "enforce", "freeze", said.append, lambda: None)
+    try:
+        for _ in range(10):
+            cover.check()
+            time.sleep(0.05)
+        assert not said  # nothing lost yet
+        os.kill(service.children()["collector"], signal.SIGKILL)
+
+        def lost() -> bool:
+            cover.check()
+            return bool(cover.lost)
+
+        _wait(lost, what="the launcher's notice")
+        assert said[0]["rule"] == "roguewatch_monitor_lost" and said[0]["session"] == f"{s.sid:x}"
+        assert "control connection" in said[0]["message"], said[0]
+        assert _frozen(s.cg)
+
+        def back() -> bool:
+            cover.check()
+            return not cover.lost
+
+        _wait(back, timeout=60, what="the launcher's release")
+        assert said[-1]["rule"] == "roguewatch_coverage_restored", said
+        _wait(lambda: not _frozen(s.cg), what="the thaw")
+    finally:
+        monitor.watcher.control.close()  # type: ignore[union-attr]
+        s.close()
