@@ -597,3 +597,54 @@ def test_runs_launcher_holds_its_session_when_the_services_collector_breaks_away
     finally:
         monitor.watcher.control.close()  # type: ignore[union-attr]
         s.close()
+
+
+def test_a_protected_file_changed_while_no_monitor_ran_is_put_back_for_its_live_session(
+    tmp_path: Path,
+) -> None:
+    """roguewatchd and its supervisor both killed, a live session's protected file changed
+    meanwhile: the next start takes the session back from what was pinned, finds the change
+    against the last good baseline, and restores it (a path only this monitor watches)."""
+    require_root()
+    d = Daemon(tmp_path)
+    protected = tmp_path / "shutdown.sh"
+    protected.write_text("#!/bin/sh\nexit 0\n")
+    d.start()
+    cg = SessionCgroup.create(f"rwsec-gap-protect-{os.getpid()}")
+    proc = subprocess.Popen(["sleep", "120"])
+    try:
+        cg.add(proc.pid)
+        ctl = ControlClient(d.control)
+        pol = {"protect": [str(protected)]}
+        reply = ctl.request("register", pid=proc.pid, name="gap", cgroup=cg.path,
+                            mode="enforce", policy=pol)  # fmt: skip
+        sid = int(reply["session"])
+        ctl.close()
+        _wait(lambda: _stats(d).get("baseline_ready"), what="the first baseline")
+        time.sleep(1.5)  # (the protected file's baseline is taken at the register)
+        service = d.service_pid()
+        d.proc.kill()
+        d.proc.wait()
+        os.kill(service or 0, signal.SIGKILL)
+        _wait(lambda: not any(str(service) == p for p in os.listdir("/proc")), what="its end")
+        cg.set_frozen(False)  # (as an operator would, to let the agent act in the gap)
+        protected.write_text("#!/bin/sh\nsleep infinity\n")  # in the gap
+        d.start()
+        _wait(
+            lambda: protected.read_text() == "#!/bin/sh\nexit 0\n",
+            what=f"the restore; {_alerts(d)}",
+        )
+        hit = [a for a in _alerts(d) if a["event"].get("path") == str(protected)]
+        assert hit and hit[0]["session"] == f"{sid:x}", _alerts(d)
+        assert hit[0]["event"].get("change") == "gap", hit[0]
+        assert f"{sid:x}" in _sessions(d)
+        assert d.stop() == 0
+    finally:
+        d.kill()
+        proc.kill()
+        proc.wait()
+        try:
+            cg.thaw()
+        except Exception:
+            pass
+        cg.remove()

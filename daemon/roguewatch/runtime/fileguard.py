@@ -139,11 +139,17 @@ class FileGuard:
             out.append(watchers.fs_change(path, "rescan"))
         return out
 
-    def protect(self, paths: list[str]) -> None:
-        """A session's protected files: watched by both sensors, and baselined."""
+    def protect(self, paths: list[str], keep: bool = False) -> None:
+        """A session's protected files: watched by both sensors, and baselined (``keep``: a
+        session taken back after a restart: a path baselined already keeps its baseline, the
+        gap is judged against it)."""
         self.watcher.add_paths(paths)
-        self.baselines.snapshot(paths)
         self._protected.update(canonical(p) for p in paths)
+        if keep:
+            known = self.baselines.roots()
+            paths = [p for p in paths if canonical(p) not in known]
+        if paths:
+            self.baselines.snapshot(paths)
 
     def mount_over(self, ev: dict[str, Any], cwd: str | None, undo: bool) -> tuple[str, str] | None:
         """A session's `mount` event: (mount point, what it did and what was done) when the
