@@ -380,13 +380,14 @@ def test_run_holds_its_session_while_its_own_monitor_is_gone_and_recovers(
 
 
 LOAD_AGENT = """
-import os, sys, time
-stop, scratch, prefix = sys.argv[1], sys.argv[2], sys.argv[3]
+import os, signal, subprocess, sys, time
+stop, loadgen, prefix = sys.argv[1], sys.argv[2], sys.argv[3]
+# the load: 50,000 kill(pid, 0) events a second, from a child in the session
+load = subprocess.Popen([loadgen, "rate", "kill", "50000", "100000000"],
+                        stdout=subprocess.DEVNULL)
 i, last = 0, 0.0
-open(scratch, "w").close()
 while not os.path.exists(stop):
-    for _ in range(500):  # the load: open events, as fast as Python makes them
-        os.close(os.open(scratch, os.O_RDONLY))
+    time.sleep(0.005)
     if time.monotonic() - last > 0.02:  # a cron file every 20 ms, each by a child of its own
         last, i = time.monotonic(), i + 1
         if os.fork() == 0:
@@ -394,14 +395,25 @@ while not os.path.exists(stop):
                 f.write("* * * * * root true\\n")
             os._exit(0)
         os.waitpid(-1, os.WNOHANG)
+load.kill()
+load.wait()
 """
+
+
+@pytest.fixture(scope="module")
+def loadgen(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("loadgen") / "loadgen"
+    src = Path(__file__).resolve().parents[2] / "bench/loadgen.c"
+    subprocess.run(["gcc", "-O2", "-o", str(out), str(src)], check=True)
+    return str(out)
 
 
 @pytest.mark.parametrize("component", ["collector", "evaluator", "roguewatchd"])
 def test_a_component_killed_under_load_is_alerted_the_session_froze_and_no_gap_write_stays(
-    service: Daemon, tmp_path: Path, component: str
+    service: Daemon, tmp_path: Path, component: str, loadgen: str
 ) -> None:
-    """A session floods the probes with open events and drops a cron file every 20 ms while
+    """A session floods the probes with 50,000 events a second (bench/loadgen.c) and drops a
+    cron file every 20 ms while
     one component is killed: the loss is alerted critical with the session frozen, and once
     it is over not one of the cron files (those written while nothing watched among them)
     is left."""
@@ -418,7 +430,7 @@ def test_a_component_killed_under_load_is_alerted_the_session_froze_and_no_gap_w
     def left() -> list[str]:
         return [n for n in os.listdir("/etc/cron.d") if f"/etc/cron.d/{n}".startswith(prefix)]
 
-    argv = [AGENT, "-S", "-c", LOAD_AGENT, str(stop), str(tmp_path / "scratch"), prefix]
+    argv = [AGENT, "-S", "-c", LOAD_AGENT, str(stop), loadgen, prefix]
     pid, sid = launcher.spawn_in_session(argv, register)
     ctl.close()
     try:
@@ -542,3 +554,97 @@ def test_run_with_on_monitor_loss_kill_ends_the_session_when_its_collector_dies(
     lost = r.one("roguewatch_monitor_lost")
     assert lost["severity"] == "critical" and "session killed" in lost["outcome"], lost
     assert "survivors now: 0." in r.summary and "Traceback" not in r.stderr, r.describe()
+
+
+def test_runs_launcher_holds_its_session_when_the_services_collector_breaks_away(
+    service: Daemon, tmp_path: Path
+) -> None:
+    """`run` on a running roguewatchd: its launcher's own watch (runtime.coverage) sees the
+    control connection break, holds the session itself, says so in the session's report, and
+    lets go once the new collector holds the session again."""
+    from roguewatch.runtime.coverage import RunCoverage
+    from roguewatch.runtime.run import Monitor
+
+    s = ServiceSession(service, tmp_path, "launcher")
+    said: list[dict] = []
+    monitor = Monitor(
+        "", launcher.Watcher(f"ipc://{tmp_path}/run/events.sock", ControlClient(service.control))
+    )
+    cover = RunCoverage(monitor, s.sid, s.cg, "enforce", "freeze", said.append, lambda: None)
+    try:
+        for _ in range(10):
+            cover.check()
+            time.sleep(0.05)
+        assert not said  # nothing lost yet
+        os.kill(service.children()["collector"], signal.SIGKILL)
+
+        def lost() -> bool:
+            cover.check()
+            return bool(cover.lost)
+
+        _wait(lost, what="the launcher's notice")
+        assert said[0]["rule"] == "roguewatch_monitor_lost" and said[0]["session"] == f"{s.sid:x}"
+        assert "control connection" in said[0]["message"], said[0]
+        assert _frozen(s.cg)
+
+        def back() -> bool:
+            cover.check()
+            return not cover.lost
+
+        _wait(back, timeout=60, what="the launcher's release")
+        assert said[-1]["rule"] == "roguewatch_coverage_restored", said
+        _wait(lambda: not _frozen(s.cg), what="the thaw")
+    finally:
+        monitor.watcher.control.close()  # type: ignore[union-attr]
+        s.close()
+
+
+def test_a_protected_file_changed_while_no_monitor_ran_is_put_back_for_its_live_session(
+    tmp_path: Path,
+) -> None:
+    """roguewatchd and its supervisor both killed, a live session's protected file changed
+    meanwhile: the next start takes the session back from what was pinned, finds the change
+    against the last good baseline, and restores it (a path only this monitor watches)."""
+    require_root()
+    d = Daemon(tmp_path)
+    protected = tmp_path / "shutdown.sh"
+    protected.write_text("#!/bin/sh\nexit 0\n")
+    d.start()
+    cg = SessionCgroup.create(f"rwsec-gap-protect-{os.getpid()}")
+    proc = subprocess.Popen(["sleep", "120"])
+    try:
+        cg.add(proc.pid)
+        ctl = ControlClient(d.control)
+        pol = {"protect": [str(protected)]}
+        reply = ctl.request("register", pid=proc.pid, name="gap", cgroup=cg.path,
+                            mode="enforce", policy=pol)  # fmt: skip
+        sid = int(reply["session"])
+        ctl.close()
+        _wait(lambda: _stats(d).get("baseline_ready"), what="the first baseline")
+        time.sleep(1.5)  # (the protected file's baseline is taken at the register)
+        service = d.service_pid()
+        d.proc.kill()
+        d.proc.wait()
+        os.kill(service or 0, signal.SIGKILL)
+        _wait(lambda: not any(str(service) == p for p in os.listdir("/proc")), what="its end")
+        cg.set_frozen(False)  # (as an operator would, to let the agent act in the gap)
+        protected.write_text("#!/bin/sh\nsleep infinity\n")  # in the gap
+        d.start()
+        _wait(
+            lambda: protected.read_text() == "#!/bin/sh\nexit 0\n",
+            what=f"the restore; {_alerts(d)}",
+        )
+        hit = [a for a in _alerts(d) if a["event"].get("path") == str(protected)]
+        assert hit and hit[0]["session"] == f"{sid:x}", _alerts(d)
+        assert hit[0]["event"].get("change") == "gap", hit[0]
+        assert f"{sid:x}" in _sessions(d)
+        assert d.stop() == 0
+    finally:
+        d.kill()
+        proc.kill()
+        proc.wait()
+        try:
+            cg.thaw()
+        except Exception:
+            pass
+        cg.remove()

@@ -156,3 +156,30 @@ def test_a_bind_mount_onto_a_protected_file_is_unmounted_and_the_session_killed(
         assert str(protected) in hits[0]["message"], hits[0]
     finally:
         _cleanup(str(protected))
+
+
+@pytest.mark.parametrize(
+    ("ev", "new"),
+    [
+        ({"mount_flags": 0, "fstype": "tmpfs"}, True),
+        ({"mount_flags": 4096}, True),  # MS_BIND
+        ({"mount_flags": 8192}, True),  # MS_MOVE
+        ({"move": True, "mount_flags": 4}, True),  # move_mount
+        ({"mount_flags": (1 << 14) | (1 << 18)}, False),  # MS_REC|MS_PRIVATE: unshare -m
+        ({"mount_flags": 32 | 1}, False),  # MS_REMOUNT|MS_RDONLY
+        ({"umount": True, "mount_flags": 2}, False),
+    ],
+)
+def test_only_a_mount_that_attaches_something_is_looked_at(ev: dict, new: bool) -> None:
+    assert mounts.makes_a_mount(ev) is new
+
+
+def test_what_a_mount_point_covers_and_never_the_root() -> None:
+    watched = ["/etc/cron.d", "/srv/eval/shutdown.sh", "/var/log/roguewatch"]
+    assert mounts.covers("/etc/cron.d", watched) == "/etc/cron.d"
+    assert mounts.covers("/etc", watched) == "/etc/cron.d"  # hides it
+    assert mounts.covers("/srv/eval/shutdown.sh", watched) == "/srv/eval/shutdown.sh"
+    assert mounts.covers("/etc/cron.d/job", watched) == "/etc/cron.d"  # inside it
+    assert mounts.covers("/etc/cron.daily", watched) is None
+    assert mounts.covers("/", watched) is None
+    assert mounts.mount_point({"target": "cron.d", "pid": 1}, "/etc") == "/etc/cron.d"

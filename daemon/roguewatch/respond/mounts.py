@@ -24,6 +24,24 @@ from roguewatch.core.fspath import is_under
 MNT_DETACH = 2
 CLONE_NEWNS = 0x00020000
 AT_FDCWD = -100
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+# Propagation changes (MS_UNBINDABLE, MS_PRIVATE, MS_SLAVE, MS_SHARED) and remounts make no
+# new mount: `unshare -m` makes "/" private, which must never be taken for a mount over it.
+_NO_NEW_MOUNT = MS_REMOUNT | (1 << 17) | (1 << 18) | (1 << 19) | (1 << 20)
+
+
+def makes_a_mount(ev: dict) -> bool:
+    """Whether a `mount` event attached something new (a file system, a bind, a move)."""
+    if ev.get("umount"):
+        return False
+    if ev.get("move"):
+        return True
+    flags = int(ev.get("mount_flags") or 0)
+    if flags & (MS_BIND | MS_MOVE):
+        return True
+    return not flags & _NO_NEW_MOUNT
 
 
 @dataclass
@@ -85,7 +103,10 @@ def mount_point(ev: dict, cwd: str | None) -> str:
 
 def covers(point: str, watched: list[str]) -> str | None:
     """The watched path a mount at ``point`` hides or replaces, if any: the path itself, one
-    below the mount point, or the mount point inside a watched directory."""
+    below the mount point, or the mount point inside a watched directory. (Never "/": the
+    root is not unmounted, whatever is mounted there.)"""
+    if point == "/":
+        return None
     for w in watched:
         if point == w or is_under(w, point) or is_under(point, w):
             return w
@@ -113,6 +134,11 @@ def _umount2(point: str) -> int:
     if libc.umount2(point.encode(), MNT_DETACH) != 0:
         return ctypes.get_errno()
     return 0
+
+
+def host_mount_ids() -> set[int]:
+    """The mounts of our own namespace now (those present at start are never undone)."""
+    return {m.mount_id for m in mounts(os.getpid())}
 
 
 def undo(pid: int, m: Mount) -> str:

@@ -159,13 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         col.close()
         drop_private_state(cfg.state_dir)
         return 2
-    starter = os.getppid()
     try:
-        col.run(lambda: readiness.notify(args.ready_fd), gate, heartbeat.Beat(args.heartbeat_fd))
+        beat = heartbeat.Beat(args.heartbeat_fd) if args.heartbeat_fd is not None else None
+        col.run(lambda: readiness.notify(args.ready_fd), gate, beat)
     finally:
-        # A stop asked for by who started us (still alive: not its death's PDEATHSIG) is a
-        # clean end; anything else leaves a gap the next collector must judge.
-        col.close(clean=gate.last_sender == starter and os.getppid() == starter)
+        # A stop announced by who started us (the `stopping` operation) is a clean end;
+        # anything else (its death's PDEATHSIG, a kill) leaves a gap the next one judges.
+        col.close(clean=col.planned_stop)
         drop_private_state(cfg.state_dir)
     return 0
 

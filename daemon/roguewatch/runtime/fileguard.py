@@ -134,6 +134,7 @@ class FileGuard:
         self.paths = watched
         self.alerts_dir = alerts_dir
         self._protected: set[str] = set()
+        self._host_mounts = mounts.host_mount_ids()
 
     def start(self, keep_baselines: bool = False) -> None:
         """Watch, and snapshot the baselines beside the loop. ``keep_baselines`` (the last
@@ -174,16 +175,24 @@ class FileGuard:
             out.append(watchers.fs_change(path, "rescan"))
         return out
 
-    def protect(self, paths: list[str]) -> None:
-        """A session's protected files: watched by both sensors, and baselined."""
+    def protect(self, paths: list[str], keep: bool = False) -> None:
+        """A session's protected files: watched by both sensors, and baselined (``keep``: a
+        session taken back after a restart: a path baselined already keeps its baseline, the
+        gap is judged against it)."""
         self.watcher.add_paths(paths)
-        self.baselines.snapshot(paths)
         self._protected.update(canonical(p) for p in paths)
+        if keep:
+            known = self.baselines.roots()
+            paths = [p for p in paths if canonical(p) not in known]
+        if paths:
+            self.baselines.snapshot(paths)
 
     def mount_over(self, ev: dict[str, Any], cwd: str | None, undo: bool) -> tuple[str, str] | None:
         """A session's `mount` event: (mount point, what it did and what was done) when the
         mount covers a path watched here (the rule packs' paths, protected files, the
         monitor's own directories and alert log), unmounted when ``undo``; None otherwise."""
+        if not mounts.makes_a_mount(ev):
+            return None
         point = mounts.mount_point(ev, cwd)
         if not point:
             return None
@@ -196,6 +205,8 @@ class FileGuard:
         m = mounts.topmost(pid, point)
         if m is None:
             return None  # already gone (or in a namespace that is gone)
+        if m.mount_id in self._host_mounts and mounts.same_namespace(pid):
+            return None  # there before the monitor started: not the session's
         what = (f"{m.fstype} {m.source!r} mounted at {point} by pid {pid}, over the watched "
                 f"path {hidden}")  # fmt: skip
         outcome = mounts.undo(pid, m) if undo else "left mounted (observe mode)"

@@ -423,6 +423,13 @@ class Service:
                                       f"({where}): {done}", outcome=done)  # fmt: skip
 
     def shutdown(self) -> None:
+        if self.collector.alive():  # a stop asked for: the next collector starts afresh
+            try:
+                client = ControlClient(self.cfg.control_endpoint, timeout_ms=2000)
+                client.request("stopping")
+                client.close()
+            except ControlError as exc:
+                log.warning("could not tell the collector it is stopped: %s", exc)
         for c in reversed(self.components):
             c.stop()
         for c in self.components:

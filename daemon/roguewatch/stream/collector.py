@@ -131,7 +131,7 @@ class FileSensor(Protocol):
 
     def rescan(self) -> list[dict]: ...
 
-    def protect(self, paths: list[str]) -> None: ...
+    def protect(self, paths: list[str], keep: bool = False) -> None: ...
 
     def session_start(self, cwd: str) -> int: ...
 
@@ -226,6 +226,7 @@ class Collector:
         self._beat: Callable[[], None] | None = None
         self.resumed = False  # the service said every component is up (``_resume``)
         self._mounts: list[dict] = []  # sessions' mounts, to look at after the drain
+        self.planned_stop = False  # the service said it stops us (``_stopping_op``)
         self.fs_queue: deque[dict] = fs_queue if fs_queue is not None else deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.files = files
@@ -320,7 +321,7 @@ class Collector:
             }  # fmt: skip
             protect = list(s.policy.get("protect", []))
             if protect and self.files is not None:
-                self.files.protect(protect)
+                self.files.protect(protect, keep=True)  # not snapshotted over the gap
             if s.allow is not None:
                 self._attach_egress({"session": s.session, "allow": s.allow,
                                      "cgroup": s.cgroup})  # fmt: skip
@@ -352,6 +353,12 @@ class Collector:
             self._pinned_text = text
         except OSError as exc:
             log.warning("cannot pin the sessions in %s: %s", self.cfg.state_dir, exc)
+
+    def _stopping_op(self, req: dict, peer: Peer | None = None) -> dict:
+        """Who started us says the stop that follows is asked for: a clean end (the next
+        collector snapshots the baselines afresh). Any other end leaves a gap."""
+        self.planned_stop = True
+        return {"ok": True}
 
     def _resume(self, req: dict, peer: Peer | None = None) -> dict:
         """The service says every component is up again (the evaluator subscribed): every
@@ -906,6 +913,7 @@ class Collector:
         # `run`'s launcher reports what the agent's seccomp filter refused).
         server.register("announce", self._announce, needs=Standing.MONITOR)
         server.register("resume", self._resume, needs=Standing.MONITOR)
+        server.register("stopping", self._stopping_op, needs=Standing.MONITOR)
         server.register("refused", self._refused_call, needs=Standing.MONITOR)
         server.register("drill", self._drill)  # an operator's shutdown drill (respond/drill)
         server.register("install_config", self._install_config, needs=Standing.MONITOR)
