@@ -587,17 +587,12 @@ class Baselines:
                     meta = {"uid": os.geteuid(), "gid": os.getegid(), "mode": mode}
                     self._put_file(pfd, key, name, content, meta)
                     done = "installed"
+                if self._root_of(key) is not None or key in self._entries:
+                    role = "root" if key in self._roots else "member"
+                    self._entries[key] = {**self._state(key, store=True), "role": role}
+                    self._save()
             finally:
                 os.close(pfd)
-            if self._root_of(key) is not None or key in self._entries:
-                self._entries[key] = {**self._state(key, store=True), "role": "member"}
-                if key in self._roots:
-                    self._entries[key]["role"] = "root"
-                try:
-                    self._save()
-                finally:
-                    self._settle()
-            else:
                 self._settle()
             return done
 
