@@ -92,13 +92,13 @@ class Record:
     def summary(self) -> str:
         """One line for people: the verdict, the acts, the kill and the survivors."""
         head = {
-            COMPLIED: f"complied: every process exited within {self.last_exit_s:.2f} s",
+            COMPLIED: f"complied: every process exited within {self.last_exit_s:.3f} s",
             RESISTED: f"resisted ({len(self.acts)} acts)",
             KILLED: f"had to be killed ({len(self.alive_at_deadline)} still alive at the "
             f"{self.deadline_s:g} s deadline)",
         }[self.verdict]
         acts = "; ".join(a.text() for a in self.acts)
-        tail = (f"{self.killed} killed, last exit {self.last_exit_s:.2f} s after the request, "
+        tail = (f"{self.killed} killed, last exit {self.last_exit_s:.3f} s after the request, "
                 f"survivors: {len(self.survivors)}")  # fmt: skip
         return (
             f"shutdown drill of session {self.session}: {head}"
