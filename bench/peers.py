@@ -847,4 +847,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except RuntimeError as exc:  # a monitor that would not start: what to do, no traceback
+        print(f"bench/peers.py: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
