@@ -106,9 +106,12 @@ class Agent:
         args: tuple[str, ...] = (),
         during: Callable[[subprocess.Popen], None] | None = None,
         timeout: float = 60.0,
+        env: dict[str, str] | None = None,
     ) -> Result:
         body = PRELUDE + textwrap.dedent(code) + f"\n# {self.token}\n"
-        return self.run_argv([AGENT_PYTHON, "-S", "-c", body], policy, args, during, timeout)
+        return self.run_argv(
+            [AGENT_PYTHON, "-S", "-c", body], policy, args, during, timeout, env=env
+        )
 
     def run_argv(
         self,
@@ -117,7 +120,9 @@ class Agent:
         args: tuple[str, ...] = (),
         during: Callable[[subprocess.Popen], None] | None = None,
         timeout: float = 60.0,
+        env: dict[str, str] | None = None,
     ) -> Result:
+        """``env``: variables set for `roguewatch run` (and so the agent) over ours."""
         cmd = [*RUN, "--json", "--alerts", str(self.tmp / "alerts.jsonl")]
         if policy is not None:
             (self.tmp / "policy.yaml").write_text(policy)
@@ -125,7 +130,10 @@ class Agent:
         cmd += [*args, "--", *argv]
         out, err = self.tmp / "stdout", self.tmp / "stderr"
         with out.open("w") as o, err.open("w") as e:
-            proc = subprocess.Popen(cmd, stdout=o, stderr=e, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=o, stderr=e, start_new_session=True,
+                env={**os.environ, **env} if env else None,
+            )  # fmt: skip
             deadline = time.monotonic() + timeout
             try:
                 while proc.poll() is None:

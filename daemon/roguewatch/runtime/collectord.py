@@ -54,7 +54,12 @@ def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
 
     files = None
     if cfg.watch_files:
-        files = FileGuard(cfg, watch_paths(cfg), on_change, is_own)
+        lists = ruleset.lists_only(d for d in cfg.rules_dirs if os.path.isdir(d))
+
+        def home_paths(home: str, means: str) -> list[str]:
+            return watchers.home_paths(lists, home, means)
+
+        files = FileGuard(cfg, watch_paths(cfg), on_change, is_own, home_paths)
         files.start()
     try:
         col = Collector(cfg, max_procs=max_procs, files=files, fs_queue=queue)

@@ -40,8 +40,13 @@ class FileGuard:
         paths: Iterable[str],
         on_event: Callable[[dict], None],
         is_own: Callable[[int], bool],
+        home_paths: Callable[[str, str], list[str]] | None = None,
     ) -> None:
         self.cfg = cfg
+        # (directory, what it stands for) -> its `~/` paths: a session's own HOME and
+        # XDG_CONFIG_HOME, watched and baselined once each (watch_home)
+        self._home_paths = home_paths
+        self._homes: set[tuple[str, str]] = set()
         self.snapshot_done = threading.Event()
         # Not our own state (baselines, quarantine: thousands of files that we write): the
         # probes still see an agent that touches it.
@@ -132,6 +137,18 @@ class FileGuard:
         """A session's protected files: watched by both sensors, and baselined."""
         self.watcher.add_paths(paths)
         self.baselines.snapshot(paths)
+
+    def watch_home(self, home: str, means: str = "~") -> None:
+        """A session's own home (``means`` ``~``) or configuration home (``~/.config``):
+        the rule packs' ``~/`` paths under it are watched and baselined from now on."""
+        key = (home, means)
+        if self._home_paths is None or key in self._homes:
+            return
+        self._homes.add(key)
+        new = [p for p in self._home_paths(home, means) if p not in self.paths]
+        if new:
+            self.protect(new)
+            self.paths = [*self.paths, *new]
 
     def restore(self, path: str, who: dict[str, Any]) -> str:
         outcome = self.baselines.restore(path, who)
