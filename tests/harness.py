@@ -107,10 +107,11 @@ class Agent:
         during: Callable[[subprocess.Popen], None] | None = None,
         timeout: float = 60.0,
         cwd: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> Result:
         body = PRELUDE + textwrap.dedent(code) + f"\n# {self.token}\n"
         return self.run_argv(
-            [AGENT_PYTHON, "-S", "-c", body], policy, args, during, timeout, cwd=cwd
+            [AGENT_PYTHON, "-S", "-c", body], policy, args, during, timeout, cwd=cwd, env=env
         )
 
     def run_argv(
@@ -121,8 +122,10 @@ class Agent:
         during: Callable[[subprocess.Popen], None] | None = None,
         timeout: float = 60.0,
         cwd: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> Result:
-        """``cwd``: where `roguewatch run` (and so the agent) starts."""
+        """``cwd``: where `roguewatch run` (and so the agent) starts; ``env``: variables set
+        for it (and so the agent) over ours."""
         cmd = [*RUN, "--json", "--alerts", str(self.tmp / "alerts.jsonl")]
         if policy is not None:
             (self.tmp / "policy.yaml").write_text(policy)
@@ -130,7 +133,10 @@ class Agent:
         cmd += [*args, "--", *argv]
         out, err = self.tmp / "stdout", self.tmp / "stderr"
         with out.open("w") as o, err.open("w") as e:
-            proc = subprocess.Popen(cmd, stdout=o, stderr=e, start_new_session=True, cwd=cwd)
+            proc = subprocess.Popen(
+                cmd, stdout=o, stderr=e, start_new_session=True, cwd=cwd,
+                env={**os.environ, **env} if env else None,
+            )  # fmt: skip
             deadline = time.monotonic() + timeout
             try:
                 while proc.poll() is None:

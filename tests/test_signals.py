@@ -9,8 +9,11 @@ evasion: alerted and the process killed.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +145,25 @@ def test_a_child_execd_with_sig_ign_inherited_is_killed(agent: Agent) -> None:
     assert alert["comm"] == "sleep", alert
     assert r.said() == {"child_signal": signal.SIGKILL}, r.describe()
     assert r.status == 0, r.describe()
+
+
+def test_a_handler_that_does_not_exit_on_sigterm_is_killed(agent: Agent) -> None:
+    sent: list[int] = []
+    started = time.monotonic()
+
+    def shutdown(run: subprocess.Popen) -> None:
+        """The harness asks the agent to stop, once, a moment after it started."""
+        if sent or time.monotonic() - started < 1.5:
+            return
+        for pid in agent.leftovers():
+            if pid != run.pid:
+                os.kill(pid, signal.SIGTERM)
+                sent.append(pid)
+
+    script = f"trap 'echo ignored' TERM; while :; do sleep 0.2; done # {agent.token}"
+    r = agent.run_argv(["/bin/bash", "-c", script], during=shutdown)
+    assert sent, r.describe()
+    alert = r.one("shutdown_survived_sigterm", reason="survived")
+    assert "SIGTERM" in alert["event"]["caught"], alert
+    assert alert["category"] == "shutdown_evasion" and "killed" in alert["outcome"], alert
+    assert "ignored" in r.stdout and r.status == 128 + signal.SIGKILL, r.describe()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,7 +13,13 @@ from typing import Any
 import pytest
 from roguewatch.detect import ruleset
 from roguewatch.respond.baseline import Baselines
-from roguewatch.sensors.watchers import FsWatcher, default_list_names, home_dirs, watch_paths
+from roguewatch.sensors.watchers import (
+    FsWatcher,
+    default_list_names,
+    home_dirs,
+    home_paths,
+    watch_paths,
+)
 
 from tests.conftest import require_root
 
@@ -245,7 +252,14 @@ def test_watch_paths_expands_homes_and_selects_path_lists():
         "/etc/roguewatch",
     ]
     assert "/root" in home_dirs()
-    assert all(h.startswith("/home/") or h == "/root" for h in home_dirs())
+    accounts = {os.path.normpath(p.pw_dir) for p in pwd.getpwall()}
+    # every account's existing home (service accounts' in /var/lib too), no system directory
+    assert set(home_dirs()) <= accounts | {"/root"}
+    assert not {"/", "/bin", "/usr/sbin", "/nonexistent"} & set(home_dirs())
+    assert all(os.path.isdir(h) for h in home_dirs())
+    # a session's own HOME and XDG_CONFIG_HOME
+    assert home_paths(lists, "/tmp/h") == ["/tmp/h/.bashrc", "/tmp/h/.config/systemd"]
+    assert home_paths(lists, "/tmp/cfg", "~/.config") == ["/tmp/cfg/systemd"]
 
 
 def test_watch_paths_of_the_default_rules():

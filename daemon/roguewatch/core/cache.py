@@ -8,6 +8,7 @@ bookkeeping. The values are cheap to recompute, so a miss after a clear only cos
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -42,3 +43,27 @@ def memoize(fn: Callable[[K], V], max_entries: int) -> Callable[[K], V]:
 
     cached.cache = table  # type: ignore[attr-defined]
     return cached
+
+
+class HostMemo(BoundedDict[K, V]):
+    """A BoundedDict of answers that depend on slow-changing host facts too (the home
+    directories of the passwd database and of the sessions): every one is forgotten at once
+    by ``forget_host_memos`` when such a fact changes."""
+
+    __slots__ = ("__weakref__",)
+
+    def __init__(self, max_entries: int) -> None:
+        super().__init__(max_entries)
+        _HOST_MEMOS[id(self)] = self
+
+
+# By identity (a dict is unhashable, and two equal dicts are not the same memo).
+_HOST_MEMOS: weakref.WeakValueDictionary[int, HostMemo] = weakref.WeakValueDictionary()
+
+
+def forget_host_memos() -> int:
+    """Clear every HostMemo (the host changed under them); how many there were."""
+    memos = list(_HOST_MEMOS.values())
+    for m in memos:
+        m.clear()
+    return len(memos)

@@ -30,7 +30,7 @@ from typing import Any
 import lark
 import re2
 
-from roguewatch.core.cache import BoundedDict
+from roguewatch.core.cache import BoundedDict, HostMemo
 from roguewatch.detect import fields as F
 from roguewatch.policy.egress import parse_ip
 
@@ -969,7 +969,7 @@ def _memoized(
 ) -> Matcher:
     """A comparison on a pure function of one event key, memoized by the key's raw value:
     rules that ask about the same path (or name, address...) pay once per distinct value."""
-    memo: BoundedDict[Any, bool] = BoundedDict(_MEMO_MAX)
+    memo: HostMemo[Any, bool] = HostMemo(_MEMO_MAX)
 
     def compute(raw: Any) -> bool:
         if raw is None:

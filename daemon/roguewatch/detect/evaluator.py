@@ -26,6 +26,7 @@ from typing import Protocol
 from roguewatch.core.contracts import Alert, AlertIds, make_alert
 from roguewatch.core.timefmt import rfc3339
 from roguewatch.detect.fields import Policy, is_protected
+from roguewatch.detect.homes import HOMES
 from roguewatch.detect.proctable import _NO_SESSION, ProcessTable
 from roguewatch.detect.ruleset import Rule, RuleSet
 from roguewatch.detect.ruleset.model import SEVERITIES
@@ -274,6 +275,7 @@ class Evaluator:
             for rule in self.rules.match(synth, self.table):
                 self._fire(rule, synth)
         self.flush_folds(session=sid)  # one alert per rule for all the survivors, now
+        HOMES.forget(sid)
 
     # -- host names in egress allowlists ------------------------------------------------------
 
@@ -525,6 +527,7 @@ class Evaluator:
         """Once a second or so: close dedup windows (one alert with the count) and sweep."""
         now = self.clock()
         self._refresh_host_policies()
+        HOMES.refresh()  # /etc/passwd changed: its homes are `~/` from now on
         self.flush_fs(now)
         self.flush_folds(now)
         expired = [k for k, s in self._seen.items() if now - s.first_ns >= self.window_ns]

@@ -8,7 +8,8 @@ environment detection) and the generated field reference in ``docs/rules.md``.
 
 It must not know how conditions are parsed (``roguewatch.detect.condition``) or how rule files
 are loaded (``roguewatch.detect.ruleset``), and it never does I/O beyond the cached
-``pyvenv.cfg`` lookup.
+``pyvenv.cfg`` lookup, the existence of a command on PATH (``fd.shadows_on_path``) and the
+home directories ``roguewatch.detect.homes`` keeps.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
 
-from roguewatch.core.cache import BoundedDict, memoize
+from roguewatch.core.cache import HostMemo, memoize
+from roguewatch.detect.homes import HOMES
 from roguewatch.policy import egress
 from roguewatch.policy.policy import StaticPolicy
 from roguewatch.stream import events
@@ -304,15 +306,11 @@ def clean_path(p: str) -> str:
     return p
 
 
-_HOME_RE = re.compile(r"^(?:/root|/home/[^/]+)(/.*)?$")
-
-
 def home_relative(p: str) -> str | None:
-    """``/home/u/.bashrc`` and ``/root/.bashrc`` become ``~/.bashrc``; None outside a home."""
-    m = _HOME_RE.match(p)
-    if m is None:
-        return None
-    return "~" + (m.group(1) or "")
+    """``/home/u/.bashrc``, ``/root/.bashrc``, an account's ``/var/lib/svc/.bashrc`` and a
+    session's ``$HOME/.bashrc`` become ``~/.bashrc``; None outside every home
+    (``roguewatch.detect.homes``)."""
+    return HOMES.relative(p)
 
 
 def label_entropy(label: str) -> float:
@@ -448,7 +446,7 @@ _CACHE_MAX = 65536
 _cleaned = memoize(clean_path, _CACHE_MAX)
 _dir_of = memoize(lambda p: posixpath.dirname(_cleaned(p)), _CACHE_MAX)
 _base_of = memoize(lambda p: posixpath.basename(_cleaned(p)), _CACHE_MAX)
-_home: BoundedDict[str, str | None] = BoundedDict(_CACHE_MAX)  # None is an answer here
+_home: HostMemo[str, str | None] = HostMemo(_CACHE_MAX)  # None is an answer here
 
 
 def _home_of(p: str) -> str | None:
@@ -866,8 +864,10 @@ _add_derived(
 _add_derived(
     "fd.homepath",
     "str",
-    "`fd.name` relative to a home directory (`/root` or `/home/USER`) as `~/...`; absent "
-    "elsewhere, so `~/.bashrc` matches `/home/u/.bashrc` but not `/home/u/proj/.bashrc`",
+    "`fd.name` relative to a home directory as `~/...`: `/root`, `/home/USER`, every "
+    "account's home in the passwd database, and the `$HOME` (and `$XDG_CONFIG_HOME`, as "
+    "`~/.config`) the session's processes were exec'd with; absent elsewhere, so `~/.bashrc` "
+    "matches `/home/u/.bashrc` but not `/home/u/proj/.bashrc`",
     "path",
     _home_of,
     _homepath,

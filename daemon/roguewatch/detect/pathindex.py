@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from roguewatch.core.cache import BoundedDict
+from roguewatch.core.cache import HostMemo
 from roguewatch.detect import condition as C
 from roguewatch.detect import fields as F
 
@@ -36,7 +36,7 @@ class _FieldIndex:
         self.source, self.derive = source, derive
         self.prefixes: dict[str, int] = {}
         self.bits = 0
-        self.memo: BoundedDict[Any, int] = BoundedDict(MEMO_MAX)
+        self.memo: HostMemo[Any, int] = HostMemo(MEMO_MAX)
 
     def add(self, prefixes: frozenset[str]) -> int:
         bit = 1 << self.bits

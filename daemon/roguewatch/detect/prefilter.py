@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from roguewatch.core.cache import BoundedDict
+from roguewatch.core.cache import HostMemo
 from roguewatch.detect import condition as C
 from roguewatch.detect.pathindex import PathIndex
 
@@ -82,7 +82,7 @@ class TypeFilter(Generic[R]):
         inputs.pop("type", None)
         self.inputs: tuple[str, ...] = tuple(inputs)
         self._plan = tuple(plan)
-        self._memo: BoundedDict[Any, tuple[Step, ...]] = BoundedDict(MEMO_MAX)
+        self._memo: HostMemo[Any, tuple[Step, ...]] = HostMemo(MEMO_MAX)
         self._key = _key_function(self.inputs)
         # With no gate at all there is nothing to remember: every event runs every matcher.
         self.match: Callable[[dict, Any], list[R]] = (

@@ -20,6 +20,7 @@ from roguewatch.core import procfs
 from roguewatch.core.cache import BoundedDict
 from roguewatch.core.contracts import ProcessRecord
 from roguewatch.detect.fields import DEFAULT_PATH, BaseProcessView, Policy, split_path
+from roguewatch.detect.homes import HOMES
 from roguewatch.host import kernelenv
 from roguewatch.policy.policy import StaticPolicy
 
@@ -146,6 +147,9 @@ class ProcessTable(BaseProcessView):
             env_path = ev.get("env_path")
             if env_path:
                 self._learn_path(rec["session"], env_path)
+            home = ev.get("home")
+            if home or ev.get("xdg_config_home"):
+                HOMES.learn(rec["session"], home, ev.get("xdg_config_home"))
             if old and old != eid and old in self.procs:  # the pre-exec image is gone
                 self._mark_exited(old, ev.get("ts", 0))
             return

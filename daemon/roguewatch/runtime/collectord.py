@@ -79,8 +79,14 @@ def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
 
     files = None
     if cfg.watch_files:
+        lists = ruleset.lists_only(d for d in cfg.rules_dirs if os.path.isdir(d))
+
+        def home_paths(home: str, means: str) -> list[str]:
+            return watchers.home_paths(lists, home, means)
+
         files = FileGuard(cfg, watch_paths(cfg), on_change, is_own,
-                          workspace_files=workspace_files(cfg), sysctls=sysctls(cfg))  # fmt: skip
+                          workspace_files=workspace_files(cfg), sysctls=sysctls(cfg),
+                          home_paths=home_paths)  # fmt: skip
         files.start(keep_baselines=not previous.clean)
     try:
         col = Collector(cfg, max_procs=max_procs, files=files, fs_queue=queue, previous=previous)

@@ -69,6 +69,7 @@ class FileGuard:
         workspace_files: Iterable[str] = (),
         homes: Iterable[str] = (),
         sysctls: Iterable[str] = (),
+        home_paths: Callable[[str, str], list[str]] | None = None,
     ) -> None:
         self.cfg = cfg
         # Relative to a session's working directory: baselined as the session starts.
@@ -79,6 +80,10 @@ class FileGuard:
         self.sysctls = [p for p in sysctls if p.startswith(PROC_SYS)]
         self._sysctl_base: dict[str, bytes] = {}
         self._binfmt_base: set[str] | None = None
+        # (directory, what it stands for) -> its `~/` paths: a session's own HOME and
+        # XDG_CONFIG_HOME, watched and baselined once each (watch_home)
+        self._home_paths = home_paths
+        self._homes_watched: set[tuple[str, str]] = set()
         self.snapshot_done = threading.Event()
         # Not our own state (baselines, quarantine: thousands of files that we write): the
         # probes still see an agent that touches it.
@@ -273,6 +278,18 @@ class FileGuard:
             return f"not restored: writing {path}: {exc.strerror or exc}"
         shown = old.decode(errors="replace").strip()[:80]
         return f"restored to its value at session start ({shown!r})"
+
+    def watch_home(self, home: str, means: str = "~") -> None:
+        """A session's own home (``means`` ``~``) or configuration home (``~/.config``):
+        the rule packs' ``~/`` paths under it are watched and baselined from now on."""
+        key = (home, means)
+        if self._home_paths is None or key in self._homes_watched:
+            return
+        self._homes_watched.add(key)
+        new = [p for p in self._home_paths(home, means) if p not in self.paths]
+        if new:
+            self.protect(new)
+            self.paths = [*self.paths, *new]
 
     def restore(self, path: str, who: dict[str, Any]) -> str:
         started = int(who.get("started_ns") or 0)

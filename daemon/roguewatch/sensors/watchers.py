@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pwd
 import stat
 import threading
 import time
@@ -69,6 +68,7 @@ from watchdog.observers.inotify_c import (
     WatchDescriptor,
 )
 
+from roguewatch.core import accounts
 from roguewatch.core.fspath import canonical, is_under
 from roguewatch.sensors.fanotify import Writer, WriterSensor
 
@@ -125,15 +125,22 @@ def default_list_names(lists: Mapping[str, Sequence[str]]) -> list[str]:
 
 
 def home_dirs() -> list[str]:
-    """Home directories to expand ``~/`` for: every passwd entry whose home is an existing
-    directory under /home, plus /root."""
-    homes: list[str] = []
-    for pw in pwd.getpwall():
-        h = os.path.normpath(pw.pw_dir or "")
-        if h.startswith("/home/") and os.path.isdir(h) and h not in homes:
-            homes.append(h)
-    homes.append("/root")
-    return homes
+    """Home directories to expand ``~/`` for: every account's in the passwd database that
+    exists (service accounts live in /var/lib, /srv...), /root among them."""
+    return [h for h in accounts.passwd_homes() if os.path.isdir(h)]
+
+
+def home_paths(lists: Mapping[str, Sequence[str]], home: str, means: str = "~") -> list[str]:
+    """The ``~/`` items of the rule lists under one more home: a session's own $HOME
+    (``means`` ``~``) or its $XDG_CONFIG_HOME (``~/.config``)."""
+    out: dict[str, None] = {}
+    prefix = means.rstrip("/") + "/"
+    for name in default_list_names(lists):
+        for item in lists.get(name, ()):
+            item = str(item).strip()
+            if item.startswith(prefix) and not any(c in item for c in "*?["):
+                out.setdefault(os.path.normpath(os.path.join(home, item[len(prefix) :])), None)
+    return list(out)
 
 
 def _expand(item: str, homes: Sequence[str]) -> list[str]:

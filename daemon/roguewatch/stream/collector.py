@@ -27,6 +27,7 @@ import zmq
 
 from roguewatch.core import paths, procfs, sessionstate
 from roguewatch.core.cache import BoundedDict
+from roguewatch.core.accounts import clean_home
 from roguewatch.core.contracts import SessionEntry
 from roguewatch.core.identity import exec_id, new_session_id
 from roguewatch.host import kernelenv
@@ -134,6 +135,8 @@ class FileSensor(Protocol):
     def protect(self, paths: list[str], keep: bool = False) -> None: ...
 
     def session_start(self, cwd: str) -> int: ...
+
+    def watch_home(self, home: str, means: str = "~") -> None: ...
 
     def restore(self, path: str, who: dict) -> str: ...
 
@@ -254,6 +257,7 @@ class Collector:
             self._register_operations(self.control)
         self.cache = ProcessCache()
         self.sigwatch = SignalWatch(self.identity_of)
+        self._homes_seen: set[tuple[str, str]] = set()
         self.batch: list[dict] = []
         self._idents: dict[bytes, dict] = {}  # identity bytes of a header → identity fields
         # tid → (boot-time ts, event): each thread's last event of a foldable type
@@ -639,12 +643,29 @@ class Collector:
             self._mounts.append(ev)  # looked at after the drain (it reads the mount table)
         if t in _SIGWATCH:
             self.sigwatch.note(ev)
+            if t == _EXEC and ("home" in ev or "xdg_config_home" in ev):
+                self._watch_homes(ev.get("home"), ev.get("xdg_config_home"))
         if t in _FOLDABLE:
             last = self._last_foldable
             if len(last) >= LAST_FOLDABLE_MAX:
                 last.clear()
             last[h[_V_TID]] = (h[_V_TS], ev)
         self.batch.append(ev)
+
+    def _watch_homes(self, home: str | None, config_home: str | None) -> None:
+        """A session process's own HOME and XDG_CONFIG_HOME: the filesystem sensor watches
+        and baselines the `~/` paths there (once each; best before the agent runs: at
+        registration)."""
+        if self.files is None:
+            return
+        for d, means in ((home, "~"), (config_home, "~/.config")):
+            key = (d, means)
+            if d and key not in self._homes_seen:
+                if len(self._homes_seen) < 4096:
+                    self._homes_seen.add(key)
+                h = clean_home(d)
+                if h:
+                    self.files.watch_home(h, means)
 
     def check_signals(self) -> None:
         """The deferred signal-disposition checks whose time came, published."""
@@ -1044,6 +1065,8 @@ class Collector:
         session = int(req.get("session") or new_session_id())
         mode = req.get("mode", "enforce")
         self.cache.remember(pid)
+        env = procfs.environ_vars(pid, (b"HOME", b"XDG_CONFIG_HOME"))
+        self._watch_homes(env.get("HOME"), env.get("XDG_CONFIG_HOME"))
         self.probes.register(
             pid, session, start, procfs.start_ns(ppid) or 0, ppid, observe=mode == "observe"
         )

@@ -326,8 +326,8 @@ EVENT_TYPES: tuple[EventType, ...] = (
         "signal_state",
         "what stands: SIGHUP, SIGINT or SIGTERM ignored (SIG_IGN) or blocked in every thread, "
         "read from /proc/PID/status a moment after the process changed them, a moment after "
-        "an exec that inherited them, or when a termination signal was sent to it; made only "
-        "when one of them is ignored or blocked",
+        "an exec that inherited them, or when a termination signal was sent to it (made only "
+        "when one of them is ignored or blocked); or a SIGTERM survived",
         (
             Field("ignored", "list[str]", "of SIGHUP, SIGINT, SIGTERM: those set to SIG_IGN"),
             Field(
@@ -336,11 +336,14 @@ EVENT_TYPES: tuple[EventType, ...] = (
                 "of SIGHUP, SIGINT, SIGTERM: those blocked by every "
                 "thread (a signal sent to the process waits)",
             ),
+            Field("caught", "list[str]", "of SIGHUP, SIGINT, SIGTERM: those with a handler"),
             Field(
                 "reason",
                 "str",
                 "`change` (after rt_sigaction SIG_IGN or rt_sigprocmask), `exec` (the image "
-                "started with them: inherited), `shutdown` (a termination signal was sent)",
+                "started with them: inherited), `shutdown` (a termination signal was sent), "
+                "`survived` (sent SIGTERM, the same image still ran 2 s later: made whatever "
+                "its dispositions)",
             ),
             Field("after_ms", "int", "milliseconds between the trigger and the reading"),
         ),

@@ -8,7 +8,9 @@ SIGINT or SIGTERM, and every exec (SIG_IGN and the blocked set are inherited thr
 schedule one reading of ``/proc/PID/status`` CHECK_DELAY_NS later; a termination signal sent
 to a session process (``signal_sent``) is read at once. A reading that finds one of the three
 ignored or blocked by every thread becomes a ``signal_state`` event on the stream, which the
-rules judge (``rules/shutdown_evasion.yaml``).
+rules judge (``rules/shutdown_evasion.yaml``). A process sent SIGTERM that still runs (the
+same image) SURVIVE_NS later survived it, whatever its dispositions (a handler that does not
+exit): a ``signal_state`` with reason ``survived``.
 
 Off the hot path: the per-event cost is a dict update for the few types that schedule (exec
 is the frequent one); the readings happen in the collector's loop when due, and a process
@@ -27,6 +29,9 @@ from roguewatch.core import procfs
 # process per quarter second for rt_sigprocmask (signals.bpf.c: RW_SIGMASK_NS), so every
 # block that stands is read after it happened.
 CHECK_DELAY_NS = 400_000_000
+# How long a process sent SIGTERM may take to end before it counts as having survived it (a
+# handler that does not exit: `trap : TERM`, a catch-and-continue).
+SURVIVE_NS = 2_000_000_000
 WATCHED = ((1, "SIGHUP"), (2, "SIGINT"), (15, "SIGTERM"))
 _MASK = sum(1 << (n - 1) for n, _ in WATCHED)
 MAX_PENDING = 65536
@@ -58,6 +63,9 @@ class SignalWatch:
         self._pending: dict[int, tuple[int, int, str, dict]] = {}
         # pid -> (exec id, ignored, blocked) last reported: a state is said once per image
         self._said: dict[int, tuple[str, int, int]] = {}
+        # pid -> (due, sent at, identity): a SIGTERM was sent; still alive at due?
+        self._survive: dict[int, tuple[int, int, dict]] = {}
+        self._survive_queue: deque[tuple[int, int]] = deque()
         self.checks = 0
         self.dropped = 0
 
@@ -66,7 +74,8 @@ class SignalWatch:
 
     def next_due_ns(self) -> int | None:
         """Monotonic time of the earliest check, or None."""
-        return self._queue[0][0] if self._queue else None
+        dues = [q[0][0] for q in (self._queue, self._survive_queue) if q]
+        return min(dues) if dues else None
 
     def note(self, ev: dict) -> None:
         """An event of a type that may change or reveal the dispositions (the collector
@@ -76,12 +85,15 @@ class SignalWatch:
             pid = ev["pid"]
             self._pending.pop(pid, None)
             self._said.pop(pid, None)
+            self._survive.pop(pid, None)
             return
         now = time.monotonic_ns()
         if t == "signal_sent":
             target = ev["target"]
             if target > 0 and ev.get("target_session"):
                 self._schedule(target, now, now, "shutdown", None)
+                if ev.get("sig") == 15 and ev.get("result") in ("delivered", "already_pending"):
+                    self._expect_end(target, now)
             return
         if t == "rt_sigaction":
             if ev.get("handler") != "SIG_IGN":
@@ -112,10 +124,26 @@ class SignalWatch:
         if len(queue) > 1 and queue[-2][0] > due:  # a shutdown's "now" goes first
             self._queue = deque(sorted(queue))
 
+    def _expect_end(self, pid: int, now: int) -> None:
+        if pid in self._survive or len(self._survive) >= MAX_PENDING:
+            return  # the first SIGTERM's grace counts
+        self._survive[pid] = (now + SURVIVE_NS, now, self.identity_of(pid))
+        self._survive_queue.append((now + SURVIVE_NS, pid))
+
     def due(self, now: int | None = None) -> list[dict]:
         """The ``signal_state`` events of every check whose time came."""
         now = time.monotonic_ns() if now is None else now
         out: list[dict] = []
+        squeue = self._survive_queue
+        while squeue and squeue[0][0] <= now:
+            due, pid = squeue.popleft()
+            entry = self._survive.get(pid)
+            if entry is None or entry[0] != due:
+                continue
+            del self._survive[pid]
+            ev = self._survived(pid, entry, now)
+            if ev is not None:
+                out.append(ev)
         queue, pending = self._queue, self._pending
         while queue and queue[0][0] <= now:
             due, pid = queue.popleft()
@@ -127,6 +155,24 @@ class SignalWatch:
             if ev is not None:
                 out.append(ev)
         return out
+
+    def _survived(self, pid: int, entry: tuple[int, int, dict], now: int) -> dict | None:
+        """A SIGTERM was sent SURVIVE_NS ago: the process (the same image) still runs."""
+        _due, at, ident = entry
+        self.checks += 1
+        masks = self.read(pid)
+        if (
+            masks is None
+            or not ident
+            or self.identity_of(pid).get("exec_id") != ident.get("exec_id")
+        ):
+            return None  # it ended (or became another program: its exec is judged)
+        return {
+            "type": "signal_state", "ts": time.time_ns(), "tid": pid, "ret": 0, "flags": [],
+            **ident, "ignored": names(masks.ignored & _MASK),
+            "blocked": names(masks.blocked & _MASK), "caught": names(masks.caught & _MASK),
+            "reason": "survived", "after_ms": (now - at) // 1_000_000,
+        }  # fmt: skip
 
     def _check(self, pid: int, entry: tuple[int, int, str, dict], now: int) -> dict | None:
         _due, at, reason, ident = entry
@@ -148,6 +194,7 @@ class SignalWatch:
         self._said[pid] = said
         return {
             "type": "signal_state", "ts": time.time_ns(), "tid": pid, "ret": 0, "flags": [],
-            **ident, "ignored": names(ignored), "blocked": names(blocked), "reason": reason,
+            **ident, "ignored": names(ignored), "blocked": names(blocked),
+            "caught": names(masks.caught & _MASK), "reason": reason,
             "after_ms": (now - at) // 1_000_000,
         }  # fmt: skip
