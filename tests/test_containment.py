@@ -379,3 +379,24 @@ def test_a_hook_in_another_repository_is_removed_but_the_workspace_repository_is
     a = r.one("persistence_git_hook_outside_workspace", path=str(theirs))
     assert "removed" in a["outcome"], outcomes(r)
     assert not theirs.exists() and mine.exists()
+
+
+def test_a_file_capability_set_by_setcap_is_removed(agent: Agent) -> None:
+    """setcap is killed at its exec, too late (it is done in microseconds): the setxattr it
+    made is the event that is undone, the capability removed."""
+    d = Path(f"/srv/rwtest-cap-{os.getpid()}")
+    d.mkdir(parents=True, exist_ok=True)
+    tool = d / "tool"
+    shutil.copy("/bin/true", tool)
+    try:
+        r = agent.run(f"""
+            import subprocess
+            subprocess.run(["/usr/sbin/setcap", "cap_setuid+ep", "{tool}"])
+            time.sleep(5)
+            """)
+        a = r.one("persistence_file_capability", path=str(tool))
+        assert "file capability removed" in a["outcome"] or "unchanged" in a["outcome"], outcomes(r)
+        with pytest.raises(OSError):
+            os.getxattr(tool, "security.capability")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

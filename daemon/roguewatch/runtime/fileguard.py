@@ -21,6 +21,7 @@ quarantine and the outcome says why it could not be restored.
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import os
@@ -48,6 +49,7 @@ PYTHON_LIB_GLOBS = (
 )  # fmt: skip
 PYTHON_HOOK_NAMES = ("sitecustomize.py", "usercustomize.py")
 MAX_HOOK_FILES = 2000
+FILE_CAPS = "security.capability"
 PROC_SYS = "/proc/sys"
 BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
 BINFMT_REGISTER = f"{BINFMT_DIR}/register"
@@ -238,6 +240,9 @@ class FileGuard:
             if done is not None:
                 return done
             return "not restored: a kernel setting not read when the session started"
+        if who.get("event") == "setxattr" and who.get("xattr") == FILE_CAPS:
+            # Not part of a baseline (content, mode, owner): the attribute itself goes.
+            return self._drop_file_caps(path, who, started)
         outcome = self.baselines.restore(path, who)
         if outcome.startswith("no baseline copy"):
             # Too large to copy at baseline, so only quarantined: the package may have it.
@@ -259,6 +264,26 @@ class FileGuard:
         self, path: str, who: dict[str, Any], pkg: packages.Packaged | None = None
     ) -> str | None:
         return restore_from_package(self.baselines, path, who, pkg)
+
+    def _drop_file_caps(self, path: str, who: dict[str, Any], started: int) -> str:
+        """A file capability the session set: removed, unless the file is a package's (its
+        maintainer script sets its capabilities: ping's cap_net_raw)."""
+        if not os.path.lexists(path):
+            return "unchanged (the file is gone)"
+        born = baseline.birth_ns(path)
+        made_now = born is not None and started and born >= started - BIRTH_SLACK_NS
+        if not made_now:
+            pkg = packages.owner(os.path.realpath(path)) or packages.owner(path)
+            if pkg is not None:
+                return (f"not restored: a file of package {pkg.name}, whose capabilities its "
+                        "maintainer script sets (getcap; reinstall it)")  # fmt: skip
+        try:
+            os.removexattr(path, FILE_CAPS, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                return "unchanged (no file capability on it)"
+            return f"not restored: removing its file capability: {exc.strerror or exc}"
+        return "file capability removed (security.capability)"
 
     def _unbaselined(self, path: str, who: dict[str, Any], started: int) -> str:
         """A path no baseline covers: undo what can be told apart from what was there."""
