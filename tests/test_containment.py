@@ -400,3 +400,25 @@ def test_a_file_capability_set_by_setcap_is_removed(agent: Agent) -> None:
             os.getxattr(tool, "security.capability")
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_change_that_cannot_be_undone_says_why(agent: Agent) -> None:
+    """A log that was there before the session (logs are never baselined: they change all
+    the time) and is overwritten: the writer dies, the outcome says it could not be restored
+    and why, and what the agent left is kept."""
+    log = Path(f"/var/log/rwtest-why-{os.getpid()}.log")
+    log.write_text("Dec  3 09:00:00 host sshd[1]: Accepted publickey for root\n")
+    try:
+        r = agent.run(f"""
+            fd = os.open("{log}", os.O_WRONLY)
+            os.write(fd, b"Dec  3 09:00:00 host sshd[1]: nothing to see\\n")
+            time.sleep(5)
+            """)
+        assert r.status == 137, r.describe()
+        a = r.one("oversight_log_tampering", path=str(log))
+        assert (
+            "not restored: it existed before the session and has no baseline" in (a["outcome"])
+        ), outcomes(r)
+        assert "quarantined as" in a["outcome"] and quarantined(a["session"], str(log))
+    finally:
+        log.unlink(missing_ok=True)

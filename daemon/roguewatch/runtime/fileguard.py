@@ -50,6 +50,8 @@ PYTHON_LIB_GLOBS = (
 PYTHON_HOOK_NAMES = ("sitecustomize.py", "usercustomize.py")
 MAX_HOOK_FILES = 2000
 FILE_CAPS = "security.capability"
+# What is copied to quarantine of a file that stays (no baseline to restore it from) at most.
+MAX_QUARANTINE_COPY = 16 << 20
 PROC_SYS = "/proc/sys"
 BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
 BINFMT_REGISTER = f"{BINFMT_DIR}/register"
@@ -311,9 +313,8 @@ class FileGuard:
             else:
                 return (f"not restored: a file of package {pkg.name}, whose packaged mode is "
                         "not known here (dpkg --verify, or reinstall it)")  # fmt: skip
-        qid = self.baselines.quarantine_path(path, who, remove=False)
-        return (f"not restored: it existed before the session and has no baseline; agent's "
-                f"version quarantined as {qid} (copy)")  # fmt: skip
+        why = "not restored: it existed before the session and has no baseline"
+        return f"{why}; {keep_copy(self.baselines, path, who)}"
 
     def limits(self) -> dict:
         return self.watcher.limits()
@@ -336,10 +337,22 @@ def restore_from_package(
         qid = baselines.replace_content(path, orig[0], orig[1], who)
         kept = f"; agent's version quarantined as {qid}" if qid else ""
         return f"restored from package {pkg.name} {pkg.version}{kept}"
-    qid = baselines.quarantine_path(path, who, remove=False) or "before"
     return (f"not restored: a file of package {pkg.name} was changed and its archive is not "
-            f"in apt's cache (apt-get install --reinstall {pkg.name}); agent's version "
-            f"quarantined as {qid} (copy)")  # fmt: skip
+            f"in apt's cache (apt-get install --reinstall {pkg.name}); "
+            f"{keep_copy(baselines, path, who)}")  # fmt: skip
+
+
+def keep_copy(baselines: baseline.Baselines, path: str, who: dict[str, Any]) -> str:
+    """A copy of what the agent left, for the operator, unless it is too large to keep (a
+    journal file): what was done, in words."""
+    try:
+        size = os.lstat(path).st_size
+    except OSError:
+        return "nothing left to quarantine"
+    if size > MAX_QUARANTINE_COPY:
+        return f"agent's version not quarantined ({size} bytes: larger than {MAX_QUARANTINE_COPY})"
+    qid = baselines.quarantine_path(path, who, remove=False)
+    return f"agent's version quarantined as {qid} (copy)" if qid else "nothing to quarantine"
 
 
 def python_hook_files(homes: Iterable[str]) -> list[str]:
