@@ -21,10 +21,12 @@ quarantine and the outcome says why it could not be restored.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -49,6 +51,8 @@ PYTHON_LIB_GLOBS = (
 )  # fmt: skip
 PYTHON_HOOK_NAMES = ("sitecustomize.py", "usercustomize.py")
 MAX_HOOK_FILES = 2000
+MAX_LOG_FILES = 500  # logs baselined as a session starts, at most
+MAX_LOG_BYTES = 32 << 20  # and their total size
 FILE_CAPS = "security.capability"
 # What is copied to quarantine of a file that stays (no baseline to restore it from) at most.
 MAX_QUARANTINE_COPY = 16 << 20
@@ -72,6 +76,7 @@ class FileGuard:
         workspace_files: Iterable[str] = (),
         homes: Iterable[str] = (),
         sysctls: Iterable[str] = (),
+        log_dirs: Iterable[str] = (),
     ) -> None:
         self.cfg = cfg
         # Relative to a session's working directory: baselined as the session starts.
@@ -82,6 +87,11 @@ class FileGuard:
         self.sysctls = [p for p in sysctls if p.startswith(PROC_SYS)]
         self._sysctl_base: dict[str, bytes] = {}
         self._binfmt_base: set[str] | None = None
+        # Logs are never watched (they change all the time): the small ones are baselined as
+        # a session starts, with their times, and put back in place (their writers keep
+        # their file open) when the session truncates, overwrites, removes or timestomps one.
+        self.log_dirs = [d for d in log_dirs if d.startswith("/")]
+        self._log_times: dict[str, tuple[int, int]] = {}
         self.snapshot_done = threading.Event()
         # Not our own state (baselines, quarantine: thousands of files that we write): the
         # probes still see an agent that touches it.
@@ -165,6 +175,8 @@ class FileGuard:
         for path in self.baselines.rescan():
             if any(path == d or path.startswith(d.rstrip("/") + "/") for d in self._rescan_skip):
                 continue  # our own logs: always changed since the baseline
+            if path in self._log_times:
+                continue  # a log: appended to all the time (only a session's change counts)
             out.append(watchers.fs_change(path, "rescan"))
         return out
 
@@ -182,12 +194,96 @@ class FileGuard:
         if cwd.startswith("/"):
             paths += [os.path.normpath(os.path.join(cwd, w)) for w in self.workspace_files]
         paths += python_hook_files(self.homes)
+        logs = self._log_files()
+        paths += logs
         self._read_sysctls()
         try:
             return self.baselines.snapshot(dict.fromkeys(paths))
         except (OSError, baseline.BaselineError) as exc:
             log.warning("session baselines near %s: %s", cwd, exc)
             return 0
+
+    def _log_files(self) -> list[str]:
+        """The logs a session start baselines (small regular files, the journal's excepted),
+        bounded; their times are kept too."""
+        out: list[str] = []
+        total = 0
+        limit = self.baselines.max_copy_bytes
+        own = tuple(o for o in (rw_paths.LOG_DIR, os.path.dirname(self.cfg.alerts_file or ""))
+                    if o)  # fmt: skip
+        for d in self.log_dirs:
+            walk = (
+                [(os.path.dirname(d), [], [os.path.basename(d)])]
+                if os.path.isfile(d)
+                else (os.walk(d))
+            )
+            for top, dirs, files in walk:
+                dirs[:] = [x for x in dirs if x != "journal"
+                           and not is_under_any(os.path.join(top, x), own)]  # fmt: skip
+                for n in files:
+                    if n.endswith((".journal", ".journal~")) or len(out) >= MAX_LOG_FILES:
+                        continue
+                    p = os.path.join(top, n)
+                    try:
+                        st = os.lstat(p)
+                    except OSError:
+                        continue
+                    if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+                        continue
+                    if total + st.st_size > MAX_LOG_BYTES:
+                        continue
+                    total += st.st_size
+                    out.append(p)
+                    self._log_times[p] = (st.st_atime_ns, st.st_mtime_ns)
+        return out
+
+    def _restore_log(self, path: str, who: dict[str, Any]) -> str | None:
+        """A log baselined at session start, put back in place (the same inode, so a daemon
+        appending to it goes on doing so), or its times back; None for any other path."""
+        if path not in self._log_times:
+            return None
+        atime, mtime = self._log_times[path]
+        if who.get("event") == "utimes":
+            try:
+                os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+            except OSError as exc:
+                return f"not restored: its times: {exc.strerror or exc}"
+            return "timestamps restored to their values at session start"
+        base = self.baselines.baseline(path) or {}
+        try:
+            content = self.baselines.baseline_content(path)
+        except (OSError, baseline.BaselineError):
+            content = None
+        if content is None:
+            return None
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         base.get("mode", 0o640))  # fmt: skip
+        except OSError as exc:
+            return f"not restored: reopening the log: {exc.strerror or exc}"
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return "not restored: no longer a regular file"
+            current = os.pread(fd, max(st.st_size, 0), 0) if st.st_size <= MAX_LOG_BYTES else b""
+            appended = bool(int(who.get("open_flags") or 0) & os.O_APPEND)
+            if current == content or (current.startswith(content) and not appended):
+                # Nothing of what was there is gone (a daemon's lines since are its own).
+                return "unchanged (only appended to since the session started)"
+            kept = keep_copy(self.baselines, path, who) if current else "it was empty"
+            os.ftruncate(fd, 0)
+            view = memoryview(content)
+            off = 0
+            while off < len(view):
+                off += os.pwrite(fd, view[off:], off)
+            if base.get("uid", -1) >= 0:
+                with contextlib.suppress(OSError):
+                    os.fchown(fd, base["uid"], base["gid"])
+                    os.fchmod(fd, base["mode"])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return f"restored in place from its baseline at session start; {kept}"
 
     def _read_sysctls(self) -> None:
         for p in self.sysctls:
@@ -202,6 +298,15 @@ class FileGuard:
             self._binfmt_base = set(os.listdir(BINFMT_DIR))
         except OSError:
             self._binfmt_base = None
+
+    def _log_of(self, path: str, who: dict[str, Any]) -> str | None:
+        """The baselined log an event changed: its path, or a rename's source (moved away)."""
+        if path in self._log_times:
+            return path
+        src = str(who.get("source") or "")
+        if who.get("event") == "rename" and src in self._log_times:
+            return src
+        return None
 
     def _restore_sysctl(self, path: str) -> str | None:
         """A kernel setting back to its value when the session started; None when ``path``
@@ -237,6 +342,11 @@ class FileGuard:
 
     def restore(self, path: str, who: dict[str, Any]) -> str:
         started = int(who.get("started_ns") or 0)
+        log = self._log_of(path, who)
+        if log is not None:
+            done = self._restore_log(log, who)
+            if done is not None:
+                return done
         if path.startswith(PROC_SYS + "/"):
             done = self._restore_sysctl(path)
             if done is not None:
@@ -387,3 +497,7 @@ def python_hook_files(homes: Iterable[str]) -> list[str]:
         if len(out) > MAX_HOOK_FILES:
             break
     return list(out)[:MAX_HOOK_FILES]
+
+
+def is_under_any(path: str, dirs: Iterable[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
