@@ -127,13 +127,15 @@ def test_an_edited_existing_pth_file_is_restored_from_the_session_start_baseline
     with saved(path):
         try:
             r = agent.run(f"""
-                with open("{path}", "a") as f:
-                    f.write("import os; os.system('id')\\n")
+                fd = os.open("{path}", os.O_WRONLY | os.O_APPEND)
+                os.write(fd, b"import os; os.system('id')\\n")  # lands before the kill comes
                 time.sleep(5)
                 """)
             assert r.status == 137, r.describe()
             a = r.one("persistence_python_startup_hook", path=path)
-            assert "restored from baseline" in a["outcome"], outcomes(r)
+            assert "restored from baseline" in a["outcome"] or (
+                "unchanged (matches baseline)" in a["outcome"]  # killed between open and write
+            ), outcomes(r)
             assert Path(path).read_text() == "# harmless\n"
         finally:
             os.unlink(path)
@@ -408,8 +410,12 @@ def test_a_file_capability_set_by_setcap_is_removed(agent: Agent) -> None:
             subprocess.run(["/usr/sbin/setcap", "cap_setuid+ep", "{tool}"])
             time.sleep(5)
             """)
-        a = r.one("persistence_file_capability", path=str(tool))
-        assert "file capability removed" in a["outcome"] or "unchanged" in a["outcome"], outcomes(r)
+        # setcap is killed at its exec, usually after it acted: then its setxattr is undone.
+        for a in r.rule("persistence_file_capability"):
+            assert "file capability removed" in a["outcome"] or "unchanged" in a["outcome"], (
+                outcomes(r)
+            )
+        assert r.rule("persistence_file_capability") or r.rule("persistence_tool_exec")
         with pytest.raises(OSError):
             os.getxattr(tool, "security.capability")
     finally:
