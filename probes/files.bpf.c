@@ -294,6 +294,54 @@ TRACEPOINT_PROBE(syscalls, sys_enter_futimesat)
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_futimesat) { return rw_finish_path(args->ret); }
 
+/* Extended attributes: the path (or fd) and the attribute's name (security.capability is a
+ * file capability, set by setcap), never the value. */
+static __always_inline int rw_setxattr(int dfd, const char *path, int fd, const char *name,
+                                       u64 flags)
+{
+    struct rw_rec *r = rw_file_begin(RW_SETXATTR);
+    if (!r)
+        return 0;
+    if (path) {
+        r->h.a[0] = (u32)dfd;
+        rw_str1_user(r, path);
+    } else {
+        r->h.flags |= RW_F_FDPATH;
+        r->h.a[0] = (u32)fd;
+    }
+    r->h.a[1] = flags;
+    rw_str2_user(r, name);
+    rw_stash_big(r);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_setxattr)
+{
+    return rw_setxattr(RW_AT_FDCWD, args->pathname, 0, args->name, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_setxattr) { return rw_finish_big(args->ret); }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_lsetxattr)
+{
+    return rw_setxattr(RW_AT_FDCWD, args->pathname, 0, args->name, 0x100);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_lsetxattr) { return rw_finish_big(args->ret); }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_fsetxattr)
+{
+    return rw_setxattr(0, 0, args->fd, args->name, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_fsetxattr) { return rw_finish_big(args->ret); }
+
+#ifdef RW_HAVE_SETXATTRAT
+TRACEPOINT_PROBE(syscalls, sys_enter_setxattrat)
+{
+    /* An empty path with AT_EMPTY_PATH is the dfd itself: resolved like an fd. */
+    return rw_setxattr(args->dfd, args->pathname, 0, args->name, args->at_flags);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_setxattrat) { return rw_finish_big(args->ret); }
+#endif
+
 TRACEPOINT_PROBE(syscalls, sys_enter_chdir)
 {
     return rw_path_op(RW_CHDIR, RW_AT_FDCWD, args->filename, 0, 0, 0);

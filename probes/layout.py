@@ -66,7 +66,7 @@ TYPE_NAMES: tuple[str, ...] = (
     "open", "rename", "unlink", "link", "symlink", "chmod", "chown", "truncate", "utimes",
     "kill", "rt_sigaction", "setsid", "setpgid", "prctl", "task_rename", "ptrace",
     "unshare", "setns", "mount", "bpf", "module_load", "memfd_create", "chdir",
-    "cgroup_attach", "target", "sigprocmask", "signal_sent",
+    "cgroup_attach", "target", "sigprocmask", "signal_sent", "setxattr",
     "repeats",
 )  # fmt: skip
 TYPE_NUMBERS = {name: i for i, name in enumerate(TYPE_NAMES) if name}
@@ -365,6 +365,16 @@ def _utimes(ev, h, s1, s2):
     ev["time"] = s64(h[V_A2]) if h[V_A1] else 0
 
 
+def _setxattr(ev, h, s1, s2):
+    if h[V_FLAGS] & F_FDPATH:
+        ev["fd"] = s32(h[V_A0])
+        ev["_path"] = None
+    else:
+        ev["dirfd"] = s32(h[V_A0])
+        ev["_path"] = _cstr(s1)
+    ev["name"] = _cstr(s2)
+
+
 def _kill(ev, h, s1, s2):
     # s32 inline: the hot type of the throughput benchmark and of signal storms
     ev["target"] = ((h[V_A0] + 0x80000000) & 0xFFFFFFFF) - 0x80000000
@@ -492,7 +502,8 @@ BUILDERS: dict[int, Builder] = {
         "sendmsg": _sendmsg, "socket": _socket, "bind": _bind, "listen": _listen,
         "open": _open, "rename": _rename, "unlink": _unlink, "link": _link,
         "symlink": _symlink, "chmod": _chmod, "chown": _chown, "truncate": _truncate,
-        "utimes": _utimes, "kill": _kill, "rt_sigaction": _sigaction, "setsid": _setsid,
+        "utimes": _utimes, "setxattr": _setxattr, "kill": _kill, "rt_sigaction": _sigaction,
+        "setsid": _setsid,
         "setpgid": _setpgid, "prctl": _prctl, "task_rename": _task_rename, "ptrace": _ptrace,
         "unshare": _unshare, "setns": _setns, "mount": _mount, "bpf": _bpf,
         "module_load": _module, "memfd_create": _memfd, "chdir": _chdir,

@@ -46,7 +46,7 @@ enum rw_type {
     RW_UTIMES,
     RW_KILL, RW_RT_SIGACTION, RW_SETSID, RW_SETPGID, RW_PRCTL, RW_TASK_RENAME, RW_PTRACE,
     RW_UNSHARE, RW_SETNS, RW_MOUNT, RW_BPF, RW_MODULE_LOAD, RW_MEMFD_CREATE, RW_CHDIR,
-    RW_CGROUP_ATTACH, RW_TARGET, RW_SIGPROCMASK, RW_SIGNAL_SENT,
+    RW_CGROUP_ATTACH, RW_TARGET, RW_SIGPROCMASK, RW_SIGNAL_SENT, RW_SETXATTR,
     RW_REPEATS, /* not an event: the repeats of a thread's last record, folded (below) */
     RW_TYPE_MAX
 };
@@ -260,7 +260,7 @@ static __always_inline u64 rw_wake_flags(void)
  * kernel either way. Half the ring for the first tier took a third of the throughput
  * benchmark's burst absorption away.) */
 #define RW_FILE_BULK ((1ULL << RW_OPEN) | (1ULL << RW_CHMOD) | (1ULL << RW_CHOWN) | \
-    (1ULL << RW_TRUNCATE) | (1ULL << RW_UTIMES))
+    (1ULL << RW_TRUNCATE) | (1ULL << RW_UTIMES) | (1ULL << RW_SETXATTR))
 #define RW_NET_BULK ((1ULL << RW_CONNECT) | (1ULL << RW_SENDTO) | (1ULL << RW_SENDMSG) | \
     (1ULL << RW_SOCKET) | (1ULL << RW_BIND) | (1ULL << RW_LISTEN))
 #define RW_VITAL ((1ULL << RW_FORK) | (1ULL << RW_EXEC) | (1ULL << RW_EXIT) | \

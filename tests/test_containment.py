@@ -47,6 +47,20 @@ def quarantined(session: str, path: str) -> list[dict]:
     return found
 
 
+# A log directory of the rules' log_dirs that the attack corpus runner (which puts /var/log
+# back after each of its scenarios, on this shared host) leaves alone.
+LOGS = Path("/var/lib/rsyslog")
+
+
+@pytest.fixture(autouse=False)
+def logs_dir() -> Iterator[Path]:
+    made = not LOGS.exists()
+    LOGS.mkdir(parents=True, exist_ok=True)
+    yield LOGS
+    if made:
+        shutil.rmtree(LOGS, ignore_errors=True)
+
+
 def outcomes(r) -> str:
     return "; ".join(f"{a['rule']} {a['event'].get('path')}: {a['outcome']}" for a in r.alerts)
 
@@ -113,13 +127,15 @@ def test_an_edited_existing_pth_file_is_restored_from_the_session_start_baseline
     with saved(path):
         try:
             r = agent.run(f"""
-                with open("{path}", "a") as f:
-                    f.write("import os; os.system('id')\\n")
+                fd = os.open("{path}", os.O_WRONLY | os.O_APPEND)
+                os.write(fd, b"import os; os.system('id')\\n")  # lands before the kill comes
                 time.sleep(5)
                 """)
             assert r.status == 137, r.describe()
             a = r.one("persistence_python_startup_hook", path=path)
-            assert "restored from baseline" in a["outcome"], outcomes(r)
+            assert "restored from baseline" in a["outcome"] or (
+                "unchanged (matches baseline)" in a["outcome"]  # killed between open and write
+            ), outcomes(r)
             assert Path(path).read_text() == "# harmless\n"
         finally:
             os.unlink(path)
@@ -272,8 +288,8 @@ def test_killing_a_security_service_by_pid_is_oversight_tampering(
     assert r.status == 137, r.describe()
 
 
-def test_setting_back_the_timestamps_of_a_log_is_alerted(agent: Agent) -> None:
-    log = Path(f"/var/log/rwtest-{os.getpid()}.log")
+def test_setting_back_the_timestamps_of_a_log_is_alerted(agent: Agent, logs_dir: Path) -> None:
+    log = LOGS / f"rwtest-{os.getpid()}.log"
     log.write_text("Dec  3 09:00:00 host sshd[1]: Accepted publickey for root\n")
     try:
         r = agent.run(f"""
@@ -379,3 +395,82 @@ def test_a_hook_in_another_repository_is_removed_but_the_workspace_repository_is
     a = r.one("persistence_git_hook_outside_workspace", path=str(theirs))
     assert "removed" in a["outcome"], outcomes(r)
     assert not theirs.exists() and mine.exists()
+
+
+def test_a_file_capability_set_by_setcap_is_removed(agent: Agent) -> None:
+    """setcap is killed at its exec, too late (it is done in microseconds): the setxattr it
+    made is the event that is undone, the capability removed."""
+    d = Path(f"/srv/rwtest-cap-{os.getpid()}")
+    d.mkdir(parents=True, exist_ok=True)
+    tool = d / "tool"
+    shutil.copy("/bin/true", tool)
+    try:
+        r = agent.run(f"""
+            import subprocess
+            subprocess.run(["/usr/sbin/setcap", "cap_setuid+ep", "{tool}"])
+            time.sleep(5)
+            """)
+        # setcap is killed at its exec, usually after it acted: then its setxattr is undone.
+        for a in r.rule("persistence_file_capability"):
+            assert "file capability removed" in a["outcome"] or "unchanged" in a["outcome"], (
+                outcomes(r)
+            )
+        assert r.rule("persistence_file_capability") or r.rule("persistence_tool_exec")
+        with pytest.raises(OSError):
+            os.getxattr(tool, "security.capability")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_change_that_cannot_be_undone_says_why(agent: Agent, logs_dir: Path) -> None:
+    """A log too large to be baselined as the session starts (2 MiB), overwritten: the writer
+    dies, the outcome says it could not be restored and why, and what the agent left is
+    kept."""
+    log = LOGS / f"rwtest-why-{os.getpid()}.log"
+    log.write_text("Dec  3 09:00:00 host sshd[1]: Accepted publickey for root\n" * 40000)
+    try:
+        r = agent.run(f"""
+            fd = os.open("{log}", os.O_WRONLY)
+            os.write(fd, b"Dec  3 09:00:00 host sshd[1]: nothing to see\\n")
+            time.sleep(5)
+            """)
+        assert r.status == 137, r.describe()
+        a = r.one("oversight_log_tampering", path=str(log))
+        assert (
+            "not restored: it existed before the session and has no baseline" in (a["outcome"])
+        ), outcomes(r)
+        assert "quarantined as" in a["outcome"] and quarantined(a["session"], str(log))
+    finally:
+        log.unlink(missing_ok=True)
+
+
+def test_a_truncated_log_is_put_back_in_place_and_timestomping_undone(
+    agent: Agent, logs_dir: Path
+) -> None:
+    """Logs are baselined as a session starts: a truncated one gets its content back in the
+    same inode (a daemon appending to it keeps its file), and a timestomped one its times."""
+    log = LOGS / f"rwtest-trunc-{os.getpid()}.log"
+    text = "Dec  3 09:00:00 host sshd[1]: Accepted publickey for root from 10.0.0.9\n"
+    log.write_text(text)
+    os.utime(log, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    ino = log.stat().st_ino
+    try:
+        r = agent.run(f"""
+            os.truncate("{log}", 0)
+            time.sleep(5)
+            """)
+        assert r.status == 137, r.describe()
+        a = r.one("oversight_log_tampering", path=str(log))
+        assert "restored in place" in a["outcome"], outcomes(r)
+        assert log.read_text() == text and log.stat().st_ino == ino
+        before = log.stat().st_mtime_ns  # (the restore wrote it: now)
+        r = agent.run(f"""
+            os.utime("{log}", (1262304000, 1262304000))
+            time.sleep(5)
+            """)
+        assert r.status == 137, r.describe()
+        a = r.one("oversight_log_timestamp_tampering", path=str(log))
+        assert "timestamps restored" in a["outcome"], outcomes(r)
+        assert log.stat().st_mtime_ns == before
+    finally:
+        log.unlink(missing_ok=True)

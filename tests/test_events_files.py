@@ -119,6 +119,23 @@ def test_mode_owner_size_and_time_changes(stream: Stream) -> None:
     assert given == [(True, 0), (True, 1_500_000_000), (False, 0)], given
 
 
+def test_extended_attributes_set_by_path_and_by_fd(stream: Stream) -> None:
+    s = stream.python(
+        """
+        import os, time
+        p = "/tmp/rwtest/f/xattr"
+        open(p, "w").close()
+        os.setxattr(p, "user.rwtest", b"1")
+        fd = os.open(p, os.O_RDONLY)
+        os.setxattr(fd, "user.rwtest_fd", b"2")
+        time.sleep(0.5)  # the fd is resolved through /proc while we live
+        """
+    )
+    path = f"{SCRATCH}/f/xattr"
+    names = [e["name"] for e in s.of_type("setxattr", path=path)]
+    assert names == ["user.rwtest", "user.rwtest_fd"], s.of_type("setxattr")
+
+
 def test_a_failed_operation_carries_its_errno(stream: Stream) -> None:
     s = stream.python(
         """

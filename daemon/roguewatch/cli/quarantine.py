@@ -115,7 +115,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         state = "released" if e.get("released") else "held"
         who = dict(e.get("who") or {})
         session, rule = str(who.pop("session", "") or "-"), str(who.pop("rule", "") or "-")
-        for k in ("started_ns", "source", "mode"):
+        for k in ("started_ns", "source", "mode", "xattr", "open_flags"):
             who.pop(k, None)
         print(f"{e['id']:<26} {_when(e.get('ts', 0)):<19} {state:<8} {session:<16} {rule:<34} "
               f"{e.get('path', ''):<40} {_who(who)}")  # fmt: skip

@@ -100,7 +100,18 @@ def event_summary(ev: dict) -> dict:
 # Changes to a file whose syscall can fail (EACCES, EPERM, EROFS...): a failed one changed
 # nothing, and is an attempt.
 _FILE_CHANGE_TYPES = frozenset(
-    ("open", "rename", "link", "symlink", "truncate", "unlink", "chmod", "chown", "utimes")
+    (
+        "open",
+        "rename",
+        "link",
+        "symlink",
+        "truncate",
+        "unlink",
+        "chmod",
+        "chown",
+        "utimes",
+        "setxattr",
+    )
 )
 
 

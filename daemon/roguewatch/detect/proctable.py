@@ -28,7 +28,7 @@ GRACE_NS = 30 * 1_000_000_000
 # A watcher event this close to a probe event on the same path is that event's doing.
 ATTRIBUTION_NS = 2 * 1_000_000_000
 _PATH_TYPES = frozenset({"open", "rename", "unlink", "link", "symlink", "chmod", "chown",
-                         "truncate", "utimes"})  # fmt: skip
+                         "truncate", "utimes", "setxattr"})  # fmt: skip
 # Event types that change a process record beyond creating it (ProcessTable.update).
 _PROC_TYPES = frozenset({"exec", "fork", "exit", "chdir", "task_rename"})
 RECENT_PATHS_MAX = 16384

@@ -30,6 +30,7 @@ symlink quarantined, not ``/etc/shadow`` overwritten.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import errno
@@ -371,9 +372,13 @@ class Baselines:
         n = 0
         with self._lock:
             self._load()
+            # Entries under each root, found by bisection: hundreds of roots (a session's
+            # logs and hooks) against thousands of entries.
+            keys = sorted(self._entries)
             for p in paths:
                 root = canonical(p)
-                for k in [k for k in self._entries if is_under(k, root)]:
+                lo, hi = bisect.bisect_left(keys, root), bisect.bisect_left(keys, root + "0")
+                for k in [k for k in keys[lo:hi] if k in self._entries and is_under(k, root)]:
                     del self._entries[k]
                 self._roots[root] = {"ts": time.time_ns()}
                 e = self._state(root, store=True)
@@ -634,6 +639,15 @@ class Baselines:
             finally:
                 os.close(pfd)
                 self._settle()
+
+    def baseline_content(self, path: str) -> bytes | None:
+        """The content ``path`` had at baseline, when it was a regular file small enough to
+        copy; None otherwise."""
+        with self._lock:
+            e = self.baseline(path)
+            if not e or not e.get("exists") or e.get("type") != "file" or not e.get("copy"):
+                return None
+            return self._read_copy(e["sha256"])
 
     def clear_setid(self, path: str) -> int | None:
         """Remove the setuid and setgid bits of regular file ``path`` (never followed); the

@@ -181,7 +181,9 @@ class Enforcer:
             return "; ".join([*parts, "not restored: no restorer (watchers off)"])
         who = {"session": f"{sid:x}", "pid": pid, "exe": ev.get("exe", ""),
                "comm": ev.get("comm", ""), "event": ev.get("type", ""), "rule": rule,
-               "source": ev.get("source", "") or "", "mode": ev.get("mode", 0) or 0}  # fmt: skip
+               "source": ev.get("source", "") or "", "mode": ev.get("mode", 0) or 0,
+               "xattr": ev.get("name", "") if ev.get("type") == "setxattr" else "",
+               "open_flags": ev.get("open_flags", 0) or 0}  # fmt: skip
         parts.append(self.restorer(path, who))
         return "; ".join(parts)
 

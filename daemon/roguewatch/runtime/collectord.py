@@ -55,6 +55,15 @@ def sysctls(cfg: config_mod.Config) -> list[str]:
     return [str(i) for n, items in lists.items() if n.endswith("_sysctls") for i in items]
 
 
+def log_dirs(cfg: config_mod.Config) -> list[str]:
+    """Where logs are (lists ``log_dirs``, ``login_record_dirs``): their small files are
+    baselined as a session starts, so a truncated or removed one can be put back."""
+    lists = ruleset.lists_only(d for d in cfg.rules_dirs if os.path.isdir(d))
+    own = ("/var/log/roguewatch",)
+    return [str(i) for n in ("log_dirs", "login_record_dirs") for i in lists.get(n, ())
+            if not any(str(i).startswith(o) for o in own)]  # fmt: skip
+
+
 def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
     """A collector with its filesystem sensor (when ``cfg.watch_files``), started.
 
@@ -86,7 +95,7 @@ def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
 
         files = FileGuard(cfg, watch_paths(cfg), on_change, is_own,
                           workspace_files=workspace_files(cfg), sysctls=sysctls(cfg),
-                          home_paths=home_paths)  # fmt: skip
+                          home_paths=home_paths, log_dirs=log_dirs(cfg))  # fmt: skip
         files.start(keep_baselines=not previous.clean)
     try:
         col = Collector(cfg, max_procs=max_procs, files=files, fs_queue=queue, previous=previous)

@@ -21,9 +21,12 @@ quarantine and the outcome says why it could not be restored.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -49,6 +52,11 @@ PYTHON_LIB_GLOBS = (
 )  # fmt: skip
 PYTHON_HOOK_NAMES = ("sitecustomize.py", "usercustomize.py")
 MAX_HOOK_FILES = 2000
+MAX_LOG_FILES = 500  # logs baselined as a session starts, at most
+MAX_LOG_BYTES = 32 << 20  # and their total size
+FILE_CAPS = "security.capability"
+# What is copied to quarantine of a file that stays (no baseline to restore it from) at most.
+MAX_QUARANTINE_COPY = 16 << 20
 PROC_SYS = "/proc/sys"
 BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
 BINFMT_REGISTER = f"{BINFMT_DIR}/register"
@@ -70,6 +78,7 @@ class FileGuard:
         homes: Iterable[str] = (),
         sysctls: Iterable[str] = (),
         home_paths: Callable[[str, str], list[str]] | None = None,
+        log_dirs: Iterable[str] = (),
     ) -> None:
         self.cfg = cfg
         # Relative to a session's working directory: baselined as the session starts.
@@ -84,6 +93,11 @@ class FileGuard:
         # XDG_CONFIG_HOME, watched and baselined once each (watch_home)
         self._home_paths = home_paths
         self._homes_watched: set[tuple[str, str]] = set()
+        # Logs are never watched (they change all the time): the small ones are baselined as
+        # a session starts, with their times, and put back in place (their writers keep
+        # their file open) when the session truncates, overwrites, removes or timestomps one.
+        self.log_dirs = [d for d in log_dirs if d.startswith("/")]
+        self._log_times: dict[str, tuple[int, int]] = {}
         self.snapshot_done = threading.Event()
         # Not our own state (baselines, quarantine: thousands of files that we write): the
         # probes still see an agent that touches it.
@@ -177,6 +191,8 @@ class FileGuard:
         for path in self.baselines.rescan():
             if any(path == d or path.startswith(d.rstrip("/") + "/") for d in self._rescan_skip):
                 continue  # our own logs: always changed since the baseline
+            if path in self._log_times:
+                continue  # a log: appended to all the time (only a session's change counts)
             out.append(watchers.fs_change(path, "rescan"))
         return out
 
@@ -226,12 +242,96 @@ class FileGuard:
         if cwd.startswith("/"):
             paths += [os.path.normpath(os.path.join(cwd, w)) for w in self.workspace_files]
         paths += python_hook_files(self.homes)
+        logs = self._log_files()
+        paths += logs
         self._read_sysctls()
         try:
             return self.baselines.snapshot(dict.fromkeys(paths))
         except (OSError, baseline.BaselineError) as exc:
             log.warning("session baselines near %s: %s", cwd, exc)
             return 0
+
+    def _log_files(self) -> list[str]:
+        """The logs a session start baselines (small regular files, the journal's excepted),
+        bounded; their times are kept too."""
+        out: list[str] = []
+        total = 0
+        limit = self.baselines.max_copy_bytes
+        own = tuple(o for o in (rw_paths.LOG_DIR, os.path.dirname(self.cfg.alerts_file or ""))
+                    if o)  # fmt: skip
+        for d in self.log_dirs:
+            walk = (
+                [(os.path.dirname(d), [], [os.path.basename(d)])]
+                if os.path.isfile(d)
+                else (os.walk(d))
+            )
+            for top, dirs, files in walk:
+                dirs[:] = [x for x in dirs if x != "journal"
+                           and not is_under_any(os.path.join(top, x), own)]  # fmt: skip
+                for n in files:
+                    if n.endswith((".journal", ".journal~")) or len(out) >= MAX_LOG_FILES:
+                        continue
+                    p = os.path.join(top, n)
+                    try:
+                        st = os.lstat(p)
+                    except OSError:
+                        continue
+                    if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+                        continue
+                    if total + st.st_size > MAX_LOG_BYTES:
+                        continue
+                    total += st.st_size
+                    out.append(p)
+                    self._log_times[p] = (st.st_atime_ns, st.st_mtime_ns)
+        return out
+
+    def _restore_log(self, path: str, who: dict[str, Any]) -> str | None:
+        """A log baselined at session start, put back in place (the same inode, so a daemon
+        appending to it goes on doing so), or its times back; None for any other path."""
+        if path not in self._log_times:
+            return None
+        atime, mtime = self._log_times[path]
+        if who.get("event") == "utimes":
+            try:
+                os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+            except OSError as exc:
+                return f"not restored: its times: {exc.strerror or exc}"
+            return "timestamps restored to their values at session start"
+        base = self.baselines.baseline(path) or {}
+        try:
+            content = self.baselines.baseline_content(path)
+        except (OSError, baseline.BaselineError):
+            content = None
+        if content is None:
+            return None
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         base.get("mode", 0o640))  # fmt: skip
+        except OSError as exc:
+            return f"not restored: reopening the log: {exc.strerror or exc}"
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return "not restored: no longer a regular file"
+            current = os.pread(fd, max(st.st_size, 0), 0) if st.st_size <= MAX_LOG_BYTES else b""
+            appended = bool(int(who.get("open_flags") or 0) & os.O_APPEND)
+            if current == content or (current.startswith(content) and not appended):
+                # Nothing of what was there is gone (a daemon's lines since are its own).
+                return "unchanged (only appended to since the session started)"
+            kept = keep_copy(self.baselines, path, who) if current else "it was empty"
+            os.ftruncate(fd, 0)
+            view = memoryview(content)
+            off = 0
+            while off < len(view):
+                off += os.pwrite(fd, view[off:], off)
+            if base.get("uid", -1) >= 0:
+                with contextlib.suppress(OSError):
+                    os.fchown(fd, base["uid"], base["gid"])
+                    os.fchmod(fd, base["mode"])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return f"restored in place from its baseline at session start; {kept}"
 
     def _read_sysctls(self) -> None:
         for p in self.sysctls:
@@ -246,6 +346,15 @@ class FileGuard:
             self._binfmt_base = set(os.listdir(BINFMT_DIR))
         except OSError:
             self._binfmt_base = None
+
+    def _log_of(self, path: str, who: dict[str, Any]) -> str | None:
+        """The baselined log an event changed: its path, or a rename's source (moved away)."""
+        if path in self._log_times:
+            return path
+        src = str(who.get("source") or "")
+        if who.get("event") == "rename" and src in self._log_times:
+            return src
+        return None
 
     def _restore_sysctl(self, path: str) -> str | None:
         """A kernel setting back to its value when the session started; None when ``path``
@@ -293,11 +402,19 @@ class FileGuard:
 
     def restore(self, path: str, who: dict[str, Any]) -> str:
         started = int(who.get("started_ns") or 0)
+        log = self._log_of(path, who)
+        if log is not None:
+            done = self._restore_log(log, who)
+            if done is not None:
+                return done
         if path.startswith(PROC_SYS + "/"):
             done = self._restore_sysctl(path)
             if done is not None:
                 return done
             return "not restored: a kernel setting not read when the session started"
+        if who.get("event") == "setxattr" and who.get("xattr") == FILE_CAPS:
+            # Not part of a baseline (content, mode, owner): the attribute itself goes.
+            return self._drop_file_caps(path, who, started)
         outcome = self.baselines.restore(path, who)
         if outcome.startswith("no baseline copy"):
             # Too large to copy at baseline, so only quarantined: the package may have it.
@@ -319,6 +436,26 @@ class FileGuard:
         self, path: str, who: dict[str, Any], pkg: packages.Packaged | None = None
     ) -> str | None:
         return restore_from_package(self.baselines, path, who, pkg)
+
+    def _drop_file_caps(self, path: str, who: dict[str, Any], started: int) -> str:
+        """A file capability the session set: removed, unless the file is a package's (its
+        maintainer script sets its capabilities: ping's cap_net_raw)."""
+        if not os.path.lexists(path):
+            return "unchanged (the file is gone)"
+        born = baseline.birth_ns(path)
+        made_now = born is not None and started and born >= started - BIRTH_SLACK_NS
+        if not made_now:
+            pkg = packages.owner(os.path.realpath(path)) or packages.owner(path)
+            if pkg is not None:
+                return (f"not restored: a file of package {pkg.name}, whose capabilities its "
+                        "maintainer script sets (getcap; reinstall it)")  # fmt: skip
+        try:
+            os.removexattr(path, FILE_CAPS, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                return "unchanged (no file capability on it)"
+            return f"not restored: removing its file capability: {exc.strerror or exc}"
+        return "file capability removed (security.capability)"
 
     def _unbaselined(self, path: str, who: dict[str, Any], started: int) -> str:
         """A path no baseline covers: undo what can be told apart from what was there."""
@@ -346,9 +483,8 @@ class FileGuard:
             else:
                 return (f"not restored: a file of package {pkg.name}, whose packaged mode is "
                         "not known here (dpkg --verify, or reinstall it)")  # fmt: skip
-        qid = self.baselines.quarantine_path(path, who, remove=False)
-        return (f"not restored: it existed before the session and has no baseline; agent's "
-                f"version quarantined as {qid} (copy)")  # fmt: skip
+        why = "not restored: it existed before the session and has no baseline"
+        return f"{why}; {keep_copy(self.baselines, path, who)}"
 
     def install(self, path: str, content: bytes | None) -> str:
         """The monitor's own write of a watched file, made its new baseline (no event)."""
@@ -375,10 +511,22 @@ def restore_from_package(
         qid = baselines.replace_content(path, orig[0], orig[1], who)
         kept = f"; agent's version quarantined as {qid}" if qid else ""
         return f"restored from package {pkg.name} {pkg.version}{kept}"
-    qid = baselines.quarantine_path(path, who, remove=False) or "before"
     return (f"not restored: a file of package {pkg.name} was changed and its archive is not "
-            f"in apt's cache (apt-get install --reinstall {pkg.name}); agent's version "
-            f"quarantined as {qid} (copy)")  # fmt: skip
+            f"in apt's cache (apt-get install --reinstall {pkg.name}); "
+            f"{keep_copy(baselines, path, who)}")  # fmt: skip
+
+
+def keep_copy(baselines: baseline.Baselines, path: str, who: dict[str, Any]) -> str:
+    """A copy of what the agent left, for the operator, unless it is too large to keep (a
+    journal file): what was done, in words."""
+    try:
+        size = os.lstat(path).st_size
+    except OSError:
+        return "nothing left to quarantine"
+    if size > MAX_QUARANTINE_COPY:
+        return f"agent's version not quarantined ({size} bytes: larger than {MAX_QUARANTINE_COPY})"
+    qid = baselines.quarantine_path(path, who, remove=False)
+    return f"agent's version quarantined as {qid} (copy)" if qid else "nothing to quarantine"
 
 
 def python_hook_files(homes: Iterable[str]) -> list[str]:
@@ -413,3 +561,7 @@ def python_hook_files(homes: Iterable[str]) -> list[str]:
         if len(out) > MAX_HOOK_FILES:
             break
     return list(out)[:MAX_HOOK_FILES]
+
+
+def is_under_any(path: str, dirs: Iterable[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)

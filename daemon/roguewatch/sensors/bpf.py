@@ -79,6 +79,7 @@ OPTIONAL_GROUPS: dict[str, tuple[tuple[str, str], ...]] = {
         ("syscalls", "sys_enter_finit_module"),
     ),
     "RW_HAVE_FCHMODAT2": (("syscalls", "sys_enter_fchmodat2"),),
+    "RW_HAVE_SETXATTRAT": (("syscalls", "sys_enter_setxattrat"),),
 }
 
 

@@ -268,6 +268,15 @@ EVENT_TYPES: tuple[EventType, ...] = (
         "utimensat, utimes, futimesat",
     ),
     EventType(
+        "setxattr",
+        "an extended attribute set (`security.capability`: a file capability, as setcap sets)",
+        (
+            _PATH,
+            Field("name", "str", "the attribute's name (its value is not read)"),
+        ),
+        "setxattr, lsetxattr, fsetxattr, setxattrat",
+    ),
+    EventType(
         "kill",
         "a signal sent; with `guard` in flags, a user signal that reached a roguewatch process",
         (
@@ -518,9 +527,9 @@ EVENT_TYPES: tuple[EventType, ...] = (
                 "lost_ring",
                 "dict[str,int]",
                 "records the kernel could not write, by type; when the ring buffer fills, the "
-                "types a loop makes fastest give way first, so that a flood of them leaves "
-                "room for the rest: open, chmod, chown, truncate, utimes and kill with signal "
-                "0 from three quarters full; connect, sendto, sendmsg, socket, bind and "
+                "types a loop makes fastest give way first, so that a flood of them leaves room"
+                " for the rest: open, chmod, chown, truncate, utimes, setxattr and kill with "
+                "signal 0 from three quarters full; connect, sendto, sendmsg, socket, bind and "
                 "listen from seven eighths; every other type from fifteen sixteenths, except "
                 "fork, exec, exit, ptrace, unshare, setns, mount, bpf, module_load and guard "
                 "events, which only a full ring loses",
