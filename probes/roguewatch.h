@@ -32,7 +32,8 @@
 #define RW_DNS_MAX 256
 #define RW_AT_FDCWD -100
 
-/* Event types: the order is the contract with probes/layout.py (TYPE_NAMES). */
+/* Event types: the order is the contract with probes/layout.py (TYPE_NAMES). RW_REPEATS is
+ * not an event: the count of a thread's repeated last record ("Repeats folded", below). */
 enum rw_type {
     RW_NONE = 0,
     RW_FORK, RW_EXEC, RW_EXIT,
@@ -42,7 +43,7 @@ enum rw_type {
     RW_KILL, RW_RT_SIGACTION, RW_SETSID, RW_SETPGID, RW_PRCTL, RW_TASK_RENAME, RW_PTRACE,
     RW_UNSHARE, RW_SETNS, RW_MOUNT, RW_BPF, RW_MODULE_LOAD, RW_MEMFD_CREATE, RW_CHDIR,
     RW_CGROUP_ATTACH, RW_TARGET,
-    RW_REPEATS, /* not an event: the repeats of a thread's last record, folded (below) */
+    RW_REPEATS,
     RW_TYPE_MAX
 };
 
