@@ -6,7 +6,8 @@
  * - the adoption selectors (uid, comm) applied at exec, and the guard set (roguewatch's own
  *   tasks) that signals and ptrace must not reach unseen;
  * - the pending map that pairs sys_enter_* with sys_exit_* to carry a syscall's result;
- * - a loss counter per event type for every record that could not be written.
+ * - a loss counter per event type for every record that could not be written;
+ * - the folding of a thread's identical repeats into one count (rw_output_fold).
  *
  * Only tracepoint arguments and BPF helpers are read: never a kernel struct by offset, since
  * the header tree bcc compiles against may not match the running kernel.
