@@ -233,6 +233,9 @@ WARM_STARTS: list[dict] = []
 COMPILING_STARTS: list[dict] = []
 STOPS: list[float] = []
 DEFAULT_CACHE = "/var/cache/roguewatch"
+# --cache-dir: the probe image cache of every collector the bench starts (the cold start's
+# excepted), for a host where something else clears the default one
+CACHE_DIR: list[str | None] = [None]
 
 
 def cache_state(path: str) -> dict[str, float]:
@@ -279,11 +282,12 @@ class Collector:
             cmd += ["--state-dir", str(workdir / f"{name}-state")]
         if "--no-watch" in flags and not watch:
             cmd += ["--no-watch"]
-        if cache_dir:
+        effective = cache_dir or CACHE_DIR[0]
+        if effective:
             cfg = workdir / f"{name}.yaml"
-            cfg.write_text(f"cache_dir: {cache_dir}\n")
+            cfg.write_text(f"cache_dir: {effective}\n")
             cmd += ["--config", str(cfg)]
-        cache_before = cache_state(cache_dir or DEFAULT_CACHE)
+        cache_before = cache_state(effective or DEFAULT_CACHE)
         r, w = os.pipe()
         self.log_path = OUT / f"collector-{name}.log"
         logf = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
@@ -310,7 +314,7 @@ class Collector:
         self.start_mem = self.mem()
         # A start that wrote a probe image compiled the probes (the sources changed: other
         # people edit them while the bench runs); it is not a warm start.
-        self.compiled = cache_state(cache_dir or DEFAULT_CACHE) != cache_before
+        self.compiled = cache_state(effective or DEFAULT_CACHE) != cache_before
         if cache_dir is None and not watch:
             sample = {"start_s": round(self.start_s, 3), **self.start_mem}
             (COMPILING_STARTS if self.compiled else WARM_STARTS).append(sample)
@@ -1404,7 +1408,12 @@ def main() -> int:
         help="seconds the bench may spend in all waiting for other work on the machine to "
         "stop and redoing disturbed runs (default 45, or 15 with --quick)",
     )
+    ap.add_argument(
+        "--cache-dir",
+        help="probe image cache of the collectors the bench starts (default: the system's)",
+    )
     args = ap.parse_args()
+    CACHE_DIR[0] = args.cache_dir
     PATIENCE_S[0] = args.patience if args.patience is not None else (15 if args.quick else 45)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in only if s not in SECTIONS]
