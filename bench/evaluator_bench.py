@@ -16,7 +16,8 @@ alone    ``Evaluator.handle_batch`` on one core with every default rule, fed fro
          Bar: >= 200,000 events/s.
 e2e      kernel -> collector -> evaluator -> alert. A private collector and an evaluator
          process (as ``roguewatch run`` starts them); a tiny C generator, registered as a
-         session before its first syscall, does ``kill(getpid(), 0)`` at a target rate, then
+         session before its first syscall, does ``kill(child, 0)`` at a target rate (to 16
+         children in turn: distinct records, which the kernel never folds), then
          one rule-firing action (a create under /etc/cron.d). The end alert's arrival tells
          when the evaluator has processed everything; the evaluator's own counters (its status
          file) and the collector's loss counters say whether anything was lost.
@@ -63,16 +64,18 @@ BAR_E2E = 100_000  # events/s end to end, zero loss
 BAR_LATENCY_MS = 5.0  # median event -> alert at 10,000 events/s
 
 GEN_C = r"""
-/* Event generator: waits for one byte on stdin (registration), then does kill(getpid(), 0)
- * at RATE/s for SECONDS; every ALERT_MS (0: never) and once at the end it creates and
- * unlinks PREFIX<n> (a cron write: an alert). Prints one line per alerting action
- * ("A n realtime_ns") and at the end "E count start_ns end_ns". */
+/* Event generator: waits for one byte on stdin (registration), then does kill(child, 0) at
+ * RATE/s for SECONDS, to 16 children in turn (distinct records: the kernel folds identical
+ * ones of a thread, which would flatter the figure); every ALERT_MS (0: never) and once at
+ * the end it creates and unlinks PREFIX<n> (a cron write: an alert). Prints one line per
+ * alerting action ("A n realtime_ns") and at the end "E count start_ns end_ns". */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static long long now(clockid_t c) {
@@ -92,12 +95,18 @@ int main(int argc, char **argv) {
     double rate = atof(argv[1]), secs = atof(argv[2]), alert_ms = atof(argv[3]);
     const char *prefix = argv[4];
     char go; if (read(0, &go, 1) != 1) return 3;
-    pid_t me = getpid();
+    pid_t kids[16]; int alive[2];
+    if (pipe(alive) != 0) return 4;
+    for (int j = 0; j < 16; j++) {
+        kids[j] = fork();
+        if (kids[j] == 0) { char c; close(alive[1]); while (read(alive[0], &c, 1) < 0) ; _exit(0); }
+    }
+    close(alive[0]);
     long total = (long)(rate * secs), chunk = rate >= 1000 ? (long)(rate / 1000) : 1, i = 0, n = 0;
     long long t0 = now(CLOCK_MONOTONIC), r0 = now(CLOCK_REALTIME);
     long long next_alert = alert_ms > 0 ? t0 + (long long)(alert_ms * 1e6) : -1;
     while (i < total) {
-        for (long k = 0; k < chunk && i < total; k++, i++) kill(me, 0);
+        for (long k = 0; k < chunk && i < total; k++, i++) kill(kids[i & 15], 0);
         long long due = t0 + (long long)(i / rate * 1e9), t = now(CLOCK_MONOTONIC);
         if (next_alert > 0 && t >= next_alert) {
             touch(prefix, n++);
@@ -109,6 +118,8 @@ int main(int argc, char **argv) {
         }
     }
     long long r1 = now(CLOCK_REALTIME);
+    close(alive[1]);
+    for (int j = 0; j < 16; j++) waitpid(kids[j], NULL, 0);
     touch(prefix, 999999);
     printf("E %ld %lld %lld\n", i, r0, r1);
     fflush(stdout);

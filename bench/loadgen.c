@@ -2,7 +2,9 @@
  *
  *   loadgen [-w] rate KIND RATE COUNT [spin|sleep]
  *       COUNT calls of a cheap tracked syscall at RATE calls/s, paced in batches of 0.5 ms:
- *       KIND kill    kill(pid, 0)             one "kill" event each
+ *       KIND kill    kill(child, 0)           one "kill" event each, to KILL_TARGETS children
+ *                                             in turn: distinct records, which the kernel
+ *                                             never folds (see probes/roguewatch.h)
  *            setpgid setpgid(0, 0)            one "setpgid" event each
  *            prctl   prctl(PR_GET_NAME, buf)  one "prctl" event each
  *       sleep pacing (the default) sleeps when ahead of schedule; spin busy-waits instead.
@@ -90,9 +92,11 @@ static void print_rusage(void)
 
 /* -- rate ------------------------------------------------------------------------------ */
 
+#define KILL_TARGETS 16
+
 static int rate_mode(const char *kind, double rate, long count, int spin)
 {
-    pid_t pid = getpid();
+    pid_t targets[KILL_TARGETS];
     char name[16];
     int k;
     if (!strcmp(kind, "kill"))
@@ -103,6 +107,26 @@ static int rate_mode(const char *kind, double rate, long count, int spin)
         k = 2;
     else
         usage();
+    /* The targets live until the parent closes the pipe's end (no signal: a kill would
+     * be one more "kill" event than the calls counted). */
+    int alive[2] = {-1, -1};
+    if (k == 0) {
+        if (pipe(alive) != 0)
+            die("pipe");
+        for (int j = 0; j < KILL_TARGETS; j++) {
+            targets[j] = fork();
+            if (targets[j] < 0)
+                die("fork");
+            if (targets[j] == 0) {
+                char c;
+                close(alive[1]);
+                while (read(alive[0], &c, 1) < 0 && errno == EINTR)
+                    ;
+                _exit(0);
+            }
+        }
+        close(alive[0]);
+    }
     /* Batches of 0.5 ms of load: a wake-up per batch, the schedule is kept across them. */
     long batch = (long)(rate / 2000.0);
     if (batch < 1)
@@ -115,7 +139,7 @@ static int rate_mode(const char *kind, double rate, long count, int spin)
         for (long i = 0; i < n; i++) {
             int r;
             if (k == 0)
-                r = kill(pid, 0);
+                r = kill(targets[(done + i) % KILL_TARGETS], 0);
             else if (k == 1)
                 r = setpgid(0, 0);
             else
@@ -138,6 +162,11 @@ static int rate_mode(const char *kind, double rate, long count, int spin)
         }
     }
     uint64_t t1 = now_ns();
+    if (k == 0) {
+        close(alive[1]);
+        for (int j = 0; j < KILL_TARGETS; j++)
+            waitpid(targets[j], NULL, 0);
+    }
     printf("{\"mode\": \"rate\", \"kind\": \"%s\", \"target\": %.0f, \"count\": %ld, "
            "\"ok\": %ld, \"failed\": %ld, \"t0_ns\": %llu, \"t1_ns\": %llu, "
            "\"elapsed_s\": %.6f, \"rate\": %.1f, \"behind_ns\": %llu, ",

@@ -2,13 +2,15 @@
 
 Usage: sub.py ENDPOINT. Connects a ZeroMQ SUB socket to the collector's event stream, waits for
 the publisher's welcome (an empty batch), prints ``ready``, then decodes every batch (msgpack,
-as the evaluator would) and counts events by (session, type). It also keeps, per session, the
-CLOCK_MONOTONIC time of the first and last event received and the latency of each batch's
-oldest event (receive wall time minus the event's wall-clock ``ts``), and every ``monitor``
-event.
+as the evaluator would) and counts calls by (session, type): an event the kernel folded
+(``repeats``) for the calls it stands for; the events themselves are counted apart. It also
+keeps, per session, the CLOCK_MONOTONIC time of the first and last event received and the
+latency of each batch's oldest event (receive wall time minus the event's wall-clock ``ts``),
+and every ``monitor`` event.
 
 Commands on stdin, one per line, each answered with one JSON line on stdout:
-  get SESSION   counts by type, first/last receive times, latencies (ms) for that session
+  get SESSION   calls by type (counts), events by type (events), first/last receive
+                times, latencies (ms) for that session
   monitors      the monitor events received so far (and forgets them)
   totals        events, batches, malformed messages so far
   quit
@@ -40,7 +42,8 @@ def main() -> int:
     sock.recv()  # the welcome: from here on nothing is missed
     print("ready", flush=True)
 
-    counts: dict[int, Counter] = defaultdict(Counter)
+    counts: dict[int, Counter] = defaultdict(Counter)  # calls
+    evcounts: dict[int, Counter] = defaultdict(Counter)  # events
     first: dict[int, float] = {}
     last: dict[int, float] = {}
     lat: dict[int, list[float]] = defaultdict(list)
@@ -79,7 +82,8 @@ def main() -> int:
                 for ev in batch:
                     s = ev.get("session", 0)
                     t = ev.get("type")
-                    counts[s][t] += 1
+                    counts[s][t] += ev.get("repeats", 1)
+                    evcounts[s][t] += 1
                     if t == "monitor":
                         monitors.append(ev)
                     if s not in seen:
@@ -107,6 +111,7 @@ def main() -> int:
                     ls = sorted(lat.get(s, []))
                     out = {
                         "counts": dict(counts.get(s, {})),
+                        "events": dict(evcounts.get(s, {})),
                         "first": first.get(s),
                         "last": last.get(s),
                         "batches": len(ls),

@@ -6,7 +6,8 @@
  * - the adoption selectors (uid, comm) applied at exec, and the guard set (roguewatch's own
  *   tasks) that signals and ptrace must not reach unseen;
  * - the pending map that pairs sys_enter_* with sys_exit_* to carry a syscall's result;
- * - a loss counter per event type for every record that could not be written.
+ * - a loss counter per event type for every record that could not be written;
+ * - the folding of a thread's identical repeats into one count (rw_output_fold).
  *
  * Only tracepoint arguments and BPF helpers are read: never a kernel struct by offset, since
  * the header tree bcc compiles against may not match the running kernel.
@@ -37,7 +38,8 @@
 #define RW_DNS_MAX 256
 #define RW_AT_FDCWD -100
 
-/* Event types: the order is the contract with probes/layout.py (TYPE_NAMES). */
+/* Event types: the order is the contract with probes/layout.py (TYPE_NAMES). RW_REPEATS is
+ * not an event: the count of a thread's repeated last record ("Repeats folded", below). */
 enum rw_type {
     RW_NONE = 0,
     RW_FORK, RW_EXEC, RW_EXIT,
@@ -47,7 +49,7 @@ enum rw_type {
     RW_KILL, RW_RT_SIGACTION, RW_SETSID, RW_SETPGID, RW_PRCTL, RW_TASK_RENAME, RW_PTRACE,
     RW_UNSHARE, RW_SETNS, RW_MOUNT, RW_BPF, RW_MODULE_LOAD, RW_MEMFD_CREATE, RW_CHDIR,
     RW_CGROUP_ATTACH, RW_TARGET, RW_SIGPROCMASK, RW_SIGNAL_SENT, RW_SETXATTR,
-    RW_REPEATS, /* not an event: the repeats of a thread's last record, folded (below) */
+    RW_REPEATS,
     RW_TYPE_MAX
 };
 

@@ -103,7 +103,12 @@ def run_python(
 def test_a_flooded_ring_buffer_is_counted_and_raised_as_a_monitor_event() -> None:
     # One page of ring buffer (about 28 records) cannot hold a tight loop of signals.
     with private_collector("--ringbuf-pages", "1") as watcher:
-        run = run_python(watcher, "import os\nfor _ in range(200000): os.kill(os.getpid(), 0)")
+        # two targets in turn: no record is the same as the one before (none is folded)
+        run = run_python(
+            watcher,
+            "import os\nt = (os.getpid(), os.getppid())\n"
+            "for i in range(200000): os.kill(t[i & 1], 0)",
+        )
         received = len(run.of("kill"))
         monitor = run.loss_report()
         lost = watcher.control.request("stats")["lost_ring"].get("kill", 0)
@@ -164,9 +169,9 @@ def test_a_steady_stream_is_published_in_batches_not_record_by_record() -> None:
         before = watcher.control.request("stats")
         # tens of thousands of tracked connects a second (to a closed loopback port)
         flood = (
-            "import socket\nfor _ in range(N):\n    s = socket.socket()\n"
-            "    s.connect_ex(('127.0.0.1', 9))\n    s.close()"
-        ).replace("N", str(N))
+            "import socket\nfor i in range(N):\n    s = socket.socket()\n"
+            "    s.connect_ex((f'127.0.0.{1 + (i & 1)}', 9))\n    s.close()"
+        ).replace("N", str(N))  # two destinations in turn: none is folded
         connects = len(run_python(watcher, flood, quiet_ms=1500).of("connect"))
         after = watcher.control.request("stats")
         assert connects == N, after
@@ -185,8 +190,8 @@ def test_a_flood_of_opens_leaves_room_for_connects_and_signals() -> None:
             flood=True,
             code="import os, signal, socket\n"
             f"for _ in range({rounds}):\n"
-            "    for _ in range(300):\n"
-            "        os.close(os.open('/dev/null', os.O_WRONLY))\n"
+            "    for i in range(300):  # two flags in turn: none is folded\n"
+            "        os.close(os.open('/dev/null', os.O_WRONLY | (i & 1) * os.O_APPEND))\n"
             "    s = socket.socket()\n"
             "    s.connect_ex(('127.0.0.1', 9))\n"
             "    s.close()\n"
@@ -210,9 +215,9 @@ def test_a_flood_of_connects_leaves_room_for_signals() -> None:
             flood=True,
             code="import os, signal, socket\n"
             f"for _ in range({rounds}):\n"
-            "    for _ in range(100):\n"
+            "    for i in range(100):  # two destinations in turn: none is folded\n"
             "        s = socket.socket()\n"
-            "        s.connect_ex(('127.0.0.1', 9))\n"
+            "        s.connect_ex((f'127.0.0.{1 + (i & 1)}', 9))\n"
             "        s.close()\n"
             "    os.kill(os.getpid(), signal.SIGCONT)  # harmless, not a probe\n",
         )
@@ -230,9 +235,10 @@ def test_a_flood_of_existence_probes_leaves_room_for_real_signals() -> None:
     with private_collector("--ringbuf-pages", "4", "--no-watch") as watcher:
         code = (
             "import os, signal\n"
+            "t = (os.getpid(), os.getppid())\n"
             f"for _ in range({rounds}):\n"
-            f"    for _ in range({probes}):\n"
-            "        os.kill(os.getpid(), 0)\n"
+            f"    for i in range({probes}):  # two targets in turn: none is folded\n"
+            "        os.kill(t[i & 1], 0)\n"
             "    os.kill(os.getpid(), signal.SIGCONT)\n"
         )
         by_signal = {0: 0, int(signal.SIGCONT): 0}

@@ -392,20 +392,30 @@ def cached_image(opts: BuildOptions, cache_dir: str = CACHE_DIR) -> ProbeImage:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-    # Compile in a child so clang's memory never stays in a long-running process.
-    proc = subprocess.run(
-        [sys.executable, "-m", "roguewatch.sensors.bpf", "--build", path,
-         "--ringbuf-pages", str(opts.ringbuf_pages), "--max-procs", str(opts.max_procs)],
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise ProbeError(proc.stderr.strip().splitlines()[-1] if proc.stderr else "compile failed")
-    with open(path, "rb") as f:
-        img = ProbeImage.loads(f.read())
-    if img.key != key:  # the build was given other options than these: never use it
-        os.unlink(path)
-        raise ProbeError(f"the probe image built for {opts} does not match its options")
+    # Compile in a child so clang's memory never stays in a long-running process. It writes
+    # a file of this call's own, read here before it is put in the cache: whatever another
+    # process does to the cache meanwhile (another start, a clean-up), this start has its image.
+    fd, own = tempfile.mkstemp(dir=cache_dir, prefix=".probes-build-")
+    os.close(fd)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "roguewatch.sensors.bpf", "--build", own,
+             "--ringbuf-pages", str(opts.ringbuf_pages), "--max-procs", str(opts.max_procs)],
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise ProbeError(
+                proc.stderr.strip().splitlines()[-1] if proc.stderr else "compile failed"
+            )
+        with open(own, "rb") as f:
+            img = ProbeImage.loads(f.read())
+        if img.key != key:  # the build was given other options than these: never use it
+            raise ProbeError(f"the probe image built for {opts} does not match its options")
+        os.replace(own, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(own)
     return img
 
 
