@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps run test test-unit lint format bench docs clean
+.PHONY: deps run test test-unit lint format bench attacks docs clean
 
 deps: $(STAMP)
 	@./packaging/install-deps.sh
@@ -41,6 +41,12 @@ bench: deps
 	$(PY) bench/restore_bench.py
 	$(PY) bench/idle_bench.py
 	$(PY) bench/fleet_bench.py $(BENCH_ARGS)
+
+# The attack corpus (a benchmark, not a test: bench/attacks/README.md), as root. E.g.
+# ATTACKS_ARGS='--atomics /tmp/art/atomics --user rwagent --json bench/out/attacks.json'
+attacks: deps
+	@mkdir -p bench/out
+	$(PY) bench/attacks/runner.py --json bench/out/attacks.json $(ATTACKS_ARGS)
 
 docs: deps
 	$(PY) -m roguewatch.stream.events --markdown > docs/events.md
