@@ -33,13 +33,16 @@ CATEGORY = [
 ]
 NETWORK = re.compile(r"\b(curl|wget|git clone|pip3? install|apt(-get)? install|yum|dnf|"
                      r"https?://|ftp://)", re.I)  # fmt: skip
+INSTALLS = re.compile(r"\b(apt|apt-get|yum|dnf|zypper|pkg|pip3?|make install|npm)\b")
 LOCAL_URL = re.compile(r"https?://(127\.|localhost|\[::1\])")
 # Kernel- or host-wide state shared with everyone else on this host: not changed by a bench.
 HOST_WIDE = re.compile(
-    r"\b(auditctl|iptables|ip6tables|nft|ufw|firewall-cmd|setenforce|sysctl|modprobe|"
+    r"\b(auditctl|iptables|ip6tables|nft|ufw\s+[a-z-]+|firewall-cmd|setenforce|sysctl|modprobe|"
     r"insmod|rmmod|swapoff|reboot|poweroff|halt|shutdown|init [06]|kill -9 -1|pkill|killall|"
     r"mount|umount|dd if=|mkfs|/dev/[sv]d|timedatectl|hostnamectl|passwd\s+root|"
-    r"chattr|docker|stratus|aws|az|gcloud|kubectl)\b|--no-preserve-root|rm -rf / "
+    r"chattr|docker|stratus|aws|az|gcloud|kubectl)\b|--no-preserve-root|rm -rf / |"
+    # (a preload every process on a shared host would load, printing into their output)
+    r"/etc/ld\.so\.preload"
 )
 
 
@@ -56,19 +59,29 @@ def fill(text: str, args: dict, atomics: str) -> str:
     return text.replace("PathToAtomicsFolder", atomics).replace("$PathToAtomicsFolder", atomics)
 
 
-def prereqs_met(test: dict, args: dict, atomics: str) -> tuple[bool, str]:
-    """Run the test's prerequisite checks (as root, unwatched)."""
+def prereqs(test: dict, args: dict, atomics: str) -> tuple[str, str]:
+    """The test's prerequisites: ("", why-not) when they cannot be met here, else the
+    set-up to run (as root, before the session, undone by the restore after it): the
+    ``get_prereq_command`` of each check that fails, when it needs no network and installs
+    no package."""
     shell = test.get("dependency_executor_name") or test["executor"]["name"]
     if shell not in ("sh", "bash"):
-        return False, f"prerequisites need the {shell} executor"
+        return "", f"prerequisites need the {shell} executor"
+    setup = []
     for dep in test.get("dependencies") or []:
         check = fill(dep.get("prereq_command", ""), args, atomics)
         if _ok(shell, check):
             continue
-        # (its get_prereq_command is not run: it would install into the trees the run
-        # snapshots, or fetch from the Internet)
-        return False, f"prerequisite not met ({dep.get('description', '').strip()[:90]})"
-    return True, ""
+        get = fill(dep.get("get_prereq_command", ""), args, atomics)
+        why = f"prerequisite not met ({dep.get('description', '').strip()[:90]})"
+        if not get.strip() or (NETWORK.search(get) and not LOCAL_URL.search(get)):
+            return "", why
+        if re.match(r"\s*echo\b[^>|]*$", get.strip()) or "exit 1" in get:
+            return "", why  # (a get_prereq_command that only says what to install)
+        if INSTALLS.search(get):
+            return "", why + ": it installs packages"
+        setup.append(get)
+    return "\n".join(setup) or ":", ""
 
 
 def _ok(shell: str, cmd: str, timeout: float = 30) -> bool:
@@ -118,17 +131,30 @@ def load(atomics: str, check_prereqs: bool = True) -> tuple[list[Scenario], list
             if m:
                 skip(f"changes host-wide state others here depend on ({m.group(0)})")
                 continue
+            setup = ""
             if check_prereqs:
-                ok, why = prereqs_met(test, args, atomics)
-                if not ok:
+                setup, why = prereqs(test, args, atomics)
+                if why:
                     skip(why)
                     continue
             cleanup = fill(ex.get("cleanup_command") or "", args, atomics)
+            # Files the test names in its inputs are effects too when they existed before it
+            # (it deletes, overwrites or timestomps them; many are in /tmp, outside the
+            # snapshotted trees). New ones are its staging, not an effect.
+            files = tuple(
+                str(spec.get("default"))
+                for spec in args.values()
+                if isinstance(spec, dict)
+                and spec.get("type", "").lower() == "path"
+                and str(spec.get("default", "")).startswith("/")
+                and not str(spec.get("default")).startswith(atomics)
+                and not re.search(r"[*?#{}$]", str(spec.get("default")))
+            )
             slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40]
             tests.append(Scenario(
                 name=f"art-{tid}-{n}-{slug}", category=category(tid), script=cmd,
-                shell=ex["name"], trees=True, survive=True, packet=tid.startswith(("T1048",
-                "T1041")), cleanup=cleanup, source=f"art:{ident}", technique=tid,
-                timeout=30.0,
+                shell=ex["name"], trees=True, files=files, existing=True, mtime=True,
+                survive=True, packet=tid.startswith(("T1048", "T1041")), setup=setup,
+                cleanup=cleanup, source=f"art:{ident}", technique=tid, timeout=30.0,
             ))  # fmt: skip
     return tests, skipped

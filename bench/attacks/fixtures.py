@@ -81,6 +81,13 @@ class Fixtures:
         # A harmless shared object for the preload scenarios (loaded by everything after).
         (FIX / "empty.c").write_text("int rwatk_empty;\n")
         sh(f"cc -shared -fPIC -o {FIX}/librwatk.so {FIX}/empty.c")
+        # sudo is not installed here: Atomic Red Team tests call it, a pass-through stands in.
+        (FIX / "shim").mkdir()
+        (FIX / "shim" / "sudo").write_text(
+            '#!/bin/sh\nwhile [ $# -gt 0 ]; do case "$1" in -*) shift;; *) break;; esac; done\n'
+            'exec "$@"\n'
+        )
+        os.chmod(FIX / "shim" / "sudo", 0o755)
         # Decoy security services: a copy of sleep under each service's name.
         for name in DECOYS:
             shutil.copy("/usr/bin/sleep", FIX / "bin" / name)

@@ -89,8 +89,11 @@ class Runner:
 
     # --- one session -----------------------------------------------------------------------
     def env_for(self, sc: Scenario, token: str, ws: Path) -> dict[str, str]:
+        path = fx.AGENT_PATH
+        if sc.source.startswith("art:"):
+            path = f"{fx.FIX}/shim:{path}"
         return {
-            "PATH": fx.AGENT_PATH, "HOME": self.user.pw_dir, "USER": self.user.pw_name,
+            "PATH": path, "HOME": self.user.pw_dir, "USER": self.user.pw_name,
             "LOGNAME": self.user.pw_name, "LANG": "C.UTF-8", "TERM": "dumb",
             "TOKEN": token, "RWATK_TOKEN": token, "WS": str(ws), "FIX": str(fx.FIX),
             "NS4": fx.NS4, "NS6": fx.NS6, "LO4": fx.LO4,
@@ -173,6 +176,8 @@ class Runner:
         effects: list[str] = []
         undone = []  # changed during the session, gone at its end
         for p in paths:
+            if sc.existing and before[p] == ("absent",):
+                continue
             if file_state(p, sc.mtime) != before[p]:
                 effects.append(f"file {p} changed")
             elif p in seen:
@@ -310,6 +315,9 @@ class Runner:
                 r = self.score(sc, base, watched)
                 self.results.append(r)
                 print(self.line(i, len(todo), r), flush=True)
+                if self.args.misses:  # (readers see the misses while the run goes on)
+                    part = self.report(skipped, time.time() - started)
+                    Path(self.args.misses).write_text(f"{part}\n\n(in progress: {i}/{len(todo)})\n")
         finally:
             # Some collectors on a shared host put back what we removed (their baselines saw
             # it): sweep until the trees hold still.

@@ -27,6 +27,7 @@ class Scenario:
     script: str
     files: tuple[str, ...] = ()
     mtime: bool = False
+    existing: bool = False  # only files that existed before the session count
     packet: bool = False
     port: int | None = None
     survive: bool = False
