@@ -70,6 +70,27 @@ def token_pids(token: str) -> list[int]:
     return out
 
 
+def agent_started(launcher: int) -> bool:
+    """Whether the launcher's agent has exec'd: a child whose command line is neither the
+    launcher's own (a fork before its exec) nor one of run's monitor components."""
+    try:
+        with open(f"/proc/{launcher}/cmdline", "rb") as f:
+            mine = f.read()
+        with open(f"/proc/{launcher}/task/{launcher}/children") as f:
+            kids = f.read().split()
+    except OSError:
+        return False
+    for k in kids:
+        try:
+            with open(f"/proc/{k}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if cmd and cmd != mine and b"roguewatch.runtime" not in cmd:
+            return True
+    return False
+
+
 def kill_all(pids: list[int]) -> None:
     for pid in pids:
         for sig in (signal.SIGCONT, signal.SIGKILL):
@@ -148,11 +169,14 @@ class Runner:
             proc = subprocess.Popen(cmd, stdout=o, stderr=e, env=env, cwd=ws,
                                     start_new_session=True)  # fmt: skip
             sent = None
+            began = None  # when the agent itself runs (run's own start-up varies with load)
             seen: set[str] = set()  # paths seen changed while the session ran
             while proc.poll() is None:
                 seen.update(p for p in paths if file_state(p, sc.mtime) != before[p])
                 now = time.time()
-                if sc.stop_after and sent is None and now - t0 >= sc.stop_after:
+                if began is None and agent_started(proc.pid):
+                    began = now
+                if sc.stop_after and sent is None and began and now - began >= sc.stop_after:
                     proc.send_signal(signal.SIGTERM)  # the operator stops the agent
                     sent = now
                 if sent is not None and not resisted and now - sent > GRACE_S:
