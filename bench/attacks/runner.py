@@ -323,13 +323,13 @@ class Runner:
 
     def run(self) -> int:
         todo, skipped = self.scenarios()
-        homes = sorted({"/root", self.user.pw_dir})
-        self.fix.open()
+        homes = sorted({"/root", self.user.pw_dir, "/home"})
         self.snap = Snapshot(fx.BASE.parent / "rwatk-snapshot", homes)
-        self.snap.take()
-        before_run = self.snap.walk()
         started = time.time()
         try:
+            self.fix.open()
+            self.snap.take()
+            before_run = self.snap.walk()
             for i, sc in enumerate(todo, 1):
                 base = watched = None
                 if not self.args.no_baseline:
@@ -343,6 +343,9 @@ class Runner:
                     part = self.report(skipped, time.time() - started)
                     Path(self.args.misses).write_text(f"{part}\n\n(in progress: {i}/{len(todo)})\n")
         finally:
+            if not self.snap.base:  # (interrupted before the snapshot was taken)
+                self.fix.close()
+                raise SystemExit("attacks: interrupted before the first scenario")
             # Some collectors on a shared host put back what we removed (their baselines saw
             # it): sweep until the trees hold still.
             for _ in range(5):
