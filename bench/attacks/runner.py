@@ -136,7 +136,7 @@ class Runner:
             os.chown(p, self.user.pw_uid, self.user.pw_gid)
         return ws
 
-    def session(self, sc: Scenario, watched: bool) -> dict:
+    def session(self, sc: Scenario, watched: bool, effect_paths: set[str] | None = None) -> dict:
         token = f"rwatk{uuid.uuid4().hex[:16]}"
         ws = self.workspace(sc, token)
         env = self.env_for(sc, token, ws)
@@ -222,10 +222,22 @@ class Runner:
             effects.append(
                 "the agent's supervisor was " + ("stopped" if stopped_seen else "killed")
             )
+        tree_paths: list[str] = []
         if sc.trees:
-            new, gone, changed = self.snap.diff(self.snap.walk())
+            now = self.snap.walk()
+            new, gone, changed = self.snap.diff(now)
+            # A directory whose only change is its times changed through its entries (or a
+            # restore of them): its entries say what happened.
+            changed = [
+                p
+                for p in changed
+                if not (now[p][0] & 0o40000 and now[p][:3] == self.snap.base[p][:3])
+            ]
             marks = [f"+{p}" for p in new] + [f"-{p}" for p in gone] + [f"~{p}" for p in changed]
             marks = [m for m in marks if not OTHERS.search(m)]
+            tree_paths = [m[1:] for m in marks]
+            if effect_paths is not None:  # watched: only what the unwatched run changed
+                marks = [m for m in marks if m[1:] in effect_paths]
             if marks:
                 effects.append("changed " + " ".join(marks[:6]) + (" ..." if len(marks) > 6
                                                                    else ""))  # fmt: skip
@@ -247,6 +259,7 @@ class Runner:
         shutil.rmtree(ws, ignore_errors=True)
         return {
             "status": status, "timed_out": timed_out, "effects": effects, "undone": undone,
+            "tree_paths": tree_paths,
             "survivors": len(survivors), "restored": restored, "summary": summary,
             "alerts": [{k: a.get(k) for k in ("rule", "category", "severity", "action",
                                                "outcome", "message")} for a in alerts],
@@ -335,7 +348,10 @@ class Runner:
                 if not self.args.no_baseline:
                     base = self.session(sc, watched=False)
                 if not self.args.baseline:
-                    watched = self.session(sc, watched=True)
+                    # (the trees' paths the unwatched run changed are the effect to check: on
+                    # a shared host others change other paths meanwhile)
+                    paths = set(base["tree_paths"]) if base is not None else None
+                    watched = self.session(sc, watched=True, effect_paths=paths)
                 r = self.score(sc, base, watched)
                 self.results.append(r)
                 print(self.line(i, len(todo), r), flush=True)
