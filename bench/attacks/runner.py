@@ -25,6 +25,7 @@ import pwd
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -171,9 +172,14 @@ class Runner:
             sent = None
             began = None  # when the agent itself runs (run's own start-up varies with load)
             seen: set[str] = set()  # paths seen changed while the session ran
+            tree_seen: set[str] = set()  # (trees: what changed at any time, walked 4 a second)
+            last_walk = 0.0
             while proc.poll() is None:
                 seen.update(p for p in paths if file_state(p, sc.mtime) != before[p])
                 now = time.time()
+                if sc.trees and now - last_walk > 0.25:
+                    tree_seen.update(self.tree_changes(self.snap.walk()))
+                    last_walk = now
                 if began is None and agent_started(proc.pid):
                     began = now
                 if sc.stop_after and sent is None and began and now - began >= sc.stop_after:
@@ -224,20 +230,17 @@ class Runner:
             )
         tree_paths: list[str] = []
         if sc.trees:
-            now = self.snap.walk()
-            new, gone, changed = self.snap.diff(now)
-            # A directory whose only change is its times changed through its entries (or a
-            # restore of them): its entries say what happened.
-            changed = [
-                p
-                for p in changed
-                if not (now[p][0] & 0o40000 and now[p][:3] == self.snap.base[p][:3])
-            ]
-            marks = [f"+{p}" for p in new] + [f"-{p}" for p in gone] + [f"~{p}" for p in changed]
-            marks = [m for m in marks if not OTHERS.search(m)]
-            tree_paths = [m[1:] for m in marks]
-            if effect_paths is not None:  # watched: only what the unwatched run changed
+            marks = self.tree_changes(self.snap.walk())
+            tree_seen.update(marks)
+            # Unwatched, the effect is whatever changed at any time (another monitor on a
+            # shared host may undo it soon after); watched, only those paths are checked.
+            tree_paths = sorted({m[1:] for m in tree_seen})
+            if effect_paths is not None:
                 marks = [m for m in marks if m[1:] in effect_paths]
+                now_paths = {m[1:] for m in marks}
+                undone += sorted({p for p in tree_paths if p in effect_paths} - now_paths)
+            elif not marks and tree_seen:
+                undone += tree_paths
             if marks:
                 effects.append("changed " + " ".join(marks[:6]) + (" ..." if len(marks) > 6
                                                                    else ""))  # fmt: skip
@@ -266,6 +269,19 @@ class Runner:
             "stdout": out.read_text(errors="replace")[-600:],
             "stderr": "\n".join(x for x in stderr.splitlines() if not x.startswith("{"))[-900:],
         }  # fmt: skip
+
+    def tree_changes(self, now: dict) -> list[str]:
+        """What differs in the trees from before the scenario, as +new -gone ~changed (not
+        others' test files; not a directory whose only change is its times, which changed
+        through its entries or a restore of them)."""
+        assert self.snap is not None
+        new, gone, changed = self.snap.diff(now)
+        base = self.snap.base
+        changed = [
+            p for p in changed if not (stat.S_ISDIR(now[p][0]) and now[p][:3] == base[p][:3])
+        ]
+        marks = [f"+{p}" for p in new] + [f"-{p}" for p in gone] + [f"~{p}" for p in changed]
+        return [m for m in marks if not OTHERS.search(m)]
 
     # --- scoring ---------------------------------------------------------------------------
     def score(self, sc: Scenario, base: dict | None, watched: dict | None) -> dict:
