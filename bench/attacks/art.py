@@ -42,7 +42,9 @@ HOST_WIDE = re.compile(
     r"mount|umount|dd if=|mkfs|/dev/[sv]d|timedatectl|hostnamectl|passwd\s+root|"
     r"chattr|docker|stratus|aws|az|gcloud|kubectl)\b|--no-preserve-root|rm -rf / |"
     # (a preload every process on a shared host would load, printing into their output)
-    r"/etc/ld\.so\.preload"
+    r"/etc/ld\.so\.preload|"
+    # (the kernel's own switches: reboot through sysrq, dropping caches, /proc/sys)
+    r"sysrq|drop_caches|/proc/sys/|/sys/kernel|/sys/module"
 )
 
 
