@@ -12,7 +12,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench" / "attacks"))
 
-import art  # noqa: E402
+import art
 
 
 def test_tests_become_scenarios_or_are_skipped_with_a_reason(tmp_path: Path) -> None:
@@ -29,7 +29,7 @@ def test_tests_become_scenarios_or_are_skipped_with_a_reason(tmp_path: Path) -> 
                     "line": {"default": "* * * * * root true"},
                     "name": {"default": "evil"},
                 },
-            ),  # fmt: skip
+            ),
             test("powershell one", "Get-Thing", executor="powershell"),
             test("windows only", "x", platforms=("windows",)),
             test("cron on FreeBSD", "echo x > /etc/cron.d/y"),
@@ -47,7 +47,7 @@ def test_tests_become_scenarios_or_are_skipped_with_a_reason(tmp_path: Path) -> 
                         "get_prereq_command": "apt-get install frob",
                     }
                 ],
-            ),  # fmt: skip
+            ),
             test(
                 "stomp",
                 "touch -d 2020-01-01 #{file}",
