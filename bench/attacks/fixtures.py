@@ -208,4 +208,5 @@ class Fixtures:
             p.wait()
         self.remove_netns()
         shutil.rmtree(RUN, ignore_errors=True)
+        shutil.rmtree(BASE, ignore_errors=True)
         time.sleep(0.1)
