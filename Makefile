@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps run test test-unit lint format bench docs clean
+.PHONY: deps run test test-unit lint format bench attacks docs clean
 
 deps: $(STAMP)
 	@./packaging/install-deps.sh
@@ -59,6 +59,12 @@ bench: deps $(BENCH_STAMP)
 	$(PY) bench/fleet_bench.py $(BENCH_ARGS)
 	$(PY) bench/failclosed_bench.py
 	$(PY) bench/peers.py $(BENCH_ARGS)
+
+# The attack corpus (a benchmark, not a test: bench/attacks/README.md), as root. E.g.
+# ATTACKS_ARGS='--atomics /tmp/art/atomics --user rwagent --json bench/out/attacks.json'
+attacks: deps
+	@mkdir -p bench/out
+	$(PY) bench/attacks/runner.py --json bench/out/attacks.json $(ATTACKS_ARGS)
 
 docs: deps
 	$(PY) -m roguewatch.stream.events --markdown > docs/events.md
