@@ -26,8 +26,8 @@ from typing import Protocol
 import zmq
 
 from roguewatch.core import paths, procfs, sessionstate
-from roguewatch.core.cache import BoundedDict
 from roguewatch.core.accounts import clean_home
+from roguewatch.core.cache import BoundedDict
 from roguewatch.core.contracts import SessionEntry
 from roguewatch.core.identity import exec_id, new_session_id
 from roguewatch.host import kernelenv
