@@ -149,7 +149,8 @@ FOLD_NS = 200_000_000
 REPEATS = TYPE_NUMBERS["repeats"]
 FOLDABLE_TYPES = frozenset(
     TYPE_NUMBERS[n] for n in ("open", "chmod", "chown", "truncate", "utimes", "connect",
-                              "sendto", "sendmsg", "socket", "bind", "listen", "kill")
+                              "sendto", "sendmsg", "socket", "bind", "listen", "kill",
+                              "setxattr")
 )  # fmt: skip
 FOLD_KEY = struct.Struct("<QQ")
 # Record types that are not events on the stream (the collector consumes them)

@@ -899,7 +899,6 @@ _add(
     "`fd.name` lies in the session's workspace (its root's working directory when it "
     "started); absent when the session's is unknown",
     _in_workspace,
-    inputs=("path", "session"),
 )
 _add(
     "fd.protected",

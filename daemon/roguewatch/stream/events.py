@@ -622,7 +622,7 @@ BY_NAME: dict[str, EventType] = {t.name: t for t in EVENT_TYPES}
 # The event types the kernel folds (probes/roguewatch.h: RW_FOLDABLE; a test keeps them equal)
 FOLDABLE: tuple[str, ...] = (
     "open", "chmod", "chown", "truncate", "utimes", "connect", "sendto", "sendmsg", "socket",
-    "bind", "listen", "kill",
+    "bind", "listen", "kill", "setxattr",
 )  # fmt: skip
 NAMES: tuple[str, ...] = tuple(t.name for t in EVENT_TYPES)
 
