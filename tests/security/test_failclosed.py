@@ -357,10 +357,12 @@ def test_run_holds_its_session_while_its_own_monitor_is_gone_and_recovers(
             open({str(pid_file)!r}, "w").write(str(os.getpid()))
             while not os.path.exists({str(go)!r}):
                 time.sleep(0.02)
-            open({cron!r}, "w").write("* * * * * root true\\n")
             s = socket.socket()
             say(connect=attempt(lambda: s.connect(("127.0.0.9", 9))))
-            time.sleep(1)
+            open({cron!r}, "w").write("* * * * * root true\\n")  # killed for it
+            # (a session that ended within a second of the restart could end before the new
+            # pipeline delivered its last alerts: a known gap, see the issue note)
+            time.sleep(4)
             """,
             policy=ALLOW_LOCAL,
             during=during,
