@@ -111,6 +111,7 @@ def _bare_collector(tmp_path: Path, skip: tuple[str, ...]) -> tuple[Any, FsWatch
     files.baselines = SlowBaselines(str(tmp_path / "state"))
     files.baselines.snapshot([str(watched)])
     files._rescan_skip = skip
+    files._log_times = {}  # no logs baselined here
     c.files = files
     files.watcher.start()
     return c, files.watcher, watched
