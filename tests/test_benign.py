@@ -105,7 +105,8 @@ def test_benign_work_is_undisturbed(
     _need(*tools)
     ws = agent.tmp / "ws"
     ws.mkdir()
-    r = agent.run_argv(["/bin/sh", "-c", f"cd {ws} && {script}"], timeout=120)
+    # The agent starts in its workspace (it is the session's workspace), as agents do.
+    r = agent.run_argv(["/bin/sh", "-c", f"cd {ws} && {script}"], timeout=120, cwd=ws)
     assert r.stdout.strip().splitlines()[-1:] == [says], r.describe()
     assert_undisturbed(r)
 
@@ -155,6 +156,6 @@ venv/bin/python {pip} install --no-index dist/rwwheel-1.0-py3-none-any.whl
 venv/bin/python -c 'import rwwheel; print(rwwheel.GREETING)'
 {home_venvs}/bin/python -c 'import rwwheel; print(rwwheel.GREETING)'
 """
-    r = agent.run_argv(["/bin/sh", "-ec", script], timeout=240)
+    r = agent.run_argv(["/bin/sh", "-ec", script], timeout=240, cwd=ws)
     assert r.stdout.strip().splitlines()[-2:] == ["hello from a wheel"] * 2, r.describe()
     assert_undisturbed(r)

@@ -90,7 +90,9 @@ class SignalWatch:
         now = time.monotonic_ns()
         if t == "signal_sent":
             target = ev["target"]
-            if target > 0 and ev.get("target_session"):
+            # A process's signal to itself (its own group, as `timeout` signals its child's
+            # group with SIGTERM ignored in itself) is its own doing, no shutdown asked of it.
+            if target > 0 and ev.get("target_session") and target != ev.get("pid"):
                 self._schedule(target, now, now, "shutdown", None)
                 if ev.get("sig") == 15 and ev.get("result") in ("delivered", "already_pending"):
                     self._expect_end(target, now)
