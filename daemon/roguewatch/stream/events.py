@@ -621,8 +621,8 @@ DRILL_FIELDS: dict[str, type] = {
 BY_NAME: dict[str, EventType] = {t.name: t for t in EVENT_TYPES}
 # The event types the kernel folds (probes/roguewatch.h: RW_FOLDABLE; a test keeps them equal)
 FOLDABLE: tuple[str, ...] = (
-    "open", "chmod", "chown", "truncate", "utimes", "connect", "sendto", "sendmsg", "socket",
-    "bind", "listen", "kill",
+    "open", "chmod", "chown", "truncate", "utimes", "setxattr", "connect", "sendto", "sendmsg",
+    "socket", "bind", "listen", "kill",
 )  # fmt: skip
 NAMES: tuple[str, ...] = tuple(t.name for t in EVENT_TYPES)
 
