@@ -120,7 +120,7 @@ def test_a_sessions_loss_over_its_budget_is_alerted_with_its_id_not_as_the_hosts
     e, out, _ = make(rules)
     e.handle({"type": "monitor", "kind": "loss", "ts": T0, "session": 0, "pid": 1, "flags": [],
               "lost_ring": {"open": 500}, "lost_bus": 0, "lost_decode": 0, "lost_pending": 0,
-              "lost_budget": 500, "detail": "events lost: 500 in the kernel ring buffer"})  # fmt: skip
+              "lost_budget": 500, "detail": "events lost: 500 in the ring"})  # fmt: skip
     e.handle({"type": "monitor", "kind": "loss", "ts": T0, "session": S, "pid": 1,
               "flags": ["budget"], "lost_budget": 500, "lost_budget_by_tier": {"files": 500},
               "detail": f"session {S:x} went over its budget"})  # fmt: skip
