@@ -6,6 +6,11 @@ session, and prints each program's ns per run over the storm, from the kernel's 
 accounting (``kernel.bpf_stats_enabled``, on only while the storm runs). Nothing drains the
 ring: keep ITERS small enough for it (20,000 write-opens fit in 8 MiB) or the shedding path
 is what gets measured. Wall-clock noise of a shared host does not enter these figures.
+
+``--budget RATE``: the sessions' budgets on (RATE records a second, burst RATE; roguewatch.h,
+"Budgets per session"); off by default here, as the loader leaves them until the collector
+sets them. A RATE above the storm's keeps every record within budget: the bucket's own cost.
+STORM ``create`` (distinct paths, none folded) writes in a fresh directory.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ctypes as ct
 import json
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -26,6 +32,7 @@ RUN_TIME_OFF = 192  # struct bpf_prog_info: run_time_ns, run_cnt
 # The programs each storm's calls run (the probes see the rest of the host too)
 STORM_PROGS = {
     "open": ("openat", "close"),
+    "create": ("openat", "write", "close"),
     "connect": ("socket", "connect", "close"),
     "forkexec": ("clone", "fork", "exec", "exit", "wait"),
 }
@@ -45,11 +52,19 @@ def main() -> int:
     ap.add_argument("storm")
     ap.add_argument("iters", type=int)
     ap.add_argument("--cache-dir", default=bpf.CACHE_DIR)
+    ap.add_argument("--budget", type=int, default=0, metavar="RATE")
     args = ap.parse_args()
+    target = Path("/dev/shm/rw-bpf-cost")
+    if args.storm == "create":
+        shutil.rmtree(target, ignore_errors=True)
+        target.unlink(missing_ok=True)
+        target.mkdir()
     probes = bpf.load(bpf.BuildOptions(), cache_dir=args.cache_dir)
+    if "budget_conf" in probes.map_fds:  # (an image from before budgets has none)
+        probes.set_budget(args.budget, args.budget)
     try:
         gen = subprocess.Popen(
-            [str(LOADGEN), "-w", "storm", args.storm, str(args.iters), "/dev/shm/rw-bpf-cost"],
+            [str(LOADGEN), "-w", "storm", args.storm, str(args.iters), str(target)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
         probes.register(gen.pid, 0xB0C057, procfs.start_ns(gen.pid) or 0)
@@ -71,9 +86,11 @@ def main() -> int:
                 total += dt
         print(f"{args.storm}: BPF {total / args.iters:.0f} ns per iteration of "
               f"{out['elapsed_s'] / args.iters * 1e9:.0f} ns; lost {sum(probes.lost_by_type())}, "
-              f"folded {probes.folded()}")  # fmt: skip
+              f"folded {probes.folded()}, over budget {probes.budget_dropped()}")  # fmt: skip
     finally:
         probes.close()
+        if args.storm == "create":
+            shutil.rmtree(target, ignore_errors=True)
     return 0
 
 

@@ -104,6 +104,7 @@ class Counter(IntEnum):
     PENDING_OVERFLOW = 1  # records lost to a full pending map or task storage
     UNTRACKED_FORKS = 2  # forks whose child could not be tracked (the session map was full)
     FOLDED = 3  # records folded into a `repeats` record (each counted once)
+    BUDGET_DROPPED = 4  # records dropped over their session's budget (BUDGET_*)
 
 
 # Session numbers: those the kernel adopts count up from ADOPTED_BASE (RW_SESSION_ADOPTED_BASE);
@@ -148,9 +149,8 @@ TARGET_CALLS = (
 FOLD_NS = 200_000_000
 REPEATS = TYPE_NUMBERS["repeats"]
 FOLDABLE_TYPES = frozenset(
-    TYPE_NUMBERS[n] for n in ("open", "chmod", "chown", "truncate", "utimes", "connect",
-                              "sendto", "sendmsg", "socket", "bind", "listen", "kill",
-                              "setxattr")
+    TYPE_NUMBERS[n] for n in ("open", "chmod", "chown", "truncate", "utimes", "setxattr",
+                              "connect", "sendto", "sendmsg", "socket", "bind", "listen", "kill")
 )  # fmt: skip
 FOLD_KEY = struct.Struct("<QQ")
 # Record types that are not events on the stream (the collector consumes them)
@@ -159,6 +159,18 @@ INTERNAL_TYPES_NAMES = frozenset(TYPE_NAMES[t] for t in INTERNAL_TYPES)
 
 # RW_MAX_PROCS: the session map's size when the loader passes no other
 MAX_PROCS = 65536
+
+# Budgets per session (roguewatch.h, "Budgets per session"): a token bucket per session and
+# tier that gives way (BUDGET_TIERS, in the order of RW_BUDGET_FILES, RW_BUDGET_SOCKETS).
+# BUDGET_KEY: struct rw_budget_key (session, tier, pad), the key of the maps `budgets` (the
+# buckets) and `budget_lost` (u64: records dropped over budget). BUDGET_CONF: struct
+# rw_budget_conf (ns per token, 0: off; the burst in ns), the one entry of `budget_conf`,
+# written by the loader. MAX_SESSIONS: RW_MAX_SESSIONS, sessions with a bucket when the
+# loader passes no other (each map holds that many per tier).
+BUDGET_TIERS = ("files", "sockets")
+BUDGET_KEY = struct.Struct("<QII")
+BUDGET_CONF = struct.Struct("<QQ")
+MAX_SESSIONS = 4096
 # RW_EVENTS_FD: the placeholder map fd by which the probes name the ring buffer, which the
 # loader relocates to the `events` map
 EVENTS_FD = 0x7EADBEE

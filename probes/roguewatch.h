@@ -7,7 +7,9 @@
  *   tasks) that signals and ptrace must not reach unseen;
  * - the pending map that pairs sys_enter_* with sys_exit_* to carry a syscall's result;
  * - a loss counter per event type for every record that could not be written;
- * - the folding of a thread's identical repeats into one count (rw_output_fold).
+ * - the folding of a thread's identical repeats into one count (rw_output_fold);
+ * - a budget per session for the types that give way, and its losses per session
+ *   ("Budgets per session").
  *
  * Only tracepoint arguments and BPF helpers are read: never a kernel struct by offset, since
  * the header tree bcc compiles against may not match the running kernel.
@@ -23,6 +25,9 @@
 #endif
 #ifndef RW_MAX_PROCS
 #define RW_MAX_PROCS 65536 /* the loader passes another only (layout.py: MAX_PROCS) */
+#endif
+#ifndef RW_MAX_SESSIONS
+#define RW_MAX_SESSIONS 4096 /* sessions with a budget (layout.py: MAX_SESSIONS) */
 #endif
 
 #define RW_PATH_MAX 4096
@@ -143,6 +148,7 @@ enum rw_counter {
     RW_COUNTER_PENDING_OVERFLOW, /* records lost to a full pending map or task storage */
     RW_COUNTER_UNTRACKED_FORKS,  /* forks whose child could not be tracked (map full) */
     RW_COUNTER_FOLDED,           /* records folded into an RW_REPEATS record */
+    RW_COUNTER_BUDGET_DROPPED,   /* records dropped over their session's budget */
     RW_COUNTER_MAX
 };
 BPF_ARRAY(counters, u64, RW_COUNTER_MAX);
@@ -273,8 +279,15 @@ static __always_inline u64 rw_wake_flags(void)
  * which the loader relocates to `events` (sensors/bpf.py; layout.py: EVENTS_FD). */
 #define RW_EVENTS_FD 0x7eadbee
 
-/* Whether a record of this type, flags and a[2] (a kill's signal) gives way now. */
-static __always_inline bool rw_shed_as(u16 type, u16 flags, u64 a2)
+/* How many bytes the ring holds that the collector has not read yet. */
+static __always_inline u64 rw_ring_backlog(void)
+{
+    return bpf_ringbuf_query((void *)bpf_pseudo_fd(1, RW_EVENTS_FD), BPF_RB_AVAIL_DATA);
+}
+
+/* Whether a record of this type, flags and a[2] (a kill's signal) gives way with this
+ * backlog in the ring. */
+static __always_inline bool rw_shed_at(u16 type, u16 flags, u64 a2, u64 backlog)
 {
     u64 bit = type < 64 ? 1ULL << type : 0;
     if ((bit & RW_VITAL) || (flags & RW_F_GUARD))
@@ -284,18 +297,120 @@ static __always_inline bool rw_shed_as(u16 type, u16 flags, u64 a2)
         limit = size / 4 * 3;
     else if (bit & RW_NET_BULK)
         limit = size / 8 * 7;
-    return bpf_ringbuf_query((void *)bpf_pseudo_fd(1, RW_EVENTS_FD), BPF_RB_AVAIL_DATA) > limit;
+    return backlog > limit;
 }
 
-static __always_inline bool rw_shed(struct rw_hdr *h, u16 type)
+static __always_inline bool rw_shed_as(u16 type, u16 flags, u64 a2)
 {
-    return rw_shed_as(type, h->flags, h->a[2]);
+    return rw_shed_at(type, flags, a2, rw_ring_backlog());
 }
 
-/* One write into the ring buffer; a failed (or shed) write is counted per event type. */
+/* Budgets per session. One session's flood must not take the ring from the others: for
+ * each session, each of the two tiers that give way first (RW_BUDGET_FILES: the file tier
+ * of rw_shed, with kill(pid, 0); RW_BUDGET_SOCKETS: the socket tier) has a token bucket of
+ * `rate` records a second and `burst` records at most (the loader writes both, in
+ * budget_conf: ns per token and burst * that; an interval of 0 turns budgets off). A
+ * session whose bucket is empty is over its budget: its records of that tier are dropped
+ * here while the ring holds a backlog (more than RW_BUDGET_BACKLOG of it: the collector
+ * is behind), and counted, as lost of their type and in budget_lost by session and tier.
+ * While the collector keeps up nobody is crowded out, and nothing is dropped: a lone storm
+ * loses nothing to its budget. Within budget, a session's records give way only with the
+ * tiers, from three quarters full: so a flood of one session leaves the other sessions
+ * their records of the same kinds, and the session its own records of the other tier.
+ * Never budgeted: the vital types, every type of the third tier (signals, renames...),
+ * guard events, denials, records whose sender was killed, and RW_REPEATS records (one
+ * stands for many and follows a record that was within budget).
+ *
+ * The bucket is kept as the time it is full again minus its burst (GCRA's theoretical
+ * arrival time, `tat`, boot-time ns): a record conforms when tat + interval - now <= the
+ * burst's time, and moves tat on by one interval. Updated without a lock (tracing programs
+ * may not take BPF spin locks): two CPUs of one session at the same instant may both take
+ * the last token, which lets a record more through, never fewer. The buckets are an LRU:
+ * a session evicted from it starts again with a full bucket. (layout.py: BUDGET_*.) */
+#define RW_BUDGET_FILES 0
+#define RW_BUDGET_SOCKETS 1
+#define RW_BUDGET_TIERS 2
+#define RW_BUDGET_BACKLOG ((u64)RW_RINGBUF_PAGES * 4096 / 4)
+
+struct rw_budget_key {
+    u64 session;
+    u32 tier;
+    u32 pad;
+};
+struct rw_budget_conf {
+    u64 interval_ns; /* ns per token (0: no budgets) */
+    u64 burst_ns;    /* the burst's tokens times interval_ns */
+};
+BPF_ARRAY(budget_conf, struct rw_budget_conf, 1);
+BPF_TABLE("lru_hash", struct rw_budget_key, u64, budgets, RW_MAX_SESSIONS * RW_BUDGET_TIERS);
+BPF_HASH(budget_lost, struct rw_budget_key, u64, RW_MAX_SESSIONS * RW_BUDGET_TIERS);
+
+/* The budget tier of a record, or -1 when it has none. */
+static __always_inline int rw_budget_tier(struct rw_hdr *h, u16 type)
+{
+    u64 bit = type < 64 ? 1ULL << type : 0;
+    if (!h->session || (h->flags & (RW_F_GUARD | RW_F_DENIED | RW_F_KILLED)))
+        return -1;
+    if ((bit & RW_FILE_BULK) || (type == RW_KILL && h->a[2] == 0))
+        return RW_BUDGET_FILES;
+    if (bit & RW_NET_BULK)
+        return RW_BUDGET_SOCKETS;
+    return -1;
+}
+
+static __always_inline void rw_count_budget_lost(struct rw_budget_key *k)
+{
+    u64 *n = budget_lost.lookup(k);
+    if (!n) {
+        u64 zero = 0;
+        budget_lost.insert(k, &zero); /* (fails when another CPU did it first, or full) */
+        n = budget_lost.lookup(k);
+    }
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    u32 c = RW_COUNTER_BUDGET_DROPPED;
+    u64 *total = counters.lookup(&c);
+    if (total)
+        __sync_fetch_and_add(total, 1);
+}
+
+/* Whether a record is over its session's budget and must be dropped (counted here). */
+static __always_inline bool rw_over_budget(struct rw_hdr *h, u16 type, u64 backlog)
+{
+    int tier = rw_budget_tier(h, type);
+    if (tier < 0)
+        return false;
+    u32 zero = 0;
+    struct rw_budget_conf *c = budget_conf.lookup(&zero);
+    if (!c || !c->interval_ns)
+        return false;
+    u64 interval = c->interval_ns, burst = c->burst_ns;
+    struct rw_budget_key k = {.session = h->session, .tier = tier};
+    u64 now = h->ts;
+    u64 *tat = budgets.lookup(&k);
+    if (!tat) {
+        u64 first = now + interval; /* a full bucket, less this record's token */
+        budgets.update(&k, &first);
+        return false;
+    }
+    u64 t = *tat > now ? *tat : now;
+    if (t + interval - now <= burst) {
+        *tat = t + interval;
+        return false;
+    }
+    if (backlog <= RW_BUDGET_BACKLOG)
+        return false; /* over budget, but the collector keeps up: crowds nobody out */
+    rw_count_budget_lost(&k);
+    return true;
+}
+
+/* One write into the ring buffer; a failed (or shed, or over budget) write is counted per
+ * event type. */
 static __always_inline bool rw_write(void *rec, u32 size, u16 type)
 {
-    if (rw_shed((struct rw_hdr *)rec, type) ||
+    struct rw_hdr *h = rec;
+    u64 backlog = rw_ring_backlog();
+    if (rw_shed_at(type, h->flags, h->a[2], backlog) || rw_over_budget(h, type, backlog) ||
         events.ringbuf_output(rec, size, rw_wake_flags()) != 0) {
         rw_count_lost(type);
         return false;

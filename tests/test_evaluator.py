@@ -116,6 +116,21 @@ def test_a_loss_reported_by_the_collector_is_a_monitor_alert(rules) -> None:
     assert alert.keys() >= CONTRACT
 
 
+def test_a_sessions_loss_over_its_budget_is_alerted_with_its_id_not_as_the_hosts(rules) -> None:
+    e, out, _ = make(rules)
+    e.handle({"type": "monitor", "kind": "loss", "ts": T0, "session": 0, "pid": 1, "flags": [],
+              "lost_ring": {"open": 500}, "lost_bus": 0, "lost_decode": 0, "lost_pending": 0,
+              "lost_budget": 500, "detail": "events lost: 500 in the ring"})  # fmt: skip
+    e.handle({"type": "monitor", "kind": "loss", "ts": T0, "session": S, "pid": 1,
+              "flags": ["budget"], "lost_budget": 500, "lost_budget_by_tier": {"files": 500},
+              "detail": f"session {S:x} went over its budget"})  # fmt: skip
+    assert [(a["rule"], a["session"]) for a in out] == [
+        ("roguewatch_events_lost", "0"),
+        ("roguewatch_events_lost", f"{S:x}"),
+    ]
+    assert e.lost["ring"] == 500, "a session's report is not the host's totals"
+
+
 def test_the_table_keeps_exited_processes_for_the_grace_period_only(rules) -> None:
     e, _, clock = make(rules)
     session_tree(e)

@@ -223,6 +223,7 @@ def test_adopted_session_numbers_start_at_the_c_base() -> None:
         ("RW_ARGV_ARGS", "ARGV_ARGS"),
         ("RW_AT_FDCWD", "AT_FDCWD"),
         ("RW_MAX_PROCS", "MAX_PROCS"),
+        ("RW_MAX_SESSIONS", "MAX_SESSIONS"),
         ("RW_EVENTS_FD", "EVENTS_FD"),
         ("RW_EGRESS_RANGES", "EGRESS_RANGES"),
         ("RW_MOUNT_UMOUNT", "MOUNT_UMOUNT"),
@@ -231,6 +232,13 @@ def test_adopted_session_numbers_start_at_the_c_base() -> None:
 )
 def test_limits_and_numbers_are_the_c_ones(c_name: str, py_name: str) -> None:
     assert defines()[c_name] == getattr(layout, py_name)
+
+
+def test_budget_tiers_are_the_c_ones() -> None:
+    d = defines()
+    assert d["RW_BUDGET_TIERS"] == len(layout.BUDGET_TIERS)
+    for i, name in enumerate(layout.BUDGET_TIERS):
+        assert d[f"RW_BUDGET_{name.upper()}"] == i
 
 
 # -- layouts -----------------------------------------------------------------------------------
@@ -285,6 +293,8 @@ MIRRORED_STRUCTS = {
     "rw_egress_key6": lambda: (layout.EGRESS_KEY.format + "16s", None),
     "rw_egress_allow": lambda: (layout.EGRESS_ALLOW.format, None),
     "rw_fold_key": lambda: (layout.FOLD_KEY.format, None),
+    "rw_budget_key": lambda: (layout.BUDGET_KEY.format, None),
+    "rw_budget_conf": lambda: (layout.BUDGET_CONF.format, None),
 }
 
 
@@ -372,6 +382,11 @@ def test_the_compiled_probe_image_has_the_map_sizes_layout_gives() -> None:
     assert (maps["sessions"].key_size, maps["sessions"].value_size) == (4, layout.PROC.size)
     assert maps["sessions"].max_entries == layout.MAX_PROCS
     assert maps["counters"].max_entries == len(layout.Counter)
+    tiers = len(layout.BUDGET_TIERS)
+    for name in ("budgets", "budget_lost"):
+        assert maps[name].key_size == layout.BUDGET_KEY.size
+        assert maps[name].max_entries == layout.MAX_SESSIONS * tiers
+    assert maps["budget_conf"].value_size == layout.BUDGET_CONF.size
     assert maps["lost"].max_entries == len(layout.TYPE_NAMES)
     assert maps["egress_denied"].value_size == layout.HEADER.size
     assert maps["egress_allow4"].key_size == layout.EGRESS_KEY4_SIZE

@@ -159,6 +159,14 @@ def test_a_bad_config_names_the_key(tmp_path: Path) -> None:
     p.write_text("batch_max: [\n")
     with pytest.raises(config.ConfigError, match=r"c.yaml:2:1: not valid YAML"):
         config.load(str(p))
+    p.write_text("session_budget_rate: -1\n")
+    with pytest.raises(config.ConfigError, match=r"session_budget_rate.*0 \(off\)"):
+        config.load(str(p))
+    p.write_text("session_budget_rate: 500\nsession_budget_burst: 0\n")
+    with pytest.raises(config.ConfigError, match=r"session_budget_burst.*at least 1"):
+        config.load(str(p))
+    p.write_text("session_budget_rate: 0\nsession_budget_burst: 0\n")  # budgets off
+    assert config.load(str(p)).session_budget_rate == 0
 
 
 @pytest.mark.kernel

@@ -134,11 +134,19 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         for s in sessions:
             print(json.dumps(s))
         return 0
-    print(f"{'SESSION':<17} {'NAME':<16} {'ROOT':>7} {'PROCS':>5} {'ALERTS':>6} {'MODE':<8} CGROUP")
+    print(f"{'SESSION':<17} {'NAME':<16} {'ROOT':>7} {'PROCS':>5} {'ALERTS':>6} {'LOST':>7} "
+          f"{'MODE':<8} CGROUP")  # fmt: skip
     for s in sessions:
         cg = s["cgroup"] or "-"
+        lost = s.get("lost", 0) if isinstance(s.get("lost", 0), int) else 0
         print(printable(f"{s['session']:<17} {(s['name'] or '-')[:16]:<16} {s['root']:>7} "
-                        f"{len(s['pids']):>5} {s['alerts']:>6} {s['mode']:<8} {cg}"))  # fmt: skip
+                        f"{len(s['pids']):>5} {s['alerts']:>6} {lost:>7} {s['mode']:<8} "
+                        f"{cg}"))  # fmt: skip
+    if any(s.get("lost") for s in sessions):
+        print(
+            "LOST: records of the session dropped in the kernel over its budget (files and "
+            "sockets, while the collector was behind: `roguewatch status`)"
+        )
     return 0
 
 

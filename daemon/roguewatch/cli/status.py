@@ -84,6 +84,7 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"pending map {st['lost_pending']}, malformed {st['lost_decode']}"
           f"{' + ' + str(ev['malformed']) if ev else ''}, bus {st['lost_bus']}, "
           f"untracked forks {untracked}")  # fmt: skip
+    _budget_lines(st)
     fleet = _fleet_line(cfg, ev, degraded)
     for d in degraded:
         print(f"  degraded: {d}")
@@ -91,6 +92,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps({"collector": st, "evaluator": ev, "sessions": sessions,
                           "fleet": fleet, "degraded": degraded}))  # fmt: skip
     return 1 if degraded else 0
+
+
+def _budget_lines(st: dict) -> None:
+    """Each session's records dropped over its budget (already among the ring's losses)."""
+    budget = st.get("budget") or {}
+    if not budget:
+        return
+    rate = budget.get("rate", 0)
+    over = st.get("lost_budget") or {}
+    said = (f"{rate} records/s of files and of sockets per session, burst {budget.get('burst')}"
+            if rate else "off")  # fmt: skip
+    print(
+        f"  budgets:  {said}; {len(over)} sessions went over theirs"
+        + (" (records dropped in the kernel, counted in the ring's losses):" if over else "")
+    )
+    for sid, by in sorted(over.items(), key=lambda kv: -sum(kv[1].values()))[:20]:
+        what = ", ".join(f"{tier} {n}" for tier, n in sorted(by.items()))
+        print(f"    session {sid}: {sum(by.values())} lost ({what})")
 
 
 def _fleet_line(cfg, ev: dict | None, degraded: list[str]) -> dict | None:

@@ -93,6 +93,7 @@ class SessionEntry(TypedDict):
     pids: list[int]
     started: float
     adopted: bool
+    lost: int  # its records dropped in the kernel over its budget (roguewatch.h)
 
 
 @dataclass

@@ -560,7 +560,7 @@ class Evaluator:
         """An alert about the monitor itself (losses, reload failures, restarts, stops)."""
         kind = ev.get("kind", "")
         severity = severity or MONITOR_SEVERITY.get(kind, "high")
-        if kind == "loss":
+        if kind == "loss" and not ev.get("session"):  # (a session's own: over its budget)
             self.lost["ring"] = sum((ev.get("lost_ring") or {}).values())
             self.lost["pending"] = ev.get("lost_pending", 0)
             self.lost["decode"] = ev.get("lost_decode", 0)

@@ -27,6 +27,12 @@ class Config:
     ringbuf_pages: int = 2048
     # Most events per bus message; a batch is also sent whenever the ring buffer is drained.
     batch_max: int = 1024
+    # Budgets per session (probes/roguewatch.h): while the collector is behind, a session
+    # that makes more than this many file records (or socket records) a second, past a burst
+    # of session_budget_burst, has the excess dropped in the kernel and counted as its
+    # losses, so that its flood leaves the ring to the other sessions. 0: no budgets.
+    session_budget_rate: int = 20000
+    session_budget_burst: int = 20000
     cache_dir: str = paths.CACHE_DIR
     # Adoption selectors: processes of these users or uids, or whose comm is listed, are
     # tracked from their exec on (and found by a /proc scan at start).
@@ -144,6 +150,10 @@ def load(path: str | None) -> Config:
         setattr(cfg, key, value)
     if cfg.egress_refresh_s < 1:
         raise ConfigError(f"{path}: key 'egress_refresh_s': expected at least 1 (seconds)")
+    if cfg.session_budget_rate < 0 or cfg.session_budget_rate > 1_000_000_000:
+        raise ConfigError(f"{path}: key 'session_budget_rate': expected 0 (off) to 1e9 a second")
+    if cfg.session_budget_burst < 1 and cfg.session_budget_rate:
+        raise ConfigError(f"{path}: key 'session_budget_burst': expected at least 1 record")
     if cfg.ringbuf_pages <= 0 or cfg.ringbuf_pages & (cfg.ringbuf_pages - 1):
         raise ConfigError(f"{path}: key 'ringbuf_pages': expected a power of two")
     return cfg

@@ -261,11 +261,14 @@ class ProbeImage:
 class BuildOptions:
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
     max_procs: int = layout.MAX_PROCS  # tracked processes (the session map), all sessions
+    max_sessions: int = layout.MAX_SESSIONS  # sessions with a budget (roguewatch.h)
 
     def cflags(self, have: list[str]) -> list[str]:
         flags = [f"-DRW_RINGBUF_PAGES={self.ringbuf_pages}", "-Wno-macro-redefined"]
         if self.max_procs != layout.MAX_PROCS:
             flags.append(f"-DRW_MAX_PROCS={self.max_procs}")
+        if self.max_sessions != layout.MAX_SESSIONS:
+            flags.append(f"-DRW_MAX_SESSIONS={self.max_sessions}")
         flags += [f"-D{m}=1" for m in have]
         return flags
 
@@ -400,7 +403,8 @@ def cached_image(opts: BuildOptions, cache_dir: str = CACHE_DIR) -> ProbeImage:
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "roguewatch.sensors.bpf", "--build", own,
-             "--ringbuf-pages", str(opts.ringbuf_pages), "--max-procs", str(opts.max_procs)],
+             "--ringbuf-pages", str(opts.ringbuf_pages), "--max-procs", str(opts.max_procs),
+             "--max-sessions", str(opts.max_sessions)],
             capture_output=True,
             text=True,
         )  # fmt: skip
@@ -654,6 +658,41 @@ class Probes:
     def untracked_forks(self) -> int:
         """Children that escaped tracking because the session map was full."""
         return self._counter(layout.Counter.UNTRACKED_FORKS)
+
+    # -- budgets per session (roguewatch.h, "Budgets per session") --------------------------
+
+    def set_budget(self, rate: int, burst: int) -> None:
+        """Each session may write ``rate`` records a second of each tier that gives way,
+        ``burst`` at most at once, while the collector is behind; 0: no budgets."""
+        if rate < 0 or burst < 0 or (rate and not burst):
+            raise ValueError(f"a budget of {rate}/s, burst {burst}: both must be positive")
+        interval = 1_000_000_000 // rate if rate else 0
+        interval = max(interval, 1) if rate else 0
+        self._update("budget_conf", struct.pack("<I", 0),
+                     layout.BUDGET_CONF.pack(interval, interval * burst))  # fmt: skip
+
+    def budget_dropped(self) -> int:
+        """Records dropped over their session's budget, all sessions (the kernel's total)."""
+        return self._counter(layout.Counter.BUDGET_DROPPED)
+
+    def budget_losses(self) -> dict[int, dict[str, int]]:
+        """session -> tier name -> records of it dropped over budget, as the kernel has them."""
+        out: dict[int, dict[str, int]] = {}
+        for key in self.keys("budget_lost", layout.BUDGET_KEY.size):
+            raw = self._lookup("budget_lost", key, 8)
+            session, tier, _ = layout.BUDGET_KEY.unpack(key)
+            if raw is None or tier >= len(layout.BUDGET_TIERS):
+                continue
+            by = out.setdefault(session, {})
+            by[layout.BUDGET_TIERS[tier]] = struct.unpack("<Q", raw)[0]
+        return out
+
+    def forget_budget(self, session: int) -> None:
+        """A session that ended: its loss counters go (its buckets age out of their LRU)."""
+        for tier in range(len(layout.BUDGET_TIERS)):
+            key = layout.BUDGET_KEY.pack(session, tier, 0)
+            self._delete("budget_lost", key)
+            self._delete("budgets", key)
 
     # -- egress denial -----------------------------------------------------------------------
 
@@ -989,9 +1028,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--build", metavar="PATH", required=True)
     ap.add_argument("--ringbuf-pages", type=int, default=DEFAULT_RINGBUF_PAGES)
     ap.add_argument("--max-procs", type=int, default=BuildOptions.max_procs)
+    ap.add_argument("--max-sessions", type=int, default=BuildOptions.max_sessions)
     args = ap.parse_args(argv)
     try:
-        _write_image(args.build, BuildOptions(args.ringbuf_pages, args.max_procs))
+        _write_image(
+            args.build, BuildOptions(args.ringbuf_pages, args.max_procs, args.max_sessions)
+        )
     except ProbeError as exc:
         print(f"roguewatch: {exc}", file=sys.stderr)
         return 1

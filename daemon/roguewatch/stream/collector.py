@@ -82,6 +82,7 @@ BUSY_POLL_S = 0.001
 DENIAL_CLAIM_NS = 200_000_000  # every second: unclaimed denials older than this
 DENIAL_END_NS = 20_000_000  # at a session's end
 BEAT_MAX_S = 0.05  # with a heartbeat to give, the loop turns at least this often
+BUDGET_ENDED_MAX = 1024  # ended sessions whose losses over budget `stats` still shows
 
 
 @dataclass
@@ -239,6 +240,11 @@ class Collector:
             cfg.cache_dir,
         )
         self.ring = RingBuffer(self.probes.fd("events"), self.probes.ringbuf_size())
+        self.probes.set_budget(cfg.session_budget_rate, cfg.session_budget_burst)
+        # session -> tier -> records dropped over its budget: those of ended sessions, whose
+        # counters the kernel no longer keeps (``budget_losses``)
+        self._budget_ended: BoundedDict[int, dict[str, int]] = BoundedDict(BUDGET_ENDED_MAX)
+        self._budget_reported: dict[int, int] = {}  # session -> total in its last report
         self.ctx = zmq.Context.instance()
         # Nothing in a session may listen to the stream or speak for the monitor.
         self.pub = bus.Publisher(
@@ -743,19 +749,43 @@ class Collector:
                       self.lost_decode + self.repeats_unmatched, self.pub.lost_events,
                       self.probes.untracked_forks())  # fmt: skip
 
+    def budget_losses(self) -> dict[int, dict[str, int]]:
+        """session -> tier -> records dropped in the kernel over the session's budget
+        (roguewatch.h, "Budgets per session"), since it started. The kernel's counters of a
+        session that ended (no process tracked, not registered) are kept here instead."""
+        kernel = self.probes.budget_losses()
+        out = {sid: dict(by) for sid, by in self._budget_ended.items()}
+        live: set[int] | None = None
+        for sid, by in kernel.items():
+            if sid not in self.sessions:
+                if live is None:
+                    live = set(self.probes.tracked().values())
+                if sid not in live:  # ended: nothing of it writes any more
+                    self.probes.forget_budget(sid)
+                    ended = self._budget_ended.get(sid) or {}
+                    self._budget_ended[sid] = {t: ended.get(t, 0) + n for t, n in by.items()}
+            mine = out.setdefault(sid, {})
+            for tier, n in by.items():
+                mine[tier] = mine.get(tier, 0) + n
+        return out
+
     def report_losses(self) -> Losses | None:
-        """A `monitor` event when any loss counter grew since the last report."""
+        """A `monitor` event when any loss counter grew since the last report; and one of
+        each session whose losses over its budget grew (with its session id)."""
+        self._report_budget_losses()
         now = self.losses()
         if now.total() == self._reported.total():
             return None
+        budget = self.probes.budget_dropped()
         self.pub.publish([{
             "type": "monitor", "kind": "loss", "ts": time.time_ns(), "session": 0,
             "pid": os.getpid(), "flags": [],
             "lost_ring": now.ring, "lost_pending": now.pending, "lost_decode": now.decode,
-            "lost_bus": now.bus, "untracked_forks": now.untracked,
+            "lost_bus": now.bus, "untracked_forks": now.untracked, "lost_budget": budget,
             "detail": (
-                f"events lost: {sum(now.ring.values())} in the kernel ring buffer, "
-                f"{now.pending} for a full pending map, {now.decode} malformed, "
+                f"events lost: {sum(now.ring.values())} in the kernel ring buffer"
+                + (f" ({budget} of them over their session's budget)" if budget else "")
+                + f", {now.pending} for a full pending map, {now.decode} malformed, "
                 f"{now.bus} not sent on the bus (totals since start)"
                 + (f"; {now.untracked} forked children could not be tracked (the session map "
                    "is full: their parents were killed in enforce mode)" if now.untracked else "")
@@ -763,6 +793,29 @@ class Collector:
         }])  # fmt: skip
         self._reported = now
         return now
+
+    def _report_budget_losses(self) -> None:
+        cfg = self.cfg
+        for sid, by in sorted(self.budget_losses().items()):
+            total = sum(by.values())
+            if total == self._budget_reported.get(sid, 0):
+                continue
+            self._budget_reported[sid] = total
+            what = ", ".join(f"{n} {tier}" for tier, n in sorted(by.items()) if n)
+            self.pub.publish([{
+                "type": "monitor", "kind": "loss", "ts": time.time_ns(), "session": sid,
+                "pid": os.getpid(), "flags": ["budget"], "lost_budget": total,
+                "lost_budget_by_tier": dict(by),
+                "detail": (
+                    f"session {sid:x} went over its budget ({cfg.session_budget_rate} records "
+                    f"a second of files and of sockets, burst {cfg.session_budget_burst}) "
+                    f"while the collector was behind: {total} of its records dropped in the "
+                    f"kernel ({what}; totals since it started), so that its flood left the "
+                    "ring to the other sessions"
+                ),
+            }])  # fmt: skip
+        if len(self._budget_reported) > BUDGET_ENDED_MAX * 2:
+            self._budget_reported.clear()  # (then each is reported once more)
 
     def wake(self) -> None:
         try:
@@ -1037,6 +1090,9 @@ class Collector:
             "uptime": time.time() - self.started,
             "lost_ring": loss.ring, "lost_pending": loss.pending, "lost_decode": loss.decode,
             "untracked_forks": loss.untracked, "folded": self.probes.folded(),
+            "lost_budget": {f"{sid:x}": by for sid, by in self.budget_losses().items()},
+            "budget": {"rate": self.cfg.session_budget_rate,
+                       "burst": self.cfg.session_budget_burst},
             "lost_bus": loss.bus, "probes": len(self.probes.attached), "rate": self.rate,
             "probes_failed": [f for f, _ in self.probes.failed],
             "baseline_ready": files is None or files.snapshot_done.is_set(),
@@ -1131,6 +1187,7 @@ class Collector:
         for pid, s in self.probes.tracked().items():
             pids.setdefault(s, []).append(pid)
         out = []
+        budget = self.budget_losses()
         for sid in sorted(set(pids) | set(self.sessions)):
             info = self.sessions.get(sid, {})
             out.append(SessionEntry(
@@ -1138,7 +1195,7 @@ class Collector:
                 root=info.get("root", min(pids.get(sid, [0]))),
                 cgroup=info.get("cgroup", ""), mode=info.get("mode", "enforce"),
                 pids=sorted(pids.get(sid, [])), started=info.get("started", 0),
-                adopted=sid not in self.sessions,
+                adopted=sid not in self.sessions, lost=sum(budget.get(sid, {}).values()),
             ))  # fmt: skip
         return out
 

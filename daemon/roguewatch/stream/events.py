@@ -532,7 +532,26 @@ EVENT_TYPES: tuple[EventType, ...] = (
                 "signal 0 from three quarters full; connect, sendto, sendmsg, socket, bind and "
                 "listen from seven eighths; every other type from fifteen sixteenths, except "
                 "fork, exec, exit, ptrace, unshare, setns, mount, bpf, module_load and guard "
-                "events, which only a full ring loses",
+                "events, which only a full ring loses; and records of a session over its "
+                "budget (`lost_budget`)",
+            ),
+            Field(
+                "lost_budget",
+                "int",
+                "records dropped in the kernel over their session's budget: in the host's "
+                "report (session 0) all sessions', among `lost_ring`; in a session's own "
+                "report (its session id, flag `budget`) that session's. While the collector "
+                "is behind (the ring a quarter full), a session that makes more than "
+                "`session_budget_rate` file records (open, chmod, chown, truncate, utimes, "
+                "setxattr, kill with signal 0) or socket records (connect, sendto, sendmsg, "
+                "socket, bind, listen) a second, past a burst of `session_budget_burst`, has "
+                "the excess dropped, so that its flood leaves the ring to the other sessions. "
+                "Totals since the session (or the collector) started",
+            ),
+            Field(
+                "lost_budget_by_tier",
+                "dict[str,int]",
+                "in a session's own report: its records dropped over budget, `files` and `sockets`",
             ),
             Field("lost_bus", "int", "events ZeroMQ could not send"),
             Field(
@@ -621,8 +640,8 @@ DRILL_FIELDS: dict[str, type] = {
 BY_NAME: dict[str, EventType] = {t.name: t for t in EVENT_TYPES}
 # The event types the kernel folds (probes/roguewatch.h: RW_FOLDABLE; a test keeps them equal)
 FOLDABLE: tuple[str, ...] = (
-    "open", "chmod", "chown", "truncate", "utimes", "connect", "sendto", "sendmsg", "socket",
-    "bind", "listen", "kill", "setxattr",
+    "open", "chmod", "chown", "truncate", "utimes", "setxattr", "connect", "sendto", "sendmsg",
+    "socket", "bind", "listen", "kill",
 )  # fmt: skip
 NAMES: tuple[str, ...] = tuple(t.name for t in EVENT_TYPES)
 

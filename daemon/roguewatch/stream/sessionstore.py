@@ -121,7 +121,9 @@ class Recorder:
         n = 0
         for ev in batch or ():
             mine = ev.get("session") == self.session
-            if not mine and not (ev.get("type") == "monitor" and ev.get("kind") == "loss"):
+            # the monitor's losses of the whole host, not another session's over its budget
+            host_loss = ev.get("type") == "monitor" and ev.get("kind") == "loss"
+            if not mine and not (host_loss and not ev.get("session")):
                 continue
             if self._writer.count >= self.max_events and ev.get("type") not in _ALWAYS:
                 self.left_out += 1
