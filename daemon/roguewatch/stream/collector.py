@@ -215,11 +215,14 @@ class Collector:
         files: FileSensor | None = None,
         fs_queue: deque[dict] | None = None,
         previous: sessionstate.Pinned | None = None,
+        pin: bool = False,
     ) -> None:
         """``files``: the filesystem sensor, started before the probes load (its baseline
         snapshot then overlaps that), putting its changes on ``fs_queue`` and calling
         ``wake()``. ``previous``: what the collector before this one pinned (``setup``
-        takes its sessions and guards back; an unclean end means a gap to rescan)."""
+        takes its sessions and guards back; an unclean end means a gap to rescan).
+        ``pin``: keep the kernel side in bpffs for the next collector of this state
+        directory (``sensors.pins``), taking over what the one before left there."""
         self.cfg = cfg
         self.previous = previous or sessionstate.Pinned()
         self.gap = not self.previous.clean  # the last collector died: changes were unseen
@@ -236,8 +239,12 @@ class Collector:
         self._fs_rescanner: _FsRescanner | None = None  # made at the first overflow
         self.probes = probes or bpf.load(
             bpf.BuildOptions(ringbuf_pages=cfg.ringbuf_pages, max_procs=max_procs),
-            cfg.cache_dir,
-        )
+            cfg.cache_dir, pin_for=cfg.state_dir if pin else None,
+            expected=self.previous.pins if not self.previous.clean else None,
+        )  # fmt: skip
+        # Pins found not ours as we started: said once the stream has listeners.
+        self._pin_findings = list(self.probes.findings)
+        self.took_over = 0  # processes of recovered sessions still in the pinned map
         self.ring = RingBuffer(self.probes.fd("events"), self.probes.ringbuf_size())
         self.ctx = zmq.Context.instance()
         # Nothing in a session may listen to the stream or speak for the monitor.
@@ -286,11 +293,37 @@ class Collector:
         """Guard ourselves, put egress judgement in the kernel, adopt by the selectors."""
         self.guard_self()
         self.attach_egress()
+        if self.probes.reused:
+            # The kernel's selectors are the last collector's: what to change is against them.
+            self._selectors = self.probes.selectors()
         self.recover()
+        if self._egress_root_fd is not None:
+            # A dead collector's unpinned programs go once ours judge the recovered sessions.
+            self.probes.sweep_stale_egress()
         self.adoptions = policy_mod.load_adoption_dirs(self.policy_dirs())
         self._apply_selectors()
+        if self.probes.reused:
+            self._prune_taken_over()
         self.scan_procfs()
         self.pin()
+        if self.probes.pins is not None:
+            log.info("kernel side %s %s (%d tracepoint links, %d processes of %d sessions "
+                     "still tracked)", "taken over from" if self.probes.reused else "pinned in",
+                     self.probes.pins.dir, len(self.probes.attached), self.took_over,
+                     len(self.recovered))  # fmt: skip
+
+    def _prune_taken_over(self) -> None:
+        """What the last collector left in the pinned maps and nobody holds now: guards of
+        its own threads (gone), allowlists of sessions that ended while no collector ran."""
+        keep = set(procfs.threads(os.getpid())) | {os.getpid(), os.getppid()}
+        for pid in self._guards:
+            keep.update(procfs.threads(pid))
+        for tid in self.probes.guarded_tids():
+            if tid not in keep:
+                self.probes.unguard(tid)
+        for owner in self.probes.egress_owner_ids():
+            if owner not in self.egress_owners:
+                self.probes.forget_egress(owner)
 
     # -- what outlives a collector (core.sessionstate) -------------------------------------
 
@@ -309,9 +342,22 @@ class Collector:
             pids = _cgroup_members(s.cgroup) if s.cgroup and os.path.isdir(s.cgroup) else []
             if s.root and s.root_start and procfs.start_ns(s.root) == s.root_start:
                 pids = [s.root, *[p for p in pids if p != s.root]]
+            # (taken over from pins: also what forked, or left its cgroup, meanwhile)
+            pids += (
+                [
+                    p
+                    for p, sid in self.probes.tracked().items()
+                    if sid == s.session and p not in pids
+                ]
+                if self.probes.reused
+                else []
+            )
             if not pids:
                 continue  # the session ended while no collector watched it
             for pid in pids:
+                if self.probes.session_of(pid) == s.session:
+                    self.took_over += 1  # still tracked: the pinned session map kept it
+                    continue
                 start = procfs.start_ns(pid)
                 if start is None:
                     continue
@@ -348,7 +394,8 @@ class Collector:
             ))  # fmt: skip
         alive = {p: st for p, st in self._guards.items() if procfs.start_ns(p) == st}
         self._guards = alive
-        pinned = sessionstate.Pinned(sessions, sorted(alive.items()), clean, os.getpid())
+        pinned = sessionstate.Pinned(sessions, sorted(alive.items()), clean, os.getpid(),
+                                     pins=dict(self.probes.pin_ids))  # fmt: skip
         text = repr(pinned)
         if text == self._pinned_text:
             return
@@ -408,7 +455,7 @@ class Collector:
             log.warning("no cgroup v2 mount: egress is not denied in the kernel")
             return
         self._egress_root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.probes.attach_egress(self._egress_root_fd)
+        self.probes.attach_egress(self._egress_root_fd, sweep=False)  # (setup sweeps)
 
     def policy_dirs(self) -> list[str]:
         """policies.d, then the fleet's (roguewatch.fleet installs what it validated there)."""
@@ -547,10 +594,13 @@ class Collector:
         })  # fmt: skip
 
     def guard_self(self) -> None:
-        """Every task of this process (ZeroMQ's threads too) is guarded, and our parent."""
+        """Every task of this process (ZeroMQ's threads too) is guarded, and our parent (who
+        started us: roguewatchd, or the launcher of `run` and `record`)."""
         for tid in procfs.threads(os.getpid()):
             self.probes.guard(tid)
         self.probes.guard(os.getpid())
+        if os.getppid() > 1:
+            self.probes.guard(os.getppid())
 
     def scan_procfs(self) -> int:
         """Register running processes that match the selectors (their events say `procfs`),
@@ -776,7 +826,23 @@ class Collector:
         """Once a second: what an attacker could have undone in the kernel, repaired and
         said (a `tamper` event each): the egress programs detached from the cgroup root, a
         registered session's processes gone from the session map (a bpf() map delete), a
-        thread of ours that is not guarded."""
+        thread of ours that is not guarded, a pin in bpffs removed or replaced (pinned
+        again: the next collector would otherwise start without the kernel side)."""
+        for f in self._pin_findings:  # found as we started: the last collector's pins
+            self.tamper(f"pin_{f.what}", f"the pinned {f.name} (id {f.expected}) was {f.what} "
+                        f"(id {f.found}) while no collector ran: the kernel side was made "
+                        "afresh", target=f"bpffs pin {f.name}")  # fmt: skip
+        self._pin_findings = []
+        try:
+            findings = self.probes.check_pins()
+        except OSError as exc:
+            log.warning("cannot check the pins: %s", exc)
+            findings = []
+        for f in findings:
+            where = os.path.join(self.probes.pins.dir if self.probes.pins else "", f.name)
+            self.tamper(f"pin_{f.what}", f"{where} (id {f.expected}) was {f.what}"
+                        + (f" by object id {f.found}" if f.found is not None else "")
+                        + ": pinned again", target=f"bpffs pin {f.name}")  # fmt: skip
         if self._egress_root_fd is not None:
             try:
                 attached = self.probes.egress_attached()
@@ -1240,8 +1306,12 @@ class Collector:
         if clean:
             self.pin(clean=True)
         self.hosts.close()
+        # Not asked to stop, and pinned: the kernel side stays in force (egress refused,
+        # forks followed) for the collector that takes over.
+        keep = not clean and self.probes.pins is not None
         if self._egress_root_fd is not None:
-            self.probes.detach_egress_root()
+            if not keep:
+                self.probes.detach_egress_root()
             os.close(self._egress_root_fd)
             self._egress_root_fd = None
         if self.control is not None:
@@ -1250,4 +1320,4 @@ class Collector:
             self.files.close()
         self.ring.close()
         self.pub.close()
-        self.probes.close()
+        self.probes.close(unpin=not keep)
