@@ -78,6 +78,9 @@ _STATEFUL = frozenset(
 )  # types whose events read or change the per-process state
 
 # While records keep coming, the loop looks at the ring at least this often (see run).
+# How long a collector that took over a pinned ring waits for its first subscriber before
+# it reads the ring anyway.
+RING_HOLD_S = 3.0
 BUSY_POLL_S = 0.001
 DENIAL_CLAIM_NS = 200_000_000  # every second: unclaimed denials older than this
 DENIAL_END_NS = 20_000_000  # at a session's end
@@ -1111,6 +1114,9 @@ class Collector:
             "egress_hosts": {"refreshes": self.hosts.refreshes, "changes": self.hosts.changes},
             "policy_hash": policy_mod.digest(self.adoptions),
             "sessions": len(self.sessions),
+            "pins": {"dir": self.probes.pins.dir if self.probes.pins else None,
+                     "taken_over": self.probes.reused, "links": self.probes.links,
+                     "processes_kept": self.took_over},
         }  # fmt: skip
 
     def _register(self, req: dict, peer: Peer | None = None) -> dict:
@@ -1251,9 +1257,15 @@ class Collector:
         next_tick = time.monotonic() + 1.0
         busy = False
         drained_at = 0.0
+        # A ring taken over from pins holds what the kernel saw while no collector ran: kept
+        # until someone listens (the evaluator reconnecting), so that none of it is lost.
+        hold_until = time.monotonic() + RING_HOLD_S if self.probes.reused else 0.0
         while not self._stopping:
             now = time.monotonic()
+            holding = self.pub.broadcast.subscriptions == 0 and now < hold_until
             timeout = max(0.0, next_tick - now)
+            if holding:
+                timeout = min(timeout, 0.02)
             due = self.sigwatch.next_due_ns()
             if due is not None:
                 timeout = min(timeout, max(0.0, due / 1e9 - now))
@@ -1265,12 +1277,15 @@ class Collector:
             try:
                 # in whole milliseconds (ZeroMQ's unit), rounded up: a wait rounded down to 0
                 # would spin until the millisecond is over
-                socks = dict((busy_poller if busy else idle_poller).poll(math.ceil(timeout * 1000)))
+                poller = busy_poller if busy or holding else idle_poller
+                socks = dict(poller.poll(math.ceil(timeout * 1000)))
             except zmq.ZMQError as exc:
                 if exc.errno == 4:  # EINTR: a signal; the flag decides
                     continue
                 raise
-            if busy and time.monotonic() < drained_at + BUSY_POLL_S:
+            if holding:
+                pass  # nobody listens yet to what the pinned ring kept
+            elif busy and time.monotonic() < drained_at + BUSY_POLL_S:
                 pass  # woken early by another socket: the ring waits for its millisecond
             else:
                 drained_at = time.monotonic()
