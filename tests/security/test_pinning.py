@@ -66,11 +66,12 @@ class Monitor:
 
     def _start(self, module: str, *extra: str) -> subprocess.Popen:
         r, w = os.pipe()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--config", str(self.cfg), "--ready-fd", str(w),
-             *extra],
-            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=open(self.tmp / "stderr", "a"),
-        )  # fmt: skip
+        with open(self.tmp / "stderr", "a") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, "--config", str(self.cfg), "--ready-fd", str(w),
+                 *extra],
+                pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=err,
+            )  # fmt: skip
         os.close(w)
         assert readiness.wait(r, proc, 90), (
             f"{module} did not start: " + (self.tmp / "stderr").read_text()[-2000:]
@@ -240,7 +241,7 @@ def _kill_quietly(pid: int) -> None:
 def test_egress_stays_refused_and_the_session_tracked_across_a_collector_kill(
     monitor: Monitor, session: tuple[int, int, Path], tmp_path: Path
 ) -> None:
-    pid, sid, acts = session
+    _, sid, acts = session
     root_actor = Actor(acts, "root")
     assert root_actor.do("connect") == str(errno.EPERM)  # refused in the kernel
     assert monitor.request("stats")["pins"]["links"], "tracepoints are not attached by links"
