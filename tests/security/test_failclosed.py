@@ -357,7 +357,14 @@ def test_run_holds_its_session_while_its_own_monitor_is_gone_and_recovers(
             open({str(pid_file)!r}, "w").write(str(os.getpid()))
             while not os.path.exists({str(go)!r}):
                 time.sleep(0.02)
-            open({cron!r}, "w").write("* * * * * root true\\n")
+            # The cron file by a child, which the restore kills; then the connect by the
+            # root (not a race between the restore's kill and the connect).
+            child = os.fork()
+            if child == 0:
+                open({cron!r}, "w").write("* * * * * root true\\n")
+                time.sleep(5)
+                os._exit(0)
+            os.waitpid(child, 0)
             s = socket.socket()
             say(connect=attempt(lambda: s.connect(("127.0.0.9", 9))))
             time.sleep(1)
