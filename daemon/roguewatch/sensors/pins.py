@@ -276,9 +276,13 @@ def collect_abandoned(
         if inst in keep:
             continue
         idir = os.path.join(root, inst)
-        layouts = [os.path.join(idir, n) for n in os.listdir(idir) if not n.startswith("new-")]
-        if any(tracks_live(d) for d in layouts):
-            continue
+        try:
+            layouts = [os.path.join(idir, n) for n in os.listdir(idir)
+                       if not n.startswith("new-")]  # fmt: skip
+            if any(tracks_live(d) for d in layouts):
+                continue
+        except OSError:
+            continue  # removed meanwhile (by its own collector's clean end)
         log.info("pinned state %s of a collector that is gone and tracks no live process: "
                  "removed", inst)  # fmt: skip
         _rmtree(idir)
