@@ -32,6 +32,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -474,9 +475,16 @@ class Probes:
         kernelenv.tracefs_dir()
         if pins is not None:
             _register(pins=os.path.basename(pins.instance_dir))  # before anything is pinned
-            pins_mod.collect_abandoned(
-                pins.root, [os.path.basename(pins.instance_dir), *_live_instances()], _tracks_live
+            # Off the start's path: unpinning an instance detaches its tracepoints, an RCU
+            # grace period each (seconds in all: bench/README.md).
+            keep = [os.path.basename(pins.instance_dir), *_live_instances()]
+            gc = threading.Thread(
+                target=_collect_quietly,
+                daemon=True,
+                args=(pins.root, keep, _tracks_live),
+                name="pins-gc",
             )
+            gc.start()
             pins.remove_stale()
             objs = pins.load()
             if objs is not None and self._take_over(objs, expected or {}):
@@ -1096,6 +1104,13 @@ def _live_egress_progs() -> set[int]:
                     if pid is not None:
                         live.add(pid)
     return live
+
+
+def _collect_quietly(root: str, keep: list[str], tracks_live: Callable[[str], bool]) -> None:
+    try:
+        pins_mod.collect_abandoned(root, keep, tracks_live)
+    except Exception as exc:  # a clean-up that failed must never end the collector
+        log.warning("could not remove abandoned pins: %s", exc)
 
 
 def _tracks_live(layout_dir: str) -> bool:
