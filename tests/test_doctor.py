@@ -443,3 +443,12 @@ def test_a_task_storage_map_the_kernel_refuses_is_named_with_what_it_needs() -> 
         bpf.create_task_storage_map("rw_bad_size", 0, 1)  # a zero-sized value: refused
     msg = str(exc.value)
     assert "task storage map rw_bad_size" in msg and "roguewatch doctor" in msg, msg
+
+
+@pytest.mark.kernel
+def test_doctor_says_whether_the_kernel_side_outlives_the_collector(root: None) -> None:
+    """Tracepoint links can be pinned on this kernel (6.x): the check says so; it is never
+    required (without it a killed collector only drops more)."""
+    check = doctor._pinning()
+    assert check.ok and not check.required, check
+    assert "tracepoint links" in check.detail and "/roguewatch" in check.detail, check

@@ -636,8 +636,10 @@ def test_a_protected_file_changed_while_no_monitor_ran_is_put_back_for_its_live_
             lambda: protected.read_text() == "#!/bin/sh\nexit 0\n",
             what=f"the restore; {_alerts(d)}",
         )
-        hit = [a for a in _alerts(d) if a["event"].get("path") == str(protected)]
-        assert hit and hit[0]["session"] == f"{sid:x}", _alerts(d)
+        # (the alert can be written after the file is back: waited for, not assumed)
+        hit = _wait(lambda: [a for a in _alerts(d) if a["event"].get("path") == str(protected)],
+                    what="the gap's alert")  # fmt: skip
+        assert hit[0]["session"] == f"{sid:x}", _alerts(d)
         assert hit[0]["event"].get("change") == "gap", hit[0]
         assert f"{sid:x}" in _sessions(d)
         assert d.stop() == 0

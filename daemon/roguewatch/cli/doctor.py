@@ -219,6 +219,38 @@ def _task_storage() -> Check:
     return Check("task storage", True, True, "BPF task local storage map created")
 
 
+def _pinning() -> Check:
+    """Keep-sensors-on-exit: the collector's maps, egress programs and tracepoint links
+    pinned in bpffs (``roguewatch.sensors.pins``), so a killed collector drops nothing."""
+    from roguewatch.sensors import bpf, pins
+
+    try:
+        root = pins.pin_root(create=False)
+    except pins.PinError as e:
+        return Check("pinning", False, False,
+                     f"{e}: a killed collector takes tracking and egress denial with it",
+                     "mount -t bpf -o mode=700 bpf /sys/fs/bpf")  # fmt: skip
+    try:
+        links = bpf.link_create_supported()
+    except (bpf.ProbeError, OSError) as e:
+        return Check("pinning", False, False, f"cannot try a tracepoint link: {e}", "")
+    held = len(pins.instances(root))
+    where = f"{root} ({held} collector instance{'s' if held != 1 else ''} pinned now)"
+    if not links:
+        return Check("pinning", True, False,
+                     f"maps and egress programs pinned in {where}; this kernel makes no BPF "
+                     "link for a tracepoint, so forks are not followed while no collector "
+                     "runs", "needs Linux 5.15+ (BPF_LINK_CREATE for perf events)",
+                     warn=True)  # fmt: skip
+    return Check(
+        "pinning",
+        True,
+        False,
+        f"maps, egress programs and tracepoint links kept "
+        f"in {where}: a killed collector leaves tracking and egress denial in force",
+    )
+
+
 def _cgroup2() -> tuple[Check, str | None]:
     cg2 = ke.cgroup2_mount()
     if cg2 is None:
@@ -382,6 +414,7 @@ def run_checks(source_dir: ProbeDir = None) -> list[Check]:
         # tracefs before bcc: bcc picks its tracefs path once, when first imported.
         _guard("tracefs", True, lambda: _mounted("tracefs", ke.ensure_tracefs)),
         _guard("bpffs", True, lambda: _mounted("bpffs", ke.ensure_bpffs_mounted)),
+        _guard("pinning", False, _pinning),
         _guard("bcc", True, _bcc),
         _guard("kernel headers", True, _headers),
     ]

@@ -3,10 +3,12 @@
 Owns one root-only file, ``<state dir>/pinned.json``: the live sessions the collector holds
 (root pid and start time, cgroup, mode, policy, egress allowlist, the pids it last saw in
 them), the monitor's own pids it guards (with their start times: a reused pid is not ours),
-and whether the collector ended cleanly. The collector rewrites it whenever that changes; who
-outlives a collector reads it: the next collector re-registers the sessions and guards the
-pids again (and, after an unclean end, keeps the last good baselines instead of taking the
-gap's state for one); the service and its supervisor fail its sessions closed while no
+the ids of the BPF objects it pinned in bpffs (``sensors.pins``: the next collector takes
+over only objects with these ids), and whether the collector ended cleanly. The collector
+rewrites it whenever that changes; who outlives a collector reads it: the next collector
+takes the sessions back (from the pinned session map, else by registering them again) and
+guards the pids again (and, after an unclean end, keeps the last good baselines instead of
+taking the gap's state for one); the service and its supervisor fail its sessions closed while no
 collector watches them (``respond.failclosed``).
 
 It must not decide anything: it only reads and writes the record, atomically (a temporary
@@ -51,6 +53,7 @@ class Pinned:
     clean: bool = True  # the collector that wrote it ended as asked (or nothing was pinned)
     collector: int = 0  # the pid of the collector that wrote it
     exists: bool = False  # read from a file (False: nothing was pinned)
+    pins: dict[str, int] = field(default_factory=dict)  # bpffs entry name -> object id
 
 
 def path_in(state_dir: str) -> str:
@@ -83,8 +86,13 @@ def read(state_dir: str) -> Pinned:
     for g in data.get("guarded") or []:
         with contextlib.suppress(TypeError, ValueError):
             guarded.append((int(g[0]), int(g[1])))
+    pins = {}
+    if isinstance(data.get("pins"), dict):
+        for name, oid in data["pins"].items():
+            with contextlib.suppress(TypeError, ValueError):
+                pins[str(name)] = int(oid)
     return Pinned(sessions, guarded, bool(data.get("clean", False)),
-                  int(data.get("collector", 0) or 0), True)  # fmt: skip
+                  int(data.get("collector", 0) or 0), True, pins)  # fmt: skip
 
 
 def write(state_dir: str, pinned: Pinned) -> None:
@@ -93,7 +101,7 @@ def write(state_dir: str, pinned: Pinned) -> None:
     data = {
         "version": 1, "clean": pinned.clean, "collector": pinned.collector,
         "sessions": [asdict(s) for s in pinned.sessions],
-        "guarded": [list(g) for g in pinned.guarded],
+        "guarded": [list(g) for g in pinned.guarded], "pins": pinned.pins,
     }  # fmt: skip
     dst = path_in(state_dir)
     tmp = f"{dst}.{os.getpid()}.tmp"

@@ -71,6 +71,9 @@ class Config:
     watch_files: bool = True
     watch_extra: list[str] = field(default_factory=list)
     state_dir: str = paths.STATE_DIR
+    # The collector's maps, egress programs and tracepoint links pinned in bpffs: a killed
+    # collector leaves the kernel side in force (tracking, egress denial) for the next one.
+    keep_sensors_on_exit: bool = True
     baseline_max_copy_bytes: int = 1024 * 1024
     # Where the service writes its live counters for `roguewatch status`.
     status_file: str = paths.STATUS_FILE

@@ -98,7 +98,8 @@ def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
                           home_paths=home_paths, log_dirs=log_dirs(cfg))  # fmt: skip
         files.start(keep_baselines=not previous.clean)
     try:
-        col = Collector(cfg, max_procs=max_procs, files=files, fs_queue=queue, previous=previous)
+        col = Collector(cfg, max_procs=max_procs, files=files, fs_queue=queue, previous=previous,
+                        pin=cfg.keep_sensors_on_exit)  # fmt: skip
     except BaseException:
         if files is not None:
             files.close()

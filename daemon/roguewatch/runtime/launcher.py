@@ -13,6 +13,7 @@ runs stored (``roguewatch.respond.blobstore``): its start-up snapshot writes onl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -60,6 +61,10 @@ class Watcher:
             return 0
 
     def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            # A stop asked for: its pinned kernel side goes with it (nothing to take over).
+            with contextlib.suppress(Exception):
+                self.control.request("stopping")
         self.control.close()
         if self.proc is not None and self.proc.poll() is None:
             # No wait: detaching every tracepoint costs the collector RCU grace periods

@@ -25,12 +25,14 @@ import errno
 import hashlib
 import importlib.resources
 import json
+import logging
 import os
 import platform
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +46,9 @@ from roguewatch.host import kernelenv
 from roguewatch.policy import egress
 from roguewatch.policy.hostnames import system_addresses
 from roguewatch.probes import layout
+from roguewatch.sensors import pins as pins_mod
+
+log = logging.getLogger("roguewatch.bpf")
 
 PROBE_FILES = ("process", "network", "files", "signals", "system", "egress")
 HEADER = "roguewatch.h"
@@ -52,6 +57,11 @@ DEFAULT_RINGBUF_PAGES = 2048  # 8 MiB
 BPF_PROG_TYPE_TRACEPOINT = 5
 BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
 BPF_PROG_LOAD, BPF_PROG_ATTACH, BPF_PROG_DETACH = 5, 8, 9
+BPF_LINK_CREATE = 28
+BPF_PERF_EVENT = 41  # the attach type of a perf event (tracepoint) link
+SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}.get(platform.machine(), 298)
+PERF_TYPE_TRACEPOINT = 2
+PERF_FLAG_FD_CLOEXEC = 8
 BPF_F_ALLOW_MULTI = 2
 # The egress programs (probes/egress.bpf.c) and the cgroup hook each one is for.
 # The image's category of the egress programs (a tracepoint category is a tracefs group name:
@@ -447,14 +457,43 @@ class Attached:
 class Probes:
     """The probes, loaded and attached; the shared maps by name. Close to detach."""
 
-    def __init__(self, image: ProbeImage) -> None:
+    def __init__(
+        self, image: ProbeImage, pins: pins_mod.PinSet | None = None,
+        expected: dict[str, int] | None = None,
+    ) -> None:  # fmt: skip
+        """``pins``: keep the kernel side in bpffs there (``roguewatch.sensors.pins``),
+        taking over what a collector of the same instance and layout left pinned.
+        ``expected``: the ids that collector said it pinned (``core.sessionstate``); pinned
+        objects with other ids were put there by someone else, and are not taken over."""
         self._lib = _libbcc()
         self.image = image
         self.map_fds: dict[str, int] = {}
         self.attached: list[Attached] = []
         self.failed: list[tuple[str, str]] = []
         self.sock_progs: dict[str, int] = {}
+        self.pins = pins
+        self.pin_ids: dict[str, int] = {}  # entry name -> kernel id of what we pinned
+        self.reused = False  # taken over from the pins of a collector before us
+        self.findings: list[pins_mod.Finding] = []  # pins found not ours at the start
+        self.links = True  # tracepoints attached by BPF links (pinnable)
         kernelenv.tracefs_dir()
+        if pins is not None:
+            _register(pins=os.path.basename(pins.instance_dir))  # before anything is pinned
+            # Off the start's path: unpinning an instance detaches its tracepoints, an RCU
+            # grace period each (seconds in all: bench/README.md).
+            keep = [os.path.basename(pins.instance_dir), *_live_instances()]
+            gc = threading.Thread(
+                target=_collect_quietly,
+                daemon=True,
+                args=(pins.root, keep, _tracks_live),
+                name="pins-gc",
+            )
+            gc.start()
+            pins.remove_stale()
+            objs = pins.load()
+            if objs is not None and self._take_over(objs, expected or {}):
+                self.reused = True
+                return
         try:
             for m in image.maps:
                 if m.type == BPF_MAP_TYPE_TASK_STORAGE:
@@ -489,7 +528,99 @@ class Probes:
             self.close()
             raise
         if not self.attached:
+            self.close()
             raise ProbeError(f"no probe could be attached: {self.failed[:3]}")
+        if pins is not None:
+            if not self.links:
+                log.warning(
+                    "this kernel attaches no tracepoint by a BPF link: the tracepoints "
+                    "stop with the collector (its maps and egress programs are pinned)"
+                )
+            try:
+                objs = self.pinned_objects()
+                pins.publish(objs)
+                self.pin_ids = {n: pins_mod.obj_id(fd) for n, fd in objs.items()}
+            except OSError as exc:
+                log.warning("cannot pin the probes in %s (%s): they end with the collector",
+                            pins.dir, exc)  # fmt: skip
+                self.pins = None
+
+    # -- pinned in bpffs (roguewatch.sensors.pins) ---------------------------------------------
+
+    def pinned_objects(self) -> dict[str, int]:
+        """What outlives the collector: entry name -> fd (maps, egress programs, links)."""
+        objs = {f"map__{n}": fd for n, fd in self.map_fds.items()}
+        objs.update({f"prog__{n}": fd for n, fd in self.sock_progs.items()})
+        if self.links:
+            objs.update({f"link__{a.category}__{a.event}": a.link_fd for a in self.attached})
+        return objs
+
+    def _take_over(self, objs: dict[str, int], expected: dict[str, int]) -> bool:
+        """Use what a collector before us pinned, if it is whole and what it said it pinned;
+        False (every fd closed) when not."""
+        ids = {}
+        problem = ""
+        for name, fd in objs.items():
+            try:
+                ids[name] = pins_mod.obj_id(fd)
+            except OSError as exc:
+                problem = f"{name}: {exc}"
+        for m in self.image.maps:
+            fd = objs.get(f"map__{m.name}")
+            if fd is None:
+                problem = problem or f"map {m.name} is not pinned"
+                continue
+            if m.type == BPF_MAP_TYPE_TASK_STORAGE:
+                self.map_fds[m.name] = fd
+                continue
+            info = map_info(fd)
+            got = (info.type, info.key_size, info.value_size, info.max_entries)
+            if got != (m.type, m.key_size, m.value_size, m.max_entries):
+                problem = problem or f"map {m.name} is {got}, not {m}"
+            self.map_fds[m.name] = fd
+        for name in SOCK_ADDR_PROGS:
+            fd = objs.get(f"prog__{name}")
+            if fd is None:
+                problem = problem or f"program {name} is not pinned"
+            else:
+                self.sock_progs[name] = fd
+        for p in self.image.progs:
+            if p.category == SOCK_ADDR_CATEGORY:
+                continue
+            fd = objs.get(f"link__{p.category}__{p.event}")
+            if fd is None:
+                self.failed.append((f"{p.category}:{p.event}", "not attached when pinned"))
+            else:
+                self.attached.append(Attached(p.category, p.event, -1, fd))
+        # Ids are the kernel's, unique while the object lives: pinned objects whose ids are
+        # not those the last collector wrote down were put there by someone else.
+        for name, want in expected.items():
+            if name in ids and ids[name] != want:
+                self.findings.append(pins_mod.Finding(name, "replaced", ids[name], want))
+        if self.findings:
+            problem = problem or "pinned objects replaced while no collector ran: " + ", ".join(
+                f.name for f in self.findings
+            )
+        if problem or not self.attached:
+            log.warning(
+                "the pinned state in %s is not taken over (%s): made afresh",
+                self.pins.dir if self.pins else "?",
+                problem or "no tracepoint link",
+            )
+            for fd in objs.values():
+                _close_quietly(fd)
+            self.map_fds, self.sock_progs, self.attached, self.failed = {}, {}, [], []
+            if self.pins is not None:
+                self.pins.remove()
+            return False
+        self.pin_ids = ids
+        return True
+
+    def check_pins(self) -> list[pins_mod.Finding]:
+        """The pins still ours? Each one removed or replaced is pinned again; what was found."""
+        if self.pins is None:
+            return []
+        return self.pins.check(self.pinned_objects(), self.pin_ids)
 
     def _load_quietly(self, p: ProgDef) -> Attached | tuple[str, str] | BaseException | None:
         try:
@@ -522,11 +653,18 @@ class Probes:
             )
             tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
             raise ProbeError(f"loading {p.category}:{p.event}: {os.strerror(err)}: {tail}")
-        link = self._lib.bpf_attach_tracepoint(fd, p.category.encode(), p.event.encode())
-        if link < 0:
-            err = ct.get_errno()
+        try:
+            link = _tracepoint_link(fd, p.category, p.event) if self.links else -1
+        except OSError as exc:
             os.close(fd)
-            return (f"{p.category}:{p.event}", os.strerror(err or errno.ENOENT))
+            return (f"{p.category}:{p.event}", os.strerror(exc.errno or errno.ENOENT))
+        if link < 0:  # no BPF link for perf events on this kernel: bcc's way (not pinnable)
+            self.links = False
+            link = self._lib.bpf_attach_tracepoint(fd, p.category.encode(), p.event.encode())
+            if link < 0:
+                err = ct.get_errno()
+                os.close(fd)
+                return (f"{p.category}:{p.event}", os.strerror(err or errno.ENOENT))
         return Attached(p.category, p.event, fd, link)
 
     # -- maps ------------------------------------------------------------------------------
@@ -629,6 +767,29 @@ class Probes:
         """Signals and ptrace aimed at this task become guard events, from any process."""
         self._update("guarded", struct.pack("<I", pid), b"\1")
 
+    def unguard(self, tid: int) -> None:
+        self._delete("guarded", struct.pack("<I", tid))
+
+    def guarded_tids(self) -> list[int]:
+        return [struct.unpack("<I", k)[0] for k in self.keys("guarded", 4)]
+
+    def selectors(self) -> tuple[dict[int, int], dict[str, int]]:
+        """The adoption selectors in the kernel now: uid -> policy, comm -> policy."""
+        uids, comms = {}, {}
+        for k in self.keys("adopt_uids", 4):
+            v = self._lookup("adopt_uids", k, 1)
+            if v is not None:
+                uids[struct.unpack("<I", k)[0]] = v[0]
+        for k in self.keys("adopt_comms", 16):
+            v = self._lookup("adopt_comms", k, 1)
+            if v is not None:
+                comms[k.split(b"\0", 1)[0].decode(errors="replace")] = v[0]
+        return uids, comms
+
+    def egress_owner_ids(self) -> list[int]:
+        """The owners whose allowlist is in force in the kernel."""
+        return [struct.unpack("<Q", k)[0] for k in self.keys("egress_owners", 8)]
+
     def is_guarded(self, pid: int) -> bool:
         """Whether this task is one of roguewatch's own (the guarded map)."""
         return self._lookup("guarded", struct.pack("<I", pid), 1) is not None
@@ -696,22 +857,34 @@ class Probes:
 
     # -- egress denial -----------------------------------------------------------------------
 
-    def attach_egress(self, root_fd: int) -> int:
+    def attach_egress(self, root_fd: int, sweep: bool = True) -> int:
         """Attach the egress programs to the root of the cgroup v2 hierarchy (``root_fd``): from
         now on every connect and send of every process of the host is judged, in the kernel, by
         its session's allowlist (untracked processes and sessions without one pass).
 
         A collector that died without detaching (SIGKILL) left its programs there (they keep
-        its sessions' egress refused); they are detached first, unless their collector lives
-        (``EGRESS_REGISTRY``). Returns how many were swept."""
+        its sessions' egress refused); with ``sweep`` they are detached once ours are
+        attached, unless their collector lives (``EGRESS_REGISTRY``) or they are pinned
+        (a collector of theirs is to take them over). Ours, taken over from pins, are
+        attached already. Returns how many were swept."""
         if len(self.sock_progs) != len(SOCK_ADDR_PROGS):
             raise ProbeError("the egress programs are not loaded (rebuild the probe image)")
-        swept = _sweep_stale_egress(root_fd)
         for name, attach_type in SOCK_ADDR_PROGS.items():
-            _prog_attach(BPF_PROG_ATTACH, root_fd, self.sock_progs[name], attach_type)
+            # (taken over from pins: still attached, by the collector before us)
+            if _prog_id(self.sock_progs[name]) not in _prog_query(root_fd, attach_type):
+                _prog_attach(BPF_PROG_ATTACH, root_fd, self.sock_progs[name], attach_type)
         self._egress_root = root_fd
-        _register_egress([_prog_id(fd) for fd in self.sock_progs.values()])
-        return swept
+        _register(
+            progs=[_prog_id(fd) for fd in self.sock_progs.values()],
+            pins=os.path.basename(self.pins.instance_dir) if self.pins else None,
+        )
+        return self.sweep_stale_egress() if sweep else 0
+
+    def sweep_stale_egress(self) -> int:
+        """Detach the egress programs of dead collectors that nobody pinned (after ours are
+        attached: never a moment without). How many."""
+        fd = getattr(self, "_egress_root", None)
+        return 0 if fd is None else _sweep_stale_egress(fd)
 
     def egress_attached(self) -> list[str]:
         """The egress programs attached to the root now (BPF_PROG_QUERY), by attach type."""
@@ -779,7 +952,12 @@ class Probes:
     def ringbuf_size(self) -> int:
         return next(m.max_entries for m in self.image.maps if m.name == "events")
 
-    def close(self) -> None:
+    def close(self, unpin: bool = False) -> None:
+        """``unpin``: the pinned state goes too (a clean end). Without it, what is pinned
+        stays in force for the next collector: only this process's fds are closed."""
+        if unpin and self.pins is not None:
+            self.pins.remove()
+            self.pins = None
         # Each tracepoint detach waits for an RCU grace period: one after the other, all of
         # them take seconds (bench/README.md). Closed from many threads, they share grace
         # periods.
@@ -799,12 +977,66 @@ class Probes:
             except OSError:
                 pass
         self.map_fds = {}
+        with contextlib.suppress(OSError):
+            os.unlink(_registry_file(os.getpid()))
 
     def __enter__(self) -> Probes:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _tracepoint_link(prog_fd: int, category: str, event: str) -> int:
+    """Attach a tracepoint program by a BPF link (BPF_LINK_CREATE on the tracepoint's perf
+    event): the link can be pinned, and a pinned link keeps the program attached once no
+    process holds it. -1 when this kernel makes no such link (the caller attaches the old
+    way); OSError when the tracepoint cannot be opened here."""
+    try:
+        with open(os.path.join(kernelenv.tracefs_dir(), "events", category, event, "id")) as f:
+            tp_id = int(f.read())
+    except (OSError, ValueError) as exc:
+        raise OSError(errno.ENOENT, str(exc)) from None
+    attr = bytearray(128)  # struct perf_event_attr (its first 64 bytes are what we set)
+    struct.pack_into("<IIQQ", attr, 0, PERF_TYPE_TRACEPOINT, len(attr), tp_id, 1)
+    struct.pack_into("<I", attr, 48, 1)  # wakeup_events
+    buf = (ct.c_char * len(attr)).from_buffer(attr)
+    pfd = _libc.syscall(SYS_PERF_EVENT_OPEN, buf, -1, 0, -1, PERF_FLAG_FD_CLOEXEC)
+    if pfd < 0:
+        err = ct.get_errno()
+        raise OSError(err, f"perf_event_open({category}:{event}): {os.strerror(err)}")
+    try:
+        la = (ct.c_uint32 * 8)(prog_fd, pfd, BPF_PERF_EVENT, 0, 0, 0, 0, 0)
+        link = _libc.syscall(SYS_BPF, BPF_LINK_CREATE, ct.byref(la), ct.sizeof(la))
+        if link < 0:
+            err = ct.get_errno()
+            if err in (errno.EINVAL, errno.EOPNOTSUPP, 524):  # 524: the kernel's ENOTSUPP
+                return -1
+            raise OSError(err, f"bpf(LINK_CREATE, {category}:{event}): {os.strerror(err)}")
+        return int(link)
+    finally:
+        os.close(pfd)  # the link holds the perf event
+
+
+def link_create_supported() -> bool:
+    """Whether this kernel attaches a tracepoint program by a pinnable BPF link (what keeps
+    the tracepoints attached while no collector runs): a two-instruction program tried on
+    sched:sched_process_fork."""
+    lib = _libbcc()
+    insns = ct.create_string_buffer(bytes.fromhex("b7000000000000009500000000000000"), 16)
+    log_buf = ct.create_string_buffer(4096)
+    fd = lib.bcc_prog_load(BPF_PROG_TYPE_TRACEPOINT, b"rw_doctor_link", insns, 16, b"GPL", 0,
+                           0, log_buf, len(log_buf))  # fmt: skip
+    if fd < 0:
+        raise ProbeError(f"loading a tracepoint program: {os.strerror(ct.get_errno())}")
+    try:
+        link = _tracepoint_link(fd, "sched", "sched_process_fork")
+    finally:
+        os.close(fd)
+    if link < 0:
+        return False
+    os.close(link)
+    return True
 
 
 class _ProgLoadAttr(ct.Structure):
@@ -845,25 +1077,38 @@ def _registry_file(pid: int) -> str:
     return os.path.join(EGRESS_REGISTRY, f"{pid}.json")
 
 
-def _register_egress(prog_ids: list[int]) -> None:
-    """Say which egress programs this collector attached (EGRESS_REGISTRY)."""
+def _register(progs: list[int] | None = None, pins: str | None = None) -> None:
+    """Say which egress programs this collector attached and which pinned instance is its
+    own (EGRESS_REGISTRY): what a live collector holds is never swept or collected."""
     os.makedirs(EGRESS_REGISTRY, mode=0o700, exist_ok=True)
     os.chmod(EGRESS_REGISTRY, 0o700)
     me = os.getpid()
+    entry = {"pid": me, "start": procfs.start_ns(me), "progs": [], "pins": None}
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        with open(_registry_file(me)) as f:
+            old = json.load(f)
+        if old.get("start") == entry["start"]:
+            entry.update(progs=old.get("progs") or [], pins=old.get("pins"))
+    if progs is not None:
+        entry["progs"] = progs
+    if pins is not None:
+        entry["pins"] = pins
     tmp = _registry_file(me) + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"pid": me, "start": procfs.start_ns(me), "progs": prog_ids}, f)
+        json.dump(entry, f)
     os.replace(tmp, _registry_file(me))
 
 
-def _live_egress_progs() -> set[int]:
-    """Program ids of the egress programs whose collector is alive; dead ones' files go."""
-    live: set[int] = set()
+def _live_entries() -> list[dict]:
+    """The registry entries of live collectors; dead ones' files go."""
+    live: list[dict] = []
     try:
         names = os.listdir(EGRESS_REGISTRY)
     except OSError:
         return live
     for name in names:
+        if name.endswith(".tmp"):
+            continue
         path = os.path.join(EGRESS_REGISTRY, name)
         try:
             with open(path) as f:
@@ -872,11 +1117,61 @@ def _live_egress_progs() -> set[int]:
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if procfs.start_ns(pid) == start and start is not None:
-            live.update(int(p) for p in entry.get("progs", []))
+            live.append(entry)
         else:
             with contextlib.suppress(OSError):
                 os.unlink(path)
     return live
+
+
+def _live_instances() -> list[str]:
+    return [str(e["pins"]) for e in _live_entries() if e.get("pins")]
+
+
+def _live_egress_progs() -> set[int]:
+    """Program ids of the egress programs whose collector is alive, or that are pinned (the
+    next collector of their instance takes them over; ``pins.collect_abandoned`` removes
+    the pins nobody will)."""
+    live = {int(p) for e in _live_entries() for p in e.get("progs") or []}
+    with contextlib.suppress(pins_mod.PinError, OSError):
+        root = pins_mod.pin_root(create=False)
+        for inst in pins_mod.instances(root):
+            idir = os.path.join(root, inst)
+            for lay in os.listdir(idir):
+                for name in SOCK_ADDR_PROGS:
+                    pid = pins_mod.pinned_id(os.path.join(idir, lay, f"prog__{name}"))
+                    if pid is not None:
+                        live.add(pid)
+    return live
+
+
+def _collect_quietly(root: str, keep: list[str], tracks_live: Callable[[str], bool]) -> None:
+    try:
+        pins_mod.collect_abandoned(root, keep, tracks_live)
+    except Exception as exc:  # a clean-up that failed must never end the collector
+        log.warning("could not remove abandoned pins: %s", exc)
+
+
+def _tracks_live(layout_dir: str) -> bool:
+    """Whether the session map pinned in ``layout_dir`` holds a process that is alive."""
+    try:
+        fd = pins_mod.obj_get(os.path.join(layout_dir, "map__sessions"))
+    except OSError:
+        return False
+    try:
+        lib = _libbcc()
+        cur, nxt = ct.create_string_buffer(4), ct.create_string_buffer(4)
+        prev = None
+        while lib.bpf_get_next_key(fd, prev, nxt) == 0:
+            pid = struct.unpack("<I", nxt.raw)[0]
+            st = procfs.stat(pid)
+            if st is not None and not st.exiting:
+                return True
+            ct.memmove(cur, nxt, 4)
+            prev = cur
+        return False
+    finally:
+        os.close(fd)
 
 
 def _detach_all_egress(root_fd: int) -> int:
@@ -1017,8 +1312,21 @@ def _possible_cpus() -> int:
     return n
 
 
-def load(opts: BuildOptions | None = None, cache_dir: str = CACHE_DIR) -> Probes:
-    return Probes(cached_image(opts or BuildOptions(), cache_dir))
+def load(
+    opts: BuildOptions | None = None, cache_dir: str = CACHE_DIR, pin_for: str | None = None,
+    expected: dict[str, int] | None = None,
+) -> Probes:  # fmt: skip
+    """``pin_for``: the state directory of the collector whose kernel side is kept pinned
+    (``Probes``); bpffs that cannot hold it is said and the probes load unpinned."""
+    image = cached_image(opts or BuildOptions(), cache_dir)
+    pinset = None
+    if pin_for:
+        try:
+            pinset = pins_mod.PinSet(pins_mod.pin_root(), pins_mod.instance_name(pin_for),
+                                     pins_mod.layout_name(image.key))  # fmt: skip
+        except (pins_mod.PinError, OSError) as exc:
+            log.warning("the probes are not pinned (%s): they end with the collector", exc)
+    return Probes(image, pinset, expected)
 
 
 def main(argv: list[str] | None = None) -> int:

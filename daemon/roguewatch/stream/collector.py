@@ -78,6 +78,9 @@ _STATEFUL = frozenset(
 )  # types whose events read or change the per-process state
 
 # While records keep coming, the loop looks at the ring at least this often (see run).
+# How long a collector that took over a pinned ring waits for its first subscriber before
+# it reads the ring anyway.
+RING_HOLD_S = 3.0
 BUSY_POLL_S = 0.001
 DENIAL_CLAIM_NS = 200_000_000  # every second: unclaimed denials older than this
 DENIAL_END_NS = 20_000_000  # at a session's end
@@ -216,11 +219,14 @@ class Collector:
         files: FileSensor | None = None,
         fs_queue: deque[dict] | None = None,
         previous: sessionstate.Pinned | None = None,
+        pin: bool = False,
     ) -> None:
         """``files``: the filesystem sensor, started before the probes load (its baseline
         snapshot then overlaps that), putting its changes on ``fs_queue`` and calling
         ``wake()``. ``previous``: what the collector before this one pinned (``setup``
-        takes its sessions and guards back; an unclean end means a gap to rescan)."""
+        takes its sessions and guards back; an unclean end means a gap to rescan).
+        ``pin``: keep the kernel side in bpffs for the next collector of this state
+        directory (``sensors.pins``), taking over what the one before left there."""
         self.cfg = cfg
         self.previous = previous or sessionstate.Pinned()
         self.gap = not self.previous.clean  # the last collector died: changes were unseen
@@ -237,8 +243,12 @@ class Collector:
         self._fs_rescanner: _FsRescanner | None = None  # made at the first overflow
         self.probes = probes or bpf.load(
             bpf.BuildOptions(ringbuf_pages=cfg.ringbuf_pages, max_procs=max_procs),
-            cfg.cache_dir,
-        )
+            cfg.cache_dir, pin_for=cfg.state_dir if pin else None,
+            expected=self.previous.pins if not self.previous.clean else None,
+        )  # fmt: skip
+        # Pins found not ours as we started: said once the stream has listeners.
+        self._pin_findings = list(self.probes.findings)
+        self.took_over = 0  # processes of recovered sessions still in the pinned map
         self.ring = RingBuffer(self.probes.fd("events"), self.probes.ringbuf_size())
         self.probes.set_budget(cfg.session_budget_rate, cfg.session_budget_burst)
         # session -> tier -> records dropped over its budget: those of ended sessions, whose
@@ -292,11 +302,37 @@ class Collector:
         """Guard ourselves, put egress judgement in the kernel, adopt by the selectors."""
         self.guard_self()
         self.attach_egress()
+        if self.probes.reused:
+            # The kernel's selectors are the last collector's: what to change is against them.
+            self._selectors = self.probes.selectors()
         self.recover()
+        if self._egress_root_fd is not None:
+            # A dead collector's unpinned programs go once ours judge the recovered sessions.
+            self.probes.sweep_stale_egress()
         self.adoptions = policy_mod.load_adoption_dirs(self.policy_dirs())
         self._apply_selectors()
+        if self.probes.reused:
+            self._prune_taken_over()
         self.scan_procfs()
         self.pin()
+        if self.probes.pins is not None:
+            log.info("kernel side %s %s (%d tracepoint links, %d processes of %d sessions "
+                     "still tracked)", "taken over from" if self.probes.reused else "pinned in",
+                     self.probes.pins.dir, len(self.probes.attached), self.took_over,
+                     len(self.recovered))  # fmt: skip
+
+    def _prune_taken_over(self) -> None:
+        """What the last collector left in the pinned maps and nobody holds now: guards of
+        its own threads (gone), allowlists of sessions that ended while no collector ran."""
+        keep = set(procfs.threads(os.getpid())) | {os.getpid(), os.getppid()}
+        for pid in self._guards:
+            keep.update(procfs.threads(pid))
+        for tid in self.probes.guarded_tids():
+            if tid not in keep:
+                self.probes.unguard(tid)
+        for owner in self.probes.egress_owner_ids():
+            if owner not in self.egress_owners:
+                self.probes.forget_egress(owner)
 
     # -- what outlives a collector (core.sessionstate) -------------------------------------
 
@@ -315,9 +351,22 @@ class Collector:
             pids = _cgroup_members(s.cgroup) if s.cgroup and os.path.isdir(s.cgroup) else []
             if s.root and s.root_start and procfs.start_ns(s.root) == s.root_start:
                 pids = [s.root, *[p for p in pids if p != s.root]]
+            # (taken over from pins: also what forked, or left its cgroup, meanwhile)
+            pids += (
+                [
+                    p
+                    for p, sid in self.probes.tracked().items()
+                    if sid == s.session and p not in pids
+                ]
+                if self.probes.reused
+                else []
+            )
             if not pids:
                 continue  # the session ended while no collector watched it
             for pid in pids:
+                if self.probes.session_of(pid) == s.session:
+                    self.took_over += 1  # still tracked: the pinned session map kept it
+                    continue
                 start = procfs.start_ns(pid)
                 if start is None:
                     continue
@@ -354,7 +403,8 @@ class Collector:
             ))  # fmt: skip
         alive = {p: st for p, st in self._guards.items() if procfs.start_ns(p) == st}
         self._guards = alive
-        pinned = sessionstate.Pinned(sessions, sorted(alive.items()), clean, os.getpid())
+        pinned = sessionstate.Pinned(sessions, sorted(alive.items()), clean, os.getpid(),
+                                     pins=dict(self.probes.pin_ids))  # fmt: skip
         text = repr(pinned)
         if text == self._pinned_text:
             return
@@ -414,7 +464,7 @@ class Collector:
             log.warning("no cgroup v2 mount: egress is not denied in the kernel")
             return
         self._egress_root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.probes.attach_egress(self._egress_root_fd)
+        self.probes.attach_egress(self._egress_root_fd, sweep=False)  # (setup sweeps)
 
     def policy_dirs(self) -> list[str]:
         """policies.d, then the fleet's (roguewatch.fleet installs what it validated there)."""
@@ -553,10 +603,13 @@ class Collector:
         })  # fmt: skip
 
     def guard_self(self) -> None:
-        """Every task of this process (ZeroMQ's threads too) is guarded, and our parent."""
+        """Every task of this process (ZeroMQ's threads too) is guarded, and our parent (who
+        started us: roguewatchd, or the launcher of `run` and `record`)."""
         for tid in procfs.threads(os.getpid()):
             self.probes.guard(tid)
         self.probes.guard(os.getpid())
+        if os.getppid() > 1:
+            self.probes.guard(os.getppid())
 
     def scan_procfs(self) -> int:
         """Register running processes that match the selectors (their events say `procfs`),
@@ -829,7 +882,23 @@ class Collector:
         """Once a second: what an attacker could have undone in the kernel, repaired and
         said (a `tamper` event each): the egress programs detached from the cgroup root, a
         registered session's processes gone from the session map (a bpf() map delete), a
-        thread of ours that is not guarded."""
+        thread of ours that is not guarded, a pin in bpffs removed or replaced (pinned
+        again: the next collector would otherwise start without the kernel side)."""
+        for f in self._pin_findings:  # found as we started: the last collector's pins
+            self.tamper(f"pin_{f.what}", f"the pinned {f.name} (id {f.expected}) was {f.what} "
+                        f"(id {f.found}) while no collector ran: the kernel side was made "
+                        "afresh", target=f"bpffs pin {f.name}")  # fmt: skip
+        self._pin_findings = []
+        try:
+            findings = self.probes.check_pins()
+        except OSError as exc:
+            log.warning("cannot check the pins: %s", exc)
+            findings = []
+        for f in findings:
+            where = os.path.join(self.probes.pins.dir if self.probes.pins else "", f.name)
+            self.tamper(f"pin_{f.what}", f"{where} (id {f.expected}) was {f.what}"
+                        + (f" by object id {f.found}" if f.found is not None else "")
+                        + ": pinned again", target=f"bpffs pin {f.name}")  # fmt: skip
         if self._egress_root_fd is not None:
             try:
                 attached = self.probes.egress_attached()
@@ -1101,6 +1170,9 @@ class Collector:
             "egress_hosts": {"refreshes": self.hosts.refreshes, "changes": self.hosts.changes},
             "policy_hash": policy_mod.digest(self.adoptions),
             "sessions": len(self.sessions),
+            "pins": {"dir": self.probes.pins.dir if self.probes.pins else None,
+                     "taken_over": self.probes.reused, "links": self.probes.links,
+                     "processes_kept": self.took_over},
         }  # fmt: skip
 
     def _register(self, req: dict, peer: Peer | None = None) -> dict:
@@ -1242,9 +1314,15 @@ class Collector:
         next_tick = time.monotonic() + 1.0
         busy = False
         drained_at = 0.0
+        # A ring taken over from pins holds what the kernel saw while no collector ran: kept
+        # until someone listens (the evaluator reconnecting), so that none of it is lost.
+        hold_until = time.monotonic() + RING_HOLD_S if self.probes.reused else 0.0
         while not self._stopping:
             now = time.monotonic()
+            holding = self.pub.broadcast.subscriptions == 0 and now < hold_until
             timeout = max(0.0, next_tick - now)
+            if holding:
+                timeout = min(timeout, 0.02)
             due = self.sigwatch.next_due_ns()
             if due is not None:
                 timeout = min(timeout, max(0.0, due / 1e9 - now))
@@ -1256,12 +1334,15 @@ class Collector:
             try:
                 # in whole milliseconds (ZeroMQ's unit), rounded up: a wait rounded down to 0
                 # would spin until the millisecond is over
-                socks = dict((busy_poller if busy else idle_poller).poll(math.ceil(timeout * 1000)))
+                poller = busy_poller if busy or holding else idle_poller
+                socks = dict(poller.poll(math.ceil(timeout * 1000)))
             except zmq.ZMQError as exc:
                 if exc.errno == 4:  # EINTR: a signal; the flag decides
                     continue
                 raise
-            if busy and time.monotonic() < drained_at + BUSY_POLL_S:
+            if holding:
+                pass  # nobody listens yet to what the pinned ring kept
+            elif busy and time.monotonic() < drained_at + BUSY_POLL_S:
                 pass  # woken early by another socket: the ring waits for its millisecond
             else:
                 drained_at = time.monotonic()
@@ -1297,8 +1378,12 @@ class Collector:
         if clean:
             self.pin(clean=True)
         self.hosts.close()
+        # Not asked to stop, and pinned: the kernel side stays in force (egress refused,
+        # forks followed) for the collector that takes over.
+        keep = not clean and self.probes.pins is not None
         if self._egress_root_fd is not None:
-            self.probes.detach_egress_root()
+            if not keep:
+                self.probes.detach_egress_root()
             os.close(self._egress_root_fd)
             self._egress_root_fd = None
         if self.control is not None:
@@ -1307,4 +1392,4 @@ class Collector:
             self.files.close()
         self.ring.close()
         self.pub.close()
-        self.probes.close()
+        self.probes.close(unpin=not keep)
