@@ -603,13 +603,12 @@ class Collector:
         })  # fmt: skip
 
     def guard_self(self) -> None:
-        """Every task of this process (ZeroMQ's threads too) is guarded, and our parent (who
-        started us: roguewatchd, or the launcher of `run` and `record`)."""
+        """Every task of this process (ZeroMQ's threads too) is guarded. Not our parent: the
+        writes of whoever started us by hand (a shell, a test) are judged like anyone's; the
+        service and `run`'s launcher speak to us as operators (and guard themselves)."""
         for tid in procfs.threads(os.getpid()):
             self.probes.guard(tid)
         self.probes.guard(os.getpid())
-        if os.getppid() > 1:
-            self.probes.guard(os.getppid())
 
     def scan_procfs(self) -> int:
         """Register running processes that match the selectors (their events say `procfs`),
@@ -1056,7 +1055,7 @@ class Collector:
         # `run`'s launcher reports what the agent's seccomp filter refused).
         server.register("announce", self._announce, needs=Standing.MONITOR)
         server.register("resume", self._resume, needs=Standing.MONITOR)
-        server.register("stopping", self._stopping_op, needs=Standing.MONITOR)
+        server.register("stopping", self._stopping_op, needs=Standing.OPERATOR)
         server.register("refused", self._refused_call, needs=Standing.MONITOR)
         server.register("drill", self._drill)  # an operator's shutdown drill (respond/drill)
         server.register("install_config", self._install_config, needs=Standing.MONITOR)
