@@ -60,6 +60,10 @@ IgnoreFn = Callable[[str, int], None]
 SettleFn = Callable[[str], None]
 
 
+class UnsafeParent(Exception):
+    """A path's parent directory could not be opened safely (``Baselines._in_parent``)."""
+
+
 class BaselineError(Exception):
     pass
 
@@ -606,39 +610,25 @@ class Baselines:
     def quarantine_path(self, path: str, who: dict[str, Any], *, remove: bool) -> str | None:
         """Keep the current version of ``path`` (never followed) in a new quarantine entry, and
         remove it when ``remove``; the entry's id, or None when there is nothing there."""
-        key = os.path.abspath(path)
-        parent, name = os.path.split(key)
-        with self._lock:
-            try:
-                pfd = open_dir_nofollow(parent)
-            except (OSError, UnsafePath):
-                return None
-            try:
+        try:
+            with self._in_parent(path) as (pfd, key, name):
                 if _lstat_at(pfd, name) is None:
                     return None
                 return self._quarantine(pfd, key, name, who, remove=remove)
-            finally:
-                os.close(pfd)
-                self._settle()
+        except UnsafeParent:
+            return None
 
     def replace_content(
         self, path: str, content: bytes, mode: int, who: dict[str, Any]
     ) -> str:  # fmt: skip
         """Put ``content`` (a pristine copy) at ``path`` with ``mode`` and its current owner,
         the agent's version quarantined first; the quarantine id."""
-        key = os.path.abspath(path)
-        parent, name = os.path.split(key)
-        with self._lock:
-            pfd = open_dir_nofollow(parent)
-            try:
-                st = _lstat_at(pfd, name)
-                uid, gid = (st.st_uid, st.st_gid) if st is not None else (0, 0)
-                qid = self._quarantine(pfd, key, name, who, remove=False) if st else ""
-                self._put_file(pfd, key, name, content, {"uid": uid, "gid": gid, "mode": mode})
-                return qid
-            finally:
-                os.close(pfd)
-                self._settle()
+        with self._in_parent(path, strict=True) as (pfd, key, name):
+            st = _lstat_at(pfd, name)
+            uid, gid = (st.st_uid, st.st_gid) if st is not None else (0, 0)
+            qid = self._quarantine(pfd, key, name, who, remove=False) if st else ""
+            self._put_file(pfd, key, name, content, {"uid": uid, "gid": gid, "mode": mode})
+            return qid
 
     def baseline_content(self, path: str) -> bytes | None:
         """The content ``path`` had at baseline, when it was a regular file small enough to
@@ -652,14 +642,8 @@ class Baselines:
     def clear_setid(self, path: str) -> int | None:
         """Remove the setuid and setgid bits of regular file ``path`` (never followed); the
         new mode, or None when it is no regular file with one of them."""
-        key = os.path.abspath(path)
-        parent, name = os.path.split(key)
-        with self._lock:
-            try:
-                pfd = open_dir_nofollow(parent)
-            except (OSError, UnsafePath):
-                return None
-            try:
+        try:
+            with self._in_parent(path) as (pfd, key, name):
                 st = _lstat_at(pfd, name)
                 if st is None or not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o6000:
                     return None
@@ -672,6 +656,25 @@ class Baselines:
                 finally:
                     os.close(fd)
                 return mode
+        except UnsafeParent:
+            return None
+
+    @contextlib.contextmanager
+    def _in_parent(self, path: str, strict: bool = False):
+        """Under the lock: (the parent directory's fd, never followed; the absolute path; the
+        name in it), the fd closed and the watchers settled after. A parent that cannot be
+        opened raises UnsafeParent (``strict``: the OSError or UnsafePath itself)."""
+        key = os.path.abspath(path)
+        parent, name = os.path.split(key)
+        with self._lock:
+            try:
+                pfd = open_dir_nofollow(parent)
+            except (OSError, UnsafePath):
+                if strict:
+                    raise
+                raise UnsafeParent(parent) from None
+            try:
+                yield pfd, key, name
             finally:
                 os.close(pfd)
                 self._settle()
