@@ -182,6 +182,33 @@ def test_status_reports_a_healthy_service_and_a_dead_component_is_restarted(
     assert "evaluator exited" in out and "restarting" in out
 
 
+def test_after_an_unclean_end_the_restarted_service_keeps_its_sockets(daemon: Daemon) -> None:
+    """Killed whole (no clean stop: the next collector judges the gap against the baselines),
+    started again: its socket directory is made anew, never "restored" to what a baseline of
+    the dead monitor held. Its control socket answers, and a socket file removed by someone
+    is bound again within the reconciler's second."""
+    daemon.start()
+    daemon.kill()
+    daemon.start()
+    time.sleep(2)  # the gap's rescan and its alerts' actions are done within this
+    st = daemon.status()
+    assert st.returncode == 0, st.stdout + st.stderr
+    control = daemon.control.removeprefix("ipc://")
+    os.unlink(control)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not os.path.exists(control):
+        time.sleep(0.1)
+    st = daemon.status()
+    assert st.returncode == 0, st.stdout + st.stderr
+    alerts = [json.loads(x) for x in daemon.alerts_file.read_text().splitlines()]
+    tampered = [a for a in alerts if a["rule"] == "roguewatch_tampered"]
+    assert [a["event"]["kind"] for a in tampered] == ["socket_removed"], tampered
+    # Nothing of ours was taken for the agent's: the only file alert is the removal.
+    files = [a["event"]["path"] for a in alerts if a["rule"] == "oversight_monitor_files_tampering"]
+    assert set(files) <= {control}, files
+    assert daemon.stop() == 0
+
+
 def test_an_agent_adopted_by_a_policies_d_selector_is_watched(
     daemon: Daemon, tmp_path: Path
 ) -> None:

@@ -206,3 +206,70 @@ def test_what_is_undone_in_the_kernel_is_repaired_and_said(agent: Agent, tmp_pat
     assert r.one("egress_unauthorized_destination", addr="127.0.0.9")["outcome"] == (
         "denied in kernel"
     )
+
+
+def test_the_collectors_sockets_removed_or_replaced_are_bound_again_and_said(
+    agent: Agent, tmp_path: Path
+) -> None:
+    """The control socket's file removed and the event socket's replaced by a listener of
+    the attacker's (from outside, as a root process the agent reached could): within a
+    second the collector binds both again, each a critical alert, and a new client reaches
+    the collector, not the impostor."""
+    import socket as socketlib
+
+    from roguewatch.core import procfs
+    from roguewatch.stream.control import ControlClient
+
+    go = tmp_path / "go"
+    done: dict[str, object] = {}
+
+    def undo(proc: subprocess.Popen) -> None:
+        if "pinged" in done or not (tmp_path / "ready").exists():
+            return
+        if done:  # undone: once the reconciler ran, a new client must reach the collector
+            if time.monotonic() - done["at"] > 1.8:  # type: ignore[operator]
+                client = ControlClient(f"ipc://{done['control']}", timeout_ms=3000)
+                try:
+                    done["pinged"] = client.request("ping")["pid"]
+                finally:
+                    client.close()
+            return
+        for pid in procfs.pids():
+            argv = procfs.cmdline(pid) or []
+            if procfs.ppid(pid) == proc.pid and "--control" in argv:
+                control = argv[argv.index("--control") + 1].removeprefix("ipc://")
+                events = argv[argv.index("--events") + 1].removeprefix("ipc://")
+                break
+        else:
+            raise AssertionError("the run's collector was not found")
+        os.unlink(control)
+        os.unlink(events)
+        impostor = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+        impostor.bind(events)
+        impostor.listen()
+        done.update(control=control, events=events, impostor=impostor, at=time.monotonic(),
+                    collector=pid)  # fmt: skip
+        go.write_text("1")
+
+    r = agent.run(
+        f"""
+        open({str(tmp_path / "ready")!r}, "w").close()
+        deadline = time.time() + 10
+        while not os.path.exists({str(go)!r}) and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(2.5)  # the reconciler runs once a second
+        say(ok=1)
+        """,
+        policy=ALLOW_LOCAL,
+        during=undo,
+    )
+    assert done, r.describe()
+    tampered = {a["event"]["kind"]: a for a in r.rule("roguewatch_tampered")}
+    assert "socket_removed" in tampered, r.describe()
+    assert "socket_replaced" in tampered, r.describe()
+    assert tampered["socket_removed"]["event"]["target"] == done["control"]
+    assert tampered["socket_replaced"]["event"]["target"] == done["events"]
+    assert all(a["severity"] == "critical" for a in tampered.values())
+    done["impostor"].close()  # type: ignore[attr-defined]
+    assert done.get("pinged") == done["collector"], r.describe()  # the collector answered
+    assert "session ended" in r.summary, r.describe()

@@ -38,5 +38,10 @@ SESSION_CGROUPS = "roguewatch"
 # collector: its pid, start time, program ids), so the next one detaches those a dead one left.
 EGRESS_REGISTRY = "/run/roguewatch-egress"
 
+# The monitor's runtime directories: sockets, status and registry files made anew by every
+# start. Watched (whoever else touches them is seen), never baselined: a baseline of them is
+# of a monitor that is gone, and putting it back would take the live sockets away.
+RUNTIME_DIRS = (RUN_DIR, PRIVATE_RUN, EGRESS_REGISTRY)
+
 # What an agent must never write to: the monitor's configuration, state, logs and sockets.
 MONITOR_PATHS = (RUN_DIR, PRIVATE_RUN, EGRESS_REGISTRY, CONFIG_DIR, STATE_DIR, CACHE_DIR, LOG_DIR)

@@ -87,7 +87,24 @@ class Config:
         out = [*self.rules_dirs, self.policies_dir]
         if self.fleet.enabled:
             out += [self.fleet.rules_dir, self.fleet.policies_dir]
-        return [os.path.normpath(p) for p in out if p]
+        # The directories of its sockets too (a private collector's, made by `run`'s
+        # launcher, are the launcher's business: paths.PRIVATE_RUN).
+        out += [d for d in self.socket_dirs()
+                if not (d + "/").startswith(paths.PRIVATE_RUN + "/")]  # fmt: skip
+        return list(dict.fromkeys(os.path.normpath(p) for p in out if p))
+
+    def socket_dirs(self) -> list[str]:
+        """The directories of this configuration's sockets: each a 0700 directory of the
+        monitor's own, never a shared one (``bus.prepare_endpoint``)."""
+        out = [os.path.dirname(p[len("ipc://") :])
+               for p in (self.events_endpoint, self.control_endpoint, self.alerts_endpoint)
+               if p.startswith("ipc://")]  # fmt: skip
+        return list(dict.fromkeys(os.path.normpath(p) for p in out if p and p != "/"))
+
+    def runtime_dirs(self) -> list[str]:
+        """The monitor's runtime directories, the host's (``paths.RUNTIME_DIRS``) and this
+        configuration's socket directories: what is in them is made anew by every start."""
+        return list(dict.fromkeys([*paths.RUNTIME_DIRS, *self.socket_dirs()]))
 
     def rule_dirs_in_effect(self) -> list[str]:
         """The rule directories that exist, the fleet's last (when the fleet is on)."""

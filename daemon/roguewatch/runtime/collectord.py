@@ -15,7 +15,7 @@ import shutil
 import sys
 from collections import deque
 
-from roguewatch.core import sessionstate
+from roguewatch.core import procfs, sessionstate
 from roguewatch.core.paths import PRIVATE_STATE
 from roguewatch.detect import ruleset
 from roguewatch.policy import config as config_mod
@@ -64,7 +64,9 @@ def log_dirs(cfg: config_mod.Config) -> list[str]:
             if not any(str(i).startswith(o) for o in own)]  # fmt: skip
 
 
-def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
+def build(
+    cfg: config_mod.Config, max_procs: int = 65536, guard_pids: list[int] | None = None
+) -> Collector:
     """A collector with its filesystem sensor (when ``cfg.watch_files``), started.
 
     What the collector before it pinned is read first: after an unclean end (killed, crashed)
@@ -80,7 +82,12 @@ def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
         else:  # (the collector is being built: it publishes what is queued once it runs)
             queue.append(ev)
 
+    # pid -> start time: a starter's pid, once it is gone and reused, is no longer ours
+    starters = {p: procfs.start_ns(p) for p in guard_pids or ()}
+
     def is_own(pid: int) -> bool:
+        if pid in starters and procfs.start_ns(pid) == starters[pid]:
+            return True  # (also before the probes exist: its writes while we start)
         try:
             return col is not None and col.probes.is_guarded(pid)
         except (KeyError, OSError):
@@ -99,7 +106,7 @@ def build(cfg: config_mod.Config, max_procs: int = 65536) -> Collector:
         files.start(keep_baselines=not previous.clean)
     try:
         col = Collector(cfg, max_procs=max_procs, files=files, fs_queue=queue, previous=previous,
-                        pin=cfg.keep_sensors_on_exit)  # fmt: skip
+                        pin=cfg.keep_sensors_on_exit, guard_pids=guard_pids)  # fmt: skip
     except BaseException:
         if files is not None:
             files.close()
@@ -138,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--ready-fd", type=int, help="write one byte here once probes are attached")
     ap.add_argument("--heartbeat-fd", type=int, help="write a byte here every loop turn")
+    ap.add_argument("--guard-pid", type=int, action="append", default=[], metavar="PID",
+                    help="a process of the monitor that started us (roguewatchd, its "
+                    "supervisor, run's launcher): guarded from the first event, its writes "
+                    "our own")  # fmt: skip
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
@@ -161,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.egress_refresh:
         cfg.egress_refresh_s = args.egress_refresh
     try:
-        col = build(cfg, max_procs=args.max_procs or 65536)
+        col = build(cfg, max_procs=args.max_procs or 65536, guard_pids=args.guard_pid)
     except (bpf.ProbeError, bus.BusError) as exc:
         print(f"roguewatch collector: {exc}", file=sys.stderr)
         return 1

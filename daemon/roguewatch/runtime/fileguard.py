@@ -141,6 +141,17 @@ class FileGuard:
         # second, in /run/roguewatch). Its alert socket always: the evaluator binds it before
         # roguewatchd has guarded it.
         ours = [bus.ipc_path(cfg.alerts_endpoint) or ""]
+        self._runtime_dirs = cfg.runtime_dirs()
+        self._ours = {
+            p
+            for p in (
+                bus.ipc_path(cfg.alerts_endpoint),
+                bus.ipc_path(cfg.control_endpoint),
+                bus.ipc_path(cfg.events_endpoint),
+                cfg.status_file,
+            )
+            if p
+        }
         if writers is None:
             if alerts_dir:
                 self.watcher.ignore(alerts_dir, watchers.FOREVER_NS, subtree=True)
@@ -155,6 +166,11 @@ class FileGuard:
         self._protected: set[str] = set()
         self._host_mounts = mounts.host_mount_ids()
 
+    def _runtime(self, path: str) -> bool:
+        """In a runtime directory of the monitor (``Config.runtime_dirs``): watched, never
+        baselined."""
+        return any(path == d or path.startswith(d + "/") for d in self._runtime_dirs)
+
     def start(self, keep_baselines: bool = False) -> None:
         """Watch, and snapshot the baselines beside the loop. ``keep_baselines`` (the last
         collector did not end cleanly): the paths that have a baseline keep it (the gap is
@@ -164,6 +180,8 @@ class FileGuard:
         if keep_baselines:
             known = self.baselines.roots()
             paths = [p for p in paths if canonical(p) not in known]
+
+        paths = [p for p in paths if not self._runtime(p)]
 
         def snapshot() -> None:
             try:
@@ -189,6 +207,8 @@ class FileGuard:
         """``fs_change`` events for whatever differs from the baselines now."""
         out = []
         for path in self.baselines.rescan():
+            if self._runtime(path):
+                continue  # made anew by this monitor (a baseline left by an older version)
             if any(path == d or path.startswith(d.rstrip("/") + "/") for d in self._rescan_skip):
                 continue  # our own logs: always changed since the baseline
             if path in self._log_times:
@@ -402,6 +422,15 @@ class FileGuard:
 
     def restore(self, path: str, who: dict[str, Any]) -> str:
         started = int(who.get("started_ns") or 0)
+        if self._runtime(path):
+            if path in self._ours or path in self._runtime_dirs:
+                # A removed or replaced socket of ours is bound again by the collector
+                # (``Collector.reconcile``); the status file is rewritten every second.
+                return "not restored: roguewatch's own runtime file, made again by the monitor"
+            try:  # anything else there is the agent's: nothing of ours to put back
+                return self._unbaselined(path, who, started)
+            except (OSError, baseline.BaselineError) as exc:
+                return f"not restored: {exc}"
         log = self._log_of(path, who)
         if log is not None:
             done = self._restore_log(log, who)

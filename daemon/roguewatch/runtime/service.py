@@ -207,6 +207,10 @@ class Service:
 
     def start(self) -> None:
         t0 = time.monotonic()
+        # Our writes (and our supervisor's) are the monitor's own from the collector's first
+        # event: guarded once it runs is too late for what we do while it starts.
+        starters = [os.getpid()] + ([os.getppid()] if self.supervised and os.getppid() > 1 else [])
+        self.collector.args = [a for p in starters for a in ("--guard-pid", str(p))]
         took = self.collector.start(self.config_path)
         log.info("collector ready in %.2f s: probes attached", took)
         self._guard(os.getpid())
@@ -529,6 +533,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="without systemd, run without the supervisor that restarts roguewatchd",
     )
+    ap.add_argument(
+        "--release-kernel-side",
+        action="store_true",
+        help="remove what stopped collectors kept in the kernel (pins, egress programs) and "
+        "exit; for a host that runs roguewatch no more (the package's prerm)",
+    )
     ap.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--stopped-by-fd", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -548,6 +558,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg.print_alerts = False
     if args.fail_closed:
         return supervisor.stop_post(cfg)
+    if args.release_kernel_side:
+        from roguewatch.sensors import bpf
+
+        try:
+            pinned, egress = bpf.release_kernel_side()
+        except bpf.ProbeError as exc:
+            print(f"roguewatchd: kernel side not released: {exc}", file=sys.stderr)
+            return 1
+        print(f"roguewatchd: kernel side released: {pinned} pin instances removed, "
+              f"{egress} egress programs detached from the cgroup root")  # fmt: skip
+        return 0
     if not (args.supervised or args.no_supervisor or supervisor.under_systemd()):
         # Our own supervisor: it restarts the service (the process below) when it dies.
         own = [x for x in (argv if argv is not None else sys.argv[1:])]

@@ -82,6 +82,51 @@ def prepare_endpoint(endpoint: str) -> None:
         os.unlink(path)  # a stale socket from a previous run
 
 
+class BoundPath:
+    """The socket file of a bound ipc:// endpoint, as it was when bound: ``check`` says
+    when it was since removed or replaced (whoever connects then reaches nothing, or the
+    replacer) and binds the socket again, so the monitor is never left unreachable."""
+
+    def __init__(self, sock: zmq.Socket, endpoint: str) -> None:
+        self.sock = sock
+        self.endpoint = endpoint
+        self.path = ipc_path(endpoint)
+        self.id = self._id()
+
+    def _id(self) -> tuple[int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino) if stat.S_ISSOCK(st.st_mode) else None
+
+    def check(self) -> str | None:
+        """None while the file is ours; else what happened to it ("removed", "replaced"),
+        after binding again (BusError when that fails: the path is held by something that
+        is not a socket file)."""
+        if self.path is None or self.id is None:
+            return None
+        now = self._id()
+        if now == self.id:
+            return None
+        what = "removed" if not os.path.lexists(self.path) else "replaced"
+        try:
+            self.sock.unbind(self.endpoint)
+        except zmq.ZMQError:
+            pass  # unbound already: bind below is what matters
+        try:
+            if os.path.lexists(self.path) and not os.path.isdir(self.path):
+                os.unlink(self.path)
+            self.sock.bind(self.endpoint)
+            os.chmod(self.path, 0o600)
+        except (OSError, zmq.ZMQError) as exc:
+            raise BusError(f"{self.path} was {what} and cannot be bound again: {exc}") from None
+        self.id = self._id()
+        return what
+
+
 _OPTS = ormsgpack.OPT_NON_STR_KEYS
 
 
@@ -167,6 +212,7 @@ class Broadcast:
         if path:
             os.chmod(path, 0o600)
         self.socket = sock
+        self.bound = BoundPath(sock, endpoint)
 
     def send(self, frame: bytes) -> bool:
         """False when a subscriber's queue is full (the caller counts the loss)."""

@@ -220,14 +220,17 @@ class Collector:
         fs_queue: deque[dict] | None = None,
         previous: sessionstate.Pinned | None = None,
         pin: bool = False,
+        guard_pids: list[int] | None = None,
     ) -> None:
-        """``files``: the filesystem sensor, started before the probes load (its baseline
+        """``guard_pids``: the monitor's processes that started us, guarded at set-up.
+        ``files``: the filesystem sensor, started before the probes load (its baseline
         snapshot then overlaps that), putting its changes on ``fs_queue`` and calling
         ``wake()``. ``previous``: what the collector before this one pinned (``setup``
         takes its sessions and guards back; an unclean end means a gap to rescan).
         ``pin``: keep the kernel side in bpffs for the next collector of this state
         directory (``sensors.pins``), taking over what the one before left there."""
         self.cfg = cfg
+        self.guard_pids = list(guard_pids or ())
         self.previous = previous or sessionstate.Pinned()
         self.gap = not self.previous.clean  # the last collector died: changes were unseen
         self._guards: dict[int, int] = {}  # the monitor's pids guarded on request: start ns
@@ -324,7 +327,7 @@ class Collector:
     def _prune_taken_over(self) -> None:
         """What the last collector left in the pinned maps and nobody holds now: guards of
         its own threads (gone), allowlists of sessions that ended while no collector ran."""
-        keep = set(procfs.threads(os.getpid())) | {os.getpid(), os.getppid()}
+        keep = set(procfs.threads(os.getpid())) | {os.getpid(), *self.guard_pids}
         for pid in self._guards:
             keep.update(procfs.threads(pid))
         for tid in self.probes.guarded_tids():
@@ -603,12 +606,16 @@ class Collector:
         })  # fmt: skip
 
     def guard_self(self) -> None:
-        """Every task of this process (ZeroMQ's threads too) is guarded. Not our parent: the
-        writes of whoever started us by hand (a shell, a test) are judged like anyone's; the
-        service and `run`'s launcher speak to us as operators (and guard themselves)."""
+        """Every task of this process (ZeroMQ's threads too) is guarded, and the processes
+        that said they started us (``--guard-pid``: roguewatchd, its supervisor, run's
+        launcher). Not our parent as such: the writes of whoever started us by hand (a
+        shell, a test) are judged like anyone's."""
         for tid in procfs.threads(os.getpid()):
             self.probes.guard(tid)
         self.probes.guard(os.getpid())
+        for pid in self.guard_pids:
+            if procfs.start_ns(pid) is not None:
+                self._guard({"pid": pid})
 
     def scan_procfs(self) -> int:
         """Register running processes that match the selectors (their events say `procfs`),
@@ -888,6 +895,7 @@ class Collector:
                         f"(id {f.found}) while no collector ran: the kernel side was made "
                         "afresh", target=f"bpffs pin {f.name}")  # fmt: skip
         self._pin_findings = []
+        self._check_sockets()
         try:
             findings = self.probes.check_pins()
         except OSError as exc:
@@ -1006,6 +1014,26 @@ class Collector:
             "exec_id": exec_id(pid, start), "pexec_id": exec_id(ppid, pstart),
             "exe": procfs.readlink(pid, "exe") or "",
         }  # fmt: skip
+
+    def _check_sockets(self) -> None:
+        """Our socket files where we bound them: one removed (no `roguewatch status`, no new
+        subscriber could reach us) or replaced (a listener of the agent's in our place) is
+        bound again, and said."""
+        bound = [self.pub.broadcast.bound]
+        if self.control is not None:
+            bound.append(self.control.bound)
+        for b in bound:
+            try:
+                what = b.check()
+            except bus.BusError as exc:
+                kind, detail = "socket_lost", str(exc)
+            else:
+                if what is None:
+                    continue
+                kind, detail = f"socket_{what}", f"{b.path} was {what}: bound again"
+            # Every session was out of its monitor's reach meanwhile: each one hears of it.
+            for sid in list(self.sessions) or [0]:
+                self.tamper(kind, detail, target=b.path or b.endpoint, session=sid)
 
     def tamper(
         self, kind: str, detail: str, pid: int = 0, target: str = "", session: int = 0

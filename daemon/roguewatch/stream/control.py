@@ -127,6 +127,7 @@ class ControlServer:
         path = bus.ipc_path(endpoint)
         if path:
             os.chmod(path, 0o600)
+        self.bound = bus.BoundPath(self.socket, endpoint)
         self.ops: dict[str, Operation] = {}
         self._wake = wake
         self.judge = judge

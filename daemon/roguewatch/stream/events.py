@@ -587,7 +587,11 @@ EVENT_TYPES: tuple[EventType, ...] = (
                 "`egress_detached` (the egress programs were detached from the cgroup root: "
                 "attached again), `untracked_in_session` (a process of a session's cgroup was "
                 "missing from the session map: tracked again), `mount_over_watched_path` (a "
-                "session mounted over a path the monitor watches: unmounted in enforce mode)",
+                "session mounted over a path the monitor watches: unmounted in enforce mode), "
+                "`socket_removed`, `socket_replaced` (the collector's event or control "
+                "socket file was removed or replaced: bound again), `socket_lost` (it cannot "
+                "be bound again), `pin_removed`, `pin_replaced` (a program, link or map pinned "
+                "in bpffs was removed or replaced: pinned again)",
             ),
             Field("target", "str", "what was aimed at: a socket and operation, a path, a pid"),
             Field("detail", "str", "human-readable explanation"),
