@@ -74,6 +74,13 @@ version=$(dpkg-deb -f "$deb" Version)
 # --- 1. install ------------------------------------------------------------------------------
 step "install ./$deb"
 [ -z "$(venv_pids)" ] || fail "a roguewatch of the package is already running: $(venv_pids)"
+if dpkg-query -W -f='${Status}' roguewatch 2>/dev/null | grep -q "ok installed"; then
+    # Left by an earlier run on this machine (one that failed before its purge): this test
+    # is of a fresh install, so it starts from none.
+    say "roguewatch is installed already: purging it first"
+    apt-get purge -y roguewatch 2>&1 | sed 's/^/    /'
+    [ "${PIPESTATUS[0]}" -eq 0 ] || fail "apt-get purge of the installed roguewatch failed"
+fi
 apt-get install -y "./$deb" 2>&1 | tee "$tmp/install.log" | sed 's/^/    /'
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "apt-get install ./$deb failed"
 [ "$(dpkg-query -W -f='${Status}' roguewatch 2>/dev/null)" = "install ok installed" ] ||
@@ -234,7 +241,8 @@ while read -r f; do
         *) { [ -L "$f" ] || [ -e "$f" ]; } && left+=("$f") ;;
     esac
 done < "$listing"
-for d in /opt/roguewatch /var/lib/roguewatch /var/cache/roguewatch /run/roguewatch; do
+for d in /opt/roguewatch /var/lib/roguewatch /var/cache/roguewatch /run/roguewatch \
+    /sys/fs/bpf/roguewatch; do
     [ -e "$d" ] && left+=("$d")
 done
 [ ${#left[@]} -eq 0 ] || fail "left after remove: ${left[*]}"

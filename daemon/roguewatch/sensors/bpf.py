@@ -1174,6 +1174,33 @@ def _tracks_live(layout_dir: str) -> bool:
         os.close(fd)
 
 
+def release_kernel_side() -> tuple[int, int]:
+    """What stopped collectors kept in the kernel for the next one (``keep_sensors_on_exit``),
+    let go: every pin instance removed (its tracepoint links detach with the last reference)
+    and every roguewatch egress program off the cgroup root. For a host that will run no
+    collector again (the package removed). Refused (ProbeError) while a collector is alive.
+    Returns (pin instances removed, egress programs detached)."""
+    live = _live_entries()
+    if live:
+        pids = ", ".join(str(e["pid"]) for e in live)
+        raise ProbeError(f"a collector is running (pid {pids}): stop it first")
+    removed = 0
+    with contextlib.suppress(pins_mod.PinError):
+        root = pins_mod.pin_root(create=False)
+        if os.path.isdir(root):
+            removed = len(pins_mod.instances(root))
+            pins_mod.remove_all(root)
+    detached = 0
+    cg = kernelenv.cgroup2_mount()
+    if cg:
+        fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            detached = _sweep_stale_egress(fd, live=set())
+        finally:
+            os.close(fd)
+    return removed, detached
+
+
 def _detach_all_egress(root_fd: int) -> int:
     """Every roguewatch egress program off the root, live collectors' too (tests: what an
     attacker with bpf() would do)."""

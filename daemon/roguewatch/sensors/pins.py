@@ -154,6 +154,11 @@ def _rmtree(path: str) -> None:
         os.rmdir(path)
 
 
+def remove_all(root: str) -> None:
+    """Every instance under ``root`` and ``root`` itself (no collector will take them over)."""
+    _rmtree(root)
+
+
 @dataclass
 class Finding:
     """A pin that is not what this collector pinned: ``what`` is removed or replaced."""
