@@ -324,3 +324,21 @@ def test_the_kept_session_record_is_bounded_says_so_and_rotates(tmp_path: Path) 
     assert recording.verify(path)["status"] == "intact"
     rep = report_cli.build(path, rules_dirs=None)
     assert rep["summary"]["losses_total"] == 20 and "20 events were lost" in rep["problems"][0]
+
+
+def test_a_sessions_budget_losses_are_counted_once_and_said_at_the_top() -> None:
+    """A session's own loss reports carry its over-budget totals since it started: the
+    report says the last total (not their sum) among its losses, and why."""
+    from roguewatch.outputs.report import ReportBuilder
+
+    b = ReportBuilder({"session": 0x51})
+    for total in (300, 900, 1500):
+        b.add({"type": "monitor", "kind": "loss", "session": 0x51, "flags": ["budget"],
+               "lost_budget": total, "ts": total,
+               "detail": f"session 51: {total} records dropped over its budget"})  # fmt: skip
+    report = b.finish([])
+    summary = report["summary"]
+    assert summary["losses"] == {"over_budget": 1500}
+    assert summary["losses_total"] == 1500
+    assert "session 51: 1500 records dropped over its budget" in summary["loss_details"]
+    assert any("1500 events were lost" in p for p in report["problems"]), report["problems"]

@@ -262,7 +262,13 @@ class ReportBuilder:
                 self.end = ev
             return
         if t == "monitor":
-            if ev.get("kind") == "loss":
+            if ev.get("kind") == "loss" and "budget" in (ev.get("flags") or ()):
+                # This session's records dropped over its budget: totals since it started.
+                self.losses["over_budget"] = max(self.losses["over_budget"],
+                                                 int(ev.get("lost_budget") or 0))  # fmt: skip
+                if ev.get("detail") and len(self.loss_details) < 20:
+                    self.loss_details.append(str(ev["detail"]))
+            elif ev.get("kind") == "loss":
                 for k, v in (ev.get("lost_ring") or {}).items():
                     self.losses[f"ring:{k}"] += int(v or 0)
                 for k in (
