@@ -48,8 +48,9 @@ def test_a_session_task_moved_out_of_its_cgroup_is_still_judged_and_killed(
 
     r = agent.run(
         f"""
-        with open({str(tmp_path / "pid")!r}, "w") as f:
+        with open({str(tmp_path / "pid.tmp")!r}, "w") as f:
             f.write(str(os.getpid()))
+        os.rename({str(tmp_path / "pid.tmp")!r}, {str(tmp_path / "pid")!r})  # seen whole
         deadline = time.time() + 10
         while not os.path.exists({str(flag)!r}) and time.time() < deadline:
             time.sleep(0.02)
@@ -186,8 +187,9 @@ def test_what_is_undone_in_the_kernel_is_repaired_and_said(agent: Agent, tmp_pat
 
     r = agent.run(
         f"""
-        with open({str(tmp_path / "pid")!r}, "w") as f:
+        with open({str(tmp_path / "pid.tmp")!r}, "w") as f:
             f.write(str(os.getpid()))
+        os.rename({str(tmp_path / "pid.tmp")!r}, {str(tmp_path / "pid")!r})  # seen whole
         deadline = time.time() + 10
         while not os.path.exists({str(go)!r}) and time.time() < deadline:
             time.sleep(0.02)

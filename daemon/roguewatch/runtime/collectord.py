@@ -147,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heartbeat-fd", type=int, help="write a byte here every loop turn")
     ap.add_argument("--guard-pid", type=int, action="append", default=[], metavar="PID",
                     help="a process of the monitor that started us (roguewatchd, its "
-                    "supervisor, run's launcher): guarded from the first event, its writes "
-                    "our own")  # fmt: skip
+                    "supervisor): guarded from the first event, its writes our own")  # fmt: skip
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:

@@ -68,6 +68,10 @@ class FileGuard:
     ``is_own(pid)`` says whether a writer is roguewatch itself (the collector asks its
     guard map); it may be called before the probes are loaded and must then answer False."""
 
+    # the monitor's runtime directories (``Config.runtime_dirs``) and its own files in them
+    _runtime_dirs: tuple[str, ...] = ()
+    _ours: frozenset[str] = frozenset()
+
     def __init__(
         self,
         cfg: Config,
@@ -141,17 +145,19 @@ class FileGuard:
         # second, in /run/roguewatch). Its alert socket always: the evaluator binds it before
         # roguewatchd has guarded it.
         ours = [bus.ipc_path(cfg.alerts_endpoint) or ""]
-        self._runtime_dirs = cfg.runtime_dirs()
-        self._ours = {
-            p
-            for p in (
-                bus.ipc_path(cfg.alerts_endpoint),
-                bus.ipc_path(cfg.control_endpoint),
-                bus.ipc_path(cfg.events_endpoint),
-                cfg.status_file,
-            )
-            if p
-        }
+        self._runtime_dirs = tuple(cfg.runtime_dirs())
+        self._ours = frozenset(
+            {
+                p
+                for p in (
+                    bus.ipc_path(cfg.alerts_endpoint),
+                    bus.ipc_path(cfg.control_endpoint),
+                    bus.ipc_path(cfg.events_endpoint),
+                    cfg.status_file,
+                )
+                if p
+            }
+        )
         if writers is None:
             if alerts_dir:
                 self.watcher.ignore(alerts_dir, watchers.FOREVER_NS, subtree=True)

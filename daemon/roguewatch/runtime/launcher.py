@@ -157,8 +157,7 @@ def launch_private_collector(extra: list[str] | None = None) -> PendingCollector
     # (an operator may want the agent's version of a restored file).
     state = os.path.join(PRIVATE_STATE, os.path.basename(tmpdir))
     base = [sys.executable, "-m", COLLECTOR, "--events", events,
-            "--control", control, "--no-adopt", "--state-dir", state,
-            "--guard-pid", str(os.getpid()), *(extra or [])]  # fmt: skip
+            "--control", control, "--no-adopt", "--state-dir", state, *(extra or [])]  # fmt: skip
     try:
         proc = subprocess.Popen(
             [*base, "--ready-fd", str(w)], pass_fds=(w,), stdout=subprocess.DEVNULL,

@@ -607,9 +607,9 @@ class Collector:
 
     def guard_self(self) -> None:
         """Every task of this process (ZeroMQ's threads too) is guarded, and the processes
-        that said they started us (``--guard-pid``: roguewatchd, its supervisor, run's
-        launcher). Not our parent as such: the writes of whoever started us by hand (a
-        shell, a test) are judged like anyone's."""
+        that said they started us (``--guard-pid``: roguewatchd and its supervisor; `run`'s
+        launcher asks once the session is set up). Not our parent as such: the writes of
+        whoever started us by hand (a shell, a test) are judged like anyone's."""
         for tid in procfs.threads(os.getpid()):
             self.probes.guard(tid)
         self.probes.guard(os.getpid())
