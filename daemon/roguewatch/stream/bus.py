@@ -112,10 +112,8 @@ class BoundPath:
         if now == self.id:
             return None
         what = "removed" if not os.path.lexists(self.path) else "replaced"
-        try:
-            self.sock.unbind(self.endpoint)
-        except zmq.ZMQError:
-            pass  # unbound already: bind below is what matters
+        # Bound again beside the old binding, never unbound first: an unbind would drop the
+        # peers connected through it (the evaluator), and what is said next would be lost.
         try:
             if os.path.lexists(self.path) and not os.path.isdir(self.path):
                 os.unlink(self.path)
