@@ -175,7 +175,7 @@ class FileGuard:
     def _runtime(self, path: str) -> bool:
         """In a runtime directory of the monitor (``Config.runtime_dirs``): watched, never
         baselined."""
-        return any(path == d or path.startswith(d + "/") for d in self._runtime_dirs)
+        return is_under_any(path, self._runtime_dirs)
 
     def start(self, keep_baselines: bool = False) -> None:
         """Watch, and snapshot the baselines beside the loop. ``keep_baselines`` (the last
@@ -215,7 +215,7 @@ class FileGuard:
         for path in self.baselines.rescan():
             if self._runtime(path):
                 continue  # made anew by this monitor (a baseline left by an older version)
-            if any(path == d or path.startswith(d.rstrip("/") + "/") for d in self._rescan_skip):
+            if is_under_any(path, self._rescan_skip):
                 continue  # our own logs: always changed since the baseline
             if path in self._log_times:
                 continue  # a log: appended to all the time (only a session's change counts)

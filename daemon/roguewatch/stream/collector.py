@@ -915,10 +915,9 @@ class Collector:
                 self.probes.detach_egress_root()
                 self.probes.attach_egress(self._egress_root_fd)
                 # Every session lost its egress denial meanwhile: each one hears of it.
-                for sid in list(self.sessions) or [0]:
-                    self.tamper("egress_detached", "the egress programs were detached from "
-                                "the cgroup root: attached again", target="cgroup root",
-                                session=sid)  # fmt: skip
+                self._tamper_every_session("egress_detached", "the egress programs were "
+                                           "detached from the cgroup root: attached again",
+                                           "cgroup root")  # fmt: skip
         for sid, info in list(self.sessions.items()):
             cgroup = info.get("cgroup") or ""
             if not cgroup or info.get("adopted"):
@@ -1032,8 +1031,13 @@ class Collector:
                     continue
                 kind, detail = f"socket_{what}", f"{b.path} was {what}: bound again"
             # Every session was out of its monitor's reach meanwhile: each one hears of it.
-            for sid in list(self.sessions) or [0]:
-                self.tamper(kind, detail, target=b.path or b.endpoint, session=sid)
+            self._tamper_every_session(kind, detail, b.path or b.endpoint)
+
+    def _tamper_every_session(self, kind: str, detail: str, target: str) -> None:
+        """A `tamper` event with no offender known that cost every session its cover: one
+        to each session (its report shows it), or one to the host when there is none."""
+        for sid in list(self.sessions) or [0]:
+            self.tamper(kind, detail, target=target, session=sid)
 
     def tamper(
         self, kind: str, detail: str, pid: int = 0, target: str = "", session: int = 0
