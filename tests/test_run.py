@@ -593,6 +593,46 @@ def test_roguewatch_kill_ends_a_session_with_a_daemon_and_a_restarting_pair(agen
     assert agent.leftovers() == []
 
 
+def test_the_monitors_processes_take_nothing_from_the_environment_they_are_started_in(
+    agent: Agent, tmp_path: Path
+) -> None:
+    """`run` is started from the operator's shell, in the agent's workspace, with the agent's
+    variables: a PYTHONPATH with a sitecustomize there must not run code in the collector or
+    the evaluator, and their environment must not carry the agent's variables."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    ran = tmp_path / "sitecustomize-ran"
+    (shadow / "sitecustomize.py").write_text(
+        f"with open({str(ran)!r}, 'a') as f:\n"
+        "    f.write(open('/proc/self/cmdline', 'rb').read().replace(b'\\0', b' ').decode())\n"
+        "    f.write('\\n')\n"
+    )
+    environ: dict[str, bytes] = {}
+
+    def watch(proc: subprocess.Popen) -> None:
+        for name, module in COMPONENT_MODULES.items():
+            for c in _children(proc.pid, module):
+                try:
+                    environ[name] = Path(f"/proc/{c}/environ").read_bytes()
+                except OSError:
+                    pass
+
+    r = agent.run(
+        "time.sleep(1.5)\nsay(done=True)\n",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(shadow), "RWTEST_AGENT_VAR": agent.token},
+        during=watch,
+    )
+    assert r.said().get("done") and r.status == 0, r.describe()
+    assert {"collector", "evaluator"} <= environ.keys(), environ.keys()
+    for name, env in environ.items():
+        assert agent.token.encode() not in env, f"the {name} carries the agent's variable"
+        assert b"PYTHONPATH=" not in env, f"the {name} has the caller's PYTHONPATH"
+    runs = ran.read_text().splitlines() if ran.exists() else []
+    assert any("roguewatch.cli.main" in x for x in runs), "the shadow was not on the path"
+    assert not [x for x in runs if any(m in x for m in COMPONENT_MODULES.values())], runs
+
+
 # --- attacks on the monitor ---------------------------------------------------------------
 
 FIND_COLLECTOR = """

@@ -2,12 +2,22 @@
 one is started so that it dies with its starter and runs ahead of the agents it watches.
 
 Owns the one table of component entry modules (the service, `run`, `record` and the tests
-find components by it) and the ``preexec_fn`` every component is started with. It must stay
-light: `run` imports it on its start-up path.
+find components by it), how a component's command line and environment are made, and the
+``preexec_fn`` every component is started with. It must stay light: `run` imports it on its
+start-up path.
+
+A component starts isolated from whoever started it: ``python -I`` (no ``PYTHON*`` variable,
+no user site directory, not the current directory on ``sys.path``), in ``/``, with an
+environment of its own (``component_env``). `roguewatch run` is started from the operator's
+shell, often in the agent's workspace and with the agent's environment: a ``PYTHONPATH``, a
+``PYTHONSTARTUP``, a ``roguewatch/`` directory in the workspace or a ``LD_PRELOAD`` there
+must not run code in the monitor, and the monitor's processes must not carry the agent's
+variables (tools that find an agent's processes by them would take the monitor for one).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -20,6 +30,40 @@ COLLECTOR = "roguewatch.runtime.collectord"
 EVALUATOR = "roguewatch.runtime.evaluatord"
 FORWARDER = "roguewatch.runtime.forwarderd"  # only when the config's fleet is enabled
 COMPONENT_MODULES = {"collector": COLLECTOR, "evaluator": EVALUATOR, "forwarder": FORWARDER}
+
+# The PATH a component runs with: the system's, never the caller's (a `kill` or `nft` earlier
+# on an agent's PATH must not be the one the monitor runs).
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Variables of the caller's environment a component keeps: the operator's switches for the
+# monitor itself (``sensors.fanotify.ENV_SWITCH``, where bcc finds the kernel's headers), and
+# the locale. Nothing else: a list to extend, never a prefix an agent could also use.
+KEPT_NAMES = ("ROGUEWATCH_FANOTIFY", "BCC_KERNEL_SOURCE", "LANG", "LC_ALL", "TZ")
+# The service's own start under systemd (the supervisor passes them to roguewatchd only).
+SYSTEMD_NAMES = ("NOTIFY_SOCKET", "INVOCATION_ID", "JOURNAL_STREAM", "WATCHDOG_USEC",
+                 "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")  # fmt: skip
+
+
+def component_env(base: dict[str, str] | None = None, keep: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment a component starts with: the system PATH, ``HOME=/root``, and of
+    ``base`` (our own environment by default) only the monitor's own switches, the locale and
+    the names in ``keep``."""
+    src = os.environ if base is None else base
+    env = {"PATH": SYSTEM_PATH, "HOME": "/root"}
+    for k, v in src.items():
+        if k in KEPT_NAMES or k in keep:
+            env[k] = v
+    return env
+
+
+def python_cmd(module: str, *args: str) -> list[str]:
+    """``python -I -m MODULE ARGS``: our interpreter, isolated (see the module's text)."""
+    return [sys.executable, "-I", "-m", module, *args]
+
+
+def popen(cmd: list[str], keep_env: tuple[str, ...] = (), **kw) -> subprocess.Popen:
+    """A component's process: ``cmd`` (from ``python_cmd``) in ``/``, with
+    ``component_env``; the rest as ``subprocess.Popen``."""
+    return subprocess.Popen(cmd, cwd="/", env=component_env(keep=keep_env), **kw)
 
 
 def component_preexec() -> None:

@@ -18,7 +18,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,13 @@ from typing import TYPE_CHECKING
 
 from roguewatch.core.paths import PRIVATE_RUN, PRIVATE_STATE
 from roguewatch.runtime import readiness
-from roguewatch.runtime.components import COLLECTOR, component_preexec, forward_stderr
+from roguewatch.runtime.components import (
+    COLLECTOR,
+    component_preexec,
+    forward_stderr,
+    popen,
+    python_cmd,  # fmt: skip
+)
 
 if TYPE_CHECKING:  # ZeroMQ is imported only once a collector is being started (start-up time)
     from roguewatch.stream.control import ControlClient
@@ -156,10 +161,10 @@ def launch_private_collector(extra: list[str] | None = None) -> PendingCollector
     # Baselines and quarantine of a private collector are its own, and kept after it ends
     # (an operator may want the agent's version of a restored file).
     state = os.path.join(PRIVATE_STATE, os.path.basename(tmpdir))
-    base = [sys.executable, "-m", COLLECTOR, "--events", events,
-            "--control", control, "--no-adopt", "--state-dir", state, *(extra or [])]  # fmt: skip
+    base = python_cmd(COLLECTOR, "--events", events, "--control", control, "--no-adopt",
+                      "--state-dir", state, *(extra or []))  # fmt: skip
     try:
-        proc = subprocess.Popen(
+        proc = popen(
             [*base, "--ready-fd", str(w)], pass_fds=(w,), stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, preexec_fn=component_preexec,
         )  # fmt: skip
@@ -179,7 +184,7 @@ def respawn(cmd: list[str], timeout: float = 60.0) -> subprocess.Popen:
     ready; SessionError when it does not come up."""
     r, w = os.pipe()
     try:
-        proc = subprocess.Popen(
+        proc = popen(
             [*cmd, "--ready-fd", str(w)], pass_fds=(w,), stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, preexec_fn=component_preexec,
         )  # fmt: skip
@@ -190,7 +195,7 @@ def respawn(cmd: list[str], timeout: float = 60.0) -> subprocess.Popen:
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         proc.wait()
         raise SessionError(f"could not start it again: {err.strip() or 'timed out'}")
-    forward_stderr(proc, cmd[2].rsplit(".", 1)[-1].removesuffix("d"))
+    forward_stderr(proc, cmd[cmd.index("-m") + 1].rsplit(".", 1)[-1].removesuffix("d"))
     return proc
 
 

@@ -123,12 +123,12 @@ def launch_monitor() -> Monitor:
     # its sockets, the evaluator's alert socket and alert file.
     endpoint = f"ipc://{pending.tmpdir}/alerts.sock"
     r, w = os.pipe()
-    cmd = [sys.executable, "-m", components.EVALUATOR, "--events", pending.events,
-           "--control", pending.control, "--alerts", endpoint,
-           "--alerts-file", f"{pending.tmpdir}/alerts.jsonl", "--no-journal",
-           "--quiet"]  # fmt: skip
+    cmd = components.python_cmd(components.EVALUATOR, "--events", pending.events,
+                                "--control", pending.control, "--alerts", endpoint,
+                                "--alerts-file", f"{pending.tmpdir}/alerts.jsonl",
+                                "--no-journal", "--quiet")  # fmt: skip
     try:
-        evaluator = subprocess.Popen(
+        evaluator = components.popen(
             [*cmd, "--ready-fd", str(w)],
             pass_fds=(w,), stderr=subprocess.PIPE, preexec_fn=components.component_preexec,
         )  # fmt: skip

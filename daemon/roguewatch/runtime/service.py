@@ -30,7 +30,7 @@ from roguewatch.policy import config
 from roguewatch.respond.failclosed import FailClosed
 from roguewatch.respond.selfdefense import ShutdownGate
 from roguewatch.runtime import heartbeat, readiness, supervisor
-from roguewatch.runtime.components import COMPONENT_MODULES, component_preexec
+from roguewatch.runtime.components import COMPONENT_MODULES, component_preexec, popen, python_cmd
 from roguewatch.stream import bus
 from roguewatch.stream.control import ControlClient, ControlError
 
@@ -61,14 +61,13 @@ class Component:
         there, so its very first writes are roguewatch's own)."""
         r, w = os.pipe()
         hr, hw = os.pipe()
-        cmd = [sys.executable, "-m", self.module, "--ready-fd", str(w), "--heartbeat-fd",
-               str(hw), *self.args]  # fmt: skip
+        cmd = python_cmd(self.module, "--ready-fd", str(w), "--heartbeat-fd", str(hw), *self.args)
         if config_path:
             cmd += ["--config", config_path]
         t0 = time.monotonic()
         # It dies with the service, and runs ahead of the agents it watches (nice -10 in a
         # scheduling group of its own: roguewatch.priority).
-        self.proc = subprocess.Popen(cmd, pass_fds=(w, hw), preexec_fn=component_preexec)
+        self.proc = popen(cmd, pass_fds=(w, hw), preexec_fn=component_preexec)
         os.close(w)
         os.close(hw)
         if self.pulse is not None:
@@ -517,6 +516,19 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
 
 
+def _without_config(argv: list[str]) -> list[str]:
+    """Our arguments without ``--config FILE`` (``--config=FILE``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--config":
+            skip = True
+        elif not a.startswith("--config="):
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="roguewatchd", description="the roguewatch service")
     ap.add_argument("--config", metavar="FILE", help="YAML configuration (default: built in)")
@@ -542,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--stopped-by-fd", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.config:
+        # Our components (and a restarted service) start in "/" (components.popen).
+        args.config = os.path.abspath(args.config)
     _setup_logging()
     if os.geteuid() != 0:
         print("roguewatchd: must run as root (it loads BPF probes)", file=sys.stderr)
@@ -571,7 +586,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (args.supervised or args.no_supervisor or supervisor.under_systemd()):
         # Our own supervisor: it restarts the service (the process below) when it dies.
-        own = [x for x in (argv if argv is not None else sys.argv[1:])]
+        own = _without_config(argv if argv is not None else sys.argv[1:])
+        if args.config:
+            own += ["--config", args.config]
         return supervisor.Supervisor(cfg, own).run()
     log.info("roguewatchd %s starting; adopting uids %s, comms %s", __version__,
              cfg.adopted_uids() or "none", cfg.adopt_comms or "none")  # fmt: skip

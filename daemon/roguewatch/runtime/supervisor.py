@@ -34,6 +34,7 @@ from roguewatch.outputs import alerts
 from roguewatch.policy import config
 from roguewatch.respond.failclosed import FailClosed
 from roguewatch.respond.selfdefense import ShutdownGate
+from roguewatch.runtime import components
 
 log = logging.getLogger("roguewatchd")
 
@@ -120,9 +121,10 @@ class Supervisor:
     def spawn(self) -> None:
         r, w = os.pipe()
         self.stop_w = w
-        cmd = [sys.executable, "-m", SERVICE, "--supervised", "--stopped-by-fd", str(r),
-               *self.argv]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, pass_fds=(r,))
+        cmd = components.python_cmd(SERVICE, "--supervised", "--stopped-by-fd", str(r),
+                                    *self.argv)  # fmt: skip
+        # What systemd told us is for roguewatchd (its readiness and watchdog, its journal).
+        self.proc = components.popen(cmd, keep_env=components.SYSTEMD_NAMES, pass_fds=(r,))
         os.close(r)
         self.started = time.monotonic()
 
